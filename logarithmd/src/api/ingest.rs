@@ -1,0 +1,321 @@
+//! `POST /api/v1/ingest`: authenticate, bound, decompress, validate, parse COUT, commit,
+//! acknowledge. The answer is sent only after the whole batch is committed; a rejected
+//! batch writes nothing.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use protocol::{Batch, IngestAck, Stream, SUPPORTED_VERSIONS};
+use serde::Deserialize;
+use storage::{CoResultWrite, ExitWrite, JobMeta, JobWrite, NewLine, OutputWrite, WriteBatch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::cout;
+
+/// Longest line accepted in one record. Agents split longer lines into continuation
+/// records; this keeps every stored row well under TiDB's default 6 MiB entry limit.
+pub const MAX_RECORD_BYTES: usize = 4 << 20;
+/// Longest container id accepted.
+const MAX_CONTAINER_ID: usize = 128;
+
+/// Bounds the batches being written and waiting to be written, so memory stays bounded and
+/// a slow database turns into 503s (which agents retry) instead of a growing pile.
+pub struct IngestGate {
+    writers: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    timeout: Duration,
+}
+
+impl IngestGate {
+    pub fn new(concurrency: usize, max_waiting: usize, timeout: Duration) -> IngestGate {
+        IngestGate {
+            writers: Arc::new(Semaphore::new(concurrency)),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+            timeout,
+        }
+    }
+
+    async fn enter(&self) -> ApiResult<OwnedSemaphorePermit> {
+        if let Ok(p) = self.writers.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::overloaded("ingest queue is full; retry later", 1));
+        }
+        let res = tokio::time::timeout(self.timeout, self.writers.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match res {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ApiError::overloaded(
+                "storage is not keeping up; retry later",
+                2,
+            )),
+        }
+    }
+
+    /// Batches waiting for a writer now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+pub async fn ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<IngestAck>> {
+    state.check_ingest_token(&headers)?;
+    let _permit = state.ingest_gate.enter().await?;
+    let raw = read_limited(&headers, body, state.config.max_body_bytes).await?;
+    let json = decompress(&headers, raw, state.config.max_decompressed_bytes)?;
+    let batch = parse_batch(&json)?;
+    let records = batch.segments.iter().map(|s| s.records.len() as u64).sum();
+    let write = to_write_batch(batch)?;
+    let outcome = state
+        .storage
+        .apply(&write)
+        .await
+        .map_err(|e| ApiError::storage("writing an ingest batch failed", &e))?;
+    state.notify(&outcome);
+    Ok(Json(IngestAck {
+        records,
+        stored: outcome.stored,
+        duplicates: outcome.duplicates,
+    }))
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them.
+async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let too_large = || ApiError::too_large(format!("request body exceeds {limit} bytes"));
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    let mut buf = BytesMut::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("reading the body failed: {e}"))
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Undoes `Content-Encoding` (gzip, zstd or none), refusing output beyond `limit` so a
+/// small compressed body cannot expand without bound.
+fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> ApiResult<Bytes> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let reader: Box<dyn Read + '_> = match encoding.as_deref() {
+        None | Some("") | Some("identity") => {
+            if raw.len() > limit {
+                return Err(ApiError::too_large(format!(
+                    "decompressed body exceeds {limit} bytes"
+                )));
+            }
+            return Ok(raw);
+        }
+        Some("gzip") => Box::new(flate2::read::GzDecoder::new(&raw[..])),
+        Some("zstd") => Box::new(zstd::stream::read::Decoder::new(&raw[..]).map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("zstd stream is invalid: {e}"))
+        })?),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding {other:?} is not supported; use gzip, zstd or none"),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+    let n = reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("decompressing the body failed: {e}"))
+        })?;
+    if n > limit {
+        return Err(ApiError::too_large(format!(
+            "decompressed body exceeds {limit} bytes"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Parses the envelope: first the version alone (so an unknown version is named as such
+/// even if the rest is a newer format), then the whole batch.
+pub fn parse_batch(json: &[u8]) -> ApiResult<Batch> {
+    #[derive(Deserialize)]
+    struct Probe {
+        version: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(json)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("body is not JSON: {e}")))?;
+    let supported = || {
+        SUPPORTED_VERSIONS
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match probe.version.as_ref().and_then(|v| v.as_u64()) {
+        Some(v) if SUPPORTED_VERSIONS.iter().any(|s| u64::from(*s) == v) => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "unsupported_version",
+                format!(
+                    "protocol version {v} is not supported; supported: {}",
+                    supported()
+                ),
+            ))
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "unsupported_version",
+                format!(
+                    "missing or non-numeric `version`; supported: {}",
+                    supported()
+                ),
+            ))
+        }
+    }
+    serde_json::from_slice(json)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid batch: {e}")))
+}
+
+/// Validates a batch and turns it into one storage write, parsing COUT on the way. Any
+/// problem rejects the whole batch.
+pub fn to_write_batch(batch: Batch) -> ApiResult<WriteBatch> {
+    let bad = |msg: String| ApiError::bad_request("invalid_batch", msg);
+    if batch.agent.node.is_empty() || batch.agent.node.len() > 255 {
+        return Err(bad("agent.node must be 1 to 255 bytes".into()));
+    }
+    let node = batch.agent.node;
+    let mut jobs = Vec::with_capacity(batch.segments.len());
+    for (i, seg) in batch.segments.into_iter().enumerate() {
+        let cid = &seg.container_id;
+        if cid.is_empty()
+            || cid.len() > MAX_CONTAINER_ID
+            || !cid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
+        {
+            return Err(bad(format!(
+                "segments[{i}].container_id must be 1 to {MAX_CONTAINER_ID} characters of [A-Za-z0-9_.:-]"
+            )));
+        }
+        let mut w = JobWrite::new(cid, &node);
+        if let Some(m) = seg.meta {
+            if m.name.len() > 255 || m.image.len() > 512 || m.log_driver.len() > 64 {
+                return Err(bad(format!(
+                    "segments[{i}].meta: name (255), image (512) or log_driver (64) too long"
+                )));
+            }
+            w.meta = Some(JobMeta {
+                name: m.name,
+                image: m.image,
+                labels: m.labels,
+                created_at: m.created_at,
+                started_at: m.started_at,
+                restart_count: m.restart_count,
+                tty: m.tty,
+                log_driver: m.log_driver,
+            });
+        }
+        let mut prev_seq = 0u64;
+        let mut prev_cont = false;
+        w.lines.reserve(seg.records.len());
+        for (j, r) in seg.records.into_iter().enumerate() {
+            if r.seq == 0 || r.seq <= prev_seq {
+                return Err(bad(format!(
+                    "segments[{i}].records[{j}].seq must be positive and increasing (got {} after {prev_seq})",
+                    r.seq
+                )));
+            }
+            prev_seq = r.seq;
+            let (seq, ts, stream, cont) = (r.seq, r.ts, r.stream, r.cont);
+            let line = r
+                .into_bytes()
+                .map_err(|e| bad(format!("segments[{i}].records[{j}]: {e}")))?;
+            if line.len() > MAX_RECORD_BYTES {
+                return Err(ApiError::too_large(format!(
+                    "segments[{i}].records[{j}] is {} bytes; split lines into continuation records of at most {MAX_RECORD_BYTES} bytes",
+                    line.len()
+                )));
+            }
+            // COUT is parsed on whole stdout lines only: a line split into continuation
+            // records is never an output.
+            if stream == Stream::Stdout && !cont && !prev_cont {
+                if let Some(out) = cout::parse(&line) {
+                    if out.key == cout::CO_RESULT {
+                        // Only true/false are meaningful; a longer value is invalid either way
+                        // and is kept short enough for its column.
+                        w.co_result = Some(CoResultWrite {
+                            value: truncate_utf8(out.value, 255),
+                            seq,
+                        });
+                    } else {
+                        w.outputs.push(OutputWrite {
+                            name: out.key,
+                            value: out.value,
+                            seq,
+                        });
+                    }
+                }
+            }
+            prev_cont = cont;
+            w.lines.push(NewLine {
+                seq,
+                ts,
+                stream,
+                cont,
+                line,
+            });
+        }
+        if let Some(e) = seg.exit {
+            w.exit = Some(ExitWrite {
+                exit_code: e.exit_code,
+                finished_at: e.finished_at,
+                last_seq: e.last_seq,
+                restart_count: e.restart_count,
+            });
+        }
+        w.logs_unavailable = seg.logs_unavailable;
+        jobs.push(w);
+    }
+    Ok(WriteBatch { jobs })
+}
+
+fn truncate_utf8(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

@@ -1,0 +1,121 @@
+//! The HTTP API: routes, shared state, authentication and health.
+
+pub mod error;
+pub mod ingest;
+pub mod query;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use storage::{ApplyOutcome, Storage, TransitionKind};
+use subtle::ConstantTimeEq;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use error::{ApiError, ApiResult};
+use ingest::IngestGate;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+    pub config: Arc<Config>,
+    pub ingest_gate: Arc<IngestGate>,
+}
+
+impl AppState {
+    pub fn new(storage: Arc<dyn Storage>, config: Config) -> AppState {
+        let gate = IngestGate::new(
+            config.ingest_concurrency,
+            config.ingest_queue,
+            config.ingest_queue_timeout,
+        );
+        AppState {
+            storage,
+            config: Arc::new(config),
+            ingest_gate: Arc::new(gate),
+        }
+    }
+
+    /// Accepts `Authorization: Bearer <token>` matching one configured token, compared in
+    /// constant time. With no tokens configured, ingest is open.
+    pub fn check_ingest_token(&self, headers: &HeaderMap) -> ApiResult<()> {
+        if self.config.ingest_tokens.is_empty() {
+            return Ok(());
+        }
+        let presented = headers
+            .get(protocol::AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::unauthorized)?;
+        // Compare against every token so the time taken does not depend on which matched.
+        let mut ok = subtle::Choice::from(0u8);
+        for t in &self.config.ingest_tokens {
+            ok |= t.as_bytes().ct_eq(presented.as_bytes());
+        }
+        if bool::from(ok) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+
+    /// Called after a batch is committed.
+    pub fn notify(&self, outcome: &ApplyOutcome) {
+        for t in &outcome.transitions {
+            match t.kind {
+                TransitionKind::Started => tracing::info!(job_id = t.job_id, "job started"),
+                TransitionKind::Finished => tracing::info!(job_id = t.job_id, "job finished"),
+            }
+        }
+    }
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.config.request_timeout;
+    Router::new()
+        .route(protocol::INGEST_PATH, post(ingest::ingest))
+        .route("/api/v1/jobs", get(query::list_jobs))
+        .route("/api/v1/jobs/{id}", get(query::get_job))
+        .route("/api/v1/jobs/{id}/logs", get(query::job_logs))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(TraceLayer::new_for_http())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(state)
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: storage answers within 2 s.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match tokio::time::timeout(Duration::from_secs(2), state.storage.ping()).await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ready", "storage": state.storage.backend() })),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "not ready", "reason": e.to_string() })),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "not ready", "reason": "storage did not answer within 2 s" })),
+        ),
+    }
+}

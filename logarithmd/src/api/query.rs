@@ -1,0 +1,509 @@
+//! The query API: jobs (filtered, paginated), one job, and a job's log lines (JSON pages,
+//! or the raw log as `text/plain` for download).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use protocol::Stream;
+use regex::bytes::{Regex, RegexBuilder};
+use serde::Serialize;
+use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, LineQuery, Storage, StoredLine};
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+
+const DEFAULT_JOB_PAGE: u32 = 50;
+const MAX_JOB_PAGE: u32 = 500;
+const DEFAULT_LINE_PAGE: usize = 1000;
+const MAX_LINE_PAGE: usize = 10_000;
+/// Rows fetched from storage per round trip while reading logs.
+const STORAGE_PAGE: u32 = 1000;
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    /// Decimal string: the id is a 64-bit number that JavaScript cannot hold exactly.
+    pub id: String,
+    pub container_id: String,
+    pub name: String,
+    pub image: String,
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub flow: Option<String>,
+    pub run: Option<String>,
+    pub stage: Option<String>,
+    pub action: Option<String>,
+    pub job: Option<String>,
+    pub status: JobStatus,
+    /// The verdict the job printed (`CO_RESULT`), when it printed a valid one.
+    pub result: Option<bool>,
+    /// The raw `CO_RESULT` value, if any.
+    pub co_result: Option<String>,
+    pub reason: Option<String>,
+    pub exit_code: Option<i64>,
+    pub outputs: BTreeMap<String, String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub restart_count: u32,
+    pub tty: bool,
+    pub log_driver: String,
+    pub logs_unavailable: Option<String>,
+    pub line_count: u64,
+    pub last_seq: u64,
+    /// Where to read its logs.
+    pub logs_url: String,
+}
+
+impl JobView {
+    pub fn from_job(j: Job) -> JobView {
+        let result = j.co_result.as_deref().and_then(|v| {
+            if v.eq_ignore_ascii_case("true") {
+                Some(true)
+            } else if v.eq_ignore_ascii_case("false") {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        JobView {
+            id: j.id.to_string(),
+            logs_url: format!("/api/v1/jobs/{}/logs", j.id),
+            container_id: j.container_id,
+            name: j.name,
+            image: j.image,
+            node: j.node,
+            labels: j.labels,
+            flow: j.flow,
+            run: j.run,
+            stage: j.stage,
+            action: j.action,
+            job: j.job,
+            status: j.status,
+            result,
+            co_result: j.co_result,
+            reason: j.reason,
+            exit_code: j.exit_code,
+            outputs: j.outputs,
+            created_at: rfc3339(j.created_at),
+            started_at: (j.started_at > 0).then(|| rfc3339(j.started_at)),
+            finished_at: j.finished_at.map(rfc3339),
+            restart_count: j.restart_count,
+            tty: j.tty,
+            log_driver: j.log_driver,
+            logs_unavailable: j.logs_unavailable,
+            line_count: j.line_count,
+            last_seq: j.last_seq,
+        }
+    }
+}
+
+/// Formats ns since the epoch as RFC 3339 with nanoseconds.
+pub fn rfc3339(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ns.to_string())
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/jobs?flow=&run=&stage=&action=&job=&status=&label=k=v&limit=&cursor=`
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<JobPage>> {
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let mut q = JobQuery {
+        limit: DEFAULT_JOB_PAGE,
+        ..JobQuery::default()
+    };
+    for (k, v) in params {
+        match k.as_str() {
+            "flow" => q.flow = Some(v),
+            "run" => q.run = Some(v),
+            "stage" => q.stage = Some(v),
+            "action" => q.action = Some(v),
+            "job" => q.job = Some(v),
+            "status" => {
+                q.status = Some(JobStatus::parse(&v).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("status {v:?} is not one of running, success, failure"),
+                    )
+                })?)
+            }
+            "label" => {
+                let (lk, lv) = v.split_once('=').ok_or_else(|| {
+                    ApiError::bad_request("invalid_query", "label must be key=value")
+                })?;
+                q.labels.push((lk.to_owned(), lv.to_owned()));
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_JOB_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_query",
+                            format!("limit must be 1 to {MAX_JOB_PAGE}"),
+                        )
+                    })?
+            }
+            "cursor" => q.after = Some(parse_cursor(&v)?),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown parameter {other:?}"),
+                ))
+            }
+        }
+    }
+    let jobs = state
+        .storage
+        .list_jobs(&q)
+        .await
+        .map_err(|e| ApiError::storage("listing jobs failed", &e))?;
+    let next_cursor = if jobs.len() == q.limit as usize {
+        jobs.last().map(|j| format!("{}.{}", j.created_at, j.id))
+    } else {
+        None
+    };
+    Ok(Json(JobPage {
+        jobs: jobs.into_iter().map(JobView::from_job).collect(),
+        next_cursor,
+    }))
+}
+
+fn parse_cursor(v: &str) -> ApiResult<JobCursor> {
+    let bad = || ApiError::bad_request("invalid_query", "cursor is not one this API gave out");
+    let (a, b) = v.split_once('.').ok_or_else(bad)?;
+    Ok(JobCursor {
+        created_at: a.parse().map_err(|_| bad())?,
+        id: b.parse().map_err(|_| bad())?,
+    })
+}
+
+fn parse_job_id(id: &str) -> ApiResult<JobId> {
+    id.parse::<JobId>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::not_found(format!("no job {id:?}")))
+}
+
+async fn load_job(storage: &dyn Storage, id: &str) -> ApiResult<Job> {
+    let job_id = parse_job_id(id)?;
+    storage
+        .get_job(job_id)
+        .await
+        .map_err(|e| ApiError::storage("reading a job failed", &e))?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+}
+
+/// `GET /api/v1/jobs/{id}`
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    let job = load_job(state.storage.as_ref(), &id).await?;
+    Ok(Json(JobView::from_job(job)))
+}
+
+/// One log line as the API shows it: continuation records already joined.
+#[derive(Debug, Serialize)]
+pub struct LineView {
+    pub seq: u64,
+    /// Docker's timestamp, ns since the epoch.
+    pub ts: i64,
+    pub stream: Stream,
+    /// The line when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The line as base64 when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b64: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinePage {
+    pub job_id: String,
+    pub lines: Vec<LineView>,
+    /// Pass as `after` to continue; the seq of the last record read.
+    pub next_after: u64,
+    /// Whether reading stopped before the end of what is stored now.
+    pub more: bool,
+}
+
+/// Query parameters of the logs endpoint.
+struct LogParams {
+    after: u64,
+    limit: Option<usize>,
+    stream: Option<Stream>,
+    filter: Option<Regex>,
+}
+
+fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let mut p = LogParams {
+        after: 0,
+        limit: None,
+        stream: None,
+        filter: None,
+    };
+    let build = |pattern: &str| {
+        RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("regex: {e}")))
+    };
+    for (k, v) in params {
+        match k.as_str() {
+            "after" => {
+                p.after = v.parse().map_err(|_| {
+                    ApiError::bad_request("invalid_query", "after must be a seq number")
+                })?
+            }
+            "limit" => {
+                p.limit = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LINE_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "invalid_query",
+                                format!("limit must be 1 to {MAX_LINE_PAGE}"),
+                            )
+                        })?,
+                )
+            }
+            "stream" => {
+                p.stream = Some(
+                    v.parse()
+                        .map_err(|e: String| ApiError::bad_request("invalid_query", e))?,
+                )
+            }
+            "contains" if p.filter.is_none() => p.filter = Some(build(&regex::escape(&v))?),
+            "regex" if p.filter.is_none() => p.filter = Some(build(&v)?),
+            "contains" | "regex" => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "give at most one of contains and regex",
+                ))
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown parameter {other:?}"),
+                ))
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// A whole line, possibly joined from continuation records.
+pub struct LogicalLine {
+    pub seq: u64,
+    pub last_seq: u64,
+    pub ts: i64,
+    pub stream: Stream,
+    pub line: Vec<u8>,
+}
+
+/// Reads a job's records page by page and joins continuation records into lines.
+pub struct LineReader {
+    storage: Arc<dyn Storage>,
+    job_id: JobId,
+    stream: Option<Stream>,
+    after: u64,
+    buf: VecDeque<StoredLine>,
+    exhausted: bool,
+}
+
+impl LineReader {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        job_id: JobId,
+        after: u64,
+        stream: Option<Stream>,
+    ) -> LineReader {
+        LineReader {
+            storage,
+            job_id,
+            stream,
+            after,
+            buf: VecDeque::new(),
+            exhausted: false,
+        }
+    }
+
+    async fn next_record(&mut self) -> storage::Result<Option<StoredLine>> {
+        if self.buf.is_empty() && !self.exhausted {
+            let page = self
+                .storage
+                .read_lines(&LineQuery {
+                    job_id: self.job_id,
+                    after_seq: self.after,
+                    limit: STORAGE_PAGE,
+                    stream: self.stream,
+                })
+                .await?;
+            if page.len() < STORAGE_PAGE as usize {
+                self.exhausted = true;
+            }
+            if let Some(last) = page.last() {
+                self.after = last.seq;
+            }
+            self.buf.extend(page);
+        }
+        Ok(self.buf.pop_front())
+    }
+
+    /// The next whole line, or `None` at the end of what is stored.
+    pub async fn next_line(&mut self) -> storage::Result<Option<LogicalLine>> {
+        let Some(first) = self.next_record().await? else {
+            return Ok(None);
+        };
+        let mut line = LogicalLine {
+            seq: first.seq,
+            last_seq: first.seq,
+            ts: first.ts,
+            stream: first.stream,
+            line: first.line,
+        };
+        let mut cont = first.cont;
+        while cont {
+            // A line whose rest is not stored yet ends here; it is complete once it is.
+            let Some(next) = self.next_record().await? else {
+                break;
+            };
+            line.line.extend_from_slice(&next.line);
+            line.last_seq = next.seq;
+            cont = next.cont;
+        }
+        Ok(Some(line))
+    }
+}
+
+/// `GET /api/v1/jobs/{id}/logs?after=&limit=&stream=&contains=&regex=`: JSON pages, or
+/// with `Accept: text/plain` the raw log (every matching line, `\n`-terminated).
+pub async fn job_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let params = parse_log_params(raw.as_deref())?;
+    let job = load_job(state.storage.as_ref(), &id).await?;
+    let reader = LineReader::new(state.storage.clone(), job.id, params.after, params.stream);
+    let wants_text = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain"));
+    if wants_text {
+        return Ok(raw_download(reader, params));
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_LINE_PAGE);
+    let page = read_page(reader, &params, limit, state.config.max_scan_lines)
+        .await
+        .map_err(|e| ApiError::storage("reading log lines failed", &e))?;
+    Ok(Json(LinePage {
+        job_id: job.id.to_string(),
+        ..page
+    })
+    .into_response())
+}
+
+async fn read_page(
+    mut reader: LineReader,
+    params: &LogParams,
+    limit: usize,
+    max_scan: usize,
+) -> storage::Result<LinePage> {
+    let mut lines = Vec::new();
+    let mut next_after = params.after;
+    let mut scanned = 0usize;
+    let mut more = true;
+    while lines.len() < limit && scanned < max_scan {
+        let Some(l) = reader.next_line().await? else {
+            more = false;
+            break;
+        };
+        scanned += 1;
+        next_after = l.last_seq;
+        if params.filter.as_ref().is_some_and(|re| !re.is_match(&l.line)) {
+            continue;
+        }
+        let r = protocol::Record::new(l.seq, l.ts, l.stream, l.line, false);
+        lines.push(LineView {
+            seq: l.seq,
+            ts: l.ts,
+            stream: l.stream,
+            text: r.text,
+            b64: r.b64,
+        });
+    }
+    Ok(LinePage {
+        job_id: String::new(),
+        lines,
+        next_after,
+        more,
+    })
+}
+
+/// Streams the raw log, so a large download needs no more memory than one storage page.
+fn raw_download(reader: LineReader, params: LogParams) -> Response {
+    const CHUNK: usize = 64 << 10;
+    let state = (reader, params, 0usize, false);
+    let stream = futures::stream::unfold(state, |(mut reader, params, mut sent, done)| async move {
+        if done {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(CHUNK);
+        loop {
+            if params.limit.is_some_and(|l| sent >= l) {
+                return Some((Ok(chunk), (reader, params, sent, true)));
+            }
+            match reader.next_line().await {
+                Ok(Some(l)) => {
+                    if params.filter.as_ref().is_some_and(|re| !re.is_match(&l.line)) {
+                        continue;
+                    }
+                    sent += 1;
+                    chunk.extend_from_slice(&l.line);
+                    chunk.push(b'\n');
+                    if chunk.len() >= CHUNK {
+                        return Some((Ok(chunk), (reader, params, sent, false)));
+                    }
+                }
+                Ok(None) => return Some((Ok(chunk), (reader, params, sent, true))),
+                Err(e) => {
+                    tracing::error!(error = %e, "streaming a log download failed");
+                    return Some((Err(std::io::Error::other(e)), (reader, params, sent, true)));
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    resp
+}

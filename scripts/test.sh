@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine of this kind: installs what the tests need
+# from Debian's packages (MariaDB, static busybox), checks the Docker engine, builds the
+# offline test image, starts a throwaway MariaDB, then runs formatting and lint checks and
+# every test in the workspace against real Docker, MariaDB and SQLite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]} from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+step "checking the Docker engine"
+if ! docker info >/dev/null 2>&1; then
+  echo "error: the Docker engine is unreachable (docker info failed). The end-to-end tests" >&2
+  echo "run real containers: start dockerd and run this again." >&2
+  exit 1
+fi
+scripts/test-image.sh
+
+step "starting a throwaway MariaDB"
+eval "$(scripts/mariadb.sh start)"
+trap 'scripts/mariadb.sh stop "$MARIADB_DIR"' EXIT
+echo "MariaDB at $LOGARITHM_TEST_MYSQL_URL (datadir $MARIADB_DIR)"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building the binaries the end-to-end tests start"
+cargo build --workspace --bins --locked
+
+step "cargo test"
+cargo test --workspace --locked -- --test-threads="${LOGARITHM_TEST_THREADS:-2}"

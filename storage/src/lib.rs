@@ -1,0 +1,88 @@
+//! Logarithm's storage: jobs (one per container), their log lines in `seq` order, and their
+//! outputs, behind one async trait with two backends.
+//!
+//! - The MySQL protocol through `mysql_async`: TiDB in production, MariaDB in tests.
+//! - SQLite (one file) through `rusqlite`: the embedded default for one-machine use.
+//!
+//! Both apply the same versioned migrations at open (safe when two processes open the same
+//! database at once), deduplicate lines on `(job_id, seq)`, and apply a [`WriteBatch`] in
+//! one transaction. The schema is documented in `docs/storage.md`. This crate knows nothing
+//! of HTTP or flows.
+//!
+//! # Layout
+//! - [`error`]: [`Error`] with an [`ErrorKind`] that says whether to retry.
+//! - [`model`]: what is written and read, the job id rule and the verdict rule.
+//! - `mysql`: the MySQL-protocol backend.
+//! - `sqlite`: the SQLite backend.
+//! - `shared`: the row rules and SQL both backends use, so they behave the same.
+//! - [`open`]: picks the backend from a URL (`mysql://…` or `sqlite://…`).
+
+pub mod error;
+pub mod model;
+mod mysql;
+mod shared;
+mod sqlite;
+
+use std::sync::Arc;
+
+pub use error::{Error, ErrorKind, Result};
+pub use model::*;
+
+/// Storage as logarithmd uses it. Every method is one round of work against the database;
+/// none of them retries (callers decide, using [`Error::is_transient`]).
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Applies a batch in one transaction and reports what it did. Lines already stored
+    /// (same job and seq) are left untouched and counted as duplicates, so a batch sent
+    /// again is stored once.
+    async fn apply(&self, batch: &WriteBatch) -> Result<ApplyOutcome>;
+
+    /// One job with its outputs, or `None`.
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+
+    /// Jobs matching the query, newest first (by `created_at`, then id), `outputs` left empty.
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>>;
+
+    /// Lines of a job in `seq` order.
+    async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>>;
+
+    /// Checks that the database answers (for readiness).
+    async fn ping(&self) -> Result<()>;
+
+    /// Which backend this is (`mysql` or `sqlite`), for logs and metrics.
+    fn backend(&self) -> &'static str;
+}
+
+/// How to open storage.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// `sqlite:///abs/path.db`, `sqlite://relative/path.db`, `sqlite::memory:` or
+    /// `mysql://user:pass@host:port/db`.
+    pub url: String,
+    /// Upper bound on open connections (MySQL pool size; SQLite readers).
+    pub max_connections: usize,
+}
+
+impl StorageConfig {
+    pub fn new(url: impl Into<String>) -> StorageConfig {
+        StorageConfig {
+            url: url.into(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// Opens the backend named by the URL's scheme and applies pending migrations.
+pub async fn open(config: &StorageConfig) -> Result<Arc<dyn Storage>> {
+    let url = config.url.as_str();
+    if url.starts_with("mysql://") {
+        Ok(Arc::new(mysql::MysqlStorage::open(config).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStorage::open(config).await?))
+    } else {
+        Err(Error::new(
+            ErrorKind::Invalid,
+            format!("unsupported storage URL {url:?}: expected mysql://… or sqlite://…"),
+        ))
+    }
+}

@@ -1,0 +1,1266 @@
+//! Conformance suite: every case runs against both backends, each time on a fresh
+//! database, and asserts on content (exact bytes, counts, order, statuses, reasons).
+//!
+//! SQLite uses a file in a temp dir. MySQL needs a server: `LOGARITHM_TEST_MYSQL_URL`
+//! (`mysql://root@127.0.0.1:PORT`, no database part); each case creates its own database
+//! `lg_<random>` on it and drops it afterwards. Without the variable the suite runs SQLite
+//! only, unless `CI` is set, in which case it fails: CI must test both.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use protocol::Stream;
+use storage::{
+    job_id_for_container, open, ApplyOutcome, CoResultWrite, ErrorKind, ExitWrite, Job, JobCursor,
+    JobId, JobMeta, JobQuery, JobStatus, JobWrite, LineQuery, NewLine, OutputWrite, Storage,
+    StorageConfig, StoredLine, Transition, TransitionKind, WriteBatch,
+};
+
+// ---------------------------------------------------------------------------------------
+// Targets: one fresh database per backend per case.
+
+enum Raw {
+    Sqlite(std::path::PathBuf),
+    Mysql { server: String, db: String },
+}
+
+struct Target {
+    name: &'static str,
+    config: StorageConfig,
+    raw: Raw,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn mysql_server_url() -> Option<String> {
+    match std::env::var("LOGARITHM_TEST_MYSQL_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url.trim().trim_end_matches('/').to_owned()),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!("LOGARITHM_TEST_MYSQL_URL is not set: run scripts/test.sh");
+            }
+            eprintln!(
+                "note: LOGARITHM_TEST_MYSQL_URL is not set, testing SQLite only \
+                 (scripts/test.sh runs MySQL too)"
+            );
+            None
+        }
+    }
+}
+
+async fn sqlite_target() -> Target {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A nested path checks that open creates missing parent directories.
+    let path = dir.path().join("nested").join("logarithm.db");
+    Target {
+        name: "sqlite",
+        config: StorageConfig::new(format!("sqlite://{}", path.display())),
+        raw: Raw::Sqlite(path),
+        _dir: Some(dir),
+    }
+}
+
+async fn mysql_target(server: &str) -> Target {
+    let db = format!("lg_{:016x}", rand::random::<u64>());
+    let mut conn = mysql_async::Conn::from_url(server)
+        .await
+        .expect("connect to LOGARITHM_TEST_MYSQL_URL");
+    conn.query_drop(format!("CREATE DATABASE {db}"))
+        .await
+        .expect("create test database");
+    conn.disconnect().await.expect("disconnect");
+    Target {
+        name: "mysql",
+        config: StorageConfig::new(format!("{server}/{db}")),
+        raw: Raw::Mysql {
+            server: server.to_owned(),
+            db,
+        },
+        _dir: None,
+    }
+}
+
+async fn targets() -> Vec<Target> {
+    let mut targets = vec![sqlite_target().await];
+    if let Some(server) = mysql_server_url() {
+        targets.push(mysql_target(&server).await);
+    }
+    targets
+}
+
+impl Target {
+    async fn open(&self) -> Arc<dyn Storage> {
+        let storage = open(&self.config)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] open: {e}", self.name));
+        assert_eq!(storage.backend(), self.name);
+        storage
+    }
+
+    /// Runs a statement outside the storage API (to tamper with the schema).
+    async fn raw_exec(&self, sql: &str) {
+        match &self.raw {
+            Raw::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).expect("raw sqlite open");
+                conn.execute_batch(sql).expect("raw sqlite exec");
+            }
+            Raw::Mysql { server, db } => {
+                let mut conn = mysql_async::Conn::from_url(format!("{server}/{db}"))
+                    .await
+                    .expect("raw mysql connect");
+                conn.query_drop(sql).await.expect("raw mysql exec");
+                conn.disconnect().await.expect("disconnect");
+            }
+        }
+    }
+
+    async fn raw_count(&self, sql: &str) -> i64 {
+        match &self.raw {
+            Raw::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).expect("raw sqlite open");
+                conn.query_row(sql, [], |r| r.get(0))
+                    .expect("raw sqlite query")
+            }
+            Raw::Mysql { server, db } => {
+                let mut conn = mysql_async::Conn::from_url(format!("{server}/{db}"))
+                    .await
+                    .expect("raw mysql connect");
+                let n: Option<i64> = conn.query_first(sql).await.expect("raw mysql query");
+                conn.disconnect().await.expect("disconnect");
+                n.expect("one row")
+            }
+        }
+    }
+
+    async fn cleanup(self) {
+        if let Raw::Mysql { server, db } = &self.raw {
+            if let Ok(mut conn) = mysql_async::Conn::from_url(server.as_str()).await {
+                let _ = conn
+                    .query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+                    .await;
+                let _ = conn.disconnect().await;
+            }
+        }
+    }
+}
+
+/// One `#[tokio::test]` per case, running it on every target in turn.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            for target in targets().await {
+                eprintln!("=== {} on {}", stringify!($case), target.name);
+                cases::$case(&target).await;
+                target.cleanup().await;
+            }
+        }
+    )*};
+}
+
+conformance!(
+    lines_round_trip_and_paging,
+    replayed_batches_are_stored_once,
+    large_batches_are_chunked,
+    verdicts_through_exit,
+    co_result_last_by_seq_wins,
+    outputs_last_by_seq_wins,
+    transitions_and_restarts,
+    one_batch_spanning_a_restart,
+    placeholder_then_meta,
+    finished_placeholder_keeps_its_verdict,
+    metadata_and_logs_unavailable,
+    list_jobs_filters_and_cursor,
+    concurrent_open_and_reopen,
+    newer_schema_is_refused,
+    failed_batch_writes_nothing,
+    invalid_input_is_rejected_before_writing,
+);
+
+// ---------------------------------------------------------------------------------------
+// Builders and readers.
+
+const NODE: &str = "node-1";
+
+fn cid(tag: &str) -> String {
+    format!("{tag:0>64}")
+}
+
+fn meta(name: &str, labels: &[(&str, &str)], restart_count: u32) -> JobMeta {
+    JobMeta {
+        name: name.to_owned(),
+        image: "alpine:3.20".to_owned(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        created_at: 1_700_000_000_000_000_000,
+        started_at: 1_700_000_001_000_000_000 + i64::from(restart_count),
+        restart_count,
+        tty: false,
+        log_driver: "json-file".to_owned(),
+    }
+}
+
+fn line(seq: u64, stream: Stream, bytes: &[u8]) -> NewLine {
+    NewLine {
+        seq,
+        ts: 1_700_000_002_000_000_000 + seq as i64,
+        stream,
+        cont: false,
+        line: bytes.to_vec(),
+    }
+}
+
+fn text_lines(seqs: std::ops::RangeInclusive<u64>) -> Vec<NewLine> {
+    seqs.map(|s| line(s, Stream::Stdout, format!("line {s}").as_bytes()))
+        .collect()
+}
+
+fn exit(code: i64, restart_count: u32) -> ExitWrite {
+    ExitWrite {
+        exit_code: code,
+        finished_at: 1_700_000_009_000_000_000 + i64::from(restart_count),
+        last_seq: 0,
+        restart_count,
+    }
+}
+
+fn write(container: &str) -> JobWrite {
+    JobWrite::new(container, NODE)
+}
+
+fn batch(jobs: Vec<JobWrite>) -> WriteBatch {
+    WriteBatch { jobs }
+}
+
+async fn apply(s: &dyn Storage, b: &WriteBatch) -> ApplyOutcome {
+    s.apply(b).await.expect("apply")
+}
+
+async fn job(s: &dyn Storage, id: JobId) -> Job {
+    s.get_job(id).await.expect("get_job").expect("job exists")
+}
+
+async fn lines(
+    s: &dyn Storage,
+    id: JobId,
+    after: u64,
+    limit: u32,
+    stream: Option<Stream>,
+) -> Vec<StoredLine> {
+    s.read_lines(&LineQuery {
+        job_id: id,
+        after_seq: after,
+        limit,
+        stream,
+    })
+    .await
+    .expect("read_lines")
+}
+
+fn seqs(lines: &[StoredLine]) -> Vec<u64> {
+    lines.iter().map(|l| l.seq).collect()
+}
+
+fn started(id: JobId) -> Transition {
+    Transition {
+        job_id: id,
+        kind: TransitionKind::Started,
+    }
+}
+
+fn finished(id: JobId) -> Transition {
+    Transition {
+        job_id: id,
+        kind: TransitionKind::Finished,
+    }
+}
+
+fn stored(l: &NewLine) -> StoredLine {
+    StoredLine {
+        seq: l.seq,
+        ts: l.ts,
+        stream: l.stream,
+        cont: l.cont,
+        line: l.line.clone(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+mod cases {
+    use super::*;
+
+    pub async fn lines_round_trip_and_paging(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("a1");
+        let id = job_id_for_container(&c);
+        let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut cont = line(5, Stream::Stdout, b"first half ");
+        cont.cont = true;
+        let written = vec![
+            line(1, Stream::Stdout, b"hello world"),
+            line(2, Stream::Stderr, &[0xff, 0xfe, 0x00, b'x', 0xc3]),
+            line(3, Stream::Stdout, b""),
+            line(4, Stream::Stderr, &big),
+            cont,
+            line(6, Stream::Stdout, "second half \u{1F600}".as_bytes()),
+        ];
+        let mut w = write(&c);
+        w.meta = Some(meta("web", &[], 0));
+        w.lines = written.clone();
+        let out = apply(s, &batch(vec![w])).await;
+        assert_eq!(out.stored, 6);
+        assert_eq!(out.duplicates, 0);
+        assert_eq!(out.transitions, vec![started(id)]);
+
+        let all = lines(s, id, 0, 100, None).await;
+        let expected: Vec<StoredLine> = written.iter().map(stored).collect();
+        assert_eq!(all, expected);
+        assert_eq!(all[3].line.len(), 100 * 1024);
+
+        // Paging.
+        assert_eq!(seqs(&lines(s, id, 0, 2, None).await), vec![1, 2]);
+        assert_eq!(seqs(&lines(s, id, 2, 2, None).await), vec![3, 4]);
+        assert_eq!(seqs(&lines(s, id, 4, 10, None).await), vec![5, 6]);
+        assert!(lines(s, id, 6, 10, None).await.is_empty());
+        assert!(lines(s, id, u64::MAX, 10, None).await.is_empty());
+        assert!(lines(s, id, 0, 0, None).await.is_empty());
+        // Stream filter.
+        assert_eq!(
+            seqs(&lines(s, id, 0, 100, Some(Stream::Stderr)).await),
+            vec![2, 4]
+        );
+        assert_eq!(
+            seqs(&lines(s, id, 1, 2, Some(Stream::Stdout)).await),
+            vec![3, 5]
+        );
+        // Another job's lines are not mixed in; an unknown job has none.
+        assert!(lines(s, job_id_for_container("nope"), 0, 100, None)
+            .await
+            .is_empty());
+
+        // Lines arriving out of order are read back in seq order.
+        let mut w = write(&c);
+        w.lines = vec![
+            line(9, Stream::Stdout, b"nine"),
+            line(7, Stream::Stdout, b"seven"),
+        ];
+        let out = apply(s, &batch(vec![w])).await;
+        assert_eq!((out.stored, out.duplicates), (2, 0));
+        assert!(out.transitions.is_empty());
+        assert_eq!(seqs(&lines(s, id, 5, 100, None).await), vec![6, 7, 9]);
+
+        let j = job(s, id).await;
+        assert_eq!(j.line_count, 8);
+        assert_eq!(j.last_seq, 9);
+        s.ping().await.expect("ping");
+    }
+
+    pub async fn replayed_batches_are_stored_once(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("b1");
+        let id = job_id_for_container(&c);
+        let mut w = write(&c);
+        w.meta = Some(meta("job", &[], 0));
+        w.lines = text_lines(1..=50);
+        w.outputs = vec![OutputWrite {
+            name: "K".into(),
+            value: "v".into(),
+            seq: 10,
+        }];
+        w.exit = Some(exit(0, 0));
+        let b = batch(vec![w]);
+
+        let first = apply(s, &b).await;
+        assert_eq!(first.stored, 50);
+        assert_eq!(first.duplicates, 0);
+        assert_eq!(first.transitions, vec![started(id), finished(id)]);
+        for _ in 0..2 {
+            let again = apply(s, &b).await;
+            assert_eq!(again.stored, 0);
+            assert_eq!(again.duplicates, 50);
+            assert!(again.transitions.is_empty(), "{:?}", again.transitions);
+        }
+        let j = job(s, id).await;
+        assert_eq!(j.line_count, 50);
+        assert_eq!(j.last_seq, 50);
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(
+            j.outputs,
+            BTreeMap::from([("K".to_owned(), "v".to_owned())])
+        );
+
+        // Overlapping resend: 40..=60 has 11 stored and 10 new lines.
+        let mut w = write(&c);
+        w.lines = text_lines(40..=60);
+        let out = apply(s, &batch(vec![w])).await;
+        assert_eq!((out.stored, out.duplicates), (10, 11));
+        // A stored line is left as it was, even if the resent bytes differ.
+        let mut w = write(&c);
+        w.lines = vec![line(1, Stream::Stderr, b"changed")];
+        let out = apply(s, &batch(vec![w])).await;
+        assert_eq!((out.stored, out.duplicates), (0, 1));
+
+        let all = lines(s, id, 0, 1000, None).await;
+        let expected: Vec<StoredLine> = text_lines(1..=60).iter().map(stored).collect();
+        assert_eq!(all, expected);
+        let j = job(s, id).await;
+        assert_eq!(j.line_count, 60);
+        assert_eq!(j.last_seq, 60);
+    }
+
+    pub async fn large_batches_are_chunked(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("big");
+        let id = job_id_for_container(&c);
+        // More rows than one INSERT takes, then more bytes than one INSERT takes.
+        let mut w = write(&c);
+        w.meta = Some(meta("big", &[], 0));
+        w.lines = (1..=2500)
+            .map(|s| line(s, Stream::Stdout, format!("{s:0>100}").as_bytes()))
+            .collect();
+        let started_at = Instant::now();
+        let out = apply(s, &batch(vec![w.clone()])).await;
+        assert_eq!((out.stored, out.duplicates), (2500, 0));
+        eprintln!("2500 lines applied in {:?}", started_at.elapsed());
+        let again = apply(s, &batch(vec![w])).await;
+        assert_eq!((again.stored, again.duplicates), (0, 2500));
+
+        let mut w = write(&c);
+        w.lines = (2501..=2505)
+            .map(|s| line(s, Stream::Stderr, &vec![b'a' + (s % 26) as u8; 3 << 20]))
+            .collect();
+        let out = apply(s, &batch(vec![w])).await;
+        assert_eq!((out.stored, out.duplicates), (5, 0));
+
+        let all = lines(s, id, 0, 10_000, None).await;
+        assert_eq!(all.len(), 2505);
+        assert_eq!(all[0].line, format!("{:0>100}", 1).into_bytes());
+        assert_eq!(all[2499].line, format!("{:0>100}", 2500).into_bytes());
+        for l in &all[2500..] {
+            assert_eq!(l.line.len(), 3 << 20);
+            assert!(l.line.iter().all(|b| *b == b'a' + (l.seq % 26) as u8));
+            assert_eq!(l.stream, Stream::Stderr);
+        }
+        let j = job(s, id).await;
+        assert_eq!((j.line_count, j.last_seq), (2505, 2505));
+    }
+
+    pub async fn verdicts_through_exit(t: &Target) {
+        let s = &*t.open().await;
+        let cases: &[(&str, Option<&str>, i64, JobStatus, &str)] = &[
+            (
+                "v1",
+                Some("true"),
+                0,
+                JobStatus::Success,
+                "CO_RESULT = true",
+            ),
+            (
+                "v2",
+                Some("false"),
+                0,
+                JobStatus::Failure,
+                "CO_RESULT = false",
+            ),
+            ("v3", None, 3, JobStatus::Failure, "exit code 3"),
+            (
+                "v4",
+                Some("true"),
+                1,
+                JobStatus::Failure,
+                "exit code 1 despite CO_RESULT = true",
+            ),
+            (
+                "v5",
+                Some("maybe"),
+                0,
+                JobStatus::Failure,
+                "invalid CO_RESULT",
+            ),
+            ("v6", None, 0, JobStatus::Success, "exit code 0"),
+            (
+                "v7",
+                Some("FALSE"),
+                2,
+                JobStatus::Failure,
+                "CO_RESULT = false, exit code 2",
+            ),
+        ];
+        for (tag, co, code, status, reason) in cases {
+            let c = cid(tag);
+            let id = job_id_for_container(&c);
+            let mut w = write(&c);
+            w.meta = Some(meta(tag, &[], 0));
+            w.lines = text_lines(1..=3);
+            w.co_result = co.map(|v| CoResultWrite {
+                value: v.to_owned(),
+                seq: 2,
+            });
+            apply(s, &batch(vec![w])).await;
+            let running = job(s, id).await;
+            assert_eq!(running.status, JobStatus::Running);
+            assert_eq!(running.co_result.as_deref(), *co);
+
+            // The exit comes in a later batch: the verdict uses the stored CO_RESULT.
+            let mut w = write(&c);
+            w.exit = Some(exit(*code, 0));
+            let out = apply(s, &batch(vec![w])).await;
+            assert_eq!(out.transitions, vec![finished(id)], "{tag}");
+            let j = job(s, id).await;
+            assert_eq!(j.status, *status, "{tag}");
+            assert_eq!(j.reason.as_deref(), Some(*reason), "{tag}");
+            assert_eq!(j.exit_code, Some(*code), "{tag}");
+            assert_eq!(j.finished_at, Some(1_700_000_009_000_000_000), "{tag}");
+        }
+    }
+
+    pub async fn co_result_last_by_seq_wins(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("co");
+        let id = job_id_for_container(&c);
+        let co = |value: &str, seq| CoResultWrite {
+            value: value.to_owned(),
+            seq,
+        };
+        let mut w = write(&c);
+        w.meta = Some(meta("co", &[], 0));
+        w.co_result = Some(co("false", 5));
+        apply(s, &batch(vec![w])).await;
+        // An older CO_RESULT applied later does not win.
+        let mut w = write(&c);
+        w.co_result = Some(co("true", 3));
+        apply(s, &batch(vec![w])).await;
+        assert_eq!(job(s, id).await.co_result.as_deref(), Some("false"));
+        let mut w = write(&c);
+        w.co_result = Some(co("true", 8));
+        w.exit = Some(exit(0, 0));
+        apply(s, &batch(vec![w])).await;
+        let j = job(s, id).await;
+        assert_eq!(j.co_result.as_deref(), Some("true"));
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.reason.as_deref(), Some("CO_RESULT = true"));
+    }
+
+    pub async fn outputs_last_by_seq_wins(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("out");
+        let id = job_id_for_container(&c);
+        let o = |name: &str, value: &str, seq| OutputWrite {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            seq,
+        };
+        let mut w = write(&c);
+        w.meta = Some(meta("out", &[], 0));
+        w.outputs = vec![o("A", "1", 2), o("B", "x", 3), o("E", "new", 50)];
+        apply(s, &batch(vec![w])).await;
+
+        let mut w = write(&c);
+        w.outputs = vec![o("A", "2", 10)];
+        apply(s, &batch(vec![w])).await;
+        // Older writes replayed after newer ones lose.
+        let mut w = write(&c);
+        w.outputs = vec![o("A", "1", 2), o("A", "stale", 5), o("E", "old", 40)];
+        apply(s, &batch(vec![w])).await;
+        // Within one write, the highest seq wins whatever the order.
+        let mut w = write(&c);
+        w.outputs = vec![
+            o("C", "first", 20),
+            o("C", "second", 21),
+            o("D", "newer", 31),
+            o("D", "older", 30),
+        ];
+        apply(s, &batch(vec![w])).await;
+        // Same seq again (a replay) changes nothing.
+        let mut w = write(&c);
+        w.outputs = vec![o("B", "replayed", 3)];
+        apply(s, &batch(vec![w])).await;
+
+        let expected: BTreeMap<String, String> = [
+            ("A", "2"),
+            ("B", "x"),
+            ("C", "second"),
+            ("D", "newer"),
+            ("E", "new"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(job(s, id).await.outputs, expected);
+    }
+
+    pub async fn transitions_and_restarts(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("tr");
+        let id = job_id_for_container(&c);
+        let with_meta = |rc| {
+            let mut w = write(&c);
+            w.meta = Some(meta("tr", &[], rc));
+            w
+        };
+
+        assert_eq!(
+            apply(s, &batch(vec![with_meta(0)])).await.transitions,
+            vec![started(id)]
+        );
+        // Metadata sent again (agent restart) is not a new start.
+        assert!(apply(s, &batch(vec![with_meta(0)]))
+            .await
+            .transitions
+            .is_empty());
+
+        let mut w = write(&c);
+        w.co_result = Some(CoResultWrite {
+            value: "false".into(),
+            seq: 5,
+        });
+        w.exit = Some(exit(0, 0));
+        let b = batch(vec![w]);
+        assert_eq!(apply(s, &b).await.transitions, vec![finished(id)]);
+        // The same exit again: no second Finished, nothing changes.
+        let before = job(s, id).await;
+        assert!(apply(s, &b).await.transitions.is_empty());
+        let mut w = write(&c);
+        w.exit = Some(exit(7, 0));
+        assert!(apply(s, &batch(vec![w])).await.transitions.is_empty());
+        assert_eq!(job(s, id).await, before);
+        assert_eq!(before.status, JobStatus::Failure);
+        assert_eq!(before.reason.as_deref(), Some("CO_RESULT = false"));
+        // Metadata of the same run after it finished keeps the final status.
+        assert!(apply(s, &batch(vec![with_meta(0)]))
+            .await
+            .transitions
+            .is_empty());
+        assert_eq!(job(s, id).await.status, JobStatus::Failure);
+
+        // Restart: Started again, running, the previous run's verdict cleared.
+        assert_eq!(
+            apply(s, &batch(vec![with_meta(1)])).await.transitions,
+            vec![started(id)]
+        );
+        let j = job(s, id).await;
+        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(j.restart_count, 1);
+        assert_eq!(j.started_at, 1_700_000_001_000_000_001);
+        assert_eq!(
+            (j.reason, j.exit_code, j.finished_at, j.co_result),
+            (None, None, None, None)
+        );
+
+        // The previous run's CO_RESULT replayed does not come back.
+        let mut w = write(&c);
+        w.co_result = Some(CoResultWrite {
+            value: "false".into(),
+            seq: 5,
+        });
+        apply(s, &batch(vec![w])).await;
+        assert_eq!(job(s, id).await.co_result, None);
+        // A stale exit of run 0 does not finish run 1; neither does stale metadata restart it.
+        let mut w = write(&c);
+        w.exit = Some(exit(0, 0));
+        assert!(apply(s, &batch(vec![w])).await.transitions.is_empty());
+        assert!(apply(s, &batch(vec![with_meta(0)]))
+            .await
+            .transitions
+            .is_empty());
+        let j = job(s, id).await;
+        assert_eq!((j.status, j.restart_count), (JobStatus::Running, 1));
+
+        let mut w = write(&c);
+        w.exit = Some(exit(0, 1));
+        assert_eq!(
+            apply(s, &batch(vec![w])).await.transitions,
+            vec![finished(id)]
+        );
+        let j = job(s, id).await;
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.reason.as_deref(), Some("exit code 0"));
+        assert_eq!(j.finished_at, Some(1_700_000_009_000_000_001));
+    }
+
+    pub async fn one_batch_spanning_a_restart(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("span");
+        let id = job_id_for_container(&c);
+        let other = cid("other");
+        let other_id = job_id_for_container(&other);
+        let mut run0 = write(&c);
+        run0.meta = Some(meta("span", &[], 0));
+        run0.lines = text_lines(1..=3);
+        run0.exit = Some(exit(1, 0));
+        let mut o = write(&other);
+        o.meta = Some(meta("other", &[], 0));
+        let mut run1 = write(&c);
+        run1.meta = Some(meta("span", &[], 1));
+        run1.lines = text_lines(4..=5);
+        let out = apply(s, &batch(vec![run0, o, run1])).await;
+        assert_eq!(
+            out.transitions,
+            vec![started(id), finished(id), started(other_id), started(id)]
+        );
+        assert_eq!((out.stored, out.duplicates), (5, 0));
+        let j = job(s, id).await;
+        assert_eq!(
+            (j.status, j.restart_count, j.line_count),
+            (JobStatus::Running, 1, 5)
+        );
+        assert_eq!(j.exit_code, None);
+    }
+
+    pub async fn placeholder_then_meta(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("ph");
+        let id = job_id_for_container(&c);
+        let mut w = write(&c);
+        w.lines = text_lines(1..=4);
+        w.co_result = Some(CoResultWrite {
+            value: "true".into(),
+            seq: 3,
+        });
+        let out = apply(s, &batch(vec![w])).await;
+        assert_eq!((out.stored, out.duplicates), (4, 0));
+        assert!(out.transitions.is_empty());
+        let j = job(s, id).await;
+        assert_eq!(j.name, c[..12]);
+        assert_eq!(j.image, "");
+        assert_eq!(j.node, NODE);
+        assert_eq!(j.status, JobStatus::Running);
+        assert!(j.labels.is_empty());
+        assert_eq!(j.line_count, 4);
+
+        let mut w = write(&c);
+        w.meta = Some(meta("late-meta", &[("io.containerops.flow", "f")], 0));
+        w.lines = text_lines(5..=5);
+        let out = apply(s, &batch(vec![w])).await;
+        assert_eq!(out.transitions, vec![started(id)]);
+        let j = job(s, id).await;
+        assert_eq!(j.name, "late-meta");
+        assert_eq!(j.image, "alpine:3.20");
+        assert_eq!(j.flow.as_deref(), Some("f"));
+        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(j.created_at, 1_700_000_000_000_000_000);
+        assert_eq!(j.started_at, 1_700_000_001_000_000_000);
+        assert_eq!((j.line_count, j.last_seq), (5, 5));
+        // The CO_RESULT seen before the metadata belongs to this run and still counts.
+        assert_eq!(j.co_result.as_deref(), Some("true"));
+        // The label filter works once metadata arrived.
+        let found = s
+            .list_jobs(&JobQuery {
+                flow: Some("f".into()),
+                limit: 10,
+                ..JobQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(found.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
+
+        let mut w = write(&c);
+        w.exit = Some(exit(0, 0));
+        assert_eq!(
+            apply(s, &batch(vec![w])).await.transitions,
+            vec![finished(id)]
+        );
+        let j = job(s, id).await;
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.reason.as_deref(), Some("CO_RESULT = true"));
+    }
+
+    pub async fn finished_placeholder_keeps_its_verdict(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("phx");
+        let id = job_id_for_container(&c);
+        let mut w = write(&c);
+        w.lines = text_lines(1..=2);
+        w.exit = Some(exit(4, 0));
+        assert_eq!(
+            apply(s, &batch(vec![w])).await.transitions,
+            vec![finished(id)]
+        );
+        // Metadata of that same run arriving late fills the job in but does not reopen it.
+        let mut w = write(&c);
+        w.meta = Some(meta("late", &[], 0));
+        assert!(apply(s, &batch(vec![w])).await.transitions.is_empty());
+        let j = job(s, id).await;
+        assert_eq!(j.name, "late");
+        assert_eq!(j.status, JobStatus::Failure);
+        assert_eq!(j.reason.as_deref(), Some("exit code 4"));
+        assert_eq!(j.exit_code, Some(4));
+    }
+
+    pub async fn metadata_and_logs_unavailable(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("md");
+        let id = job_id_for_container(&c);
+        let labels = [
+            ("io.containerops.flow", "build"),
+            ("io.containerops.run", "42"),
+            ("io.containerops.stage", "test"),
+            ("io.containerops.action", "unit"),
+            ("io.containerops.job", "cargo"),
+            ("team", "storage \u{e9}t\u{e9}"),
+        ];
+        let mut m = meta("md", &labels, 0);
+        m.tty = true;
+        m.log_driver = "none".into();
+        let mut w = JobWrite::new(&c, "node-7");
+        w.meta = Some(m.clone());
+        w.logs_unavailable =
+            Some("Docker answered 501: configured logging driver does not support reading".into());
+        apply(s, &batch(vec![w])).await;
+        let j = job(s, id).await;
+        let expected = Job {
+            id,
+            container_id: c.clone(),
+            name: "md".into(),
+            image: "alpine:3.20".into(),
+            node: "node-7".into(),
+            labels: m.labels.clone(),
+            flow: Some("build".into()),
+            run: Some("42".into()),
+            stage: Some("test".into()),
+            action: Some("unit".into()),
+            job: Some("cargo".into()),
+            status: JobStatus::Running,
+            reason: None,
+            exit_code: None,
+            co_result: None,
+            created_at: m.created_at,
+            started_at: m.started_at,
+            finished_at: None,
+            restart_count: 0,
+            tty: true,
+            log_driver: "none".into(),
+            logs_unavailable: Some(
+                "Docker answered 501: configured logging driver does not support reading".into(),
+            ),
+            last_seq: 0,
+            line_count: 0,
+            outputs: BTreeMap::new(),
+        };
+        assert_eq!(j, expected);
+        assert!(s
+            .get_job(job_id_for_container("missing"))
+            .await
+            .expect("get")
+            .is_none());
+
+        // Metadata with changed labels replaces the indexed labels.
+        let mut w = JobWrite::new(&c, "node-8");
+        w.meta = Some(meta("md", &[("team", "other")], 0));
+        apply(s, &batch(vec![w])).await;
+        let q = |k: &str, v: &str| JobQuery {
+            labels: vec![(k.to_owned(), v.to_owned())],
+            limit: 10,
+            ..JobQuery::default()
+        };
+        assert!(s
+            .list_jobs(&q("team", "storage \u{e9}t\u{e9}"))
+            .await
+            .expect("list")
+            .is_empty());
+        let found = s.list_jobs(&q("team", "other")).await.expect("list");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].node, "node-8");
+        assert_eq!(found[0].flow, None);
+        // Label values compare exactly (binary collation).
+        assert!(s
+            .list_jobs(&q("team", "OTHER"))
+            .await
+            .expect("list")
+            .is_empty());
+    }
+
+    pub async fn list_jobs_filters_and_cursor(t: &Target) {
+        let s = &*t.open().await;
+        let long_value = "x".repeat(600);
+        let mut writes = Vec::new();
+        for i in 0..25u32 {
+            let c = cid(&format!("lj{i}"));
+            let flow = if i % 2 == 0 { "f1" } else { "f2" };
+            let run = format!("r{}", i % 3);
+            let mut labels = vec![
+                ("io.containerops.flow", flow),
+                ("io.containerops.run", run.as_str()),
+            ];
+            if i % 5 == 0 {
+                labels.push(("team", "a"));
+            }
+            if i == 7 {
+                labels.push(("long", long_value.as_str()));
+            }
+            let mut m = meta(&format!("job{i}"), &labels, 0);
+            // Pairs share created_at, so the id must break ties.
+            m.created_at = 1_000 + i64::from(i / 2);
+            let mut w = write(&c);
+            w.meta = Some(m);
+            match i % 4 {
+                0 => w.exit = Some(exit(0, 0)),
+                1 => w.exit = Some(exit(1, 0)),
+                _ => {}
+            }
+            writes.push(w);
+        }
+        let out = apply(s, &batch(writes)).await;
+        assert_eq!(out.transitions.len(), 25 + 13);
+
+        // Expected order from the jobs themselves: newest first, then id descending.
+        let mut all = Vec::new();
+        for i in 0..25u32 {
+            all.push(job(s, job_id_for_container(&cid(&format!("lj{i}")))).await);
+        }
+        all.sort_by_key(|j| std::cmp::Reverse((j.created_at, j.id)));
+        let ids = |jobs: &[Job]| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+
+        let list = |q: JobQuery| async move { s.list_jobs(&q).await.expect("list_jobs") };
+        let q = |limit| JobQuery {
+            limit,
+            ..JobQuery::default()
+        };
+        let everything = list(q(100)).await;
+        assert_eq!(ids(&everything), ids(&all));
+        assert!(everything.iter().all(|j| j.outputs.is_empty()));
+        let j7 = everything.iter().find(|j| j.name == "job7").expect("job7");
+        assert_eq!(j7.labels.get("long"), Some(&long_value));
+
+        // Cursor pagination: 10, 10, 5, then nothing; together exactly the full list.
+        let mut paged = Vec::new();
+        let mut after = None;
+        let mut sizes = Vec::new();
+        loop {
+            let page = list(JobQuery {
+                limit: 10,
+                after,
+                ..JobQuery::default()
+            })
+            .await;
+            sizes.push(page.len());
+            let Some(last) = page.last() else { break };
+            after = Some(JobCursor {
+                created_at: last.created_at,
+                id: last.id,
+            });
+            paged.extend(page);
+        }
+        assert_eq!(sizes, vec![10, 10, 5, 0]);
+        assert_eq!(ids(&paged), ids(&all));
+
+        let expect = |pred: &dyn Fn(&Job) -> bool| {
+            all.iter()
+                .filter(|j| pred(j))
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        };
+        let f1 = list(JobQuery {
+            flow: Some("f1".into()),
+            limit: 100,
+            ..JobQuery::default()
+        })
+        .await;
+        assert_eq!(ids(&f1), expect(&|j| j.flow.as_deref() == Some("f1")));
+        assert_eq!(f1.len(), 13);
+        let f1r0 = list(JobQuery {
+            flow: Some("f1".into()),
+            run: Some("r0".into()),
+            limit: 100,
+            ..JobQuery::default()
+        })
+        .await;
+        assert_eq!(
+            ids(&f1r0),
+            expect(&|j| j.flow.as_deref() == Some("f1") && j.run.as_deref() == Some("r0"))
+        );
+        assert_eq!(f1r0.len(), 5);
+        for (status, n) in [
+            (JobStatus::Success, 7),
+            (JobStatus::Failure, 6),
+            (JobStatus::Running, 12),
+        ] {
+            let got = list(JobQuery {
+                status: Some(status),
+                limit: 100,
+                ..JobQuery::default()
+            })
+            .await;
+            assert_eq!(ids(&got), expect(&|j| j.status == status), "{status:?}");
+            assert_eq!(got.len(), n, "{status:?}");
+        }
+        let team = list(JobQuery {
+            labels: vec![("team".into(), "a".into())],
+            limit: 100,
+            ..JobQuery::default()
+        })
+        .await;
+        assert_eq!(
+            ids(&team),
+            expect(&|j| j.labels.get("team").map(String::as_str) == Some("a"))
+        );
+        assert_eq!(team.len(), 5);
+        let team_f2_failed = list(JobQuery {
+            flow: Some("f2".into()),
+            status: Some(JobStatus::Failure),
+            labels: vec![
+                ("team".into(), "a".into()),
+                ("io.containerops.run".into(), "r2".into()),
+            ],
+            limit: 100,
+            ..JobQuery::default()
+        })
+        .await;
+        // i = 5 is the one odd multiple of 5 with i % 3 == 2 and i % 4 == 1.
+        assert_eq!(
+            ids(&team_f2_failed),
+            vec![job_id_for_container(&cid("lj5"))]
+        );
+        assert!(list(JobQuery {
+            labels: vec![("team".into(), "b".into())],
+            limit: 100,
+            ..JobQuery::default()
+        })
+        .await
+        .is_empty());
+        // A label too long to index is kept, but cannot be filtered on.
+        assert!(list(JobQuery {
+            labels: vec![("long".into(), long_value.clone())],
+            limit: 100,
+            ..JobQuery::default()
+        })
+        .await
+        .is_empty());
+        // Filters combine with the cursor.
+        let first = list(JobQuery {
+            flow: Some("f1".into()),
+            limit: 4,
+            ..JobQuery::default()
+        })
+        .await;
+        let last = first.last().expect("a page");
+        let rest = list(JobQuery {
+            flow: Some("f1".into()),
+            limit: 100,
+            after: Some(JobCursor {
+                created_at: last.created_at,
+                id: last.id,
+            }),
+            ..JobQuery::default()
+        })
+        .await;
+        let mut joined = ids(&first);
+        joined.extend(ids(&rest));
+        assert_eq!(joined, ids(&f1));
+    }
+
+    pub async fn concurrent_open_and_reopen(t: &Target) {
+        let (a, b) = tokio::join!(open(&t.config), open(&t.config));
+        let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
+        let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
+        assert_eq!(
+            t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
+            1
+        );
+
+        let c = cid("mig");
+        let id = job_id_for_container(&c);
+        let mut w = write(&c);
+        w.meta = Some(meta("mig", &[], 0));
+        w.lines = text_lines(1..=3);
+        apply(&*a, &batch(vec![w])).await;
+        // Both handles see the same database.
+        assert_eq!(job(&*b, id).await.line_count, 3);
+        drop((a, b));
+
+        let again = t.open().await;
+        assert_eq!(
+            t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
+            1
+        );
+        assert_eq!(job(&*again, id).await.line_count, 3);
+        assert_eq!(seqs(&lines(&*again, id, 0, 10, None).await), vec![1, 2, 3]);
+    }
+
+    pub async fn newer_schema_is_refused(t: &Target) {
+        drop(t.open().await);
+        t.raw_exec(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (9999, 'from the future', 0)",
+        )
+        .await;
+        match open(&t.config).await {
+            Ok(_) => panic!("opened a database with schema version 9999"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+                assert!(e.to_string().contains("9999"), "{e}");
+            }
+        }
+    }
+
+    pub async fn failed_batch_writes_nothing(t: &Target) {
+        let s = &*t.open().await;
+        // A valid job, then one the database rejects (container id longer than its column).
+        let ok = cid("atom");
+        let ok_id = job_id_for_container(&ok);
+        let mut good = write(&ok);
+        good.meta = Some(meta("atom", &[("team", "a")], 0));
+        good.lines = text_lines(1..=10);
+        good.outputs = vec![OutputWrite {
+            name: "K".into(),
+            value: "v".into(),
+            seq: 2,
+        }];
+        good.exit = Some(exit(0, 0));
+        let mut bad = write(&"z".repeat(200));
+        bad.meta = Some(meta("bad", &[], 0));
+        bad.lines = text_lines(1..=2);
+        let err = s
+            .apply(&batch(vec![good.clone(), bad]))
+            .await
+            .expect_err("a 200-character container id must be rejected");
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        assert!(!err.is_transient());
+        assert!(s.get_job(ok_id).await.expect("get").is_none());
+        assert!(lines(s, ok_id, 0, 100, None).await.is_empty());
+        let q = JobQuery {
+            limit: 100,
+            ..JobQuery::default()
+        };
+        assert!(s.list_jobs(&q).await.expect("list").is_empty());
+        for table in ["jobs", "log_lines", "job_outputs", "job_labels"] {
+            let n = t.raw_count(&format!("SELECT COUNT(*) FROM {table}")).await;
+            assert_eq!(n, 0, "{table}");
+        }
+
+        // Failing after writes to an existing job: a second job id claiming the same
+        // container violates the unique container id; the earlier lines roll back too.
+        let out = apply(s, &batch(vec![good])).await;
+        assert_eq!(out.stored, 10);
+        let mut more = write(&ok);
+        more.lines = text_lines(11..=20);
+        more.exit = Some(exit(1, 1));
+        let mut clash = write(&ok);
+        clash.job_id = 12345;
+        clash.lines = text_lines(1..=1);
+        let err = s
+            .apply(&batch(vec![more, clash]))
+            .await
+            .expect_err("a second job for one container must be rejected");
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        let j = job(s, ok_id).await;
+        assert_eq!((j.line_count, j.last_seq, j.restart_count), (10, 10, 0));
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(
+            seqs(&lines(s, ok_id, 0, 100, None).await),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert!(s.get_job(12345).await.expect("get").is_none());
+    }
+
+    pub async fn invalid_input_is_rejected_before_writing(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("inv");
+        let id = job_id_for_container(&c);
+        let mut good = write(&c);
+        good.meta = Some(meta("inv", &[], 0));
+        good.lines = text_lines(1..=3);
+        let mut zero = write(&cid("zero"));
+        zero.lines = vec![line(0, Stream::Stdout, b"seq 0")];
+        let err = s
+            .apply(&batch(vec![good.clone(), zero]))
+            .await
+            .expect_err("seq 0 must be rejected");
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        let mut huge = write(&cid("huge"));
+        huge.lines = vec![line(u64::MAX, Stream::Stdout, b"too far")];
+        let err = s
+            .apply(&batch(vec![good.clone(), huge]))
+            .await
+            .expect_err("seq beyond BIGINT must be rejected");
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        assert!(s.get_job(id).await.expect("get").is_none());
+        // An empty batch is a no-op.
+        assert_eq!(
+            apply(s, &WriteBatch::default()).await,
+            ApplyOutcome::default()
+        );
+        // Over-long container-provided text is cut to the column, not rejected.
+        let mut long = write(&c);
+        let mut m = meta(&"n".repeat(300), &[], 0);
+        m.image = "i".repeat(300);
+        long.meta = Some(m);
+        long.outputs = vec![OutputWrite {
+            name: "BIG".into(),
+            value: "\u{e9}".repeat(40_000),
+            seq: 1,
+        }];
+        long.co_result = Some(CoResultWrite {
+            value: "c".repeat(2000),
+            seq: 1,
+        });
+        long.logs_unavailable = Some("u".repeat(2000));
+        apply(s, &batch(vec![long])).await;
+        let j = job(s, id).await;
+        assert_eq!(j.name.chars().count(), 255);
+        assert_eq!(j.image.chars().count(), 255);
+        assert_eq!(j.co_result.as_deref().map(str::len), Some(1024));
+        assert_eq!(j.logs_unavailable.as_deref().map(str::len), Some(1024));
+        let big = &j.outputs["BIG"];
+        assert!(big.len() <= 65_535 && big.len() >= 65_534, "{}", big.len());
+        assert!(big.chars().all(|c| c == '\u{e9}'));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backend-specific behaviour that does not need a fresh database per backend.
+
+#[tokio::test]
+async fn sqlite_memory_database_works() {
+    let s = open(&StorageConfig::new("sqlite::memory:"))
+        .await
+        .expect("open memory");
+    assert_eq!(s.backend(), "sqlite");
+    let c = cid("mem");
+    let mut w = write(&c);
+    w.meta = Some(meta("mem", &[], 0));
+    w.lines = text_lines(1..=3);
+    let out = apply(&*s, &batch(vec![w])).await;
+    assert_eq!((out.stored, out.duplicates), (3, 0));
+    let read = lines(&*s, job_id_for_container(&c), 0, 10, None).await;
+    assert_eq!(
+        read,
+        text_lines(1..=3).iter().map(stored).collect::<Vec<_>>()
+    );
+    s.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn unsupported_url_is_invalid() {
+    for url in [
+        "postgres://localhost/x",
+        "sqlite://",
+        "mysql://root@127.0.0.1:3306",
+    ] {
+        match open(&StorageConfig::new(url)).await {
+            Ok(_) => panic!("{url} opened"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Invalid, "{url}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_mysql_is_unavailable_quickly() {
+    // Port 1 on localhost refuses connections.
+    let started = Instant::now();
+    match open(&StorageConfig::new("mysql://root@127.0.0.1:1/logarithm")).await {
+        Ok(_) => panic!("opened a server that is not there"),
+        Err(e) => {
+            assert!(e.is_transient(), "{e}");
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,302 @@
+//! Throughput benchmark (docs/performance.md; run by `scripts/bench.sh`).
+//!
+//! 1. Ingest: 1,000,000 lines of 100 bytes POSTed to a real logarithmd (zstd batches of
+//!    5,000 lines from 4 containers at once) into SQLite and into MariaDB; lines/s and MB/s
+//!    from the first request to the last acknowledgement (acknowledged = committed).
+//! 2. Raw ceiling, in the same run: the same rows written straight to each database with
+//!    multi-row INSERTs (1,000 rows a statement, one transaction per 5,000 rows), no HTTP,
+//!    no JSON, no dedup bookkeeping.
+//! 3. Agent: a container prints 1,000,000 lines of 100 bytes at full speed; antilog ships
+//!    them to logarithmd (SQLite); lines/s from container start to the last line stored, and
+//!    the agent's CPU seconds (utime + stime from /proc).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use logarithm_tests::docker::{self, Spec};
+use logarithm_tests::{Agent, Daemon, Db, TOKEN};
+use protocol::{Agent as WireAgent, Batch, ContainerMeta, ContainerSegment, Record, Stream};
+
+const LINES: u64 = 1_000_000;
+const LINE_BYTES: usize = 100;
+const BATCH: u64 = 5_000;
+const SENDERS: u64 = 4;
+
+fn line(seq: u64) -> String {
+    let s = format!("{seq:010} ");
+    format!("{s}{}", "x".repeat(LINE_BYTES - s.len()))
+}
+
+struct Figure {
+    what: String,
+    secs: f64,
+    lines: u64,
+}
+
+impl Figure {
+    fn print(&self) {
+        let mb = (self.lines as f64 * LINE_BYTES as f64) / 1e6;
+        println!(
+            "| {:<44} | {:>9.2} | {:>12.0} | {:>8.1} |",
+            self.what,
+            self.secs,
+            self.lines as f64 / self.secs,
+            mb / self.secs
+        );
+    }
+}
+
+fn compress_batch(container: &str, first_seq: u64, n: u64, meta: bool) -> Result<Vec<u8>> {
+    let records = (first_seq..first_seq + n)
+        .map(|seq| {
+            Record::new(
+                seq,
+                1_764_000_000_000_000_000 + seq as i64,
+                if seq % 2 == 0 { Stream::Stderr } else { Stream::Stdout },
+                line(seq).into_bytes(),
+                false,
+            )
+        })
+        .collect();
+    let batch = Batch {
+        version: protocol::PROTOCOL_VERSION,
+        agent: WireAgent {
+            id: "bench".into(),
+            node: "bench-node".into(),
+        },
+        segments: vec![ContainerSegment {
+            container_id: container.to_owned(),
+            meta: meta.then(|| ContainerMeta {
+                name: format!("bench-{container}"),
+                image: "bench".into(),
+                labels: Default::default(),
+                created_at: 1,
+                started_at: 1,
+                restart_count: 0,
+                tty: false,
+                log_driver: "json-file".into(),
+            }),
+            records,
+            exit: None,
+            logs_unavailable: None,
+        }],
+    };
+    Ok(zstd::encode_all(&serde_json::to_vec(&batch)?[..], 1)?)
+}
+
+async fn bench_ingest(db: &Db, label: &str) -> Result<Figure> {
+    let daemon = Daemon::start(db.url()).await?;
+    let per_sender = LINES / SENDERS;
+    // Bodies are prepared before the clock starts: this measures logarithmd and storage.
+    let mut bodies = Vec::new();
+    for s in 0..SENDERS {
+        let container = format!("{:064x}", logarithm_tests::rand_u64() as u128 + s as u128);
+        let mut list = Vec::new();
+        let mut seq = 1;
+        while seq <= per_sender {
+            let n = BATCH.min(per_sender - seq + 1);
+            list.push(compress_batch(&container, seq, n, seq == 1)?);
+            seq += n;
+        }
+        bodies.push(list);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for list in bodies {
+        let http = daemon.http.clone();
+        let url = format!("{}/api/v1/ingest", daemon.base);
+        tasks.push(tokio::spawn(async move {
+            for body in list {
+                let r = http
+                    .post(&url)
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .header("content-type", "application/json")
+                    .header("content-encoding", "zstd")
+                    .body(body)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("ingest answered {}: {}", r.status(), r.text().await?);
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let stored = db.count("log_lines").await?;
+    if stored != LINES {
+        bail!("{label}: stored {stored} of {LINES}");
+    }
+    Ok(Figure {
+        what: format!("logarithmd ingest → {label}"),
+        secs,
+        lines: LINES,
+    })
+}
+
+async fn raw_mysql(server: &str) -> Result<Figure> {
+    use mysql_async::prelude::Queryable;
+    let name = format!("lg_raw_{:x}", logarithm_tests::rand_u64());
+    let pool = mysql_async::Pool::new(server);
+    let mut conn = pool.get_conn().await?;
+    conn.query_drop(format!("CREATE DATABASE {name}")).await?;
+    conn.query_drop(format!("USE {name}")).await?;
+    conn.query_drop(
+        "CREATE TABLE log_lines (job_id BIGINT NOT NULL, seq BIGINT NOT NULL, stream TINYINT NOT NULL, \
+         ts BIGINT NOT NULL, cont TINYINT NOT NULL, line MEDIUMBLOB NOT NULL, PRIMARY KEY (job_id, seq)) \
+         ENGINE=InnoDB",
+    )
+    .await?;
+    let start = Instant::now();
+    let mut seq = 1u64;
+    while seq <= LINES {
+        let mut tx = conn.start_transaction(mysql_async::TxOpts::default()).await?;
+        for chunk_start in (seq..(seq + BATCH).min(LINES + 1)).step_by(1000) {
+            let end = (chunk_start + 1000).min(LINES + 1).min(seq + BATCH);
+            let mut sql = String::from(
+                "INSERT INTO log_lines (job_id, seq, stream, ts, cont, line) VALUES ",
+            );
+            let mut params: Vec<mysql_async::Value> = Vec::new();
+            for s in chunk_start..end {
+                if s != chunk_start {
+                    sql.push(',');
+                }
+                sql.push_str("(?,?,?,?,?,?)");
+                params.extend([
+                    42i64.into(),
+                    s.into(),
+                    1u8.into(),
+                    (s as i64).into(),
+                    0u8.into(),
+                    line(s).into_bytes().into(),
+                ]);
+            }
+            tx.exec_drop(sql, params).await?;
+        }
+        tx.commit().await?;
+        seq += BATCH;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    conn.query_drop(format!("DROP DATABASE {name}")).await?;
+    drop(conn);
+    pool.disconnect().await?;
+    Ok(Figure {
+        what: "raw multi-row INSERT → MariaDB".into(),
+        secs,
+        lines: LINES,
+    })
+}
+
+fn raw_sqlite() -> Result<Figure> {
+    let dir = tempfile::tempdir()?;
+    let mut conn = rusqlite::Connection::open(dir.path().join("raw.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute(
+        "CREATE TABLE log_lines (job_id INTEGER NOT NULL, seq INTEGER NOT NULL, stream INTEGER NOT NULL, \
+         ts INTEGER NOT NULL, cont INTEGER NOT NULL, line BLOB NOT NULL, PRIMARY KEY (job_id, seq)) WITHOUT ROWID",
+        [],
+    )?;
+    let rows = 100usize;
+    let sql = format!(
+        "INSERT INTO log_lines (job_id, seq, stream, ts, cont, line) VALUES {}",
+        vec!["(?,?,?,?,?,?)"; rows].join(",")
+    );
+    let start = Instant::now();
+    let mut seq = 1u64;
+    while seq <= LINES {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            for chunk in (seq..seq + BATCH).step_by(rows) {
+                let lines: Vec<Vec<u8>> = (chunk..chunk + rows as u64)
+                    .map(|s| line(s).into_bytes())
+                    .collect();
+                let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows * 6);
+                let seqs: Vec<i64> = (chunk..chunk + rows as u64).map(|s| s as i64).collect();
+                for (i, l) in lines.iter().enumerate() {
+                    params.push(&42i64);
+                    params.push(&seqs[i]);
+                    params.push(&1i64);
+                    params.push(&seqs[i]);
+                    params.push(&0i64);
+                    params.push(l);
+                }
+                stmt.execute(params.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        seq += BATCH;
+    }
+    Ok(Figure {
+        what: "raw multi-row INSERT → SQLite".into(),
+        secs: start.elapsed().as_secs_f64(),
+        lines: LINES,
+    })
+}
+
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+async fn bench_agent() -> Result<(Figure, f64)> {
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("bench-{:x}", logarithm_tests::rand_u64());
+    let agent = Agent::start(&daemon.base, &label)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = agent.proc.pid().context("agent pid")?;
+    let cpu0 = cpu_seconds(pid)?;
+    let payload = "x".repeat(LINE_BYTES);
+    let docker = docker::connect().await?;
+    let start = Instant::now();
+    let id = docker::run(
+        &docker,
+        &Spec::new(&label, &format!("yes '{payload}' | head -n {LINES}")),
+    )
+    .await?;
+    let job = daemon.wait_finished(&id, Duration::from_secs(900)).await?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu0;
+    docker::remove(&docker, &id).await;
+    if job["line_count"] != LINES {
+        bail!("agent bench stored {} lines", job["line_count"]);
+    }
+    Ok((
+        Figure {
+            what: "container → antilog → logarithmd → SQLite".into(),
+            secs,
+            lines: LINES,
+        },
+        cpu,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    println!("{LINES} lines of {LINE_BYTES} bytes each\n");
+    println!("| path                                         |   seconds |      lines/s |     MB/s |");
+    println!("|----------------------------------------------|-----------|--------------|----------|");
+    std::io::stdout().flush()?;
+    raw_sqlite()?.print();
+    bench_ingest(&Db::sqlite()?, "SQLite").await?.print();
+    let server = logarithm_tests::mysql_server_url()?;
+    raw_mysql(&server).await?.print();
+    bench_ingest(&Db::mysql().await?, "MariaDB").await?.print();
+    let (fig, cpu) = bench_agent().await?;
+    fig.print();
+    println!(
+        "\nagent CPU: {cpu:.2} s for {LINES} lines ({:.0} lines per CPU second)",
+        LINES as f64 / cpu
+    );
+    Ok(())
+}

@@ -1,0 +1,436 @@
+//! Harness for Logarithm's end-to-end tests: starts the real `logarithmd` and `antilog`
+//! binaries as child processes against real Docker and a real MariaDB (or SQLite), and
+//! polls until a predicate holds.
+//!
+//! # Layout
+//! - [`bin_path`]: finds the built binaries (scripts/test.sh builds them first).
+//! - [`Daemon`], [`Agent`]: child processes, killed on drop.
+//! - [`Db`]: a fresh database per test, on the MariaDB named by `LOGARITHM_TEST_MYSQL_URL`,
+//!   or a SQLite file.
+//! - [`docker`]: running test containers from the offline image and reading Docker's own
+//!   view of their logs.
+//! - [`wait_until`]: polling with a deadline.
+
+pub mod docker;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The image tests run; scripts/test-image.sh builds it from Debian's static busybox.
+pub const TEST_IMAGE: &str = "logarithm/busybox:test";
+/// The agent token tests use.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// Path of a workspace binary in the same target directory as the running test or bench
+/// binary (`target/<profile>/deps/<test>` or `target/<profile>/<bench>`).
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    let dir = exe.parent().context("binary has no directory")?;
+    for candidate in [Some(dir), dir.parent()].into_iter().flatten() {
+        let path = candidate.join(name);
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "{name} is not built next to {}: run `cargo build --bins` first (scripts/test.sh does)",
+        exe.display()
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, failing after `timeout` with `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A storage for one test.
+pub enum Db {
+    Sqlite { _dir: tempfile::TempDir, url: String },
+    Mysql { url: String, name: String, server: String },
+}
+
+impl Db {
+    /// A fresh SQLite file.
+    pub fn sqlite() -> Result<Db> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("logarithm.db").display());
+        Ok(Db::Sqlite { _dir: dir, url })
+    }
+
+    /// A fresh database on the MariaDB of `LOGARITHM_TEST_MYSQL_URL`. Fails (never skips)
+    /// when it is not set.
+    pub async fn mysql() -> Result<Db> {
+        let server = mysql_server_url()?;
+        let name = format!("lg_e2e_{:016x}", rand_u64());
+        let pool = mysql_async::Pool::new(server.as_str());
+        let mut conn = pool
+            .get_conn()
+            .await
+            .with_context(|| format!("connecting to {server}"))?;
+        use mysql_async::prelude::Queryable;
+        conn.query_drop(format!("CREATE DATABASE {name}")).await?;
+        drop(conn);
+        pool.disconnect().await?;
+        Ok(Db::Mysql {
+            url: format!("{}/{name}", server.trim_end_matches('/')),
+            name,
+            server,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            Db::Sqlite { url, .. } | Db::Mysql { url, .. } => url,
+        }
+    }
+
+    /// Rows in a table, counted straight in the database (to prove nothing was written).
+    pub async fn count(&self, table: &str) -> Result<u64> {
+        match self {
+            Db::Sqlite { url, .. } => {
+                let path = url.trim_start_matches("sqlite://").to_owned();
+                let table = table.to_owned();
+                tokio::task::spawn_blocking(move || -> Result<u64> {
+                    let conn = rusqlite::Connection::open(path)?;
+                    let n: i64 =
+                        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+                    Ok(n as u64)
+                })
+                .await?
+            }
+            Db::Mysql { url, .. } => {
+                use mysql_async::prelude::Queryable;
+                let pool = mysql_async::Pool::new(url.as_str());
+                let mut conn = pool.get_conn().await?;
+                let n: Option<u64> = conn
+                    .query_first(format!("SELECT COUNT(*) FROM {table}"))
+                    .await?;
+                drop(conn);
+                pool.disconnect().await?;
+                Ok(n.unwrap_or(0))
+            }
+        }
+    }
+
+    pub fn is_mysql(&self) -> bool {
+        matches!(self, Db::Mysql { .. })
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Db::Mysql { name, server, .. } = self {
+            // Best effort: a leftover database in a throwaway server is harmless.
+            let _ = Command::new("mariadb")
+                .args(mysql_cli_args(server))
+                .arg("-e")
+                .arg(format!("DROP DATABASE IF EXISTS {name}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn mysql_cli_args(server: &str) -> Vec<String> {
+    // mysql://user[:pass]@host:port
+    let rest = server.trim_start_matches("mysql://").trim_end_matches('/');
+    let (cred, hostport) = rest.split_once('@').unwrap_or(("root", rest));
+    let (user, pass) = cred.split_once(':').unwrap_or((cred, ""));
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "3306"));
+    let mut args = vec![
+        "--no-defaults".to_owned(),
+        format!("-u{user}"),
+        format!("-h{host}"),
+        format!("-P{port}"),
+    ];
+    if !pass.is_empty() {
+        args.push(format!("-p{pass}"));
+    }
+    args
+}
+
+/// The MariaDB server URL for tests; an error (never a skip) when unset.
+pub fn mysql_server_url() -> Result<String> {
+    std::env::var("LOGARITHM_TEST_MYSQL_URL").map_err(|_| {
+        anyhow::anyhow!(
+            "LOGARITHM_TEST_MYSQL_URL is not set: run the tests through scripts/test.sh, \
+             which starts a throwaway MariaDB"
+        )
+    })
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// A child process that is killed when dropped; its output goes to a log file kept in
+/// `dir` (printed when a test fails, see [`Proc::log`]).
+pub struct Proc {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log_path: PathBuf) -> Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = cmd
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Proc {
+            child: Some(child),
+            log_path,
+        })
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match c.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running logarithmd.
+pub struct Daemon {
+    pub proc: Proc,
+    pub base: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts logarithmd on a free port with `storage_url` and [`TOKEN`], and waits until it
+    /// is ready.
+    pub async fn start(storage_url: &str) -> Result<Daemon> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut cmd = Command::new(bin_path("logarithmd")?);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--storage-url")
+            .arg(storage_url)
+            .arg("--ingest-token")
+            .arg(TOKEN)
+            .env("RUST_LOG", "info,logarithmd=debug");
+        let proc = Proc::spawn(cmd, dir.path().join("logarithmd.log"))?;
+        let d = Daemon {
+            proc,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        };
+        let http = d.http.clone();
+        let url = format!("{}/readyz", d.base);
+        let ready = wait_until(Duration::from_secs(60), "logarithmd /readyz", || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                Ok(match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                })
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            bail!("{e:#}\nlogarithmd log:\n{}", d.proc.log());
+        }
+        Ok(d)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<(u16, serde_json::Value)> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let status = r.status().as_u16();
+        let body = r.json().await?;
+        Ok((status, body))
+    }
+
+    /// The job of a container, once logarithmd knows it.
+    pub async fn job_of(&self, container_id: &str) -> Result<Option<serde_json::Value>> {
+        let (status, body) = self.get_json("/api/v1/jobs?limit=500").await?;
+        if status != 200 {
+            bail!("GET /api/v1/jobs answered {status}: {body}");
+        }
+        Ok(body["jobs"]
+            .as_array()
+            .and_then(|jobs| {
+                jobs.iter()
+                    .find(|j| j["container_id"].as_str() == Some(container_id))
+            })
+            .cloned())
+    }
+
+    /// Waits until the container's job has a final status and returns it.
+    pub async fn wait_finished(&self, container_id: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let r = wait_until(timeout, "the job to finish", || async {
+            Ok(self
+                .job_of(container_id)
+                .await?
+                .filter(|j| j["status"] != "running"))
+        })
+        .await;
+        match r {
+            Ok(j) => {
+                let id = j["id"].as_str().context("job id")?.to_owned();
+                Ok(self.get_json(&format!("/api/v1/jobs/{id}")).await?.1)
+            }
+            Err(e) => bail!("{e:#}\nlogarithmd log (tail):\n{}", tail(&self.proc.log(), 40)),
+        }
+    }
+
+    /// Every stored line of a job, in seq order, via the JSON API (paging through).
+    pub async fn all_lines(&self, job_id: &str) -> Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let (status, page) = self
+                .get_json(&format!("/api/v1/jobs/{job_id}/logs?after={after}&limit=10000"))
+                .await?;
+            if status != 200 {
+                bail!("logs answered {status}: {page}");
+            }
+            let lines = page["lines"].as_array().context("lines")?;
+            out.extend(lines.iter().cloned());
+            after = page["next_after"].as_u64().context("next_after")?;
+            if page["more"] != true {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// A running antilog.
+pub struct Agent {
+    pub proc: Proc,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts antilog shipping to `server` and collecting only containers labelled
+    /// `logarithm.test=<test_label>` (so concurrent tests do not see each other's).
+    pub fn start(server: &str, test_label: &str) -> Result<Agent> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("data");
+        Self::start_with(server, test_label, dir, data_dir, "")
+    }
+
+    /// Like [`Agent::start`], with extra TOML lines in its config.
+    pub fn start_with(
+        server: &str,
+        test_label: &str,
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        extra_toml: &str,
+    ) -> Result<Agent> {
+        let config = dir.path().join("antilog.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "server_url = \"{server}\"\ntoken = \"{TOKEN}\"\nnode_name = \"test-node\"\n\
+                 data_dir = \"{}\"\ninclude_labels = [\"logarithm.test={test_label}\"]\n{extra_toml}",
+                data_dir.display()
+            ),
+        )?;
+        let mut cmd = Command::new(bin_path("antilog")?);
+        cmd.arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,antilog=debug");
+        let proc = Proc::spawn(cmd, dir.path().join("antilog.log"))?;
+        Ok(Agent {
+            proc,
+            data_dir,
+            _dir: dir,
+        })
+    }
+}
+
+/// The last `n` lines of a text.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
