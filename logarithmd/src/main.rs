@@ -21,7 +21,11 @@ struct Args {
     #[arg(long, env = "LOGARITHMD_STORAGE_URL")]
     storage_url: Option<String>,
     /// Adds an accepted agent token (repeatable; comma-separated in the environment).
-    #[arg(long = "ingest-token", env = "LOGARITHMD_INGEST_TOKENS", value_delimiter = ',')]
+    #[arg(
+        long = "ingest-token",
+        env = "LOGARITHMD_INGEST_TOKENS",
+        value_delimiter = ','
+    )]
     ingest_tokens: Vec<String>,
 }
 

@@ -173,7 +173,9 @@ impl std::str::FromStr for Stream {
         match s {
             "stdout" => Ok(Stream::Stdout),
             "stderr" => Ok(Stream::Stderr),
-            other => Err(format!("unknown stream {other:?}, expected stdout or stderr")),
+            other => Err(format!(
+                "unknown stream {other:?}, expected stdout or stderr"
+            )),
         }
     }
 }
@@ -314,10 +316,7 @@ mod tests {
         assert_eq!(r.text, None);
         assert_eq!(r.bytes().unwrap(), vec![0xff, b'a']);
         let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(
-            json,
-            r#"{"seq":2,"ts":5,"stream":"stderr","b64":"/2E="}"#
-        );
+        assert_eq!(json, r#"{"seq":2,"ts":5,"stream":"stderr","b64":"/2E="}"#);
     }
 
     #[test]

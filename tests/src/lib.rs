@@ -63,7 +63,9 @@ where
         }
         if Instant::now() > deadline {
             match last_err {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
                 None => bail!("timed out after {timeout:?} waiting for {what}"),
             }
         }
@@ -73,8 +75,15 @@ where
 
 /// A storage for one test.
 pub enum Db {
-    Sqlite { _dir: tempfile::TempDir, url: String },
-    Mysql { url: String, name: String, server: String },
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Mysql {
+        url: String,
+        name: String,
+        server: String,
+    },
 }
 
 impl Db {
@@ -345,7 +354,11 @@ impl Daemon {
     }
 
     /// Waits until the container's job has a final status and returns it.
-    pub async fn wait_finished(&self, container_id: &str, timeout: Duration) -> Result<serde_json::Value> {
+    pub async fn wait_finished(
+        &self,
+        container_id: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
         let r = wait_until(timeout, "the job to finish", || async {
             Ok(self
                 .job_of(container_id)
@@ -358,7 +371,10 @@ impl Daemon {
                 let id = j["id"].as_str().context("job id")?.to_owned();
                 Ok(self.get_json(&format!("/api/v1/jobs/{id}")).await?.1)
             }
-            Err(e) => bail!("{e:#}\nlogarithmd log (tail):\n{}", tail(&self.proc.log(), 40)),
+            Err(e) => bail!(
+                "{e:#}\nlogarithmd log (tail):\n{}",
+                tail(&self.proc.log(), 40)
+            ),
         }
     }
 
@@ -368,7 +384,9 @@ impl Daemon {
         let mut after = 0u64;
         loop {
             let (status, page) = self
-                .get_json(&format!("/api/v1/jobs/{job_id}/logs?after={after}&limit=10000"))
+                .get_json(&format!(
+                    "/api/v1/jobs/{job_id}/logs?after={after}&limit=10000"
+                ))
                 .await?;
             if status != 200 {
                 bail!("logs answered {status}: {page}");

@@ -88,7 +88,10 @@ async fn check_against_docker(
             d.ts
         );
         let prev = last_ts.entry(stream).or_insert(i64::MIN);
-        ensure!(d.ts >= *prev, "{driver}: timestamps decrease on {stream} at line {i}");
+        ensure!(
+            d.ts >= *prev,
+            "{driver}: timestamps decrease on {stream} at line {i}"
+        );
         *prev = d.ts;
     }
     // The awkward lines, byte for byte.
@@ -107,7 +110,10 @@ async fn check_against_docker(
         .iter()
         .filter(|s| s["text"] == "" && s["stream"] == "stderr")
         .count();
-    ensure!(empty_out == 1 && empty_err == 1, "{driver}: empty lines {empty_out}/{empty_err}");
+    ensure!(
+        empty_out == 1 && empty_err == 1,
+        "{driver}: empty lines {empty_out}/{empty_err}"
+    );
     ensure!(
         find(&|b| b == b"\x1b[31mred\x1b[0m plain") == 1,
         "{driver}: ANSI line missing"
@@ -145,7 +151,10 @@ async fn check_against_docker(
         expected_raw.extend_from_slice(&d.line);
         expected_raw.push(b'\n');
     }
-    ensure!(raw.as_ref() == expected_raw.as_slice(), "{driver}: raw download differs");
+    ensure!(
+        raw.as_ref() == expected_raw.as_slice(),
+        "{driver}: raw download differs"
+    );
     Ok(())
 }
 
@@ -166,7 +175,12 @@ async fn full_pipeline(db: Db) -> Result<()> {
             let job = daemon
                 .wait_finished(id, Duration::from_secs(120))
                 .await
-                .with_context(|| format!("agent log:\n{}", logarithm_tests::tail(&agent.proc.log(), 30)))?;
+                .with_context(|| {
+                    format!(
+                        "agent log:\n{}",
+                        logarithm_tests::tail(&agent.proc.log(), 30)
+                    )
+                })?;
             ensure!(job["status"] == "success", "{driver}: {job}");
             ensure!(job["result"] == true, "{driver}: {job}");
             ensure!(job["exit_code"] == 0, "{driver}: {job}");
@@ -208,10 +222,34 @@ async fn verdicts(db: Db) -> Result<()> {
     let label = format!("verdicts-{:x}", logarithm_tests::rand_u64());
     let _agent = Agent::start(&daemon.base, &label)?;
     let cases = [
-        ("echo '[COUT] CO_RESULT = false'; exit 0", "failure", 0, "CO_RESULT = false", json!(false)),
-        ("echo no verdict; exit 3", "failure", 3, "exit code 3", Value::Null),
-        ("echo '[COUT] CO_RESULT=TRUE'; exit 1", "failure", 1, "exit code 1 despite CO_RESULT = true", json!(true)),
-        ("echo '[COUT] CO_RESULT = maybe'", "failure", 0, "invalid CO_RESULT", Value::Null),
+        (
+            "echo '[COUT] CO_RESULT = false'; exit 0",
+            "failure",
+            0,
+            "CO_RESULT = false",
+            json!(false),
+        ),
+        (
+            "echo no verdict; exit 3",
+            "failure",
+            3,
+            "exit code 3",
+            Value::Null,
+        ),
+        (
+            "echo '[COUT] CO_RESULT=TRUE'; exit 1",
+            "failure",
+            1,
+            "exit code 1 despite CO_RESULT = true",
+            json!(true),
+        ),
+        (
+            "echo '[COUT] CO_RESULT = maybe'",
+            "failure",
+            0,
+            "invalid CO_RESULT",
+            Value::Null,
+        ),
         ("echo fine", "success", 0, "exit code 0", Value::Null),
     ];
     let mut ids = Vec::new();
@@ -287,8 +325,16 @@ async fn containers_before_and_after_agent_start() -> Result<()> {
             .await?;
         ensure!(status == 200, "{page}");
         let jobs = page["jobs"].as_array().context("jobs")?;
-        ensure!(jobs.len() == 1 && jobs[0]["container_id"] == *first, "{page}");
-        ensure!(jobs[0]["stage"] == "build" && jobs[0]["action"] == "compile" && jobs[0]["job"] == "make", "{page}");
+        ensure!(
+            jobs.len() == 1 && jobs[0]["container_id"] == *first,
+            "{page}"
+        );
+        ensure!(
+            jobs[0]["stage"] == "build"
+                && jobs[0]["action"] == "compile"
+                && jobs[0]["job"] == "make",
+            "{page}"
+        );
         let (_, page) = daemon.get_json("/api/v1/jobs?flow=other").await?;
         ensure!(page["jobs"].as_array().map(Vec::len) == Some(0), "{page}");
         Ok(())
@@ -314,7 +360,12 @@ fn valid_batch(container: &str) -> Value {
     })
 }
 
-async fn post(daemon: &Daemon, body: Vec<u8>, token: Option<&str>, encoding: Option<&str>) -> Result<(u16, Value)> {
+async fn post(
+    daemon: &Daemon,
+    body: Vec<u8>,
+    token: Option<&str>,
+    encoding: Option<&str>,
+) -> Result<(u16, Value)> {
     let mut req = daemon
         .http
         .post(format!("{}/api/v1/ingest", daemon.base))
@@ -329,7 +380,10 @@ async fn post(daemon: &Daemon, body: Vec<u8>, token: Option<&str>, encoding: Opt
     let r = req.send().await?;
     let status = r.status().as_u16();
     let text = r.text().await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 /// Bad ingest bodies get the documented answers and store nothing.
@@ -349,15 +403,28 @@ async fn bad_input(db: Db) -> Result<()> {
     let mut v = valid_batch(&cid);
     v["version"] = json!(99);
     let (s, b) = post(&daemon, serde_json::to_vec(&v)?, Some(TOKEN), None).await?;
-    ensure!(s == 400 && b["error"]["code"] == "unsupported_version", "{s} {b}");
-    ensure!(b["error"]["message"].as_str().is_some_and(|m| m.contains("99") && m.contains("supported: 1")), "{b}");
+    ensure!(
+        s == 400 && b["error"]["code"] == "unsupported_version",
+        "{s} {b}"
+    );
+    ensure!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("99") && m.contains("supported: 1")),
+        "{b}"
+    );
 
     // A valid segment followed by a broken record: the whole batch is refused.
     let mut v = valid_batch(&cid);
     v["segments"][0]["records"][1]["seq"] = json!(1);
     let (s, b) = post(&daemon, serde_json::to_vec(&v)?, Some(TOKEN), None).await?;
     ensure!(s == 400 && b["error"]["code"] == "invalid_batch", "{s} {b}");
-    ensure!(b["error"]["message"].as_str().is_some_and(|m| m.contains("records[1].seq")), "{b}");
+    ensure!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("records[1].seq")),
+        "{b}"
+    );
 
     let mut v = valid_batch(&cid);
     v["segments"][0]["records"][0]["b64"] = json!("!!");
@@ -368,22 +435,43 @@ async fn bad_input(db: Db) -> Result<()> {
     let mut v = valid_batch(&cid);
     v["segments"][0]["surprise"] = json!(1);
     let (s, b) = post(&daemon, serde_json::to_vec(&v)?, Some(TOKEN), None).await?;
-    ensure!(s == 400 && b["error"]["message"].as_str().is_some_and(|m| m.contains("surprise")), "{s} {b}");
+    ensure!(
+        s == 400
+            && b["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("surprise")),
+        "{s} {b}"
+    );
 
     // Over the body limit (16 MiB as sent): refused from Content-Length alone, and when
     // streamed without a length, as soon as the limit is passed.
     let (s, b) = raw_post(&daemon, 17 << 20, false).await?;
-    ensure!(s == 413 && b["error"]["code"] == "payload_too_large", "{s} {b}");
+    ensure!(
+        s == 413 && b["error"]["code"] == "payload_too_large",
+        "{s} {b}"
+    );
     let (s, b) = raw_post(&daemon, 17 << 20, true).await?;
-    ensure!(s == 413 && b["error"]["code"] == "payload_too_large", "{s} {b}");
+    ensure!(
+        s == 413 && b["error"]["code"] == "payload_too_large",
+        "{s} {b}"
+    );
 
     // A small zstd body that expands past the decompressed limit (64 MiB).
     let bomb = zstd_compress(&vec![b' '; 70 << 20])?;
     let (s, b) = post(&daemon, bomb, Some(TOKEN), Some("zstd")).await?;
-    ensure!(s == 413 && b["error"]["code"] == "payload_too_large", "{s} {b}");
+    ensure!(
+        s == 413 && b["error"]["code"] == "payload_too_large",
+        "{s} {b}"
+    );
 
-    ensure!(db.count("jobs").await? == 0, "a rejected batch created a job");
-    ensure!(db.count("log_lines").await? == 0, "a rejected batch stored lines");
+    ensure!(
+        db.count("jobs").await? == 0,
+        "a rejected batch created a job"
+    );
+    ensure!(
+        db.count("log_lines").await? == 0,
+        "a rejected batch stored lines"
+    );
 
     // The daemon still works, and a good batch (compressed) is stored once even if resent.
     let gz = gzip_compress(&ok)?;
@@ -419,7 +507,8 @@ async fn raw_post(daemon: &Daemon, len: usize, chunked: bool) -> Result<(u16, Va
         let mut sent = 0;
         while sent < len {
             if chunked {
-                wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+                wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .await?;
                 wr.write_all(&chunk).await?;
                 wr.write_all(b"\r\n").await?;
             } else {
@@ -445,7 +534,11 @@ async fn raw_post(daemon: &Daemon, len: usize, chunked: bool) -> Result<(u16, Va
             if let Some((head, body)) = text.split_once("\r\n\r\n") {
                 let len = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
                     .and_then(|v| v.parse::<usize>().ok());
                 if len.is_some_and(|l| body.len() >= l) {
                     break;
@@ -464,7 +557,10 @@ async fn raw_post(daemon: &Daemon, len: usize, chunked: bool) -> Result<(u16, Va
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no status line in {text:?}"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()))))
+    Ok((
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    ))
 }
 
 fn zstd_compress(data: &[u8]) -> Result<Vec<u8>> {

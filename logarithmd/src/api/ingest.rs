@@ -155,7 +155,10 @@ fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> ApiResult<Bytes>
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("decompressing the body failed: {e}"))
+            ApiError::bad_request(
+                "invalid_body",
+                format!("decompressing the body failed: {e}"),
+            )
         })?;
     if n > limit {
         return Err(ApiError::too_large(format!(

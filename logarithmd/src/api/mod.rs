@@ -115,7 +115,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "not ready", "reason": "storage did not answer within 2 s" })),
+            Json(
+                serde_json::json!({ "status": "not ready", "reason": "storage did not answer within 2 s" }),
+            ),
         ),
     }
 }

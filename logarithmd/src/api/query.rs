@@ -447,7 +447,11 @@ async fn read_page(
         };
         scanned += 1;
         next_after = l.last_seq;
-        if params.filter.as_ref().is_some_and(|re| !re.is_match(&l.line)) {
+        if params
+            .filter
+            .as_ref()
+            .is_some_and(|re| !re.is_match(&l.line))
+        {
             continue;
         }
         let r = protocol::Record::new(l.seq, l.ts, l.stream, l.line, false);
@@ -471,39 +475,42 @@ async fn read_page(
 fn raw_download(reader: LineReader, params: LogParams) -> Response {
     const CHUNK: usize = 64 << 10;
     let state = (reader, params, 0usize, false);
-    let stream = futures::stream::unfold(state, |(mut reader, params, mut sent, done)| async move {
-        if done {
-            return None;
-        }
-        let mut chunk = Vec::with_capacity(CHUNK);
-        loop {
-            if params.limit.is_some_and(|l| sent >= l) {
-                return Some((Ok(chunk), (reader, params, sent, true)));
+    let stream =
+        futures::stream::unfold(state, |(mut reader, params, mut sent, done)| async move {
+            if done {
+                return None;
             }
-            match reader.next_line().await {
-                Ok(Some(l)) => {
-                    if params.filter.as_ref().is_some_and(|re| !re.is_match(&l.line)) {
-                        continue;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            loop {
+                if params.limit.is_some_and(|l| sent >= l) {
+                    return Some((Ok(chunk), (reader, params, sent, true)));
+                }
+                match reader.next_line().await {
+                    Ok(Some(l)) => {
+                        if params
+                            .filter
+                            .as_ref()
+                            .is_some_and(|re| !re.is_match(&l.line))
+                        {
+                            continue;
+                        }
+                        sent += 1;
+                        chunk.extend_from_slice(&l.line);
+                        chunk.push(b'\n');
+                        if chunk.len() >= CHUNK {
+                            return Some((Ok(chunk), (reader, params, sent, false)));
+                        }
                     }
-                    sent += 1;
-                    chunk.extend_from_slice(&l.line);
-                    chunk.push(b'\n');
-                    if chunk.len() >= CHUNK {
-                        return Some((Ok(chunk), (reader, params, sent, false)));
+                    Ok(None) => return Some((Ok(chunk), (reader, params, sent, true))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "streaming a log download failed");
+                        return Some((Err(std::io::Error::other(e)), (reader, params, sent, true)));
                     }
                 }
-                Ok(None) => return Some((Ok(chunk), (reader, params, sent, true))),
-                Err(e) => {
-                    tracing::error!(error = %e, "streaming a log download failed");
-                    return Some((Err(std::io::Error::other(e)), (reader, params, sent, true)));
-                }
             }
-        }
-    });
+        });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
 }

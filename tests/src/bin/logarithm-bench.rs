@@ -53,7 +53,11 @@ fn compress_batch(container: &str, first_seq: u64, n: u64, meta: bool) -> Result
             Record::new(
                 seq,
                 1_764_000_000_000_000_000 + seq as i64,
-                if seq % 2 == 0 { Stream::Stderr } else { Stream::Stdout },
+                if seq % 2 == 0 {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                },
                 line(seq).into_bytes(),
                 false,
             )
@@ -154,12 +158,13 @@ async fn raw_mysql(server: &str) -> Result<Figure> {
     let start = Instant::now();
     let mut seq = 1u64;
     while seq <= LINES {
-        let mut tx = conn.start_transaction(mysql_async::TxOpts::default()).await?;
+        let mut tx = conn
+            .start_transaction(mysql_async::TxOpts::default())
+            .await?;
         for chunk_start in (seq..(seq + BATCH).min(LINES + 1)).step_by(1000) {
             let end = (chunk_start + 1000).min(LINES + 1).min(seq + BATCH);
-            let mut sql = String::from(
-                "INSERT INTO log_lines (job_id, seq, stream, ts, cont, line) VALUES ",
-            );
+            let mut sql =
+                String::from("INSERT INTO log_lines (job_id, seq, stream, ts, cont, line) VALUES ");
             let mut params: Vec<mysql_async::Value> = Vec::new();
             for s in chunk_start..end {
                 if s != chunk_start {
@@ -284,8 +289,12 @@ async fn bench_agent() -> Result<(Figure, f64)> {
 #[tokio::main]
 async fn main() -> Result<()> {
     println!("{LINES} lines of {LINE_BYTES} bytes each\n");
-    println!("| path                                         |   seconds |      lines/s |     MB/s |");
-    println!("|----------------------------------------------|-----------|--------------|----------|");
+    println!(
+        "| path                                         |   seconds |      lines/s |     MB/s |"
+    );
+    println!(
+        "|----------------------------------------------|-----------|--------------|----------|"
+    );
     std::io::stdout().flush()?;
     raw_sqlite()?.print();
     bench_ingest(&Db::sqlite()?, "SQLite").await?.print();

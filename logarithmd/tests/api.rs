@@ -1,0 +1,234 @@
+//! Router tests without a socket: ingest and query through `router().oneshot(..)` on an
+//! in-memory SQLite storage (the real backend, not a mock).
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use logarithmd::api::{router, AppState};
+use logarithmd::Config;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+async fn app() -> axum::Router {
+    let store = storage::open(&storage::StorageConfig::new("sqlite::memory:"))
+        .await
+        .unwrap();
+    let config = Config {
+        ingest_tokens: vec!["t0k".into()],
+        max_scan_lines: 50,
+        ..Config::default()
+    };
+    router(AppState::new(store, config))
+}
+
+async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, body)
+}
+
+async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Value) {
+    let (s, b) = call(app, Request::get(uri).body(Body::empty()).unwrap()).await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+async fn ingest(app: &axum::Router, batch: Value) -> (StatusCode, Value) {
+    let req = Request::post("/api/v1/ingest")
+        .header("authorization", "Bearer t0k")
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&batch).unwrap()))
+        .unwrap();
+    let (s, b) = call(app, req).await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn record(seq: u64, stream: &str, text: &str) -> Value {
+    json!({"seq": seq, "ts": 1000 + seq as i64, "stream": stream, "text": text})
+}
+
+const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+async fn seeded() -> (axum::Router, String) {
+    let app = app().await;
+    let mut records: Vec<Value> = (1..=120)
+        .map(|i| {
+            record(
+                i,
+                if i % 2 == 0 { "stderr" } else { "stdout" },
+                &format!("line {i}"),
+            )
+        })
+        .collect();
+    // A line split by the agent into three continuation records.
+    records
+        .push(json!({"seq": 121, "ts": 2000, "stream": "stdout", "text": "long-", "cont": true}));
+    records
+        .push(json!({"seq": 122, "ts": 2000, "stream": "stdout", "text": "line-", "cont": true}));
+    records.push(json!({"seq": 123, "ts": 2000, "stream": "stdout", "text": "end"}));
+    records.push(record(124, "stdout", "[COUT] ARTIFACT = s3://b/k?x=1"));
+    records.push(record(125, "stderr", "[COUT] IGNORED = on stderr"));
+    records.push(record(126, "stdout", "[COUT] CO_RESULT = true"));
+    let batch = json!({
+        "version": 1,
+        "agent": {"id": "a", "node": "node-1"},
+        "segments": [{
+            "container_id": CID,
+            "meta": {"name": "build", "image": "img:1", "labels": {"io.containerops.flow": "f"},
+                     "created_at": 5, "started_at": 6, "log_driver": "json-file"},
+            "records": records,
+            "exit": {"exit_code": 0, "finished_at": 9000, "last_seq": 126}
+        }]
+    });
+    let (s, ack) = ingest(&app, batch).await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!(ack, json!({"records": 126, "stored": 126, "duplicates": 0}));
+    let (_, page) = get(&app, "/api/v1/jobs").await;
+    let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
+    (app, id)
+}
+
+#[tokio::test]
+async fn job_view_has_verdict_outputs_and_labels() {
+    let (app, id) = seeded().await;
+    let (s, job) = get(&app, &format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(job["status"], "success");
+    assert_eq!(job["result"], true);
+    assert_eq!(job["reason"], "CO_RESULT = true");
+    assert_eq!(job["outputs"], json!({"ARTIFACT": "s3://b/k?x=1"}));
+    assert_eq!(job["flow"], "f");
+    assert_eq!(job["node"], "node-1");
+    assert_eq!(job["line_count"], 126);
+    assert_eq!(job["logs_url"], format!("/api/v1/jobs/{id}/logs"));
+    let (s, _) = get(&app, "/api/v1/jobs/12345").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, body) = get(&app, "/api/v1/jobs?status=bogus").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("bogus"));
+}
+
+#[tokio::test]
+async fn logs_page_filter_and_join_continuations() {
+    let (app, id) = seeded().await;
+    let base = format!("/api/v1/jobs/{id}/logs");
+
+    let (_, p) = get(&app, &format!("{base}?limit=10")).await;
+    let seqs: Vec<u64> = p["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(p["next_after"], 10);
+    assert_eq!(p["more"], true);
+
+    let (_, p) = get(&app, &format!("{base}?after=118&limit=4")).await;
+    let lines = p["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[2]["seq"], 121);
+    assert_eq!(lines[2]["text"], "long-line-end");
+    assert_eq!(lines[3]["seq"], 124);
+    assert_eq!(p["next_after"], 124);
+
+    let (_, p) = get(&app, &format!("{base}?stream=stderr&limit=3")).await;
+    let texts: Vec<&str> = p["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["line 2", "line 4", "line 6"]);
+
+    // `contains` scans at most max_scan_lines (50 here) per call, then says where to go on.
+    let (_, p) = get(&app, &format!("{base}?contains=line%2011")).await;
+    let texts: Vec<&str> = p["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["line 11"]);
+    assert_eq!(p["next_after"], 50);
+    assert_eq!(p["more"], true);
+    // Following next_after to the end finds every match exactly once.
+    let mut found = texts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let mut after = 50;
+    let mut calls = 1;
+    loop {
+        let (_, p) = get(&app, &format!("{base}?contains=line%2011&after={after}")).await;
+        calls += 1;
+        found.extend(
+            p["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["text"].as_str().unwrap().to_owned()),
+        );
+        after = p["next_after"].as_u64().unwrap();
+        if p["more"] == false {
+            break;
+        }
+    }
+    let mut expected = vec!["line 11".to_owned()];
+    expected.extend((110..=119).map(|i| format!("line {i}")));
+    assert_eq!(found, expected);
+    assert_eq!(calls, 3);
+    assert_eq!(after, 126);
+
+    let (_, p) = get(&app, &format!("{base}?regex=%5Eline%20(7%7C77)%24")).await;
+    let texts: Vec<&str> = p["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["line 7"]);
+
+    let (s, body) = get(&app, &format!("{base}?regex=(")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("regex"));
+    let (s, _) = get(&app, &format!("{base}?contains=a&regex=b")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn raw_download_is_the_whole_log() {
+    let (app, id) = seeded().await;
+    let req = Request::get(format!("/api/v1/jobs/{id}/logs?stream=stdout"))
+        .header("accept", "text/plain")
+        .body(Body::empty())
+        .unwrap();
+    let (s, body) = call(&app, req).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 60 + 1 + 2);
+    assert_eq!(lines[0], "line 1");
+    assert_eq!(lines[60], "long-line-end");
+    assert_eq!(lines[62], "[COUT] CO_RESULT = true");
+    assert!(text.ends_with('\n'));
+}
+
+#[tokio::test]
+async fn health_and_unknown_routes() {
+    let app = app().await;
+    let (s, _) = get(&app, "/healthz").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = get(&app, "/readyz").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["storage"], "sqlite");
+    let (s, body) = get(&app, "/nope").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+}
