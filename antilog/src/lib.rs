@@ -70,12 +70,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(checkpoint::run_writer(store.clone(), writer_stop.clone()));
 
+    let raw = docker::raw::RawClient::new(config.docker_host.as_deref(), &docker.client_version());
     let shared = Arc::new(docker::follower::Shared {
         docker,
+        raw,
         tx: item_tx,
         max_line_bytes: config.max_line_bytes,
         filter,
         shutdown: shutdown.clone(),
+        catch_up: Arc::new(tokio::sync::Semaphore::new(
+            docker::follower::CATCH_UP_CONCURRENCY,
+        )),
     });
     // Returns once shutdown is requested and every follower has stopped; with it go the
     // last senders of the item channel, which lets the batcher flush and finish.

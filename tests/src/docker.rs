@@ -116,6 +116,9 @@ pub async fn remove(docker: &Docker, id: &str) {
         .await;
 }
 
+/// Size of every piece but the last of a line Docker split.
+const DOCKER_PARTIAL_BYTES: usize = 16 * 1024;
+
 /// One line as Docker hands it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerLine {
@@ -125,8 +128,8 @@ pub struct DockerLine {
 }
 
 /// Docker's own log of a (non-TTY) container, read through the API with timestamps: each
-/// frame is `<RFC3339Nano> <message>`; a message without a trailing newline is a partial
-/// (Docker splits lines over 16 KiB) and is joined with the next ones of its stream.
+/// frame is `<RFC3339Nano> <message>`; Docker splits lines over 16 KiB into pieces, which
+/// are joined with the next ones of their stream.
 pub async fn docker_lines(docker: &Docker, id: &str) -> Result<Vec<DockerLine>> {
     let mut s = docker.logs(
         id,
@@ -152,9 +155,12 @@ pub async fn docker_lines(docker: &Docker, id: &str) -> Result<Vec<DockerLine>> 
             .context("frame without timestamp")?;
         let ts = parse_ts(std::str::from_utf8(&msg[..space])?)?;
         let body = &msg[space + 1..];
+        // Docker's log copier cuts lines at exactly 16 KiB; every piece but the last is that
+        // long. The last one ends in a newline with json-file, but not with the local
+        // driver, so a shorter piece without one also ends the line.
         let (body, complete) = match body.strip_suffix(b"\n") {
             Some(b) => (b, true),
-            None => (body, false),
+            None => (body, body.len() < DOCKER_PARTIAL_BYTES),
         };
         let entry = partial.entry(stream).or_insert_with(|| DockerLine {
             stream,

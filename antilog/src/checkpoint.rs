@@ -1,0 +1,325 @@
+//! Acknowledged progress per container, persisted so a restarted agent resumes where
+//! logarithmd's acknowledgements left off.
+//!
+//! The state only ever moves on a 2xx from logarithmd (see `pipeline::shipper`). It lives
+//! in memory and is written to `{data_dir}/checkpoints.json` at most every
+//! [`WRITE_INTERVAL`] and at shutdown, atomically: temp file, fsync, rename, fsync of the
+//! directory. Losing the last interval only means re-sending lines the server deduplicates
+//! by `(container_id, seq)`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, ErrorKind};
+
+pub const FILE_NAME: &str = "checkpoints.json";
+pub const WRITE_INTERVAL: Duration = Duration::from_millis(200);
+const FORMAT_VERSION: u32 = 1;
+
+/// A position in a container's log at a line boundary where nothing was half-read: every
+/// line up to `seq` is complete, `ts` is the largest line timestamp so far and `at_ts` how
+/// many of those lines carry exactly `ts`. Resuming = asking Docker for lines `since`
+/// `floor(ts)` seconds and skipping lines older than `ts` and the first `at_ts` at `ts`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Last `seq` of the last complete line (0: nothing yet).
+    pub seq: u64,
+    /// Largest line timestamp (ns since the epoch).
+    pub ts: i64,
+    /// Lines seen with exactly `ts` (0: no line yet).
+    pub at_ts: u32,
+}
+
+impl Position {
+    /// Accounts for a complete line whose last record has `seq`.
+    pub fn line_done(&mut self, seq: u64, ts: i64) {
+        self.seq = seq;
+        if self.at_ts == 0 || ts > self.ts {
+            self.ts = ts;
+            self.at_ts = 1;
+        } else if ts == self.ts {
+            self.at_ts = self.at_ts.saturating_add(1);
+        }
+    }
+
+    /// The `since` (whole seconds) to ask Docker for when resuming here.
+    pub fn since_secs(&self) -> i64 {
+        if self.at_ts == 0 {
+            0
+        } else {
+            self.ts.div_euclid(1_000_000_000)
+        }
+    }
+}
+
+/// The acknowledged end of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitMark {
+    pub restart_count: u32,
+    pub finished_at: i64,
+}
+
+/// What is acknowledged for one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub pos: Position,
+    /// Set when the exit of the latest run was acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitMark>,
+}
+
+/// What an acknowledged item does to the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Lines up to this position are delivered.
+    Cut(Position),
+    /// A (new) run began: its exit is not delivered yet.
+    Meta,
+    /// The run's exit is delivered.
+    Exit(ExitMark),
+    /// The container is gone: drop its entry.
+    Forget,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileFormat {
+    version: u32,
+    containers: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: BTreeMap<String, Entry>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+impl CheckpointStore {
+    /// Creates `dir` if needed and loads the checkpoint file if there is one.
+    pub fn open(dir: &Path) -> Result<CheckpointStore, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Checkpoint,
+                format!("cannot create data_dir {}", dir.display()),
+                e,
+            )
+        })?;
+        let path = dir.join(FILE_NAME);
+        let entries = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let f: FileFormat = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Checkpoint,
+                        format!("{} is corrupt (delete it to start over)", path.display()),
+                        e,
+                    )
+                })?;
+                if f.version != FORMAT_VERSION {
+                    return Err(Error::new(
+                        ErrorKind::Checkpoint,
+                        format!("{} has unknown version {}", path.display(), f.version),
+                    ));
+                }
+                f.containers
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(Error::with_source(
+                    ErrorKind::Checkpoint,
+                    format!("cannot read {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        Ok(CheckpointStore {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State {
+                entries,
+                dirty: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that
+        // matters (each update is one insert/remove), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, Entry> {
+        self.lock().entries.clone()
+    }
+
+    /// Applies the effects of an acknowledged batch, in order.
+    pub fn apply<'a>(&self, effects: impl IntoIterator<Item = (&'a str, &'a Effect)>) {
+        let mut st = self.lock();
+        for (id, effect) in effects {
+            match effect {
+                Effect::Forget => {
+                    st.entries.remove(id);
+                }
+                Effect::Cut(pos) => {
+                    let e = st.entries.entry(id.to_string()).or_default();
+                    // Never move backwards (a resend of older data after a reconnect).
+                    if pos.seq >= e.pos.seq {
+                        e.pos = *pos;
+                    }
+                }
+                Effect::Meta => {
+                    st.entries.entry(id.to_string()).or_default().exit = None;
+                }
+                Effect::Exit(mark) => {
+                    st.entries.entry(id.to_string()).or_default().exit = Some(*mark);
+                }
+            }
+            st.dirty = true;
+        }
+    }
+
+    /// Keeps only the entries of `ids` (containers that still exist).
+    pub fn retain(&self, keep: &dyn Fn(&str) -> bool) {
+        let mut st = self.lock();
+        let before = st.entries.len();
+        st.entries.retain(|id, _| keep(id));
+        if st.entries.len() != before {
+            st.dirty = true;
+        }
+    }
+
+    /// Writes the file if anything changed since the last write.
+    pub fn persist_if_dirty(&self) -> Result<(), Error> {
+        let bytes = {
+            let mut st = self.lock();
+            if !st.dirty {
+                return Ok(());
+            }
+            st.dirty = false;
+            let f = FileFormat {
+                version: FORMAT_VERSION,
+                containers: st.entries.clone(),
+            };
+            serde_json::to_vec_pretty(&f).map_err(|e| {
+                Error::with_source(ErrorKind::Checkpoint, "cannot serialize checkpoints", e)
+            })?
+        };
+        let res = write_atomically(&self.dir, FILE_NAME, &bytes);
+        if res.is_err() {
+            self.lock().dirty = true; // try again next time
+        }
+        res
+    }
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
+    let err = |what: &str, e: std::io::Error| {
+        Error::with_source(
+            ErrorKind::Checkpoint,
+            format!("cannot {what} in {}", dir.display()),
+            e,
+        )
+    };
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| err("create temp file", e))?;
+    f.write_all(bytes).map_err(|e| err("write temp file", e))?;
+    f.sync_all().map_err(|e| err("fsync temp file", e))?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name)).map_err(|e| err("rename temp file", e))?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err("fsync directory", e))
+}
+
+/// Persists every [`WRITE_INTERVAL`] while something changed, until `stop`.
+pub async fn run_writer(store: Arc<CheckpointStore>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(WRITE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.persist_if_dirty()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "checkpoint write failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "checkpoint writer task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_tracks_max_ts_and_count() {
+        let mut p = Position::default();
+        assert_eq!(p.since_secs(), 0);
+        p.line_done(1, 5_000_000_001);
+        p.line_done(2, 5_000_000_001);
+        assert_eq!((p.seq, p.ts, p.at_ts), (2, 5_000_000_001, 2));
+        p.line_done(3, 5_000_000_000); // older timestamp: counted nowhere
+        assert_eq!((p.seq, p.ts, p.at_ts), (3, 5_000_000_001, 2));
+        p.line_done(5, 6_000_000_000);
+        assert_eq!((p.seq, p.ts, p.at_ts), (5, 6_000_000_000, 1));
+        assert_eq!(p.since_secs(), 6);
+    }
+
+    #[test]
+    fn persists_atomically_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let pos = Position {
+            seq: 7,
+            ts: 9,
+            at_ts: 1,
+        };
+        let mark = ExitMark {
+            restart_count: 0,
+            finished_at: 11,
+        };
+        store.apply([("a", &Effect::Cut(pos)), ("a", &Effect::Exit(mark))]);
+        store.apply([("b", &Effect::Cut(pos)), ("b", &Effect::Forget)]);
+        // An older position (resend) does not move the checkpoint back.
+        store.apply([("a", &Effect::Cut(Position::default()))]);
+        store.persist_if_dirty().unwrap();
+        let again = CheckpointStore::open(dir.path()).unwrap().snapshot();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again["a"],
+            Entry {
+                pos,
+                exit: Some(mark)
+            }
+        );
+        assert!(!dir.path().join("checkpoints.json.tmp").exists());
+        store.apply([("a", &Effect::Meta)]);
+        store.retain(&|id| id != "a");
+        store.persist_if_dirty().unwrap();
+        assert!(CheckpointStore::open(dir.path())
+            .unwrap()
+            .snapshot()
+            .is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), b"{nope").unwrap();
+        let err = CheckpointStore::open(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Checkpoint);
+    }
+}

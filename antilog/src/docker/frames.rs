@@ -1,0 +1,1038 @@
+//! Turning Docker's log stream into lines: pure code, no I/O.
+//!
+//! With `timestamps=true` every Docker log *message* starts with an RFC3339Nano timestamp
+//! and one space. A message is a whole line ending in `\n`, or a *partial*: Docker's copier
+//! cuts lines longer than its 16 KiB buffer into 16384-byte messages without `\n` (and the
+//! last output of a run may end without `\n`).
+//!
+//! - [`parse_timestamp`]: the timestamp parser (no allocation, checked arithmetic).
+//! - [`MuxAssembler`]: non-TTY containers; bollard hands us one message per frame, per
+//!   stream, so a full-size frame without `\n` is a partial to join with the next frame of
+//!   its stream (the `local` driver ends a split line with a short frame without `\n`).
+//! - [`TtyAssembler`]: TTY containers; the stream is raw bytes in arbitrary chunks, so
+//!   message boundaries are found by scanning: a message ends at `\n` or after
+//!   [`DOCKER_PARTIAL_SIZE`] content bytes.
+//! - Both feed a per-stream line buffer that emits [`Piece`]s: whole lines, or for lines
+//!   longer than `max_line_bytes` consecutive pieces of exactly `max_line_bytes` bytes
+//!   (all but the last marked as continued), so memory stays bounded for endless lines.
+
+use protocol::Stream;
+
+/// Content bytes of a partial message cut by Docker's log copier (its buffer size).
+pub const DOCKER_PARTIAL_SIZE: usize = 16 * 1024;
+
+/// Longest timestamp (plus slack) we accept before the separating space; anything longer
+/// is not a Docker timestamp.
+const MAX_TIMESTAMP_LEN: usize = 40;
+
+/// Parses an RFC3339 timestamp as Docker writes it (`2026-11-27T11:10:25.123456789Z`):
+/// a fraction of 0 to 9 digits, and `Z` or a `+HH:MM`/`-HH:MM` offset. Returns ns since
+/// the Unix epoch, or `None` if malformed or outside the `i64` nanosecond range.
+pub fn parse_timestamp(s: &[u8]) -> Option<i64> {
+    if s.len() < 20 {
+        return None;
+    }
+    let year = digits(&s[0..4])?;
+    let month = digits(&s[5..7])?;
+    let day = digits(&s[8..10])?;
+    let hour = digits(&s[11..13])?;
+    let minute = digits(&s[14..16])?;
+    let second = digits(&s[17..19])?;
+    if s[4] != b'-'
+        || s[7] != b'-'
+        || !matches!(s[10], b'T' | b't')
+        || s[13] != b':'
+        || s[16] != b':'
+    {
+        return None;
+    }
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: i64 = 0;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < s.len() && s[i].is_ascii_digit() {
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 || n > 9 {
+            return None;
+        }
+        nanos = digits(&s[start..i])? * 10i64.pow(9 - n as u32);
+    }
+    let offset_secs = match s.get(i) {
+        Some(b'Z' | b'z') => {
+            i += 1;
+            0
+        }
+        Some(&sign @ (b'+' | b'-')) => {
+            let off = s.get(i + 1..i + 6)?;
+            if off[2] != b':' {
+                return None;
+            }
+            let (oh, om) = (digits(&off[0..2])?, digits(&off[3..5])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            i += 6;
+            let secs = oh * 3600 + om * 60;
+            if sign == b'+' {
+                secs
+            } else {
+                -secs
+            }
+        }
+        _ => return None,
+    };
+    if i != s.len() {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// Parses ASCII digits (at most 18, so no overflow).
+fn digits(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 18 {
+        return None;
+    }
+    s.iter().try_fold(0i64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+    })
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if is_leap(y) => 29,
+        _ => 28,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Splits `"<timestamp> <rest>"`; `None` if the message does not start with a timestamp.
+pub fn split_timestamp(msg: &[u8]) -> Option<(i64, &[u8])> {
+    let head = &msg[..msg.len().min(MAX_TIMESTAMP_LEN + 1)];
+    let sp = head.iter().position(|&b| b == b' ')?;
+    let ts = parse_timestamp(&msg[..sp])?;
+    Some((ts, &msg[sp + 1..]))
+}
+
+/// A piece of a line, ready to become a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub stream: Stream,
+    /// Timestamp of the line (its first message), ns since the epoch.
+    pub ts: i64,
+    pub bytes: Vec<u8>,
+    /// First piece of its line (the place to decide whether a re-read line is skipped).
+    pub first: bool,
+    /// Last piece of its line (`cont: false` on the wire).
+    pub last: bool,
+    /// After this piece nothing is pending in the assembler: a position to resume from.
+    pub cut: bool,
+}
+
+/// Marks the last piece as a cut, if it ends a line (else nothing ended here).
+fn mark_cut(out: &mut [Piece]) {
+    if let Some(p) = out.last_mut().filter(|p| p.last) {
+        p.cut = true;
+    }
+}
+
+/// Accumulates one stream's messages into lines.
+#[derive(Debug)]
+struct LineBuf {
+    stream: Stream,
+    max_line_bytes: usize,
+    strip_cr: bool,
+    /// Timestamp of the pending line's first message; `Some` while a line is pending.
+    ts: Option<i64>,
+    buf: Vec<u8>,
+    /// Whether a piece of the pending line was already emitted.
+    emitted: bool,
+    /// Arrival order of the pending line's first message (to flush in Docker's order).
+    order: u64,
+}
+
+impl LineBuf {
+    fn new(stream: Stream, max_line_bytes: usize, strip_cr: bool) -> LineBuf {
+        LineBuf {
+            stream,
+            max_line_bytes: max_line_bytes.max(1),
+            strip_cr,
+            ts: None,
+            buf: Vec::new(),
+            emitted: false,
+            order: 0,
+        }
+    }
+
+    /// Appends message content (without its `\n`); `terminated` ends the line.
+    fn push(
+        &mut self,
+        ts: i64,
+        order: u64,
+        content: &[u8],
+        terminated: bool,
+        out: &mut Vec<Piece>,
+    ) {
+        let ts = *self.ts.get_or_insert_with(|| {
+            self.order = order;
+            ts
+        });
+        self.buf.extend_from_slice(content);
+        // Strictly greater: the last byte always stays pending, so a line of exactly
+        // k * max bytes ends with a full piece (not an empty one) and a trailing '\r' is
+        // still at hand when the line ends. Splitting stays deterministic on a re-read.
+        while self.buf.len() > self.max_line_bytes {
+            let rest = self.buf.split_off(self.max_line_bytes);
+            let bytes = std::mem::replace(&mut self.buf, rest);
+            out.push(Piece {
+                stream: self.stream,
+                ts,
+                bytes,
+                first: !self.emitted,
+                last: false,
+                cut: false,
+            });
+            self.emitted = true;
+        }
+        if terminated {
+            self.finish(true, out);
+        }
+    }
+
+    /// Ends the pending line; `terminated` if Docker's message ended with `\n` (only then
+    /// is a trailing '\r' the pty's, rather than the program's own).
+    fn finish(&mut self, terminated: bool, out: &mut Vec<Piece>) {
+        let Some(ts) = self.ts.take() else { return };
+        if terminated && self.strip_cr && self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        out.push(Piece {
+            stream: self.stream,
+            ts,
+            bytes: std::mem::take(&mut self.buf),
+            first: !self.emitted,
+            last: true,
+            cut: false,
+        });
+        self.emitted = false;
+    }
+
+    fn clear(&mut self) {
+        self.ts = None;
+        self.buf = Vec::new();
+        self.emitted = false;
+    }
+
+    fn pending(&self) -> bool {
+        self.ts.is_some()
+    }
+}
+
+/// Joins the frames of a multiplexed (non-TTY) log stream into lines, per stream.
+///
+/// Lines come out when they complete. The pieces of a line longer than `max_line_bytes`
+/// are kept contiguous (readers join a continued record with the *next* record): while
+/// one stream's line is half emitted, the other stream's pieces wait, up to a bound after
+/// which the long line is cut short (its rest becomes a new line) rather than memory grow.
+#[derive(Debug)]
+pub struct MuxAssembler {
+    stdout: LineBuf,
+    stderr: LineBuf,
+    partial_size: usize,
+    order: u64,
+    last_ts: i64,
+    /// The stream whose line is half emitted (its last piece out was a continued one).
+    owner: Option<Stream>,
+    /// Pieces of the other stream, waiting for the owner's line to end.
+    held: Vec<Piece>,
+    held_bytes: usize,
+    max_held_bytes: usize,
+    scratch: Vec<Piece>,
+    /// Frames that did not start with a timestamp (kept whole, stamped with the previous
+    /// timestamp).
+    pub malformed: u64,
+    /// Long lines cut short because the other stream had too much waiting.
+    pub forced_breaks: u64,
+}
+
+impl MuxAssembler {
+    pub fn new(max_line_bytes: usize) -> MuxAssembler {
+        MuxAssembler::with_partial_size(max_line_bytes, DOCKER_PARTIAL_SIZE)
+    }
+
+    pub fn with_partial_size(max_line_bytes: usize, partial_size: usize) -> MuxAssembler {
+        MuxAssembler {
+            stdout: LineBuf::new(Stream::Stdout, max_line_bytes, false),
+            stderr: LineBuf::new(Stream::Stderr, max_line_bytes, false),
+            partial_size: partial_size.max(1),
+            order: 0,
+            last_ts: 0,
+            owner: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            max_held_bytes: max_line_bytes.saturating_mul(4).max(1 << 20),
+            scratch: Vec::new(),
+            malformed: 0,
+            forced_breaks: 0,
+        }
+    }
+
+    fn buf(&mut self, stream: Stream) -> &mut LineBuf {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
+    }
+
+    /// One frame = one Docker message: `"<ts> <content>[\n]"`.
+    pub fn push_frame(&mut self, stream: Stream, frame: &[u8], out: &mut Vec<Piece>) {
+        let (ts, rest) = match split_timestamp(frame) {
+            Some(v) => v,
+            None => {
+                self.malformed += 1;
+                (self.last_ts, frame)
+            }
+        };
+        self.last_ts = ts;
+        // A message without '\n' is a partial only if Docker's buffer was full: the
+        // `local` driver returns the last piece of a split line without '\n' (json-file
+        // adds one), and a run's last output without newline is short too.
+        let (content, terminated) = match rest.split_last() {
+            Some((b'\n', head)) => (head, true),
+            _ => (rest, rest.len() < self.partial_size),
+        };
+        self.order += 1;
+        let order = self.order;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.buf(stream)
+            .push(ts, order, content, terminated, &mut scratch);
+        self.route(&mut scratch, out);
+        self.scratch = scratch;
+        if self.held_bytes > self.max_held_bytes {
+            if let Some(owner) = self.owner {
+                // Bounded memory beats one unbroken line.
+                self.forced_breaks += 1;
+                let mut scratch = std::mem::take(&mut self.scratch);
+                self.buf(owner).finish(false, &mut scratch);
+                self.route(&mut scratch, out);
+                self.scratch = scratch;
+            }
+        }
+        self.mark_cut_if_idle(out);
+    }
+
+    /// Moves pieces to `out`, or to `held` while the other stream owns the output.
+    fn route(&mut self, pieces: &mut Vec<Piece>, out: &mut Vec<Piece>) {
+        for p in pieces.drain(..) {
+            match self.owner {
+                Some(o) if o != p.stream => {
+                    self.held_bytes += p.bytes.len();
+                    self.held.push(p);
+                }
+                _ => {
+                    self.pass(p, out);
+                    if self.owner.is_none() && !self.held.is_empty() {
+                        // Held pieces are all of one stream: they can all go now.
+                        self.held_bytes = 0;
+                        let held = std::mem::take(&mut self.held);
+                        for h in held {
+                            self.pass(h, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn pass(&mut self, p: Piece, out: &mut Vec<Piece>) {
+        if !p.last {
+            self.owner = Some(p.stream);
+        } else if self.owner == Some(p.stream) {
+            self.owner = None;
+        }
+        out.push(p);
+    }
+
+    fn mark_cut_if_idle(&self, out: &mut [Piece]) {
+        if !self.stdout.pending() && !self.stderr.pending() && self.held.is_empty() {
+            mark_cut(out);
+        }
+    }
+
+    /// End of stream: pending partials become lines, in the order they began.
+    pub fn flush(&mut self, out: &mut Vec<Piece>) {
+        let before = out.len();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let first = if self.stdout.order <= self.stderr.order {
+            [Stream::Stdout, Stream::Stderr]
+        } else {
+            [Stream::Stderr, Stream::Stdout]
+        };
+        // The owner's line first: it is the one the held pieces wait for.
+        let order = match self.owner {
+            Some(o) if o != first[0] => [first[1], first[0]],
+            _ => first,
+        };
+        for s in order {
+            self.buf(s).finish(false, &mut scratch);
+            self.route(&mut scratch, out);
+        }
+        self.scratch = scratch;
+        if out.len() > before {
+            self.mark_cut_if_idle(out);
+        }
+    }
+
+    /// Drops pending partials (the stream broke; they will be read again).
+    pub fn clear(&mut self) {
+        self.stdout.clear();
+        self.stderr.clear();
+        self.owner = None;
+        self.held.clear();
+        self.held_bytes = 0;
+    }
+
+    pub fn pending(&self) -> bool {
+        self.stdout.pending() || self.stderr.pending() || !self.held.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TtyState {
+    /// Reading the timestamp that starts a message.
+    Timestamp,
+    /// Inside a message's content; `len` content bytes seen so far.
+    Content { ts: i64, len: usize },
+}
+
+/// Splits a TTY container's raw log byte stream (arbitrary chunks) into lines.
+///
+/// One trailing `\r` per line is removed: the pty turns `\n` into `\r\n`, so a TTY line
+/// as the program wrote it never ends in the `\r` Docker stored.
+#[derive(Debug)]
+pub struct TtyAssembler {
+    line: LineBuf,
+    state: TtyState,
+    ts_buf: Vec<u8>,
+    partial_size: usize,
+    last_ts: i64,
+    order: u64,
+    /// Messages without a parsable timestamp (their bytes are kept as content).
+    pub malformed: u64,
+}
+
+impl TtyAssembler {
+    pub fn new(max_line_bytes: usize) -> TtyAssembler {
+        TtyAssembler::with_partial_size(max_line_bytes, DOCKER_PARTIAL_SIZE)
+    }
+
+    pub fn with_partial_size(max_line_bytes: usize, partial_size: usize) -> TtyAssembler {
+        TtyAssembler {
+            line: LineBuf::new(Stream::Stdout, max_line_bytes, true),
+            state: TtyState::Timestamp,
+            ts_buf: Vec::with_capacity(MAX_TIMESTAMP_LEN + 1),
+            partial_size: partial_size.max(1),
+            last_ts: 0,
+            order: 0,
+            malformed: 0,
+        }
+    }
+
+    pub fn push_chunk(&mut self, mut chunk: &[u8], out: &mut Vec<Piece>) {
+        while !chunk.is_empty() {
+            match self.state {
+                TtyState::Timestamp => {
+                    let room = MAX_TIMESTAMP_LEN + 1 - self.ts_buf.len();
+                    let window = &chunk[..chunk.len().min(room)];
+                    match window.iter().position(|&b| b == b' ') {
+                        Some(p) => {
+                            self.ts_buf.extend_from_slice(&window[..p]);
+                            chunk = &chunk[p + 1..];
+                            match parse_timestamp(&self.ts_buf) {
+                                Some(ts) => {
+                                    self.last_ts = ts;
+                                    self.state = TtyState::Content { ts, len: 0 };
+                                    self.ts_buf.clear();
+                                }
+                                None => self.malformed_prefix(true, out),
+                            }
+                        }
+                        None if window.len() == room => {
+                            self.ts_buf.extend_from_slice(window);
+                            chunk = &chunk[window.len()..];
+                            self.malformed_prefix(false, out);
+                        }
+                        None => {
+                            self.ts_buf.extend_from_slice(window);
+                            chunk = &chunk[window.len()..];
+                        }
+                    }
+                }
+                TtyState::Content { ts, len } => {
+                    let room = self.partial_size - len;
+                    let window = &chunk[..chunk.len().min(room)];
+                    if let Some(p) = window.iter().position(|&b| b == b'\n') {
+                        self.order += 1;
+                        self.line.push(ts, self.order, &window[..p], true, out);
+                        mark_cut(out);
+                        chunk = &chunk[p + 1..];
+                        self.state = TtyState::Timestamp;
+                    } else {
+                        self.order += 1;
+                        self.line.push(ts, self.order, window, false, out);
+                        chunk = &chunk[window.len()..];
+                        let len = len + window.len();
+                        self.state = if len >= self.partial_size {
+                            TtyState::Timestamp
+                        } else {
+                            TtyState::Content { ts, len }
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// What looked like a timestamp is not one: keep its bytes as content of a message
+    /// stamped with the previous timestamp, so no byte is lost.
+    fn malformed_prefix(&mut self, with_space: bool, out: &mut Vec<Piece>) {
+        self.malformed += 1;
+        let mut bytes = std::mem::take(&mut self.ts_buf);
+        if with_space {
+            bytes.push(b' ');
+        }
+        self.state = TtyState::Content {
+            ts: self.last_ts,
+            len: 0,
+        };
+        // Bounded recursion: `bytes` is at most MAX_TIMESTAMP_LEN + 1 long and every level
+        // consumes at least up to one '\n' of it.
+        self.push_chunk(&bytes, out);
+    }
+
+    /// End of stream: a pending line (a last message without `\n`) becomes a line.
+    pub fn flush(&mut self, out: &mut Vec<Piece>) {
+        if !self.ts_buf.is_empty() {
+            // A message cut inside its timestamp: nothing of its content arrived.
+            self.malformed += 1;
+            self.ts_buf.clear();
+        }
+        self.state = TtyState::Timestamp;
+        let before = out.len();
+        self.line.finish(false, out);
+        if out.len() > before {
+            mark_cut(out);
+        }
+    }
+
+    /// Drops the pending line (the stream broke; it will be read again).
+    pub fn clear(&mut self) {
+        self.state = TtyState::Timestamp;
+        self.ts_buf.clear();
+        self.line.clear();
+    }
+
+    pub fn pending(&self) -> bool {
+        self.line.pending()
+    }
+}
+
+/// Either assembler, chosen by the container's TTY flag.
+#[derive(Debug)]
+pub enum Assembler {
+    Mux(MuxAssembler),
+    Tty(TtyAssembler),
+}
+
+impl Assembler {
+    pub fn new(tty: bool, max_line_bytes: usize) -> Assembler {
+        if tty {
+            Assembler::Tty(TtyAssembler::new(max_line_bytes))
+        } else {
+            Assembler::Mux(MuxAssembler::new(max_line_bytes))
+        }
+    }
+
+    pub fn flush(&mut self, out: &mut Vec<Piece>) {
+        match self {
+            Assembler::Mux(a) => a.flush(out),
+            Assembler::Tty(a) => a.flush(out),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        match self {
+            Assembler::Mux(a) => a.clear(),
+            Assembler::Tty(a) => a.clear(),
+        }
+    }
+
+    pub fn malformed(&self) -> u64 {
+        match self {
+            Assembler::Mux(a) => a.malformed,
+            Assembler::Tty(a) => a.malformed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rfc3339(s: &str) -> i64 {
+        let t =
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
+        i64::try_from(t.unix_timestamp_nanos()).unwrap()
+    }
+
+    #[test]
+    fn parses_docker_timestamps() {
+        assert_eq!(
+            parse_timestamp(b"2026-11-27T11:10:25.123456789Z"),
+            Some(1_795_777_825_123_456_789)
+        );
+        assert_eq!(parse_timestamp(b"1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_timestamp(b"1970-01-01T00:00:00.5Z"),
+            Some(500_000_000)
+        );
+        assert_eq!(
+            parse_timestamp(b"1970-01-01T01:00:00.000000001+01:00"),
+            Some(1)
+        );
+        assert_eq!(parse_timestamp(b"1969-12-31T23:00:00-01:00"), Some(0));
+        assert_eq!(
+            parse_timestamp(b"1969-12-31T23:59:59.9Z"),
+            Some(-100_000_000)
+        );
+        assert_eq!(
+            parse_timestamp(b"2024-02-29T00:00:00Z"),
+            Some(rfc3339("2024-02-29T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_timestamps() {
+        for bad in [
+            &b""[..],
+            b"2026-11-27",
+            b"2026-11-27T11:10:25",
+            b"2026-11-27T11:10:25.Z",
+            b"2026-11-27T11:10:25.1234567890Z",
+            b"2026-13-27T11:10:25Z",
+            b"2023-02-29T11:10:25Z",
+            b"2026-11-27T24:10:25Z",
+            b"2026-11-27T11:10:25+0100",
+            b"2026-11-27T11:10:25Zx",
+            b"2026-11-27 11:10:25Z",
+            b"2026-1a-27T11:10:25Z",
+            b"0001-01-01T00:00:00Z", // outside the i64 ns range
+        ] {
+            assert_eq!(
+                parse_timestamp(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn splits_timestamp_from_message() {
+        let (ts, rest) = split_timestamp(b"2026-11-27T11:10:25.000000001Z  hi \n").unwrap();
+        assert_eq!(ts, rfc3339("2026-11-27T11:10:25.000000001Z"));
+        assert_eq!(rest, b" hi \n");
+        assert_eq!(split_timestamp(b"no timestamp here\n"), None);
+    }
+
+    /// Joins pieces back into lines, per stream, checking the piece invariants.
+    fn join(pieces: &[Piece], max: usize) -> Vec<(Stream, i64, Vec<u8>)> {
+        let mut lines = Vec::new();
+        let mut open: [Option<(i64, Vec<u8>)>; 2] = [None, None];
+        let mut continuing: Option<Stream> = None;
+        for p in pieces {
+            if let Some(s) = continuing {
+                assert_eq!(
+                    p.stream, s,
+                    "a continued piece is followed by its own stream"
+                );
+            }
+            continuing = (!p.last).then_some(p.stream);
+            let slot = &mut open[usize::from(p.stream.as_u8() - 1)];
+            assert_eq!(p.first, slot.is_none(), "first flag of {p:?}");
+            assert!(p.bytes.len() <= max);
+            if !p.last {
+                assert_eq!(p.bytes.len(), max, "continued pieces are full");
+            }
+            let (ts, buf) = slot.get_or_insert_with(|| (p.ts, Vec::new()));
+            assert_eq!(*ts, p.ts);
+            buf.extend_from_slice(&p.bytes);
+            if p.last {
+                let (ts, buf) = slot.take().unwrap();
+                lines.push((p.stream, ts, buf));
+            }
+        }
+        assert!(open.iter().all(Option::is_none));
+        lines
+    }
+
+    fn ts_text(ts: i64) -> String {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts)).unwrap();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.nanosecond()
+        )
+    }
+
+    /// Docker's copier: a line's content cut into `partial`-byte messages, the last one
+    /// (shorter than `partial`) carrying the '\n'; `terminated: false` is a run's last
+    /// output without newline. With `local`, the last piece of a split line has no '\n'
+    /// (what the `local` driver returns).
+    fn docker_messages(
+        content: &[u8],
+        partial: usize,
+        terminated: bool,
+        local: bool,
+    ) -> Vec<Vec<u8>> {
+        let mut msgs: Vec<Vec<u8>> = content.chunks(partial).map(<[u8]>::to_vec).collect();
+        if terminated {
+            let split = content.len() >= partial;
+            match msgs.last_mut() {
+                Some(last) if local && split && last.len() == partial => msgs.push(Vec::new()),
+                Some(_) if local && split => {}
+                Some(last) if last.len() < partial => last.push(b'\n'),
+                _ => msgs.push(b"\n".to_vec()),
+            }
+        }
+        msgs
+    }
+
+    fn line_bytes(max_len: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => proptest::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..64),
+            1 => (0..max_len, any::<u64>()).prop_map(|(n, mut x)| {
+                // Long lines from a cheap PRNG (xorshift), '\n' mapped away.
+                (0..n).map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    match x as u8 { b'\n' => b'n', b => b }
+                }).collect()
+            }),
+        ]
+    }
+
+    #[test]
+    fn mux_joins_partials_and_flushes_at_eof() {
+        // Partial size 2 instead of 16384, to keep the example small.
+        let mut a = MuxAssembler::with_partial_size(1 << 20, 2);
+        let mut out = Vec::new();
+        a.push_frame(
+            Stream::Stdout,
+            b"2026-11-27T11:10:25.000000001Z ab",
+            &mut out,
+        );
+        a.push_frame(
+            Stream::Stderr,
+            b"2026-11-27T11:10:25.000000002Z err\n",
+            &mut out,
+        );
+        a.push_frame(
+            Stream::Stdout,
+            b"2026-11-27T11:10:25.000000003Z cd\n",
+            &mut out,
+        );
+        a.push_frame(
+            Stream::Stdout,
+            b"2026-11-27T11:10:25.000000004Z \n",
+            &mut out,
+        );
+        // `local` driver: the last piece of a split line comes without '\n'.
+        a.push_frame(
+            Stream::Stdout,
+            b"2026-11-27T11:10:25.000000005Z xy",
+            &mut out,
+        );
+        a.push_frame(
+            Stream::Stdout,
+            b"2026-11-27T11:10:25.000000005Z z",
+            &mut out,
+        );
+        a.push_frame(
+            Stream::Stdout,
+            b"2026-11-27T11:10:25.000000006Z \r\n",
+            &mut out,
+        );
+        a.push_frame(
+            Stream::Stdout,
+            b"2026-11-27T11:10:25.000000007Z ta",
+            &mut out,
+        );
+        assert!(a.pending());
+        a.flush(&mut out);
+        assert!(!a.pending());
+        let base = rfc3339("2026-11-27T11:10:25Z");
+        assert_eq!(
+            join(&out, 1 << 20),
+            vec![
+                (Stream::Stderr, base + 2, b"err".to_vec()),
+                (Stream::Stdout, base + 1, b"abcd".to_vec()),
+                (Stream::Stdout, base + 4, b"".to_vec()),
+                (Stream::Stdout, base + 5, b"xyz".to_vec()),
+                (Stream::Stdout, base + 6, b"\r".to_vec()),
+                (Stream::Stdout, base + 7, b"ta".to_vec()),
+            ]
+        );
+        // Cuts: not while stdout's "ab" was pending; after every other line.
+        let cuts: Vec<bool> = out.iter().map(|p| p.cut).collect();
+        assert_eq!(cuts, vec![false, true, true, true, true, true]);
+        assert_eq!(a.malformed, 0);
+    }
+
+    #[test]
+    fn long_lines_stay_contiguous_and_are_cut_short_when_too_much_waits() {
+        let mut a = MuxAssembler::with_partial_size(4, 8);
+        let mut out = Vec::new();
+        a.push_frame(Stream::Stdout, b"1970-01-01T00:00:01Z 01234567", &mut out);
+        a.push_frame(Stream::Stderr, b"1970-01-01T00:00:02Z e\n", &mut out);
+        a.push_frame(Stream::Stdout, b"1970-01-01T00:00:03Z 89\n", &mut out);
+        let got: Vec<(Stream, &[u8])> = out.iter().map(|p| (p.stream, &p.bytes[..])).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Stream::Stdout, &b"0123"[..]),
+                (Stream::Stdout, b"4567"),
+                (Stream::Stdout, b"89"),
+                (Stream::Stderr, b"e"),
+            ]
+        );
+        // A line that never ends while the other stream keeps logging: after 1 MiB waits,
+        // the long line is cut so memory stays bounded.
+        let mut out = Vec::new();
+        a.push_frame(Stream::Stdout, b"1970-01-01T00:00:04Z 01234567", &mut out);
+        let line = [b"1970-01-01T00:00:05Z ".as_slice(), &[b'e'; 1000], b"\n"].concat();
+        for _ in 0..1100 {
+            a.push_frame(Stream::Stderr, &line, &mut out);
+        }
+        assert_eq!(a.forced_breaks, 1);
+        assert!(out.len() > 1000);
+        assert!(a.held.is_empty());
+        join(&out, 4);
+    }
+
+    #[test]
+    fn max_line_bytes_splits_into_full_pieces() {
+        let mut a = MuxAssembler::new(4);
+        let mut out = Vec::new();
+        a.push_frame(
+            Stream::Stdout,
+            b"1970-01-01T00:00:01Z 0123456789\n",
+            &mut out,
+        );
+        a.push_frame(Stream::Stdout, b"1970-01-01T00:00:02Z 01234567\n", &mut out);
+        a.push_frame(Stream::Stdout, b"1970-01-01T00:00:03Z \n", &mut out);
+        let got: Vec<(&[u8], bool, bool)> = out
+            .iter()
+            .map(|p| (&p.bytes[..], p.first, p.last))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"0123"[..], true, false),
+                (b"4567", false, false),
+                (b"89", false, true),
+                (b"0123", true, false),
+                (b"4567", false, true),
+                (b"", true, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn tty_splits_messages_and_strips_one_cr() {
+        let mut a = TtyAssembler::with_partial_size(1 << 20, 4);
+        let mut out = Vec::new();
+        let stream = b"1970-01-01T00:00:01Z a\r\r\n1970-01-01T00:00:02Z abcd1970-01-01T00:00:03Z e\r\n1970-01-01T00:00:04Z xy";
+        for b in stream.chunks(3) {
+            a.push_chunk(b, &mut out);
+        }
+        a.flush(&mut out);
+        assert_eq!(
+            join(&out, 1 << 20),
+            vec![
+                (Stream::Stdout, 1_000_000_000, b"a\r".to_vec()),
+                (Stream::Stdout, 2_000_000_000, b"abcde".to_vec()),
+                (Stream::Stdout, 4_000_000_000, b"xy".to_vec()),
+            ]
+        );
+        assert_eq!(a.malformed, 0);
+    }
+
+    #[test]
+    fn tty_keeps_bytes_of_a_message_without_timestamp() {
+        let mut a = TtyAssembler::new(1 << 20);
+        let mut out = Vec::new();
+        a.push_chunk(
+            b"1970-01-01T00:00:01Z a\nnot a timestamp\nhi there\n",
+            &mut out,
+        );
+        a.flush(&mut out);
+        let lines: Vec<Vec<u8>> = join(&out, 1 << 20).into_iter().map(|l| l.2).collect();
+        assert_eq!(
+            lines,
+            vec![
+                b"a".to_vec(),
+                b"not a timestamp".to_vec(),
+                b"hi there".to_vec()
+            ]
+        );
+        assert_eq!(a.malformed, 2);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn timestamp_matches_rfc3339_oracle(
+            secs in -2_000_000_000i64..8_000_000_000i64,
+            nanos in 0u32..1_000_000_000,
+            digits in 0usize..=9,
+            offset_min in -1439i32..=1439,
+        ) {
+            let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
+                + time::Duration::nanoseconds(i64::from(nanos));
+            let off = time::UtcOffset::from_whole_seconds(offset_min * 60).unwrap();
+            let t = t.to_offset(off);
+            let frac = format!("{:09}", t.nanosecond());
+            let frac = if digits == 0 { String::new() } else { format!(".{}", &frac[..digits]) };
+            let offs = if offset_min == 0 { "Z".to_string() } else {
+                let a = offset_min.abs();
+                format!("{}{:02}:{:02}", if offset_min < 0 { '-' } else { '+' }, a / 60, a % 60)
+            };
+            let s = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{frac}{offs}",
+                t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second()
+            );
+            prop_assert_eq!(parse_timestamp(s.as_bytes()), Some(rfc3339(&s)), "{}", s);
+        }
+
+        #[test]
+        fn mux_merge_is_byte_exact(
+            lines in proptest::collection::vec((any::<bool>(), line_bytes(40_000)), 0..12),
+            last_unterminated in any::<bool>(),
+            max in prop_oneof![Just(1usize << 20), 1usize..50_000],
+            pick in proptest::collection::vec(any::<bool>(), 0..200),
+            local in any::<bool>(),
+        ) {
+            // Per-stream message queues, interleaved as two concurrent copiers would.
+            let mut queues: [Vec<(i64, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
+            let mut expected: [Vec<(i64, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
+            let mut ts = 1_700_000_000_000_000_000i64;
+            let n = lines.len();
+            for (i, (err, line)) in lines.into_iter().enumerate() {
+                let q = usize::from(err);
+                let terminated = !(last_unterminated && i + 1 == n);
+                let msgs = docker_messages(&line, DOCKER_PARTIAL_SIZE, terminated, local);
+                if msgs.is_empty() { continue; }
+                expected[q].push((ts + 1, line));
+                for m in msgs { ts += 1; queues[q].push((ts, m)); }
+            }
+            let mut a = MuxAssembler::new(max);
+            let mut out = Vec::new();
+            let (mut i, mut p) = ([0usize, 0usize], pick.into_iter());
+            while i[0] < queues[0].len() || i[1] < queues[1].len() {
+                let q = if i[0] == queues[0].len() { 1 } else if i[1] == queues[1].len() { 0 } else { usize::from(p.next().unwrap_or(false)) };
+                let (ts, m) = &queues[q][i[q]];
+                i[q] += 1;
+                let mut frame = ts_text(*ts).into_bytes();
+                frame.push(b' ');
+                frame.extend_from_slice(m);
+                a.push_frame(if q == 0 { Stream::Stdout } else { Stream::Stderr }, &frame, &mut out);
+            }
+            a.flush(&mut out);
+            let got = join(&out, max);
+            for (q, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+                let mine: Vec<(i64, Vec<u8>)> = got.iter().filter(|l| l.0 == stream).map(|l| (l.1, l.2.clone())).collect();
+                prop_assert_eq!(&mine, &expected[q]);
+            }
+            prop_assert_eq!(a.malformed, 0);
+        }
+
+        #[test]
+        fn tty_split_is_byte_exact(
+            lines in proptest::collection::vec(line_bytes(40_000), 0..10),
+            last_unterminated in any::<bool>(),
+            small_partial in any::<bool>(),
+            max in prop_oneof![Just(1usize << 20), 1usize..50_000],
+            cuts in proptest::collection::vec(1usize..70_000, 1..40),
+        ) {
+            let partial = if small_partial { 7 } else { DOCKER_PARTIAL_SIZE };
+            let mut raw = Vec::new();
+            let mut expected = Vec::new();
+            let mut ts = 1_700_000_000_000_000_000i64;
+            let n = lines.len();
+            for (i, line) in lines.into_iter().enumerate() {
+                let terminated = !(last_unterminated && i + 1 == n);
+                let mut content = line.clone();
+                if terminated { content.push(b'\r'); } // what the pty stored
+                let msgs = docker_messages(&content, partial, terminated, false);
+                if msgs.is_empty() { continue; }
+                expected.push((Stream::Stdout, ts + 1, line));
+                for m in msgs {
+                    ts += 1;
+                    raw.extend_from_slice(ts_text(ts).as_bytes());
+                    raw.push(b' ');
+                    raw.extend_from_slice(&m);
+                }
+            }
+            let mut a = TtyAssembler::with_partial_size(max, partial);
+            let mut out = Vec::new();
+            let mut rest = &raw[..];
+            for c in cuts.iter().cycle() {
+                if rest.is_empty() { break; }
+                let (head, tail) = rest.split_at((*c).min(rest.len()));
+                a.push_chunk(head, &mut out);
+                rest = tail;
+            }
+            a.flush(&mut out);
+            prop_assert_eq!(join(&out, max), expected);
+            prop_assert_eq!(a.malformed, 0);
+        }
+    }
+}

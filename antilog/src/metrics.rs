@@ -1,0 +1,486 @@
+//! antilog's Prometheus metrics: one [`Metrics`] per agent, registered once in its own
+//! [`Registry`], served as text on `GET /metrics` at `metrics_listen` ([`serve`]).
+//!
+//! Names follow Prometheus conventions (base units, `_total` counters). Labels take bounded
+//! values only (stream, reason, kind), never a container id. Label values dashboards and
+//! alerts select are created at zero on start. Gauges that mirror live state (checkpoint
+//! lag, reading paused) are computed when scraped.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use protocol::Stream;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::Failure;
+use crate::error::{Error, ErrorKind};
+
+const NS: &str = "antilog";
+
+/// Why a delivery attempt failed, as a bounded label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipFailure {
+    /// No connection, or the connection broke.
+    Connect,
+    /// No answer within `request_timeout` (or 408).
+    Timeout,
+    /// 429 or 503: logarithmd is overloaded or its storage is unavailable.
+    Overloaded,
+    /// Another 5xx.
+    ServerError,
+    /// A 4xx other than 408/429: logarithmd refuses the batch (token, size, format).
+    Rejected,
+}
+
+impl ShipFailure {
+    pub const ALL: [ShipFailure; 5] = [
+        ShipFailure::Connect,
+        ShipFailure::Timeout,
+        ShipFailure::Overloaded,
+        ShipFailure::ServerError,
+        ShipFailure::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShipFailure::Connect => "connect",
+            ShipFailure::Timeout => "timeout",
+            ShipFailure::Overloaded => "overloaded",
+            ShipFailure::ServerError => "server_error",
+            ShipFailure::Rejected => "rejected",
+        }
+    }
+}
+
+/// Every metric antilog exports.
+pub struct Metrics {
+    registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub lines_read: IntCounterVec,
+    pub bytes_read: IntCounterVec,
+    pub containers_followed: IntGauge,
+    pub batches_shipped: IntCounter,
+    pub records_shipped: IntCounter,
+    pub batches_failed: IntCounterVec,
+    pub ship_duration: Histogram,
+    pub spool_bytes: IntGauge,
+    pub spool_segments: IntGauge,
+    pub spool_limit_bytes: IntGauge,
+    pub reading_paused: IntGauge,
+    pub checkpoint_lag: Gauge,
+    pub docker_errors: IntCounterVec,
+    /// Followers waiting for room in the pipeline now.
+    waiting_senders: AtomicUsize,
+    /// Newest timestamp (ns) of a record read / of an acknowledged record; the first
+    /// record's timestamp read since start.
+    newest_read_ts: AtomicI64,
+    newest_acked_ts: AtomicI64,
+    first_read_ts: AtomicI64,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        match Metrics::try_new() {
+            Ok(m) => m,
+            // The definitions are static; the unit tests below register them.
+            Err(e) => panic!("invalid metric definitions: {e}"),
+        }
+    }
+
+    fn try_new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(
+            r: &Registry,
+            c: C,
+        ) -> Result<C, prometheus::Error> {
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let r = &registry;
+        let build_info = reg(
+            r,
+            IntGaugeVec::new(
+                opts("build_info", "Always 1; the label carries the running version."),
+                &["version"],
+            )?,
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let lines_read = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "lines_read_total",
+                    "Log records read from Docker and handed to the pipeline, by stream (a \
+                     line longer than max_line_bytes is several records).",
+                ),
+                &["stream"],
+            )?,
+        )?;
+        let bytes_read = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "bytes_read_total",
+                    "Bytes of log lines read from Docker and handed to the pipeline, by \
+                     stream (without timestamps and newlines).",
+                ),
+                &["stream"],
+            )?,
+        )?;
+        for s in ["stdout", "stderr"] {
+            lines_read.with_label_values(&[s]);
+            bytes_read.with_label_values(&[s]);
+        }
+        let containers_followed = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "containers_followed",
+                "Containers whose logs this agent follows now.",
+            ))?,
+        )?;
+        let batches_shipped = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "batches_shipped_total",
+                "Batches acknowledged by logarithmd.",
+            ))?,
+        )?;
+        let records_shipped = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "records_shipped_total",
+                "Log records in batches acknowledged by logarithmd.",
+            ))?,
+        )?;
+        let batches_failed = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "batches_failed_total",
+                    "Failed batch delivery attempts, by reason (connect, timeout, \
+                     overloaded, server_error, rejected); every failed batch is retried.",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        for f in ShipFailure::ALL {
+            batches_failed.with_label_values(&[f.as_str()]);
+        }
+        let ship_duration = reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "ship_duration_seconds",
+                    "Time from a batch being handed to the shipper to its acknowledgement, \
+                     retries included.",
+                )
+                .namespace(NS)
+                .buckets(exponential_buckets(0.001, 2.0, 18)?),
+            )?,
+        )?;
+        let spool_bytes = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "spool_bytes",
+                "Bytes in the on-disk spool waiting for delivery (antilog has no spool yet: \
+                 always 0).",
+            ))?,
+        )?;
+        let spool_segments = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "spool_segments",
+                "Files in the on-disk spool (antilog has no spool yet: always 0).",
+            ))?,
+        )?;
+        let spool_limit_bytes = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "spool_limit_bytes",
+                "Most bytes the on-disk spool may hold (0: no spool).",
+            ))?,
+        )?;
+        let reading_paused = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "reading_paused",
+                "1 while followers wait for room in the pipeline because delivery is behind \
+                 (backpressure: Docker is not being read), else 0.",
+            ))?,
+        )?;
+        let checkpoint_lag = reg(
+            r,
+            Gauge::with_opts(opts(
+                "checkpoint_lag_seconds",
+                "While lines read are waiting for acknowledgement: now minus the timestamp \
+                 of the newest acknowledged line (or of the first line read since start, \
+                 before any acknowledgement). 0 when everything read is acknowledged.",
+            ))?,
+        )?;
+        let docker_errors = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "docker_errors_total",
+                    "Failed Docker API calls, by kind (not_found: the container is gone; \
+                     transient: retried; permanent: e.g. a log driver that cannot be read).",
+                ),
+                &["kind"],
+            )?,
+        )?;
+        for k in ["not_found", "transient", "permanent"] {
+            docker_errors.with_label_values(&[k]);
+        }
+        Ok(Metrics {
+            registry,
+            build_info,
+            lines_read,
+            bytes_read,
+            containers_followed,
+            batches_shipped,
+            records_shipped,
+            batches_failed,
+            ship_duration,
+            spool_bytes,
+            spool_segments,
+            spool_limit_bytes,
+            reading_paused,
+            checkpoint_lag,
+            docker_errors,
+            waiting_senders: AtomicUsize::new(0),
+            newest_read_ts: AtomicI64::new(0),
+            newest_acked_ts: AtomicI64::new(0),
+            first_read_ts: AtomicI64::new(0),
+        })
+    }
+
+    /// Every metric in the Prometheus text format, live gauges updated first.
+    pub fn render(&self) -> String {
+        self.update_live(now_ns());
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    fn update_live(&self, now: i64) {
+        self.reading_paused
+            .set(i64::from(self.waiting_senders.load(Ordering::Acquire) > 0));
+        self.checkpoint_lag.set(self.lag_seconds(now));
+    }
+
+    fn lag_seconds(&self, now: i64) -> f64 {
+        let read = self.newest_read_ts.load(Ordering::Acquire);
+        let acked = self.newest_acked_ts.load(Ordering::Acquire);
+        if read == 0 || read <= acked {
+            return 0.0;
+        }
+        let base = if acked > 0 {
+            acked
+        } else {
+            self.first_read_ts.load(Ordering::Acquire)
+        };
+        (now.saturating_sub(base).max(0)) as f64 / 1e9
+    }
+
+    /// A record was read from Docker and handed to the pipeline.
+    pub fn record_read(&self, stream: Stream, bytes: usize, ts: i64) {
+        let s = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        self.lines_read.with_label_values(&[s]).inc();
+        self.bytes_read
+            .with_label_values(&[s])
+            .inc_by(bytes as u64);
+        self.newest_read_ts.fetch_max(ts, Ordering::AcqRel);
+        let _ = self
+            .first_read_ts
+            .compare_exchange(0, ts, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A batch of `records` records, the newest at `newest_ts` (0 if none), was
+    /// acknowledged `elapsed` after it was handed to the shipper.
+    pub fn batch_shipped(&self, records: usize, newest_ts: i64, elapsed: Duration) {
+        self.batches_shipped.inc();
+        self.records_shipped.inc_by(records as u64);
+        self.ship_duration.observe(elapsed.as_secs_f64());
+        self.newest_acked_ts.fetch_max(newest_ts, Ordering::AcqRel);
+    }
+
+    /// A delivery attempt failed.
+    pub fn ship_failed(&self, reason: ShipFailure) {
+        self.batches_failed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A Docker API call failed.
+    pub fn docker_error(&self, f: &Failure) {
+        let kind = match f {
+            Failure::NotFound => "not_found",
+            Failure::Transient(_) => "transient",
+            Failure::Permanent(_) => "permanent",
+        };
+        self.docker_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Marks a follower as waiting for room in the pipeline until the guard drops.
+    pub fn waiting_for_room(self: &Arc<Self>) -> WaitGuard {
+        self.waiting_senders.fetch_add(1, Ordering::AcqRel);
+        WaitGuard(self.clone())
+    }
+
+    /// Counts a followed container until the guard drops.
+    pub fn following(&self) -> FollowGuard {
+        self.containers_followed.inc();
+        FollowGuard(self.containers_followed.clone())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// See [`Metrics::waiting_for_room`].
+pub struct WaitGuard(Arc<Metrics>);
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        self.0.waiting_senders.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// See [`Metrics::following`].
+pub struct FollowGuard(IntGauge);
+
+impl Drop for FollowGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Binds `addr` (failing start-up if it cannot) and serves `GET /metrics` until `stop` is
+/// cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    use axum::http::header;
+    use axum::routing::get;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        Error::with_source(
+            ErrorKind::Config,
+            format!("cannot listen on metrics_listen {addr}"),
+            e,
+        )
+    })?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    tracing::info!(%addr, "serving metrics");
+    Ok(tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            stop.cancelled().await;
+        });
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "metrics server failed");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn registers_and_preinitialises() {
+        let m = Metrics::new();
+        let t = m.render();
+        assert_eq!(value(&t, "antilog_lines_read_total{stream=\"stderr\"}"), Some(0.0));
+        assert_eq!(value(&t, "antilog_batches_failed_total{reason=\"overloaded\"}"), Some(0.0));
+        assert_eq!(value(&t, "antilog_docker_errors_total{kind=\"permanent\"}"), Some(0.0));
+        assert_eq!(value(&t, "antilog_spool_bytes"), Some(0.0));
+        assert_eq!(value(&t, "antilog_checkpoint_lag_seconds"), Some(0.0));
+        assert_eq!(value(&t, "antilog_reading_paused"), Some(0.0));
+        for l in t.lines().filter(|l| l.starts_with("# HELP")) {
+            assert!(l.split_whitespace().count() > 4, "no help: {l}");
+        }
+    }
+
+    #[test]
+    fn lag_follows_reads_and_acks() {
+        let m = Metrics::new();
+        let s = 1_000_000_000i64;
+        assert_eq!(m.lag_seconds(100 * s), 0.0);
+        m.record_read(Stream::Stdout, 5, 10 * s);
+        m.record_read(Stream::Stderr, 5, 20 * s);
+        // Nothing acknowledged yet: measured from the first line read.
+        assert_eq!(m.lag_seconds(100 * s), 90.0);
+        m.batch_shipped(1, 10 * s, Duration::from_millis(3));
+        assert_eq!(m.lag_seconds(100 * s), 90.0);
+        m.batch_shipped(1, 20 * s, Duration::from_millis(3));
+        // Caught up.
+        assert_eq!(m.lag_seconds(100 * s), 0.0);
+        let t = m.render();
+        assert_eq!(value(&t, "antilog_lines_read_total{stream=\"stdout\"}"), Some(1.0));
+        assert_eq!(value(&t, "antilog_records_shipped_total"), Some(2.0));
+        assert_eq!(value(&t, "antilog_ship_duration_seconds_count"), Some(2.0));
+    }
+
+    #[test]
+    fn guards_move_gauges() {
+        let m = Arc::new(Metrics::new());
+        let f = m.following();
+        let w = m.waiting_for_room();
+        let t = m.render();
+        assert_eq!(value(&t, "antilog_containers_followed"), Some(1.0));
+        assert_eq!(value(&t, "antilog_reading_paused"), Some(1.0));
+        drop((f, w));
+        let t = m.render();
+        assert_eq!(value(&t, "antilog_containers_followed"), Some(0.0));
+        assert_eq!(value(&t, "antilog_reading_paused"), Some(0.0));
+    }
+}

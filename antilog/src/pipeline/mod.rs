@@ -1,0 +1,41 @@
+//! From followers to logarithmd, in order: followers push [`Item`]s into one bounded
+//! channel; the [`batcher`] groups them into [`OutBatch`]es; the [`shipper`] POSTs them one
+//! at a time and, on acknowledgement, applies their checkpoint effects.
+
+pub mod batcher;
+pub mod shipper;
+
+use std::sync::Arc;
+
+use protocol::{Batch, ContainerExit, ContainerMeta, Record};
+
+use crate::checkpoint::{Effect, Position};
+
+/// One thing a follower observed, tagged with its container.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub container_id: Arc<str>,
+    pub kind: ItemKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ItemKind {
+    Meta(ContainerMeta),
+    /// A record; `cut` is the resumable position right after it, when there is one.
+    Record {
+        record: Record,
+        cut: Option<Position>,
+    },
+    Exit(ContainerExit),
+    Unavailable(String),
+    /// The container is gone; its checkpoint entry can go once what came before is acked.
+    Forget,
+}
+
+/// A batch ready to send, with what its acknowledgement does to the checkpoint.
+#[derive(Debug)]
+pub struct OutBatch {
+    pub batch: Batch,
+    pub effects: Vec<(Arc<str>, Effect)>,
+    pub records: usize,
+}
