@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine of this kind: installs what the tests need
-# from Debian's packages (MariaDB, static busybox), checks the Docker engine, builds the
+# from Debian's packages (MariaDB, static busybox, Prometheus), checks the Docker engine, builds the
 # offline test image, starts a throwaway MariaDB, then runs formatting and lint checks and
 # every test in the workspace against real Docker, MariaDB and SQLite.
 set -euo pipefail
@@ -11,6 +11,8 @@ step() { printf '\n==> %s\n' "$*"; }
 missing=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+# Prometheus and promtool: the observability tests scrape the daemons with a real one.
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive
@@ -33,6 +35,10 @@ echo "MariaDB at $LOGARITHM_TEST_MYSQL_URL (datadir $MARIADB_DIR)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "promtool: alert rules"
+promtool check rules dashboards/alerts.yml
+promtool test rules dashboards/alerts_test.yml
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

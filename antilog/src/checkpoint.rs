@@ -1,11 +1,13 @@
-//! Acknowledged progress per container, persisted so a restarted agent resumes where
-//! logarithmd's acknowledgements left off.
+//! Progress per container, persisted so a restarted agent resumes where the durable part
+//! of the pipeline left off.
 //!
-//! The state only ever moves on a 2xx from logarithmd (see `pipeline::shipper`). It lives
-//! in memory and is written to `{data_dir}/checkpoints.json` at most every
-//! [`WRITE_INTERVAL`] and at shutdown, atomically: temp file, fsync, rename, fsync of the
-//! directory. Losing the last interval only means re-sending lines the server deduplicates
-//! by `(container_id, seq)`.
+//! The state only ever moves once a batch is durably in the disk spool (fsynced, see
+//! [`crate::spool`]), which delivers it to logarithmd after any restart: so the checkpoint
+//! never covers lines that are neither acknowledged nor on disk. It lives in memory and is
+//! written to `{data_dir}/checkpoints.json` at most every [`WRITE_INTERVAL`] and at
+//! shutdown, atomically: temp file, fsync, rename, fsync of the directory. Losing the last
+//! interval only means spooling and sending again lines the server deduplicates by
+//! `(container_id, seq)`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -162,7 +164,7 @@ impl CheckpointStore {
         self.lock().entries.clone()
     }
 
-    /// Applies the effects of an acknowledged batch, in order.
+    /// Applies the effects of a durably spooled batch, in order.
     pub fn apply<'a>(&self, effects: impl IntoIterator<Item = (&'a str, &'a Effect)>) {
         let mut st = self.lock();
         for (id, effect) in effects {

@@ -12,6 +12,8 @@ use crate::error::{Error, ErrorKind};
 
 /// Environment variable read for the token when the configuration has none.
 pub const TOKEN_ENV: &str = "LOGARITHM_TOKEN";
+/// Smallest accepted `spool_segment_bytes`.
+pub const MIN_SPOOL_SEGMENT_BYTES: u64 = 4096;
 
 /// How request bodies are compressed (`Content-Encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -46,6 +48,18 @@ pub struct Config {
     /// Directory of the checkpoint file (created if missing).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Directory of the disk spool, where batches wait for logarithmd's acknowledgement
+    /// (default: `<data_dir>/spool`).
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool's segment files may take; when full, reading pauses until
+    /// logarithmd has acknowledged enough (Docker keeps the logs meanwhile).
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// Size at which a spool segment file is closed and the next one started; delivered
+    /// data is deleted a whole segment at a time. At most half of `spool_max_bytes`.
+    #[serde(default = "default_spool_segment_bytes")]
+    pub spool_segment_bytes: u64,
     /// Collect only containers with one of these labels (`key` or `key=value`)...
     #[serde(default)]
     pub include_labels: Vec<String>,
@@ -111,6 +125,12 @@ fn default_agent_id() -> String {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data/antilog")
 }
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_spool_segment_bytes() -> u64 {
+    32 << 20
+}
 fn default_batch_max_records() -> usize {
     5000
 }
@@ -148,6 +168,9 @@ impl Default for Config {
             agent_id: default_agent_id(),
             docker_host: None,
             data_dir: default_data_dir(),
+            spool_dir: None,
+            spool_max_bytes: default_spool_max_bytes(),
+            spool_segment_bytes: default_spool_segment_bytes(),
             include_labels: Vec::new(),
             exclude_labels: Vec::new(),
             include_names: Vec::new(),
@@ -222,6 +245,18 @@ impl Config {
                 return bad(format!("{name} must be greater than 0"));
             }
         }
+        if self.spool_segment_bytes < MIN_SPOOL_SEGMENT_BYTES {
+            return bad(format!(
+                "spool_segment_bytes must be at least {MIN_SPOOL_SEGMENT_BYTES}, got {}",
+                self.spool_segment_bytes
+            ));
+        }
+        if self.spool_max_bytes / 2 < self.spool_segment_bytes {
+            return bad(format!(
+                "spool_max_bytes ({}) must be at least twice spool_segment_bytes ({})",
+                self.spool_max_bytes, self.spool_segment_bytes
+            ));
+        }
         if self.node_name.is_empty() {
             return bad("node_name must not be empty".to_string());
         }
@@ -242,6 +277,13 @@ impl Config {
                 e,
             )
         })
+    }
+
+    /// The spool's directory: `spool_dir`, else `<data_dir>/spool`.
+    pub fn spool_path(&self) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("spool"))
     }
 
     /// The ingest endpoint.
@@ -268,6 +310,8 @@ mod tests {
         assert_eq!(c.compression, Compression::Zstd);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.data_dir, PathBuf::from("./data/antilog"));
+        assert_eq!(c.spool_path(), PathBuf::from("./data/antilog/spool"));
+        assert_eq!((c.spool_max_bytes, c.spool_segment_bytes), (1 << 30, 32 << 20));
         assert_eq!(
             c.metrics_addr().unwrap(),
             Some(SocketAddr::from(([127, 0, 0, 1], 7301)))
@@ -302,5 +346,16 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        let c = Config::from_toml(
+            "spool_dir = \"/var/spool/antilog\"\nspool_max_bytes = 1048576\nspool_segment_bytes = 524288",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.spool_path(), PathBuf::from("/var/spool/antilog"));
+        let c = Config {
+            spool_segment_bytes: 600 << 10,
+            ..c
+        };
+        assert_eq!(c.validate().unwrap_err().kind(), ErrorKind::Config);
     }
 }

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Checkpoint,
     /// The HTTP client cannot be built.
     Http,
+    /// The disk spool (`spool_dir`) cannot be created, read or written.
+    Spool,
     /// A task of the agent panicked or ended unexpectedly.
     Internal,
 }
@@ -25,6 +27,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Docker => "docker error",
             ErrorKind::Checkpoint => "checkpoint error",
             ErrorKind::Http => "http client error",
+            ErrorKind::Spool => "spool error",
             ErrorKind::Internal => "internal error",
         })
     }

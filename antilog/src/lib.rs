@@ -2,9 +2,10 @@
 //! (through the Docker API) and ships them, in order and acknowledged, to logarithmd.
 //!
 //! Data flow: discovery -> one follower per container -> one bounded channel -> batcher ->
-//! shipper (one request in flight) -> logarithmd; acknowledgements move the checkpoint.
-//! Backpressure runs the other way: a slow or failing server stalls the shipper, the
-//! batcher stops taking items, followers stop reading Docker.
+//! spool (segment files on disk; durable batches move the checkpoint) -> shipper (one
+//! request in flight) -> logarithmd; acknowledgements free the spool.
+//! Backpressure runs the other way: while logarithmd is unreachable the spool fills; once
+//! it is full the batcher stops taking items and followers stop reading Docker.
 //!
 //! # Layout
 //! - [`config`]: the configuration schema and defaults.
@@ -14,8 +15,11 @@
 //!   log, run after run), `frames` (timestamps, partial lines, TTY streams; pure),
 //!   `inspect` (metadata and run state).
 //! - [`pipeline`]: `batcher` (items into batches) and `shipper` (HTTP delivery with retries).
-//! - [`checkpoint`]: acknowledged progress per container, persisted atomically.
+//! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
+//!   (`segment`: checksummed frames and the ack file).
+//! - [`checkpoint`]: spooled progress per container, persisted atomically.
 //! - [`backoff`]: exponential backoff with jitter.
+//! - [`metrics`]: the Prometheus metrics and the `GET /metrics` server (`metrics_listen`).
 //! - [`run`]: wires it together and shuts down with a deadline.
 
 pub mod backoff;
@@ -24,7 +28,9 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod filter;
+pub mod metrics;
 pub mod pipeline;
+pub mod spool;
 
 use std::sync::Arc;
 
@@ -35,6 +41,9 @@ use tracing::{info, warn};
 pub use config::Config;
 pub use error::{Error, ErrorKind};
 
+/// After the shutdown timeout, how long the spool writer gets to finish a write.
+const SPOOL_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the agent until `shutdown` is cancelled. Then followers stop reading, what was read
 /// gets `config.shutdown_timeout` to be delivered, and the checkpoint is written.
 ///
@@ -44,8 +53,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     config.validate()?;
     let filter = filter::Filter::from_config(&config)?;
     let store = Arc::new(checkpoint::CheckpointStore::open(&config.data_dir)?);
-    let shipper = pipeline::shipper::Shipper::new(&config)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (spool_writer, spool_reader) = spool::open(
+        &config.spool_path(),
+        spool::Limits {
+            max_bytes: config.spool_max_bytes,
+            segment_bytes: config.spool_segment_bytes,
+        },
+        metrics.clone(),
+    )?;
+    let shipper = pipeline::shipper::Shipper::new(&config, metrics.clone())?;
     let docker = docker::connect(config.docker_host.as_deref()).await?;
+    // Serves until the very end, so the drain can be watched too.
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = match config.metrics_addr()? {
+        Some(addr) => Some(metrics::serve(addr, metrics.clone(), metrics_stop.clone()).await?),
+        None => None,
+    };
     info!(
         node = %config.node_name,
         agent_id = %config.agent_id,
@@ -54,7 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     );
 
     let (item_tx, item_rx) = mpsc::channel(config.channel_capacity);
-    // One batch waits here while the previous one is in flight.
+    // One batch waits here while the previous one is written to the spool.
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let agent = protocol::Agent {
         id: config.agent_id.clone(),
@@ -66,7 +90,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         max_age: config.batch_max_age,
     };
     let batcher = tokio::spawn(pipeline::batcher::run(item_rx, batch_tx, agent, limits));
-    let mut shipper_task = tokio::spawn(shipper.run(batch_rx, store.clone()));
+    let spool_stop = CancellationToken::new();
+    let mut spooler = tokio::spawn(spool::run_writer(
+        batch_rx,
+        spool_writer,
+        store.clone(),
+        config.compression,
+        spool_stop.clone(),
+    ));
+    let mut shipper_task = tokio::spawn(shipper.run(spool::Reader::new(spool_reader)));
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(checkpoint::run_writer(store.clone(), writer_stop.clone()));
 
@@ -81,6 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         catch_up: Arc::new(tokio::sync::Semaphore::new(
             docker::follower::CATCH_UP_CONCURRENCY,
         )),
+        metrics,
     });
     // Returns once shutdown is requested and every follower has stopped; with it go the
     // last senders of the item channel, which lets the batcher flush and finish.
@@ -93,11 +126,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     info!(timeout = ?config.shutdown_timeout, "stopping: delivering what was read");
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
         let _ = batcher.await;
+        let _ = (&mut spooler).await;
         let _ = (&mut shipper_task).await;
     })
     .await;
     if drained.is_err() {
-        warn!("shutdown timeout reached: undelivered lines will be read again on the next start");
+        warn!("shutdown timeout reached: spooled lines are delivered after the next start");
+        // Stops a writer waiting for room; what it holds is read from Docker again.
+        spool_stop.cancel();
+        if tokio::time::timeout(SPOOL_STOP_TIMEOUT, &mut spooler)
+            .await
+            .is_err()
+        {
+            spooler.abort();
+        }
         shipper_task.abort();
     }
     writer_stop.cancel();
@@ -105,6 +147,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let persisted = tokio::task::spawn_blocking(move || store.persist_if_dirty())
         .await
         .map_err(|e| Error::with_source(ErrorKind::Internal, "checkpoint task failed", e))?;
+    metrics_stop.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     discovery?;
     persisted?;
     info!("antilog stopped");

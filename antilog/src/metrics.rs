@@ -48,6 +48,16 @@ impl ShipFailure {
         ShipFailure::Rejected,
     ];
 
+    /// The reason for a non-2xx answer.
+    pub fn of_status(status: u16) -> ShipFailure {
+        match status {
+            408 => ShipFailure::Timeout,
+            429 | 503 => ShipFailure::Overloaded,
+            500..=599 => ShipFailure::ServerError,
+            _ => ShipFailure::Rejected,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ShipFailure::Connect => "connect",
@@ -112,7 +122,10 @@ impl Metrics {
         let build_info = reg(
             r,
             IntGaugeVec::new(
-                opts("build_info", "Always 1; the label carries the running version."),
+                opts(
+                    "build_info",
+                    "Always 1; the label carries the running version.",
+                ),
                 &["version"],
             )?,
         )?;
@@ -196,15 +209,16 @@ impl Metrics {
             r,
             IntGauge::with_opts(opts(
                 "spool_bytes",
-                "Bytes in the on-disk spool waiting for delivery (antilog has no spool yet: \
-                 always 0).",
+                "Bytes of the on-disk spool's segment files: batches waiting for delivery \
+                 (delivered ones are freed a segment at a time). Reading pauses when this \
+                 reaches antilog_spool_limit_bytes.",
             ))?,
         )?;
         let spool_segments = reg(
             r,
             IntGauge::with_opts(opts(
                 "spool_segments",
-                "Files in the on-disk spool (antilog has no spool yet: always 0).",
+                "Segment files in the on-disk spool.",
             ))?,
         )?;
         let spool_limit_bytes = reg(
@@ -305,9 +319,7 @@ impl Metrics {
             Stream::Stderr => "stderr",
         };
         self.lines_read.with_label_values(&[s]).inc();
-        self.bytes_read
-            .with_label_values(&[s])
-            .inc_by(bytes as u64);
+        self.bytes_read.with_label_values(&[s]).inc_by(bytes as u64);
         self.newest_read_ts.fetch_max(ts, Ordering::AcqRel);
         let _ = self
             .first_read_ts
@@ -350,6 +362,12 @@ impl Metrics {
     pub fn following(&self) -> FollowGuard {
         self.containers_followed.inc();
         FollowGuard(self.containers_followed.clone())
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
 }
 
@@ -439,9 +457,18 @@ mod tests {
     fn registers_and_preinitialises() {
         let m = Metrics::new();
         let t = m.render();
-        assert_eq!(value(&t, "antilog_lines_read_total{stream=\"stderr\"}"), Some(0.0));
-        assert_eq!(value(&t, "antilog_batches_failed_total{reason=\"overloaded\"}"), Some(0.0));
-        assert_eq!(value(&t, "antilog_docker_errors_total{kind=\"permanent\"}"), Some(0.0));
+        assert_eq!(
+            value(&t, "antilog_lines_read_total{stream=\"stderr\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&t, "antilog_batches_failed_total{reason=\"overloaded\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&t, "antilog_docker_errors_total{kind=\"permanent\"}"),
+            Some(0.0)
+        );
         assert_eq!(value(&t, "antilog_spool_bytes"), Some(0.0));
         assert_eq!(value(&t, "antilog_checkpoint_lag_seconds"), Some(0.0));
         assert_eq!(value(&t, "antilog_reading_paused"), Some(0.0));
@@ -465,7 +492,10 @@ mod tests {
         // Caught up.
         assert_eq!(m.lag_seconds(100 * s), 0.0);
         let t = m.render();
-        assert_eq!(value(&t, "antilog_lines_read_total{stream=\"stdout\"}"), Some(1.0));
+        assert_eq!(
+            value(&t, "antilog_lines_read_total{stream=\"stdout\"}"),
+            Some(1.0)
+        );
         assert_eq!(value(&t, "antilog_records_shipped_total"), Some(2.0));
         assert_eq!(value(&t, "antilog_ship_duration_seconds_count"), Some(2.0));
     }

@@ -48,6 +48,17 @@ pub struct Config {
     /// Lines a log query scans at most to find matches for `contains`/`regex` in one call.
     #[serde(default = "default_max_scan_lines")]
     pub max_scan_lines: usize,
+    /// Bearer token for managing webhooks (`/api/v1/webhooks`). Without it those routes
+    /// answer 401.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// logarithmd's externally visible base URL (for links in webhook payloads, such as a
+    /// job's `logs_url`). Default: `http://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Webhook subscriptions and delivery settings.
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 impl Default for Config {
@@ -65,6 +76,9 @@ impl Default for Config {
             request_timeout: default_request_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             max_scan_lines: default_max_scan_lines(),
+            admin_token: None,
+            public_url: None,
+            webhooks: crate::webhooks::WebhooksConfig::default(),
         }
     }
 }
@@ -83,6 +97,16 @@ impl Config {
         if self.ingest_tokens.iter().any(|t| t.is_empty()) {
             return Err("ingest_tokens must not contain an empty token".into());
         }
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err("admin_token must not be empty".into());
+        }
+        if let Some(u) = &self.public_url {
+            match reqwest::Url::parse(u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+                _ => return Err(format!("public_url {u:?} must be an http or https URL")),
+            }
+        }
+        self.webhooks.validate()?;
         Ok(())
     }
 }

@@ -6,13 +6,21 @@
 //! # Layout
 //! - [`config`]: the configuration file's schema and defaults.
 //! - [`cout`]: the `[COUT]` line parser.
+//! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit), `query` (jobs and logs), `error` (the one HTTP error type), health.
-//! - [`run`]: opens storage, serves until cancelled, drains with a deadline.
+//! - [`notify`]: in-process job events (the typed subscriber interface the flow engine
+//!   uses), published after each commit.
+//! - [`webhooks`]: signed, durable, retried webhook deliveries (outbox, dispatcher, API).
+//! - [`run`]: opens storage, starts the webhook dispatcher, serves until cancelled, drains
+//!   with a deadline.
 
 pub mod api;
 pub mod config;
 pub mod cout;
+pub mod metrics;
+pub mod notify;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -35,6 +43,8 @@ pub enum Error {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Webhooks(#[from] webhooks::dispatcher::BuildError),
 }
 
 /// Opens storage (applying migrations), binds the listener, and serves until `shutdown` is
@@ -62,10 +72,26 @@ pub async fn serve(
     if config.ingest_tokens.is_empty() {
         tracing::warn!("no ingest_tokens configured: anyone who reaches the port can ingest");
     }
+    webhooks::sync_config_subscriptions(&*store, &config.webhooks).await?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, storage = store.backend(), "logarithmd listening");
     let drain = config.shutdown_timeout;
-    let app = api::router(api::AppState::new(store, config));
+    let public_url = match &config.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => format!("http://{addr}"),
+    };
+    let webhooks_config = config.webhooks.clone();
+    let state = api::AppState::new(store.clone(), config);
+    // Commits wake the dispatcher through the state's handle.
+    let dispatcher = webhooks::dispatcher::Dispatcher::new(
+        store,
+        webhooks_config,
+        public_url,
+        state.webhook_wake.clone(),
+        state.metrics.clone(),
+    )?;
+    let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let app = api::router(state);
     let token = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         token.cancelled().await;
@@ -73,7 +99,15 @@ pub async fn serve(
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests");
-    match tokio::time::timeout(drain, server).await {
+    // One deadline for both: requests in flight and webhook attempts in flight.
+    let drained = tokio::time::timeout(drain, async move {
+        let served = server.await;
+        if dispatcher.await.is_err() {
+            tracing::error!("the webhook dispatcher panicked");
+        }
+        served
+    });
+    match drained.await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(Error::Serve(e)),
         Ok(Err(join)) => Err(Error::Serve(std::io::Error::other(join))),

@@ -27,6 +27,12 @@ struct Args {
         value_delimiter = ','
     )]
     ingest_tokens: Vec<String>,
+    /// Overrides `admin_token` (managing webhooks).
+    #[arg(long, env = "LOGARITHMD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Overrides `public_url` (links in webhook payloads).
+    #[arg(long, env = "LOGARITHMD_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 fn load(args: &Args) -> anyhow::Result<logarithmd::Config> {
@@ -43,6 +49,12 @@ fn load(args: &Args) -> anyhow::Result<logarithmd::Config> {
     }
     if let Some(u) = &args.storage_url {
         config.storage_url = u.clone();
+    }
+    if let Some(t) = &args.admin_token {
+        config.admin_token = Some(t.clone());
+    }
+    if let Some(u) = &args.public_url {
+        config.public_url = Some(u.clone());
     }
     config
         .ingest_tokens

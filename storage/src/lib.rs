@@ -15,18 +15,28 @@
 //! - `mysql`: the MySQL-protocol backend.
 //! - `sqlite`: the SQLite backend.
 //! - `shared`: the row rules and SQL both backends use, so they behave the same.
+//! - [`webhooks`]: webhook subscriptions and the delivery outbox (written by `apply` in the
+//!   same transaction as the transitions they announce), claimed with a lease.
 //! - [`open`]: picks the backend from a URL (`mysql://…` or `sqlite://…`).
 
 pub mod error;
 pub mod model;
 mod mysql;
+mod mysql_webhooks;
 mod shared;
 mod sqlite;
+mod sqlite_webhooks;
+pub mod webhooks;
 
 use std::sync::Arc;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model::*;
+pub use webhooks::{
+    Attempt, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery,
+    DeliveryHistory, DeliveryId, DeliveryStatus, EventKind, JobEvent, Subscription, SubscriptionId,
+    SubscriptionSource, SubscriptionSpec,
+};
 
 /// Storage as logarithmd uses it. Every method is one round of work against the database;
 /// none of them retries (callers decide, using [`Error::is_transient`]).
@@ -45,6 +55,44 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Lines of a job in `seq` order.
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>>;
+
+    /// Inserts a subscription, or updates the one with the same id. An update that changes
+    /// the definition enables it again; one that changes nothing keeps its state (so a
+    /// subscription disabled by 410 stays disabled when the same config is upserted again).
+    async fn upsert_subscription(&self, spec: &SubscriptionSpec) -> Result<Subscription>;
+
+    /// Every subscription, oldest first.
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>>;
+
+    async fn get_subscription(&self, id: SubscriptionId) -> Result<Option<Subscription>>;
+
+    /// Deletes a subscription with its deliveries and attempts; `false` if there was none.
+    async fn delete_subscription(&self, id: SubscriptionId) -> Result<bool>;
+
+    /// Claims up to `limit` due deliveries of enabled subscriptions for one attempt each,
+    /// until `now + lease`. Two claimers never get the same attempt of a delivery.
+    async fn claim_deliveries(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>>;
+
+    /// Records an attempt and ends it as its outcome says (410 also disables the
+    /// subscription and cancels its other pending deliveries). Returns `false` if the
+    /// caller no longer held the claim (the attempt is recorded, the delivery left alone).
+    async fn complete_attempt(&self, rec: &AttemptRecord) -> Result<bool>;
+
+    /// A subscription's deliveries, newest first, each with its attempts.
+    async fn list_deliveries(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+    ) -> Result<Vec<DeliveryHistory>>;
+
+    /// Makes a delivery of this subscription due now, with a new retry window, keeping its
+    /// id and attempt count. `None` if there is no such delivery.
+    async fn redeliver(
+        &self,
+        subscription: SubscriptionId,
+        delivery: DeliveryId,
+        now: i64,
+    ) -> Result<Option<Delivery>>;
 
     /// Checks that the database answers (for readiness).
     async fn ping(&self) -> Result<()>;

@@ -205,10 +205,13 @@ pub struct ApplyOutcome {
     pub duplicates: u64,
     /// State changes, in order.
     pub transitions: Vec<Transition>,
+    /// The same changes with the job as committed, for notifications. Webhook deliveries
+    /// for them were written in the same transaction.
+    pub events: Vec<crate::webhooks::JobEvent>,
 }
 
-/// A stored job.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// A stored job. Deserialize reads back the snapshots webhook deliveries keep.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub container_id: String,

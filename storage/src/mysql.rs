@@ -20,21 +20,27 @@ use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, Transition,
     TransitionKind, WriteBatch,
 };
+use crate::mysql_webhooks;
 use crate::shared::{
     self, chunk_by_size, line_chunks, list_jobs_sql, now_ns, outputs_by_name, placeholders,
     read_lines_sql, schema_too_new, validate, JobRow, Migration, Param, RawJob, JOB_INSERT,
     JOB_SELECT_COLUMNS, JOB_UPDATE,
+};
+use crate::webhooks::{
+    self as wh, ClaimRequest, ClaimedDelivery, Delivery, DeliveryHistory, DeliveryId, Subscription,
+    SubscriptionId, SubscriptionSpec,
 };
 use crate::{Storage, StorageConfig};
 
 /// Applied in order; see `docs/storage.md`. Indexes are declared inside `CREATE TABLE`
 /// because MySQL 8 has no `CREATE INDEX IF NOT EXISTS`, and every statement must be safe
 /// to run again (DDL commits on its own, so a migration cannot be rolled back).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial schema",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS jobs (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial schema",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS jobs (
             id BIGINT NOT NULL,
             container_id VARCHAR(128) NOT NULL,
             name VARCHAR(255) NOT NULL,
@@ -68,7 +74,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             KEY idx_jobs_status_created (status, created_at),
             KEY idx_jobs_created (created_at, id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS log_lines (
+            "CREATE TABLE IF NOT EXISTS log_lines (
             job_id BIGINT NOT NULL,
             seq BIGINT NOT NULL,
             stream TINYINT NOT NULL,
@@ -77,22 +83,28 @@ const MIGRATIONS: &[Migration] = &[Migration {
             line MEDIUMBLOB NOT NULL,
             PRIMARY KEY (job_id, seq) /*T![clustered_index] CLUSTERED */
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS job_outputs (
+            "CREATE TABLE IF NOT EXISTS job_outputs (
             job_id BIGINT NOT NULL,
             name VARCHAR(255) NOT NULL,
             value TEXT NOT NULL,
             seq BIGINT NOT NULL,
             PRIMARY KEY (job_id, name) /*T![clustered_index] CLUSTERED */
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS job_labels (
+            "CREATE TABLE IF NOT EXISTS job_labels (
             job_id BIGINT NOT NULL,
             name VARCHAR(128) NOT NULL,
             value VARCHAR(512) NOT NULL,
             PRIMARY KEY (job_id, name) /*T![clustered_index] CLUSTERED */,
             KEY idx_job_labels_name_value (name, value, job_id)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "webhooks",
+        statements: crate::mysql_webhooks::MIGRATION_2,
+    },
+];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version INT NOT NULL,
@@ -179,12 +191,12 @@ fn to_value(p: Param) -> Value {
     }
 }
 
-fn positional(params: Vec<Param>) -> Params {
+pub(crate) fn positional(params: Vec<Param>) -> Params {
     Params::Positional(params.into_iter().map(to_value).collect())
 }
 
 /// Column `idx` of `row`, or Corrupt.
-fn take<T: FromValue>(row: &mut Row, idx: usize) -> Result<T> {
+pub(crate) fn take<T: FromValue>(row: &mut Row, idx: usize) -> Result<T> {
     match row.take_opt::<T, usize>(idx) {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(Error::new(
@@ -278,7 +290,7 @@ impl MysqlStorage {
         Ok(storage)
     }
 
-    async fn conn(&self) -> Result<Conn> {
+    pub(crate) async fn conn(&self) -> Result<Conn> {
         match tokio::time::timeout(CONNECT_TIMEOUT, self.pool.get_conn()).await {
             Ok(conn) => Ok(conn?),
             Err(_) => Err(Error::new(
@@ -289,7 +301,11 @@ impl MysqlStorage {
     }
 
     /// Runs `fut` with the operation time limit.
-    async fn bounded<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(OPERATION_TIMEOUT, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
@@ -376,6 +392,8 @@ async fn apply_batch(tx: &mut Transaction<'_>, batch: &WriteBatch) -> Result<App
     for jw in &batch.jobs {
         apply_job(tx, jw, now, &mut outcome).await?;
     }
+    // The outbox: deliveries commit with the transitions they announce.
+    mysql_webhooks::insert_deliveries(tx, &outcome.events).await?;
     Ok(outcome)
 }
 
@@ -387,6 +405,9 @@ async fn apply_job(
 ) -> Result<()> {
     let job_id = jw.job_id;
     let transition = |kind| Transition { job_id, kind };
+    // The job as it was at each transition, for notifications and webhook deliveries.
+    let mut snapshots: Vec<(TransitionKind, Job)> = Vec::new();
+    let mut finished = false;
     let (mut row, created) = match load_job(tx, job_id).await? {
         Some(row) => (row, false),
         None => {
@@ -425,11 +446,13 @@ async fn apply_job(
         if created {
             labels_changed = !row.labels.is_empty();
             out.transitions.push(transition(TransitionKind::Started));
+            snapshots.push((TransitionKind::Started, row.snapshot()));
         } else {
             let effect = row.apply_meta(meta, &jw.node);
             labels_changed = effect.metadata_written && row.labels != before.labels;
             if let Some(kind) = effect.transition {
                 out.transitions.push(transition(kind));
+                snapshots.push((kind, row.snapshot()));
             }
         }
     }
@@ -458,6 +481,7 @@ async fn apply_job(
     if let Some(exit) = &jw.exit {
         if let Some(kind) = row.apply_exit(exit) {
             out.transitions.push(transition(kind));
+            finished = true;
         }
     }
     if let Some(text) = &jw.logs_unavailable {
@@ -469,7 +493,26 @@ async fn apply_job(
         tx.exec_drop(JOB_UPDATE, positional(row.update_params()))
             .await?;
     }
+    if finished {
+        let outputs = load_outputs(tx, job_id).await?;
+        snapshots.push((TransitionKind::Finished, row.clone().into_job(outputs)));
+    }
+    out.events.extend(wh::job_events(snapshots, now));
     Ok(())
+}
+
+async fn load_outputs<Q: Queryable>(q: &mut Q, id: JobId) -> Result<BTreeMap<String, String>> {
+    let rows: Vec<Row> = q
+        .exec(
+            "SELECT name, value FROM job_outputs WHERE job_id = ?",
+            (id,),
+        )
+        .await?;
+    let mut outputs = BTreeMap::new();
+    for mut r in rows {
+        outputs.insert(take(&mut r, 0)?, take(&mut r, 1)?);
+    }
+    Ok(outputs)
 }
 
 async fn replace_labels(tx: &mut Transaction<'_>, row: &JobRow) -> Result<()> {
@@ -581,16 +624,7 @@ impl Storage for MysqlStorage {
                 return Ok(None);
             };
             let row = JobRow::try_from(raw_job(row)?)?;
-            let rows: Vec<Row> = conn
-                .exec(
-                    "SELECT name, value FROM job_outputs WHERE job_id = ?",
-                    (id,),
-                )
-                .await?;
-            let mut outputs = BTreeMap::new();
-            for mut r in rows {
-                outputs.insert(take(&mut r, 0)?, take(&mut r, 1)?);
-            }
+            let outputs = load_outputs(&mut conn, id).await?;
             Ok(Some(row.into_job(outputs)))
         })
         .await
@@ -625,6 +659,85 @@ impl Storage for MysqlStorage {
                     )
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn upsert_subscription(&self, spec: &SubscriptionSpec) -> Result<Subscription> {
+        wh::validate_spec(spec)?;
+        self.bounded("upsert_subscription", async {
+            let mut conn = self.conn().await?;
+            mysql_webhooks::upsert_subscription(&mut conn, spec, now_ns()).await
+        })
+        .await
+    }
+
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        self.bounded("list_subscriptions", async {
+            let mut conn = self.conn().await?;
+            mysql_webhooks::list_subscriptions(&mut conn, None, false).await
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, id: SubscriptionId) -> Result<Option<Subscription>> {
+        self.bounded("get_subscription", async {
+            let mut conn = self.conn().await?;
+            Ok(
+                mysql_webhooks::list_subscriptions(&mut conn, Some(id), false)
+                    .await?
+                    .pop(),
+            )
+        })
+        .await
+    }
+
+    async fn delete_subscription(&self, id: SubscriptionId) -> Result<bool> {
+        self.bounded("delete_subscription", async {
+            let mut conn = self.conn().await?;
+            mysql_webhooks::delete_subscription(&mut conn, id).await
+        })
+        .await
+    }
+
+    async fn claim_deliveries(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+        wh::validate_claim(req)?;
+        self.bounded("claim_deliveries", async {
+            let mut conn = self.conn().await?;
+            mysql_webhooks::claim(&mut conn, req).await
+        })
+        .await
+    }
+
+    async fn complete_attempt(&self, rec: &wh::AttemptRecord) -> Result<bool> {
+        self.bounded("complete_attempt", async {
+            let mut conn = self.conn().await?;
+            mysql_webhooks::complete_attempt(&mut conn, rec, now_ns()).await
+        })
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+    ) -> Result<Vec<DeliveryHistory>> {
+        self.bounded("list_deliveries", async {
+            let mut conn = self.conn().await?;
+            mysql_webhooks::list_deliveries(&mut conn, subscription, limit).await
+        })
+        .await
+    }
+
+    async fn redeliver(
+        &self,
+        subscription: SubscriptionId,
+        delivery: DeliveryId,
+        now: i64,
+    ) -> Result<Option<Delivery>> {
+        self.bounded("redeliver", async {
+            let mut conn = self.conn().await?;
+            mysql_webhooks::redeliver(&mut conn, subscription, delivery, now).await
         })
         .await
     }

@@ -533,6 +533,11 @@ impl JobRow {
             .collect()
     }
 
+    /// The job as it is now, without outputs (for a `Started` notification).
+    pub fn snapshot(&self) -> Job {
+        self.clone().into_job(BTreeMap::new())
+    }
+
     pub fn into_job(self, outputs: BTreeMap<String, String>) -> Job {
         let label = |k: &str| self.labels.get(k).cloned();
         Job {

@@ -24,6 +24,11 @@ use crate::shared::{
     self, list_jobs_sql, now_ns, outputs_by_name, placeholders, read_lines_sql, schema_too_new,
     validate, JobRow, Migration, Param, RawJob, JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE,
 };
+use crate::sqlite_webhooks;
+use crate::webhooks::{
+    self as wh, ClaimRequest, ClaimedDelivery, Delivery, DeliveryHistory, DeliveryId, Subscription,
+    SubscriptionId, SubscriptionSpec,
+};
 use crate::Storage;
 
 /// Applied in order; see `docs/storage.md`. Tables are STRICT (types enforced) and CHECK
@@ -90,6 +95,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
         ) STRICT, WITHOUT ROWID",
         "CREATE INDEX IF NOT EXISTS idx_job_labels_name_value ON job_labels (name, value, job_id)",
     ],
+}, Migration {
+    version: 2,
+    name: "webhooks",
+    statements: crate::sqlite_webhooks::MIGRATION_2,
 }];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -151,7 +160,7 @@ fn to_value(p: Param) -> Value {
     }
 }
 
-fn values(params: Vec<Param>) -> rusqlite::ParamsFromIter<Vec<Value>> {
+pub(crate) fn values(params: Vec<Param>) -> rusqlite::ParamsFromIter<Vec<Value>> {
     rusqlite::params_from_iter(params.into_iter().map(to_value).collect::<Vec<_>>())
 }
 
@@ -289,7 +298,7 @@ impl SqliteStorage {
     }
 
     /// Runs `f` on the writer connection in a blocking task.
-    async fn with_writer<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn with_writer<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
@@ -306,7 +315,7 @@ impl SqliteStorage {
     }
 
     /// Runs `f` on a reader connection (opened on first use, then reused).
-    async fn with_reader<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn with_reader<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -397,7 +406,7 @@ fn load_job(conn: &Connection, id: JobId) -> Result<Option<JobRow>> {
     raw.map(JobRow::try_from).transpose()
 }
 
-fn load_outputs(conn: &Connection, id: JobId) -> Result<BTreeMap<String, String>> {
+pub(crate) fn load_outputs(conn: &Connection, id: JobId) -> Result<BTreeMap<String, String>> {
     let mut stmt = conn.prepare_cached("SELECT name, value FROM job_outputs WHERE job_id = ?")?;
     let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut outputs = BTreeMap::new();
@@ -417,6 +426,8 @@ fn apply_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<ApplyOutcome
     for jw in &batch.jobs {
         apply_job(&tx, jw, now, &mut outcome)?;
     }
+    // The outbox: deliveries commit with the transitions they announce.
+    sqlite_webhooks::insert_deliveries(&tx, &outcome.events)?;
     tx.commit()?;
     Ok(outcome)
 }
@@ -424,6 +435,9 @@ fn apply_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<ApplyOutcome
 fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutcome) -> Result<()> {
     let job_id = jw.job_id;
     let transition = |kind| Transition { job_id, kind };
+    // The job as it was at each transition, for notifications and webhook deliveries.
+    let mut snapshots: Vec<(TransitionKind, Job)> = Vec::new();
+    let mut finished = false;
     let (mut row, created) = match load_job(tx, job_id)? {
         Some(row) => (row, false),
         None => {
@@ -444,11 +458,13 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
         if created {
             labels_changed = !row.labels.is_empty();
             out.transitions.push(transition(TransitionKind::Started));
+            snapshots.push((TransitionKind::Started, row.snapshot()));
         } else {
             let effect = row.apply_meta(meta, &jw.node);
             labels_changed = effect.metadata_written && row.labels != before.labels;
             if let Some(kind) = effect.transition {
                 out.transitions.push(transition(kind));
+                snapshots.push((kind, row.snapshot()));
             }
         }
     }
@@ -490,6 +506,7 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
     if let Some(exit) = &jw.exit {
         if let Some(kind) = row.apply_exit(exit) {
             out.transitions.push(transition(kind));
+            finished = true;
         }
     }
     if let Some(text) = &jw.logs_unavailable {
@@ -501,6 +518,11 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
         tx.prepare_cached(JOB_UPDATE)?
             .execute(values(row.update_params()))?;
     }
+    if finished {
+        let job = row.clone().into_job(load_outputs(tx, job_id)?);
+        snapshots.push((TransitionKind::Finished, job));
+    }
+    out.events.extend(wh::job_events(snapshots, now));
     Ok(())
 }
 
@@ -604,6 +626,68 @@ impl Storage for SqliteStorage {
             Ok(lines)
         })
         .await
+    }
+
+    async fn upsert_subscription(&self, spec: &SubscriptionSpec) -> Result<Subscription> {
+        wh::validate_spec(spec)?;
+        let spec = spec.clone();
+        self.with_writer(move |conn| sqlite_webhooks::upsert_subscription(conn, &spec, now_ns()))
+            .await
+    }
+
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        self.with_reader(|conn| sqlite_webhooks::list_subscriptions(conn, None))
+            .await
+    }
+
+    async fn get_subscription(&self, id: SubscriptionId) -> Result<Option<Subscription>> {
+        self.with_reader(move |conn| Ok(sqlite_webhooks::list_subscriptions(conn, Some(id))?.pop()))
+            .await
+    }
+
+    async fn delete_subscription(&self, id: SubscriptionId) -> Result<bool> {
+        self.with_writer(move |conn| sqlite_webhooks::delete_subscription(conn, id))
+            .await
+    }
+
+    async fn claim_deliveries(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+        wh::validate_claim(req)?;
+        let r = req.clone();
+        // Reading candidates does not need the write lock; most polls find none.
+        let candidates = self
+            .with_reader(move |conn| sqlite_webhooks::claim_candidates(conn, &r))
+            .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = req.clone();
+        self.with_writer(move |conn| sqlite_webhooks::claim(conn, &r, candidates))
+            .await
+    }
+
+    async fn complete_attempt(&self, rec: &wh::AttemptRecord) -> Result<bool> {
+        let rec = rec.clone();
+        self.with_writer(move |conn| sqlite_webhooks::complete_attempt(conn, &rec, now_ns()))
+            .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+    ) -> Result<Vec<DeliveryHistory>> {
+        self.with_reader(move |conn| sqlite_webhooks::list_deliveries(conn, subscription, limit))
+            .await
+    }
+
+    async fn redeliver(
+        &self,
+        subscription: SubscriptionId,
+        delivery: DeliveryId,
+        now: i64,
+    ) -> Result<Option<Delivery>> {
+        self.with_writer(move |conn| sqlite_webhooks::redeliver(conn, subscription, delivery, now))
+            .await
     }
 
     async fn ping(&self) -> Result<()> {

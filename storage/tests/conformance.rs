@@ -176,6 +176,10 @@ conformance!(
     newer_schema_is_refused,
     failed_batch_writes_nothing,
     invalid_input_is_rejected_before_writing,
+    webhook_deliveries_commit_with_transitions,
+    webhook_claims_leases_and_attempts,
+    webhook_gone_disables_and_upsert_reenables,
+    webhook_concurrent_claimers_never_share_an_attempt,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -291,6 +295,10 @@ fn stored(l: &NewLine) -> StoredLine {
 // ---------------------------------------------------------------------------------------
 
 mod cases {
+    pub use super::webhook_cases::{
+        webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
+        webhook_deliveries_commit_with_transitions, webhook_gone_disables_and_upsert_reenables,
+    };
     use super::*;
 
     pub async fn lines_round_trip_and_paging(t: &Target) {
@@ -1057,9 +1065,10 @@ mod cases {
         let (a, b) = tokio::join!(open(&t.config), open(&t.config));
         let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
         let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
+        // Version 1 (jobs, lines) and 2 (webhooks), each applied once.
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            1
+            2
         );
 
         let c = cid("mig");
@@ -1075,7 +1084,7 @@ mod cases {
         let again = t.open().await;
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            1
+            2
         );
         assert_eq!(job(&*again, id).await.line_count, 3);
         assert_eq!(seqs(&lines(&*again, id, 0, 10, None).await), vec![1, 2, 3]);
@@ -1207,6 +1216,539 @@ mod cases {
         let big = &j.outputs["BIG"];
         assert!(big.len() <= 65_535 && big.len() >= 65_534, "{}", big.len());
         assert!(big.chars().all(|c| c == '\u{e9}'));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhooks: subscriptions, the outbox written by apply, claims with leases, attempts.
+
+mod webhook_cases {
+    use super::*;
+    use std::collections::BTreeSet;
+    use storage::{
+        AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryStatus, EventKind,
+        SubscriptionSource, SubscriptionSpec,
+    };
+
+    const SEC: i64 = 1_000_000_000;
+
+    pub fn spec(id: i64, events: &[EventKind], filters: &[(&str, &str)]) -> SubscriptionSpec {
+        SubscriptionSpec {
+            id,
+            name: None,
+            source: SubscriptionSource::Api,
+            url: format!("http://127.0.0.1:9/hook/{id}"),
+            secret: format!("secret-{id}"),
+            events: events.iter().copied().collect::<BTreeSet<_>>(),
+            filters: filters
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as i64
+    }
+
+    /// A job that starts and finishes in one write, with an output and labels.
+    pub fn finishing_job(tag: &str, labels: &[(&str, &str)]) -> JobWrite {
+        let mut w = write(&cid(tag));
+        w.meta = Some(meta(tag, labels, 0));
+        w.lines = text_lines(1..=2);
+        w.outputs = vec![OutputWrite {
+            name: "URL".into(),
+            value: format!("http://x/{tag}"),
+            seq: 1,
+        }];
+        w.co_result = Some(CoResultWrite {
+            value: "true".into(),
+            seq: 2,
+        });
+        w.exit = Some(exit(0, 0));
+        w
+    }
+
+    fn claim_req(owner: &str, now: i64, limit: u32) -> ClaimRequest {
+        ClaimRequest {
+            owner: owner.into(),
+            now,
+            lease_ns: 30 * SEC,
+            limit,
+        }
+    }
+
+    fn record(
+        c: &ClaimedDelivery,
+        owner: &str,
+        code: Option<u16>,
+        outcome: AttemptOutcome,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id: c.delivery.id,
+            subscription_id: c.delivery.subscription_id,
+            attempt: c.attempt,
+            owner: owner.into(),
+            started_at: now(),
+            latency_ms: 12,
+            status_code: code,
+            error: code.filter(|c| *c >= 300).map(|c| format!("HTTP {c}")),
+            outcome,
+        }
+    }
+
+    pub async fn webhook_deliveries_commit_with_transitions(t: &Target) {
+        let s = &*t.open().await;
+        let release = s
+            .upsert_subscription(&spec(
+                11,
+                &[EventKind::JobFinished],
+                &[("io.containerops.flow", "release")],
+            ))
+            .await
+            .expect("upsert");
+        assert!(release.enabled);
+        s.upsert_subscription(&spec(
+            12,
+            &[EventKind::JobStarted, EventKind::JobFinished],
+            &[],
+        ))
+        .await
+        .expect("upsert");
+        s.upsert_subscription(&spec(13, &[EventKind::FlowFinished], &[]))
+            .await
+            .expect("upsert");
+        let subs = s.list_subscriptions().await.expect("list");
+        assert_eq!(
+            subs.iter().map(|s| s.spec.id).collect::<Vec<_>>(),
+            vec![11, 12, 13]
+        );
+        assert_eq!(subs[0].spec.secret, "secret-11");
+        assert_eq!(
+            s.get_subscription(12)
+                .await
+                .expect("get")
+                .map(|s| s.spec.url),
+            Some("http://127.0.0.1:9/hook/12".to_owned())
+        );
+        assert!(s.get_subscription(99).await.expect("get").is_none());
+
+        let a = finishing_job("wa", &[("io.containerops.flow", "release")]);
+        let b = finishing_job("wb", &[("io.containerops.flow", "nightly")]);
+        let (ida, idb) = (a.job_id, b.job_id);
+        let out = apply(s, &batch(vec![a.clone(), b])).await;
+        let kinds: Vec<(EventKind, JobId)> =
+            out.events.iter().map(|e| (e.kind, e.job.id)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventKind::JobStarted, ida),
+                (EventKind::JobFinished, ida),
+                (EventKind::JobStarted, idb),
+                (EventKind::JobFinished, idb)
+            ]
+        );
+        // The started snapshot is the job as it started; the finished one has the verdict.
+        assert_eq!(out.events[0].job.status, JobStatus::Running);
+        assert!(out.events[0].job.outputs.is_empty());
+        let fin = &out.events[1].job;
+        assert_eq!(fin.status, JobStatus::Success);
+        assert_eq!(fin.reason.as_deref(), Some("CO_RESULT = true"));
+        assert_eq!(
+            fin.outputs.get("URL").map(String::as_str),
+            Some("http://x/wa")
+        );
+        assert_eq!(fin.flow.as_deref(), Some("release"));
+
+        // Filtered: only the release job's finish. Unfiltered: both jobs, both events.
+        let d11 = s.list_deliveries(11, 100).await.expect("deliveries");
+        assert_eq!(d11.len(), 1);
+        let d = &d11[0].delivery;
+        assert_eq!(
+            (d.event, d.job.id, d.status, d.attempts),
+            (EventKind::JobFinished, ida, DeliveryStatus::Pending, 0)
+        );
+        assert_eq!(&d.job, fin);
+        assert!(d11[0].attempts.is_empty());
+        let d12 = s.list_deliveries(12, 100).await.expect("deliveries");
+        assert_eq!(d12.len(), 4);
+        assert!(s
+            .list_deliveries(13, 100)
+            .await
+            .expect("deliveries")
+            .is_empty());
+        assert_eq!(s.list_deliveries(12, 2).await.expect("deliveries").len(), 2);
+        assert_eq!(
+            t.raw_count("SELECT COUNT(*) FROM webhook_deliveries").await,
+            5
+        );
+
+        // A replay has no transitions, so no deliveries.
+        let again = apply(s, &batch(vec![a])).await;
+        assert!(again.events.is_empty());
+        assert_eq!(
+            t.raw_count("SELECT COUNT(*) FROM webhook_deliveries").await,
+            5
+        );
+
+        // A batch that fails writes no deliveries either.
+        let c = finishing_job("wc", &[]);
+        let bad = write(&"x".repeat(200));
+        s.apply(&batch(vec![c, bad]))
+            .await
+            .expect_err("too long container id");
+        assert_eq!(
+            t.raw_count("SELECT COUNT(*) FROM webhook_deliveries").await,
+            5
+        );
+
+        // Deleting a subscription deletes its deliveries.
+        assert!(s.delete_subscription(12).await.expect("delete"));
+        assert!(!s.delete_subscription(12).await.expect("delete again"));
+        assert_eq!(
+            t.raw_count("SELECT COUNT(*) FROM webhook_deliveries").await,
+            1
+        );
+        assert!(s
+            .list_deliveries(12, 100)
+            .await
+            .expect("deliveries")
+            .is_empty());
+    }
+
+    pub async fn webhook_claims_leases_and_attempts(t: &Target) {
+        let s = &*t.open().await;
+        s.upsert_subscription(&spec(21, &[EventKind::JobFinished], &[]))
+            .await
+            .expect("upsert");
+        apply(s, &batch(vec![finishing_job("ca", &[])])).await;
+        let t0 = now() + SEC;
+
+        let first = s
+            .claim_deliveries(&claim_req("A", t0, 10))
+            .await
+            .expect("claim");
+        assert_eq!(first.len(), 1);
+        let c1 = &first[0];
+        assert_eq!(c1.attempt, 1);
+        assert_eq!(c1.url, "http://127.0.0.1:9/hook/21");
+        assert_eq!(c1.secret, "secret-21");
+        assert_eq!(c1.delivery.event, EventKind::JobFinished);
+        // Leased: nobody else gets it, not even the same owner.
+        assert!(s
+            .claim_deliveries(&claim_req("B", t0, 10))
+            .await
+            .expect("claim")
+            .is_empty());
+        assert!(s
+            .claim_deliveries(&claim_req("A", t0 + SEC, 10))
+            .await
+            .expect("claim")
+            .is_empty());
+
+        // Attempt 1 failed: retry in 5 s.
+        let held = s
+            .complete_attempt(&record(
+                c1,
+                "A",
+                Some(500),
+                AttemptOutcome::Retry {
+                    next_attempt_at: t0 + 5 * SEC,
+                },
+            ))
+            .await
+            .expect("complete");
+        assert!(held);
+        assert!(s
+            .claim_deliveries(&claim_req("B", t0 + 4 * SEC, 10))
+            .await
+            .expect("claim")
+            .is_empty());
+        let second = s
+            .claim_deliveries(&claim_req("B", t0 + 5 * SEC, 10))
+            .await
+            .expect("claim");
+        assert_eq!(second.len(), 1);
+        let c2 = second[0].clone();
+        assert_eq!((c2.delivery.id, c2.attempt), (c1.delivery.id, 2));
+
+        // B stalls past its lease: C takes attempt 3; B's late completion is recorded but
+        // does not change the delivery.
+        let third = s
+            .claim_deliveries(&claim_req("C", t0 + 36 * SEC, 10))
+            .await
+            .expect("claim");
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].attempt, 3);
+        let late = s
+            .complete_attempt(&record(
+                &c2,
+                "B",
+                None,
+                AttemptOutcome::Retry {
+                    next_attempt_at: t0,
+                },
+            ))
+            .await
+            .expect("complete");
+        assert!(!late);
+        assert!(s
+            .claim_deliveries(&claim_req("D", t0 + 37 * SEC, 10))
+            .await
+            .expect("claim")
+            .is_empty());
+        assert!(s
+            .complete_attempt(&record(
+                &third[0],
+                "C",
+                Some(204),
+                AttemptOutcome::Delivered
+            ))
+            .await
+            .expect("complete"));
+        assert!(s
+            .claim_deliveries(&claim_req("D", t0 + 100 * SEC, 10))
+            .await
+            .expect("claim")
+            .is_empty());
+
+        let h = s.list_deliveries(21, 10).await.expect("deliveries");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].delivery.status, DeliveryStatus::Delivered);
+        assert_eq!(h[0].delivery.attempts, 3);
+        assert_eq!(h[0].delivery.last_status_code, Some(204));
+        assert!(h[0].delivery.completed_at.is_some());
+        // (attempt, owner, status code, error, latency)
+        type Row<'a> = (u32, &'a str, Option<u16>, Option<&'a str>, u64);
+        let got: Vec<Row<'_>> = h[0]
+            .attempts
+            .iter()
+            .map(|a| {
+                (
+                    a.attempt,
+                    a.owner.as_str(),
+                    a.status_code,
+                    a.error.as_deref(),
+                    a.latency_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "A", Some(500), Some("HTTP 500"), 12),
+                (2, "B", None, None, 12),
+                (3, "C", Some(204), None, 12)
+            ]
+        );
+
+        // Redelivery: same id, due now, attempts go on from 3.
+        let id = h[0].delivery.id;
+        assert!(s.redeliver(22, id, t0).await.expect("redeliver").is_none());
+        assert!(s
+            .redeliver(21, 12345, t0)
+            .await
+            .expect("redeliver")
+            .is_none());
+        let r = s
+            .redeliver(21, id, t0 + 200 * SEC)
+            .await
+            .expect("redeliver")
+            .expect("found");
+        assert_eq!(
+            (r.status, r.window_start),
+            (DeliveryStatus::Pending, t0 + 200 * SEC)
+        );
+        let again = s
+            .claim_deliveries(&claim_req("E", t0 + 200 * SEC, 10))
+            .await
+            .expect("claim");
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].delivery.id, again[0].attempt), (id, 4));
+        assert!(s
+            .complete_attempt(&record(
+                &again[0],
+                "E",
+                Some(200),
+                AttemptOutcome::Delivered
+            ))
+            .await
+            .expect("complete"));
+        // Exhausted retries end as failed.
+        apply(s, &batch(vec![finishing_job("cb", &[])])).await;
+        let c = s
+            .claim_deliveries(&claim_req("F", t0 + 300 * SEC, 10))
+            .await
+            .expect("claim");
+        assert_eq!(c.len(), 1);
+        assert!(s
+            .complete_attempt(&record(&c[0], "F", Some(503), AttemptOutcome::Failed))
+            .await
+            .expect("complete"));
+        let h = s.list_deliveries(21, 10).await.expect("deliveries");
+        let failed = h
+            .iter()
+            .find(|d| d.delivery.id == c[0].delivery.id)
+            .expect("listed");
+        assert_eq!(failed.delivery.status, DeliveryStatus::Failed);
+        assert!(s
+            .claim_deliveries(&claim_req("F", t0 + 900 * SEC, 10))
+            .await
+            .expect("claim")
+            .is_empty());
+    }
+
+    pub async fn webhook_gone_disables_and_upsert_reenables(t: &Target) {
+        let s = &*t.open().await;
+        let sp = spec(31, &[EventKind::JobStarted, EventKind::JobFinished], &[]);
+        s.upsert_subscription(&sp).await.expect("upsert");
+        apply(s, &batch(vec![finishing_job("ga", &[])])).await;
+        let t0 = now() + SEC;
+        let c = s
+            .claim_deliveries(&claim_req("A", t0, 1))
+            .await
+            .expect("claim");
+        assert_eq!(c.len(), 1);
+        assert!(s
+            .complete_attempt(&record(&c[0], "A", Some(410), AttemptOutcome::Gone))
+            .await
+            .expect("complete"));
+        let sub = s.get_subscription(31).await.expect("get").expect("exists");
+        assert!(!sub.enabled);
+        assert!(
+            sub.disabled_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("410")),
+            "{:?}",
+            sub.disabled_reason
+        );
+        // The other pending delivery is cancelled; nothing is claimable; new jobs add none.
+        let h = s.list_deliveries(31, 10).await.expect("deliveries");
+        let mut statuses: Vec<DeliveryStatus> = h.iter().map(|d| d.delivery.status).collect();
+        statuses.sort_by_key(|s| s.as_str());
+        assert_eq!(
+            statuses,
+            vec![DeliveryStatus::Cancelled, DeliveryStatus::Failed]
+        );
+        assert!(s
+            .claim_deliveries(&claim_req("A", t0 + 100 * SEC, 10))
+            .await
+            .expect("claim")
+            .is_empty());
+        apply(s, &batch(vec![finishing_job("gb", &[])])).await;
+        assert_eq!(
+            s.list_deliveries(31, 10).await.expect("deliveries").len(),
+            2
+        );
+
+        // The same definition again keeps it disabled; a changed one enables it.
+        assert!(!s.upsert_subscription(&sp).await.expect("upsert").enabled);
+        let mut fixed = sp.clone();
+        fixed.url = "http://127.0.0.1:9/fixed".into();
+        let up = s.upsert_subscription(&fixed).await.expect("upsert");
+        assert!(up.enabled && up.disabled_reason.is_none());
+        assert_eq!(up.created_at, sub.created_at);
+        apply(s, &batch(vec![finishing_job("gc", &[])])).await;
+        assert_eq!(
+            s.list_deliveries(31, 10).await.expect("deliveries").len(),
+            4
+        );
+
+        // Invalid specs are refused.
+        let mut bad = sp.clone();
+        bad.secret.clear();
+        assert_eq!(
+            s.upsert_subscription(&bad)
+                .await
+                .expect_err("empty secret")
+                .kind(),
+            ErrorKind::Invalid
+        );
+        let mut bad = sp.clone();
+        bad.events.clear();
+        assert_eq!(
+            s.upsert_subscription(&bad)
+                .await
+                .expect_err("no events")
+                .kind(),
+            ErrorKind::Invalid
+        );
+    }
+
+    pub async fn webhook_concurrent_claimers_never_share_an_attempt(t: &Target) {
+        let s = t.open().await;
+        s.upsert_subscription(&spec(41, &[EventKind::JobFinished], &[]))
+            .await
+            .expect("upsert");
+        let jobs: Vec<JobWrite> = (0..60)
+            .map(|i| finishing_job(&format!("cc{i}"), &[]))
+            .collect();
+        for chunk in jobs.chunks(20) {
+            apply(&*s, &batch(chunk.to_vec())).await;
+        }
+        // Four claimers on two separately opened handles (two pools, as two processes
+        // would have), racing; each fails every other attempt so retries race too.
+        let other = t.open().await;
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let store = if i % 2 == 0 {
+                Arc::clone(&s)
+            } else {
+                Arc::clone(&other)
+            };
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("claimer-{i}");
+                let mut got: Vec<(i64, u32)> = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut idle = 0;
+                while idle < 20 && Instant::now() < deadline {
+                    let claims = store
+                        .claim_deliveries(&claim_req(&owner, now(), 7))
+                        .await
+                        .expect("claim");
+                    if claims.is_empty() {
+                        idle += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    idle = 0;
+                    for c in claims {
+                        got.push((c.delivery.id, c.attempt));
+                        let outcome = if c.attempt == 1 {
+                            AttemptOutcome::Retry {
+                                next_attempt_at: now(),
+                            }
+                        } else {
+                            AttemptOutcome::Delivered
+                        };
+                        assert!(store
+                            .complete_attempt(&record(&c, &owner, Some(200), outcome))
+                            .await
+                            .expect("complete"));
+                    }
+                }
+                got
+            }));
+        }
+        let mut all: Vec<(i64, u32)> = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("claimer"));
+        }
+        let unique: BTreeSet<(i64, u32)> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len(), "an attempt was claimed twice");
+        assert_eq!(
+            all.len(),
+            120,
+            "every delivery gets exactly attempts 1 and 2"
+        );
+        let h = s.list_deliveries(41, 1000).await.expect("deliveries");
+        assert_eq!(h.len(), 60);
+        assert!(h
+            .iter()
+            .all(|d| d.delivery.status == DeliveryStatus::Delivered && d.attempts.len() == 2));
     }
 }
 

@@ -9,9 +9,13 @@
 //!   or a SQLite file.
 //! - [`docker`]: running test containers from the offline image and reading Docker's own
 //!   view of their logs.
+//! - [`prometheus`]: a real Prometheus scraping the daemons, and the dashboard checks.
+//! - [`mariadb`]: a MariaDB server of one test's own, to kill and start again.
 //! - [`wait_until`]: polling with a deadline.
 
 pub mod docker;
+pub mod mariadb;
+pub mod prometheus;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -288,32 +292,58 @@ pub struct Daemon {
     pub proc: Proc,
     pub base: String,
     pub http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    /// What [`Daemon::start_again`] starts it with.
+    storage_url: String,
+    port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Daemon {
     /// Starts logarithmd on a free port with `storage_url` and [`TOKEN`], and waits until it
     /// is ready.
     pub async fn start(storage_url: &str) -> Result<Daemon> {
+        Self::start_with(storage_url, "").await
+    }
+
+    /// Like [`Daemon::start`], with `extra_toml` as its configuration file (when not empty).
+    pub async fn start_with(storage_url: &str, extra_toml: &str) -> Result<Daemon> {
+        Self::start_on(storage_url, free_port()?, extra_toml).await
+    }
+
+    /// Like [`Daemon::start_with`], on `127.0.0.1:port`.
+    pub async fn start_on(storage_url: &str, port: u16, extra_toml: &str) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let mut cmd = Command::new(bin_path("logarithmd")?);
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--storage-url")
-            .arg(storage_url)
-            .arg("--ingest-token")
-            .arg(TOKEN)
-            .env("RUST_LOG", "info,logarithmd=debug");
+        if !extra_toml.is_empty() {
+            std::fs::write(dir.path().join("logarithmd.toml"), extra_toml)?;
+        }
+        let cmd = daemon_command(dir.path(), port, storage_url)?;
         let proc = Proc::spawn(cmd, dir.path().join("logarithmd.log"))?;
         let d = Daemon {
             proc,
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
-            _dir: dir,
+            storage_url: storage_url.to_owned(),
+            port,
+            dir,
         };
-        let http = d.http.clone();
-        let url = format!("{}/readyz", d.base);
+        d.wait_ready().await?;
+        Ok(d)
+    }
+
+    /// SIGKILLs logarithmd if it still runs, then starts it again on the same address with
+    /// the same storage and configuration (appending to the same log), and waits until it
+    /// is ready: agents retrying against the old address reach the new process.
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.proc.kill();
+        let cmd = daemon_command(self.dir.path(), self.port, &self.storage_url)?;
+        self.proc = Proc::spawn(cmd, self.dir.path().join("logarithmd.log"))?;
+        self.wait_ready().await
+    }
+
+    /// Waits until `/readyz` answers 2xx.
+    async fn wait_ready(&self) -> Result<()> {
+        let http = self.http.clone();
+        let url = format!("{}/readyz", self.base);
         let ready = wait_until(Duration::from_secs(60), "logarithmd /readyz", || {
             let http = http.clone();
             let url = url.clone();
@@ -326,9 +356,9 @@ impl Daemon {
         })
         .await;
         if let Err(e) = ready {
-            bail!("{e:#}\nlogarithmd log:\n{}", d.proc.log());
+            bail!("{e:#}\nlogarithmd log:\n{}", self.proc.log());
         }
-        Ok(d)
+        Ok(())
     }
 
     pub async fn get_json(&self, path: &str) -> Result<(u16, serde_json::Value)> {
@@ -401,10 +431,30 @@ impl Daemon {
     }
 }
 
+/// logarithmd's command line: `dir/logarithmd.toml` (when present), `127.0.0.1:port`,
+/// `storage_url` and [`TOKEN`].
+fn daemon_command(dir: &std::path::Path, port: u16, storage_url: &str) -> Result<Command> {
+    let mut cmd = Command::new(bin_path("logarithmd")?);
+    let config = dir.join("logarithmd.toml");
+    if config.exists() {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--storage-url")
+        .arg(storage_url)
+        .arg("--ingest-token")
+        .arg(TOKEN)
+        .env("RUST_LOG", "info,logarithmd=debug");
+    Ok(cmd)
+}
+
 /// A running antilog.
 pub struct Agent {
     pub proc: Proc,
     pub data_dir: PathBuf,
+    /// `host:port` of its `/metrics`, unless `extra_toml` set `metrics_listen` itself.
+    pub metrics_addr: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -426,11 +476,20 @@ impl Agent {
         extra_toml: &str,
     ) -> Result<Agent> {
         let config = dir.path().join("antilog.toml");
+        // Each agent serves metrics on a port of its own, so the agents of concurrent
+        // tests do not compete for the default one.
+        let (metrics_line, metrics_addr) = if extra_toml.contains("metrics_listen") {
+            (String::new(), None)
+        } else {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            (format!("metrics_listen = \"{addr}\"\n"), Some(addr))
+        };
         std::fs::write(
             &config,
             format!(
                 "server_url = \"{server}\"\ntoken = \"{TOKEN}\"\nnode_name = \"test-node\"\n\
-                 data_dir = \"{}\"\ninclude_labels = [\"logarithm.test={test_label}\"]\n{extra_toml}",
+                 data_dir = \"{}\"\ninclude_labels = [\"logarithm.test={test_label}\"]\n\
+                 {metrics_line}{extra_toml}",
                 data_dir.display()
             ),
         )?;
@@ -442,6 +501,7 @@ impl Agent {
         Ok(Agent {
             proc,
             data_dir,
+            metrics_addr,
             _dir: dir,
         })
     }

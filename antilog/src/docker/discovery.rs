@@ -85,6 +85,7 @@ pub async fn run(shared: Arc<Shared>, store: Arc<CheckpointStore>) -> Result<(),
                         d.on_event(msg);
                     }
                     Some(Err(e)) => {
+                        shared.metrics.docker_error(&super::classify(&e));
                         warn!(error = %e, "Docker event stream failed");
                         break;
                     }
@@ -124,7 +125,10 @@ impl Discovery {
                 ..Default::default()
             }))
             .await
-            .map_err(|e| Error::with_source(ErrorKind::Docker, "cannot list containers", e))?;
+            .map_err(|e| {
+                self.shared.metrics.docker_error(&super::classify(&e));
+                Error::with_source(ErrorKind::Docker, "cannot list containers", e)
+            })?;
         let mut existing = HashSet::with_capacity(list.len());
         for c in list {
             let Some(id) = c.id else { continue };

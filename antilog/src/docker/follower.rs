@@ -32,6 +32,7 @@ use super::{classify, Failure};
 use crate::backoff::Backoff;
 use crate::checkpoint::{Entry, ExitMark, Position};
 use crate::filter::Filter;
+use crate::metrics::{FollowGuard, Metrics};
 use crate::pipeline::{Item, ItemKind};
 
 /// How long to wait for the `die` event of a run that ended while we were not looking.
@@ -57,6 +58,7 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Bounds concurrent reads of finished runs ([`CATCH_UP_CONCURRENCY`]).
     pub catch_up: Arc<tokio::sync::Semaphore>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Finished runs read at the same time.
@@ -168,6 +170,8 @@ struct Follower {
     skipping: [bool; 2],
     /// Lines with a later timestamp are not this run's (see [`run_limit`]).
     limit_ts: Option<i64>,
+    /// Counts the container as followed once the filter has accepted it.
+    followed: Option<FollowGuard>,
 }
 
 /// Follows container `id` until it is removed or `shared.shutdown` is cancelled.
@@ -194,6 +198,7 @@ pub async fn follow(
         skip: Skip::from(&entry.pos),
         skipping: [false; 2],
         limit_ts: None,
+        followed: None,
     };
     let end = f.main().await;
     if end == End::Gone {
@@ -212,7 +217,10 @@ impl Follower {
             if self.shared.shutdown.is_cancelled() {
                 return End::Cancelled;
             }
-            let info = match inspect(&self.shared.docker, &self.id).await {
+            let info = match inspect(&self.shared.docker, &self.id)
+                .await
+                .inspect_err(|f| self.shared.metrics.docker_error(f))
+            {
                 Ok(i) => i,
                 Err(Failure::NotFound) => {
                     return if self.close_run(None).await {
@@ -243,6 +251,7 @@ impl Follower {
                     return End::Ignored;
                 }
                 filtered = true;
+                self.followed = Some(self.shared.metrics.following());
                 debug!(name = %info.meta.name, "following");
             }
             if !info.has_run {
@@ -515,6 +524,13 @@ impl Follower {
             container_id: self.id.clone(),
             kind,
         };
+        let item = match self.shared.tx.try_send(item) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
+        // The pipeline is full: reading stops until delivery catches up.
+        let _paused = self.shared.metrics.waiting_for_room();
         tokio::select! {
             biased;
             r = self.shared.tx.send(item) => r.is_ok(),
@@ -534,7 +550,11 @@ impl Follower {
         let since = self.pos.since_secs();
         debug!(since, from_seq = self.next_seq, follow, "reading log");
         let mut source = match (tty, &self.shared.raw) {
-            (true, Some(raw)) => match raw.logs(&self.id, since, follow).await {
+            (true, Some(raw)) => match raw
+                .logs(&self.id, since, follow)
+                .await
+                .inspect_err(|f| self.shared.metrics.docker_error(f))
+            {
                 Ok(body) => Source::Raw(body),
                 Err(Failure::Permanent(reason)) => return StreamEnd::Unavailable(reason),
                 Err(Failure::NotFound) => return StreamEnd::Ended { received: false },
@@ -573,6 +593,7 @@ impl Follower {
                     }
                 }
                 Some(Err(failure)) => {
+                    self.shared.metrics.docker_error(&failure);
                     return match failure {
                         Failure::Permanent(reason) if !received => StreamEnd::Unavailable(reason),
                         Failure::NotFound => StreamEnd::Ended { received },
@@ -626,10 +647,12 @@ impl Follower {
                 continue; // sent before the stream broke
             }
             self.sent_seq = seq;
+            let (stream, ts, len) = (p.stream, p.ts, p.bytes.len());
             let record = Record::new(seq, p.ts, p.stream, p.bytes, !p.last);
             if !self.send(ItemKind::Record { record, cut }).await {
                 return false;
             }
+            self.shared.metrics.record_read(stream, len, ts);
         }
         true
     }

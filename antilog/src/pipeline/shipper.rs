@@ -1,29 +1,29 @@
-//! Delivers batches to logarithmd, one at a time and in order, until each is acknowledged.
+//! Delivers the spool's batches to logarithmd, one at a time and in order, until each is
+//! acknowledged.
 //!
-//! A batch counts as delivered only on a 2xx answer (an [`IngestAck`]); only then are its
-//! checkpoint effects applied. Failures never drop data:
+//! A batch counts as delivered only on a 2xx answer (an [`IngestAck`]); only then does the
+//! spool move past it (the checkpoint already moved when it was spooled, see
+//! [`crate::spool`]). Failures never drop data:
 //! - transient (connection error, timeout, 408, 5xx, 429/503 with `Retry-After`): retry the
 //!   same bytes with exponential backoff and jitter (100 ms doubling to 30 s);
 //! - permanent (400, 401, 403, 413, other 4xx): log the server's message at error level and
 //!   retry at the longest interval, so fixing the server or token resumes delivery.
 //!
-//! While a batch is retried nothing else is sent, and the channels behind it fill up: the
-//! pipeline stalls with bounded memory instead of reordering or dropping.
+//! While a batch is retried nothing else is sent and the spool fills up; once it is full the
+//! pipeline stalls with bounded memory and disk instead of reordering or dropping.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::{Batch, ErrorBody, IngestAck};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
-use tokio::sync::mpsc;
-
-use super::OutBatch;
 use crate::backoff::Backoff;
-use crate::checkpoint::CheckpointStore;
 use crate::config::{Compression, Config};
 use crate::error::{Error, ErrorKind};
+use crate::metrics::{Metrics, ShipFailure};
+use crate::spool;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -37,7 +37,7 @@ pub struct Shipper {
     client: reqwest::Client,
     url: String,
     auth: Option<HeaderValue>,
-    compression: Compression,
+    metrics: Arc<Metrics>,
 }
 
 /// How one attempt failed.
@@ -53,7 +53,7 @@ enum Failure {
 }
 
 impl Shipper {
-    pub fn new(config: &Config) -> Result<Shipper, Error> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Shipper, Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -73,43 +73,31 @@ impl Shipper {
             client,
             url: config.ingest_url(),
             auth,
-            compression: config.compression,
+            metrics,
         })
     }
 
-    /// Ships batches until the channel closes.
-    pub async fn run(self, mut rx: mpsc::Receiver<OutBatch>, store: Arc<CheckpointStore>) {
-        while let Some(out) = rx.recv().await {
-            if !out.batch.segments.is_empty() {
-                let compression = self.compression;
-                let batch = out.batch;
-                let body =
-                    match tokio::task::spawn_blocking(move || encode(&batch, compression)).await {
-                        Ok(Ok(body)) => body,
-                        Ok(Err(e)) => {
-                            // Serializing our own types cannot fail short of a bug; the effects
-                            // are not applied, so the data is re-read after a restart.
-                            tracing::error!(error = %e, "cannot encode batch; skipping it");
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "batch encoder task failed; skipping it");
-                            continue;
-                        }
-                    };
-                self.deliver(body, out.records).await;
-            }
-            store.apply(out.effects.iter().map(|(id, e)| (&**id, e)));
+    /// Ships the spool's batches until the spool is closed and everything in it delivered.
+    /// Each frame is the request body as spooled, with its own compression.
+    pub async fn run(self, spool: spool::Reader) {
+        while let Some(frame) = spool.next().await {
+            let handed = Instant::now();
+            let records = frame.meta.records as usize;
+            self.deliver(frame.body, frame.meta.compression, records)
+                .await;
+            self.metrics
+                .batch_shipped(records, frame.meta.newest_ts, handed.elapsed());
+            spool.ack().await;
         }
     }
 
     /// Sends `body` until it is acknowledged.
-    async fn deliver(&self, body: Bytes, records: usize) {
+    async fn deliver(&self, body: Bytes, compression: Compression, records: usize) {
         let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let delay = match self.attempt(body.clone()).await {
+            let delay = match self.attempt(body.clone(), compression).await {
                 Ok(ack) => {
                     tracing::debug!(
                         records,
@@ -139,21 +127,32 @@ impl Shipper {
         }
     }
 
-    async fn attempt(&self, body: Bytes) -> Result<Option<IngestAck>, Failure> {
+    async fn attempt(
+        &self,
+        body: Bytes,
+        compression: Compression,
+    ) -> Result<Option<IngestAck>, Failure> {
         let mut req = self
             .client
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(enc) = self.compression.content_encoding() {
+        if let Some(enc) = compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
-        let resp = req.send().await.map_err(|e| Failure::Transient {
-            reason: error_chain(&e),
-            retry_after: None,
+        let resp = req.send().await.map_err(|e| {
+            self.metrics.ship_failed(if e.is_timeout() {
+                ShipFailure::Timeout
+            } else {
+                ShipFailure::Connect
+            });
+            Failure::Transient {
+                reason: error_chain(&e),
+                retry_after: None,
+            }
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -172,6 +171,8 @@ impl Shipper {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        self.metrics
+            .ship_failed(ShipFailure::of_status(status.as_u16()));
         let message = read_error(resp).await;
         let reason = format!("HTTP {status}: {message}");
         Err(match status {

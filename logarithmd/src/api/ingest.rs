@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -15,12 +15,15 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use protocol::{Batch, IngestAck, Stream, SUPPORTED_VERSIONS};
 use serde::Deserialize;
-use storage::{CoResultWrite, ExitWrite, JobMeta, JobWrite, NewLine, OutputWrite, WriteBatch};
+use storage::{
+    ApplyOutcome, CoResultWrite, ExitWrite, JobMeta, JobWrite, NewLine, OutputWrite, WriteBatch,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::cout;
+use crate::metrics::{CommittedBatch, GaugeGuard};
 
 /// Longest line accepted in one record. Agents split longer lines into continuation
 /// records; this keeps every stored row well under TiDB's default 6 MiB entry limit.
@@ -77,24 +80,65 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<IngestAck>> {
-    state.check_ingest_token(&headers)?;
+    let arrived = Instant::now();
+    let result = ingest_batch(&state, &headers, body, arrived).await;
+    state.metrics.ingest_answered(match &result {
+        Ok(_) => StatusCode::OK.as_u16(),
+        Err(e) => e.status().as_u16(),
+    });
+    result
+}
+
+async fn ingest_batch(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    arrived: Instant,
+) -> ApiResult<Json<IngestAck>> {
+    state.check_ingest_token(headers)?;
     let _permit = state.ingest_gate.enter().await?;
-    let raw = read_limited(&headers, body, state.config.max_body_bytes).await?;
-    let json = decompress(&headers, raw, state.config.max_decompressed_bytes)?;
+    let _in_flight = GaugeGuard::new(&state.metrics.ingest_in_flight);
+    let raw = read_limited(headers, body, state.config.max_body_bytes).await?;
+    state.metrics.ingest_request_bytes.inc_by(raw.len() as u64);
+    let json = decompress(headers, raw, state.config.max_decompressed_bytes)?;
     let batch = parse_batch(&json)?;
     let records = batch.segments.iter().map(|s| s.records.len() as u64).sum();
     let write = to_write_batch(batch)?;
-    let outcome = state
-        .storage
-        .apply(&write)
-        .await
-        .map_err(|e| ApiError::storage("writing an ingest batch failed", &e))?;
+    let write_started = Instant::now();
+    let applied = state.storage.apply(&write).await;
+    state
+        .metrics
+        .storage_write_duration
+        .observe(write_started.elapsed().as_secs_f64());
+    let outcome = applied.map_err(|e| {
+        state.metrics.storage_write_failed(&e);
+        ApiError::storage("writing an ingest batch failed", &e)
+    })?;
+    state
+        .metrics
+        .ingest_committed(&committed(&write, records, &outcome), arrived.elapsed());
     state.notify(&outcome);
     Ok(Json(IngestAck {
         records,
         stored: outcome.stored,
         duplicates: outcome.duplicates,
     }))
+}
+
+/// What a committed batch contained, for the metrics.
+fn committed(write: &WriteBatch, records: u64, outcome: &ApplyOutcome) -> CommittedBatch {
+    let mut c = CommittedBatch {
+        records,
+        stored: outcome.stored,
+        duplicates: outcome.duplicates,
+        ..CommittedBatch::default()
+    };
+    for w in &write.jobs {
+        c.line_bytes += w.lines.iter().map(|l| l.line.len() as u64).sum::<u64>();
+        c.outputs += w.outputs.len() as u64;
+        c.co_results += u64::from(w.co_result.is_some());
+    }
+    c
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them.

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod query;
 
 use std::sync::Arc;
@@ -18,8 +19,11 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::notify::JobEvents;
 use error::{ApiError, ApiResult};
 use ingest::IngestGate;
+use tokio::sync::Notify;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -27,6 +31,12 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<Config>,
     pub ingest_gate: Arc<IngestGate>,
+    /// Prometheus metrics, served on `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// In-process job events, published after each commit (see [`crate::notify`]).
+    pub events: JobEvents,
+    /// Woken after a commit that may have written webhook deliveries.
+    pub webhook_wake: Arc<Notify>,
 }
 
 impl AppState {
@@ -36,11 +46,21 @@ impl AppState {
             config.ingest_queue,
             config.ingest_queue_timeout,
         );
+        let metrics = Arc::new(Metrics::new(storage.backend()));
         AppState {
             storage,
+            metrics,
             config: Arc::new(config),
             ingest_gate: Arc::new(gate),
+            events: JobEvents::default(),
+            webhook_wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Makes the webhook dispatcher look for due deliveries now.
+    pub fn wake_dispatcher(&self) {
+        // notify_one keeps a permit when the dispatcher is busy, so no wake-up is lost.
+        self.webhook_wake.notify_one();
     }
 
     /// Accepts `Authorization: Bearer <token>` matching one configured token, compared in
@@ -67,8 +87,14 @@ impl AppState {
         }
     }
 
-    /// Called after a batch is committed.
+    /// Called after a batch is committed (never before): publishes its events in-process
+    /// and wakes the webhook dispatcher for the deliveries the commit wrote.
     pub fn notify(&self, outcome: &ApplyOutcome) {
+        metrics::count_job_events(&self.metrics, outcome);
+        if !outcome.events.is_empty() {
+            self.events.publish(&outcome.events);
+            self.wake_dispatcher();
+        }
         for t in &outcome.transitions {
             match t.kind {
                 TransitionKind::Started => tracing::info!(job_id = t.job_id, "job started"),
@@ -88,11 +114,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/logs", get(query::job_logs))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .merge(crate::webhooks::api::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
+        ))
+        // Outermost, so requests that time out are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_http,
         ))
         .with_state(state)
 }

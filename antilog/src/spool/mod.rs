@@ -1,0 +1,907 @@
+//! The disk spool between the batcher and the shipper: sealed batches are appended to
+//! checksummed segment files (format in [`segment`]), the shipper reads them back in order
+//! and a segment is deleted once every frame in it is acknowledged by logarithmd.
+//!
+//! # Guarantees
+//! - **Checkpoints cover only durable data.** The writer ([`run_writer`]) applies a batch's
+//!   checkpoint effects only after the batch is in a segment and the segment is fsynced
+//!   (`fdatasync`; a new segment file is fsynced with its directory). A restart therefore
+//!   resumes each container after what the spool holds, and the spool replays what
+//!   logarithmd has not acknowledged, including lines of containers removed meanwhile.
+//! - **fsync policy.** One fsync per group of batches: the writer appends the batches that
+//!   are ready, then syncs when none is waiting, when [`SYNC_MAX_BYTES`] are unsynced, or
+//!   [`SYNC_MAX_DELAY`] after the first unsynced append. The shipper reads only synced data.
+//! - **Read position.** The position of the next frame to deliver is written to `ack`
+//!   (rename, not fsynced) after each acknowledgement: a crash resends at most the frames of
+//!   the last moments, which logarithmd deduplicates by `(container_id, seq)`.
+//! - **Bounded.** The segment files never exceed `max_bytes` in total (except one frame
+//!   larger than the limit, which is accepted alone into an empty spool). When the next
+//!   frame does not fit, the writer waits (the batcher, the item channel and the followers
+//!   behind it stop: reading pauses) and says so once per pause.
+//! - **Damage.** A frame with a bad length or checksum is reported at error level with the
+//!   segment's file name and the rest of that segment is skipped; a segment without a valid
+//!   header is renamed `*.corrupt`. A torn last frame after a crash is truncated at start.
+//!
+//! # Layout
+//! - [`segment`]: file names, frame encoding and checks, the ack file (synchronous I/O).
+//! - [`open`]: recovers the directory and returns the [`SpoolWriter`] and [`SpoolReader`]
+//!   (synchronous, unit-tested).
+//! - [`run_writer`], [`Reader`]: their async sides, used by [`crate::run`] and the shipper.
+
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::checkpoint::{CheckpointStore, Effect};
+use crate::config::Compression;
+use crate::error::{Error, ErrorKind};
+use crate::metrics::Metrics;
+use crate::pipeline::OutBatch;
+use segment::{Cursor, Damage, Frame, FrameMeta, ReadOutcome, HEADER_LEN};
+
+/// Unsynced bytes after which the writer syncs even while more batches are waiting.
+pub const SYNC_MAX_BYTES: u64 = 8 << 20;
+/// Longest time an appended batch waits for its fsync (and its checkpoint effects).
+pub const SYNC_MAX_DELAY: Duration = Duration::from_millis(100);
+/// When everything is delivered, the writer starts a new segment once the current one
+/// holds this much (or `segment_bytes`, if smaller), so delivered data is freed soon.
+const ROTATE_WHEN_DRAINED: u64 = 1 << 20;
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Size limits of a spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of segment files.
+    pub max_bytes: u64,
+    /// A segment is closed and a new one started once it holds this many bytes.
+    pub segment_bytes: u64,
+}
+
+/// The spool's state, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes of segment files.
+    pub bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+    pub max_bytes: u64,
+    /// The writer waits for room: reading is paused.
+    pub full: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    /// Bytes written (the file's length).
+    written: u64,
+    /// Bytes known to be on disk; readers stop here.
+    durable: u64,
+}
+
+#[derive(Debug)]
+struct Accounting {
+    segments: BTreeMap<u64, Seg>,
+    /// Sum of `written`.
+    bytes: u64,
+    /// Position of the next frame to deliver.
+    ack: Cursor,
+    /// The writer is gone: nothing more will be appended.
+    closed: bool,
+}
+
+impl Accounting {
+    /// Whether everything written is acknowledged.
+    fn drained(&self) -> bool {
+        match self.segments.iter().next_back() {
+            None => true,
+            Some((&id, s)) => self.ack.segment == id && self.ack.offset >= s.written,
+        }
+    }
+}
+
+/// What the writer and the reader share.
+#[derive(Debug)]
+pub struct Shared {
+    dir: PathBuf,
+    limits: Limits,
+    state: Mutex<Accounting>,
+    /// Wakes the reader: new durable data, or the writer closed.
+    data: Notify,
+    /// Wakes the writer: a segment was deleted.
+    room: Notify,
+    full: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Accounting> {
+        // Every update is a few field assignments: a panic cannot leave them inconsistent
+        // in a way that matters more than stopping would.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> Stats {
+        let acc = self.lock();
+        Stats {
+            bytes: acc.bytes,
+            segments: acc.segments.len() as u64,
+            max_bytes: self.limits.max_bytes,
+            full: self.full.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether a frame of `n` bytes may be appended now.
+    pub fn has_room(&self, n: u64) -> bool {
+        let acc = self.lock();
+        // A rotation may add a segment header too.
+        acc.bytes + n + HEADER_LEN <= self.limits.max_bytes || acc.drained()
+    }
+
+    fn publish(&self, acc: &Accounting) {
+        self.metrics.spool_bytes.set(gauge(acc.bytes));
+        self.metrics
+            .spool_segments
+            .set(gauge(acc.segments.len() as u64));
+    }
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn io_err(what: impl Into<String>, e: std::io::Error) -> Error {
+    Error::with_source(ErrorKind::Spool, what, e)
+}
+
+/// Opens (creating it if needed) the spool in `dir`: deletes segments acknowledged before
+/// a crash, sets aside segments without a valid header, truncates a torn last frame, and
+/// starts a new segment for this session. The reader starts at the saved ack position.
+pub fn open(
+    dir: &Path,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+) -> Result<(SpoolWriter, SpoolReader), Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io_err(format!("cannot create spool_dir {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| io_err(format!("cannot list spool_dir {}", dir.display()), e))?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(format!("cannot list {}", dir.display()), e))?;
+        if let Some(id) = entry.file_name().to_str().and_then(segment::parse_segment_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    let ack = match segment::read_ack(dir) {
+        Ok(a) => a,
+        Err(why) => {
+            warn!(
+                file = %dir.join(segment::ACK_FILE).display(),
+                %why,
+                "spool ack file unreadable: delivering the spool from its oldest segment \
+                 (logarithmd drops what it already has)"
+            );
+            None
+        }
+    };
+    let mut segments = BTreeMap::new();
+    let newest = ids.last().copied();
+    for id in ids {
+        let path = dir.join(segment::segment_name(id));
+        if ack.is_some_and(|a| id < a.segment) {
+            // Delivered; the crash came between writing the ack file and deleting this.
+            std::fs::remove_file(&path)
+                .map_err(|e| io_err(format!("cannot delete {}", path.display()), e))?;
+            debug!(file = %path.display(), "deleted a delivered spool segment");
+            continue;
+        }
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_err(format!("cannot stat {}", path.display()), e))?
+            .len();
+        if !segment::has_magic(&file, len)
+            .map_err(|e| io_err(format!("cannot read {}", path.display()), e))?
+        {
+            set_aside(&path, "no valid segment header");
+            continue;
+        }
+        let mut len = len;
+        if Some(id) == newest {
+            len = truncate_torn_tail(&path, &file, len)?;
+        }
+        segments.insert(
+            id,
+            Seg {
+                written: len,
+                durable: len,
+            },
+        );
+    }
+    // After every id seen, set-aside ones included, so no name is ever reused.
+    let new_id = newest.max(ack.map(|a| a.segment)).unwrap_or(0) + 1;
+    let start = match ack {
+        Some(a) => match segments.get(&a.segment) {
+            Some(s) => Cursor {
+                segment: a.segment,
+                offset: a.offset.clamp(HEADER_LEN, s.written),
+            },
+            // Its segment is gone: the reader moves on to the next one there is.
+            None => Cursor {
+                segment: a.segment,
+                offset: HEADER_LEN,
+            },
+        },
+        None => Cursor {
+            segment: segments.keys().next().copied().unwrap_or(new_id),
+            offset: HEADER_LEN,
+        },
+    };
+    let file = create_segment(dir, new_id)?;
+    segments.insert(
+        new_id,
+        Seg {
+            written: HEADER_LEN,
+            durable: HEADER_LEN,
+        },
+    );
+    let bytes = segments.values().map(|s| s.written).sum();
+    let pending = segments.len() - 1;
+    let shared = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        limits,
+        state: Mutex::new(Accounting {
+            segments,
+            bytes,
+            ack: start,
+            closed: false,
+        }),
+        data: Notify::new(),
+        room: Notify::new(),
+        full: AtomicBool::new(false),
+        metrics,
+    });
+    shared
+        .metrics
+        .spool_limit_bytes
+        .set(gauge(limits.max_bytes));
+    shared.publish(&shared.lock());
+    info!(
+        dir = %dir.display(),
+        bytes,
+        segments_to_deliver = pending,
+        max_bytes = limits.max_bytes,
+        "spool opened"
+    );
+    let writer = SpoolWriter {
+        shared: shared.clone(),
+        file,
+        id: new_id,
+        len: HEADER_LEN,
+        synced: HEADER_LEN,
+        dirty_tail: false,
+    };
+    let reader = SpoolReader {
+        shared,
+        at: start,
+        file: None,
+        pending: None,
+    };
+    Ok((writer, reader))
+}
+
+/// Renames an unusable segment to `*.corrupt` (kept for inspection, no longer counted).
+fn set_aside(path: &Path, why: &str) {
+    let mut to = path.as_os_str().to_owned();
+    to.push(segment::CORRUPT_SUFFIX);
+    match std::fs::rename(path, &to) {
+        Ok(()) => error!(
+            file = %path.display(),
+            %why,
+            "corrupt spool segment {}: skipped, kept as {}",
+            path.display(),
+            PathBuf::from(&to).display()
+        ),
+        Err(e) => error!(
+            file = %path.display(),
+            %why,
+            error = %e,
+            "corrupt spool segment {}: skipped (cannot rename it)",
+            path.display()
+        ),
+    }
+}
+
+/// Truncates the newest segment after its last intact frame if its end is a write cut
+/// short by a crash; returns its length.
+fn truncate_torn_tail(path: &Path, file: &File, len: u64) -> Result<u64, Error> {
+    let read_err = |e| io_err(format!("cannot read {}", path.display()), e);
+    let scan = segment::scan(file, len).map_err(read_err)?;
+    if !segment::is_torn_tail(file, &scan, len).map_err(read_err)? {
+        // Damage in the middle is reported when the reader gets there.
+        return Ok(len);
+    }
+    warn!(
+        file = %path.display(),
+        from = len,
+        to = scan.valid_end,
+        "torn last frame in spool segment (the agent stopped while writing it): truncated"
+    );
+    file.set_len(scan.valid_end)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_err(format!("cannot truncate {}", path.display()), e))?;
+    Ok(scan.valid_end)
+}
+
+fn create_segment(dir: &Path, id: u64) -> Result<File, Error> {
+    let path = dir.join(segment::segment_name(id));
+    let err = |e| io_err(format!("cannot create {}", path.display()), e);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(err)?;
+    file.write_all(segment::MAGIC).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    // The new name must survive a power loss before any checkpoint relies on its data.
+    segment::sync_dir(dir).map_err(err)?;
+    Ok(file)
+}
+
+/// Appends frames to the newest segment (synchronous side; see [`run_writer`]).
+#[derive(Debug)]
+pub struct SpoolWriter {
+    shared: Arc<Shared>,
+    file: File,
+    id: u64,
+    len: u64,
+    synced: u64,
+    /// A failed write may have left bytes past `len`.
+    dirty_tail: bool,
+}
+
+impl SpoolWriter {
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Appends one frame (not yet durable: see [`SpoolWriter::sync`]). Does not check the
+    /// limit; callers wait for [`Shared::has_room`] first.
+    pub fn append(&mut self, frame: &[u8]) -> Result<(), Error> {
+        let rotate_at = {
+            let acc = self.shared.lock();
+            if acc.drained() {
+                ROTATE_WHEN_DRAINED.min(self.shared.limits.segment_bytes)
+            } else {
+                self.shared.limits.segment_bytes
+            }
+        };
+        if self.len > HEADER_LEN && self.len >= rotate_at {
+            self.rotate()?;
+        }
+        let path = || self.shared.dir.join(segment::segment_name(self.id));
+        if self.dirty_tail {
+            self.file
+                .set_len(self.len)
+                .map_err(|e| io_err(format!("cannot truncate {}", path().display()), e))?;
+            self.dirty_tail = false;
+        }
+        if let Err(e) = self.file.write_all_at(frame, self.len) {
+            self.dirty_tail = true;
+            return Err(io_err(format!("cannot write {}", path().display()), e));
+        }
+        self.len += frame.len() as u64;
+        let mut acc = self.shared.lock();
+        if let Some(s) = acc.segments.get_mut(&self.id) {
+            s.written = self.len;
+        }
+        acc.bytes += frame.len() as u64;
+        self.shared.publish(&acc);
+        Ok(())
+    }
+
+    /// Bytes appended since the last sync.
+    pub fn unsynced(&self) -> u64 {
+        self.len - self.synced
+    }
+
+    /// Makes everything appended durable and visible to the reader.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        if self.synced == self.len {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| {
+            io_err(
+                format!(
+                    "cannot fsync {}",
+                    self.shared.dir.join(segment::segment_name(self.id)).display()
+                ),
+                e,
+            )
+        })?;
+        self.synced = self.len;
+        if let Some(s) = self.shared.lock().segments.get_mut(&self.id) {
+            s.durable = self.len;
+        }
+        self.shared.data.notify_one();
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), Error> {
+        self.sync()?;
+        let id = self.id + 1;
+        let file = create_segment(&self.shared.dir, id)?;
+        self.file = file;
+        self.id = id;
+        self.len = HEADER_LEN;
+        self.synced = HEADER_LEN;
+        let mut acc = self.shared.lock();
+        acc.segments.insert(
+            id,
+            Seg {
+                written: HEADER_LEN,
+                durable: HEADER_LEN,
+            },
+        );
+        acc.bytes += HEADER_LEN;
+        self.shared.publish(&acc);
+        drop(acc);
+        // The previous segment is complete: the reader can finish (and delete) it.
+        self.shared.data.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.data.notify_one();
+    }
+}
+
+/// What [`SpoolReader::try_next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Frame),
+    /// Nothing durable to read now.
+    Empty,
+    /// Nothing to read, and the writer is gone.
+    Closed,
+}
+
+/// Reads frames in order from the oldest segment (synchronous side; see [`Reader`]).
+#[derive(Debug)]
+pub struct SpoolReader {
+    shared: Arc<Shared>,
+    /// Position of the next frame to deliver.
+    at: Cursor,
+    /// The open segment `at` is in.
+    file: Option<(u64, File)>,
+    /// End of the frame handed out and not yet acknowledged.
+    pending: Option<Cursor>,
+}
+
+impl SpoolReader {
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The frame at the read position (the same one again until [`SpoolReader::ack`]).
+    pub fn try_next(&mut self) -> Result<Next, Error> {
+        loop {
+            let (seg, later, closed) = {
+                let acc = self.shared.lock();
+                match acc.segments.get(&self.at.segment) {
+                    Some(s) => (
+                        *s,
+                        acc.segments.range(self.at.segment + 1..).next().is_some(),
+                        acc.closed,
+                    ),
+                    None => {
+                        // Its segment is gone (set aside, or deleted before a crash).
+                        match acc.segments.range(self.at.segment..).next() {
+                            Some((&id, _)) => {
+                                self.at = Cursor {
+                                    segment: id,
+                                    offset: HEADER_LEN,
+                                };
+                                continue;
+                            }
+                            None if acc.closed => return Ok(Next::Closed),
+                            None => return Ok(Next::Empty),
+                        }
+                    }
+                }
+            };
+            if self.at.offset < seg.durable {
+                let Cursor { segment: id, offset } = self.at;
+                let file = self.open(id)?;
+                let read = segment::read_frame(file, offset, seg.durable)
+                    .map_err(|e| io_err(format!("cannot read {}", self.path(id).display()), e))?;
+                match read {
+                    ReadOutcome::Frame(frame, next) => {
+                        self.pending = Some(Cursor {
+                            segment: id,
+                            offset: next,
+                        });
+                        return Ok(Next::Frame(frame));
+                    }
+                    ReadOutcome::End => {}
+                    ReadOutcome::Bad(damage) => {
+                        self.report(id, &damage, seg.durable);
+                        if later {
+                            self.finish_segment();
+                        } else {
+                            // The segment being written: skip to where the writer is.
+                            self.at.offset = seg.durable;
+                            self.save_ack();
+                        }
+                        continue;
+                    }
+                }
+            }
+            if later && seg.durable == seg.written {
+                // Read to its end and the writer has moved on.
+                self.finish_segment();
+                continue;
+            }
+            return Ok(if closed && !later {
+                Next::Closed
+            } else {
+                Next::Empty
+            });
+        }
+    }
+
+    /// Marks the frame last returned by [`SpoolReader::try_next`] as delivered.
+    pub fn ack(&mut self) {
+        let Some(next) = self.pending.take() else {
+            return;
+        };
+        self.at = next;
+        self.save_ack();
+        // Everything delivered counts as room (see `Shared::has_room`).
+        self.shared.room.notify_one();
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.shared.dir.join(segment::segment_name(id))
+    }
+
+    fn open(&mut self, id: u64) -> Result<&File, Error> {
+        if self.file.as_ref().map(|(i, _)| *i) != Some(id) {
+            let path = self.path(id);
+            let f =
+                File::open(&path).map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
+            self.file = Some((id, f));
+        }
+        match &self.file {
+            Some((_, f)) => Ok(f),
+            None => Err(Error::new(ErrorKind::Internal, "spool segment not open")),
+        }
+    }
+
+    fn report(&self, id: u64, damage: &Damage, end: u64) {
+        let path = self.path(id);
+        error!(
+            file = %path.display(),
+            offset = self.at.offset,
+            skipped_bytes = end.saturating_sub(self.at.offset),
+            %damage,
+            "corrupt spool segment {}: {damage} at offset {}; skipping the rest of it",
+            path.display(),
+            self.at.offset
+        );
+    }
+
+    /// Deletes the segment at the read position (everything in it is delivered or
+    /// skipped) and moves to the next one.
+    fn finish_segment(&mut self) {
+        let id = self.at.segment;
+        self.pending = None;
+        if self.file.as_ref().is_some_and(|(i, _)| *i == id) {
+            self.file = None;
+        }
+        let next = {
+            let acc = self.shared.lock();
+            acc.segments
+                .range(id + 1..)
+                .next()
+                .map(|(&i, _)| i)
+                .unwrap_or(id + 1)
+        };
+        self.at = Cursor {
+            segment: next,
+            offset: HEADER_LEN,
+        };
+        // The ack moves first: a crash in between leaves a segment that the next start
+        // recognises as delivered.
+        self.save_ack();
+        let path = self.path(id);
+        if let Err(e) = std::fs::remove_file(&path) {
+            warn!(file = %path.display(), error = %e, "cannot delete a delivered spool segment");
+        }
+        let mut acc = self.shared.lock();
+        if let Some(s) = acc.segments.remove(&id) {
+            acc.bytes -= s.written;
+        }
+        self.shared.publish(&acc);
+        drop(acc);
+        self.shared.room.notify_one();
+    }
+
+    fn save_ack(&self) {
+        self.shared.lock().ack = self.at;
+        if let Err(e) = segment::write_ack(&self.shared.dir, self.at) {
+            // Only costs resending delivered frames after a restart.
+            warn!(dir = %self.shared.dir.display(), error = %e, "cannot write the spool ack file");
+        }
+    }
+}
+
+/// The shipper's handle on the spool.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    inner: Arc<Mutex<SpoolReader>>,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    pub fn new(reader: SpoolReader) -> Reader {
+        let shared = reader.shared.clone();
+        Reader {
+            inner: Arc::new(Mutex::new(reader)),
+            shared,
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The next frame to deliver, waiting for one; `None` once the writer is gone and
+    /// everything was read.
+    pub async fn next(&self) -> Option<Frame> {
+        let mut retry = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        loop {
+            let inner = self.inner.clone();
+            let res = tokio::task::spawn_blocking(move || lock(&inner).try_next()).await;
+            match res {
+                Ok(Ok(Next::Frame(f))) => return Some(f),
+                Ok(Ok(Next::Empty)) => self.shared.data.notified().await,
+                Ok(Ok(Next::Closed)) => return None,
+                Ok(Err(e)) => {
+                    let d = retry.next_delay();
+                    error!(error = %e, retry_in = ?d, "cannot read the spool; retrying");
+                    tokio::time::sleep(d).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "spool reader task failed");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Marks the frame returned by [`Reader::next`] as delivered.
+    pub async fn ack(&self) {
+        let inner = self.inner.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || lock(&inner).ack()).await {
+            error!(error = %e, "spool ack task failed");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a blocking operation on the writer off the async threads.
+async fn blocking<T: Send + 'static>(
+    w: &Arc<Mutex<SpoolWriter>>,
+    f: impl FnOnce(&mut SpoolWriter) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let w = w.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&w)))
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Internal, "spool writer task failed", e))?
+}
+
+/// Retries `op` with backoff until it succeeds (true) or `stop` (false).
+async fn with_retry(
+    w: &Arc<Mutex<SpoolWriter>>,
+    stop: &CancellationToken,
+    what: &str,
+    op: impl Fn(&mut SpoolWriter) -> Result<(), Error> + Send + Sync + Clone + 'static,
+) -> bool {
+    let mut retry = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+    loop {
+        let op = op.clone();
+        match blocking(w, move |w| op(w)).await {
+            Ok(()) => return true,
+            Err(e) => {
+                let d = retry.next_delay();
+                error!(error = %e, retry_in = ?d, "cannot {what}; retrying (reading pauses meanwhile)");
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Takes batches from the batcher, appends them to the spool and, once they are durable,
+/// applies their checkpoint effects. Returns when the batcher is done (everything taken is
+/// then durable) or, while waiting for room or retrying a failed write, when `stop` is
+/// cancelled (what is not durable then is read from Docker again on the next start).
+pub async fn run_writer(
+    mut rx: mpsc::Receiver<OutBatch>,
+    writer: SpoolWriter,
+    store: Arc<CheckpointStore>,
+    compression: Compression,
+    stop: CancellationToken,
+) {
+    let shared = writer.shared.clone();
+    let w = Arc::new(Mutex::new(writer));
+    // Effects of appended batches, waiting for the fsync.
+    let mut pending: Vec<(Arc<str>, Effect)> = Vec::new();
+    let mut first_unsynced: Option<Instant> = None;
+    loop {
+        let out = if pending.is_empty() && first_unsynced.is_none() {
+            rx.recv().await
+        } else {
+            match rx.try_recv() {
+                Ok(out) => Some(out),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Nothing else ready: this group is complete.
+                    if !sync_and_apply(&w, &store, &mut pending, &stop).await {
+                        return;
+                    }
+                    first_unsynced = None;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        };
+        let Some(out) = out else { break };
+        if !out.batch.segments.is_empty() {
+            let frame = match encode_frame(out.batch, out.records, compression).await {
+                Ok(f) => Arc::new(f),
+                Err(e) => {
+                    // Serializing our own types cannot fail short of a bug; the effects are
+                    // not applied, so the data is read again after a restart.
+                    error!(error = %e, "cannot encode batch; skipping it");
+                    continue;
+                }
+            };
+            let n = frame.len() as u64;
+            if !shared.has_room(n) {
+                // What was appended must become deliverable before we wait for room.
+                if !sync_and_apply(&w, &store, &mut pending, &stop).await {
+                    return;
+                }
+                first_unsynced = None;
+                if !wait_for_room(&shared, n, &stop).await {
+                    warn!(
+                        records = out.records,
+                        "stopping while the spool is full: the last batch is read from Docker \
+                         again on the next start"
+                    );
+                    return;
+                }
+            }
+            let f = frame.clone();
+            if !with_retry(&w, &stop, "append to the spool", move |w| w.append(&f)).await {
+                return;
+            }
+            first_unsynced.get_or_insert_with(Instant::now);
+        }
+        pending.extend(out.effects);
+        let unsynced = lock(&w).unsynced();
+        if unsynced >= SYNC_MAX_BYTES || first_unsynced.is_some_and(|t| t.elapsed() >= SYNC_MAX_DELAY)
+        {
+            if !sync_and_apply(&w, &store, &mut pending, &stop).await {
+                return;
+            }
+            first_unsynced = None;
+        }
+    }
+    sync_and_apply(&w, &store, &mut pending, &stop).await;
+}
+
+async fn sync_and_apply(
+    w: &Arc<Mutex<SpoolWriter>>,
+    store: &CheckpointStore,
+    pending: &mut Vec<(Arc<str>, Effect)>,
+    stop: &CancellationToken,
+) -> bool {
+    if !with_retry(w, stop, "fsync the spool", |w| w.sync()).await {
+        return false;
+    }
+    store.apply(pending.iter().map(|(id, e)| (&**id, e)));
+    pending.clear();
+    true
+}
+
+/// Waits until `n` bytes fit; false if `stop` came first.
+async fn wait_for_room(shared: &Shared, n: u64, stop: &CancellationToken) -> bool {
+    let stats = shared.stats();
+    shared.full.store(true, Ordering::Release);
+    warn!(
+        spool_bytes = stats.bytes,
+        spool_max_bytes = stats.max_bytes,
+        "spool full ({} of {} bytes): reading paused until logarithmd catches up",
+        stats.bytes,
+        stats.max_bytes
+    );
+    let ok = loop {
+        if shared.has_room(n) {
+            break true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break false,
+            _ = shared.room.notified() => {}
+        }
+    };
+    shared.full.store(false, Ordering::Release);
+    if ok {
+        info!(
+            spool_bytes = shared.stats().bytes,
+            "spool has room again: reading resumed"
+        );
+    }
+    ok
+}
+
+/// Encodes a batch as a frame, off the async threads.
+async fn encode_frame(
+    batch: protocol::Batch,
+    records: usize,
+    compression: Compression,
+) -> Result<Vec<u8>, Error> {
+    tokio::task::spawn_blocking(move || {
+        let newest_ts = batch
+            .segments
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.ts))
+            .max()
+            .unwrap_or(0);
+        let body = crate::pipeline::shipper::encode(&batch, compression)
+            .map_err(|e| Error::with_source(ErrorKind::Internal, "cannot encode batch", e))?;
+        let meta = FrameMeta {
+            compression,
+            records: u32::try_from(records).unwrap_or(u32::MAX),
+            newest_ts,
+        };
+        Ok(segment::encode_frame(&meta, &body))
+    })
+    .await
+    .map_err(|e| Error::with_source(ErrorKind::Internal, "batch encoder task failed", e))?
+}
+
+#[cfg(test)]
+mod tests;

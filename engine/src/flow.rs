@@ -1,0 +1,777 @@
+//! Flow definitions: the ContainerOps flow file (YAML) as serde types, and the checks that
+//! turn a parsed file into a [`Flow`] the engine can run.
+//!
+//! Parsing is strict: an unknown field, a wrong type or a missing field is an error that
+//! names the field's path and the line (serde_yaml carries both). The checks after parsing
+//! (names, stage order, subscriptions) name the path (`stages[2].actions[0].jobs[1].subscriptions`)
+//! and, where the offending text can be found in the file, its line. Every problem is
+//! reported at once, not only the first. `docs/flows.md` is the user-facing description.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::Error;
+
+/// Longest name of a flow, stage, action or job (a Kubernetes label value holds 63).
+pub const NAME_MAX: usize = 63;
+
+/// A flow as written in its file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    /// The flow's identity, ContainerOps style (`owner/repo/flow`). Its [`Flow::name`] is
+    /// this with `/` replaced by `.`.
+    pub uri: String,
+    /// Human title.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// Free-form version (ContainerOps writes a number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Scalar>,
+    /// Free-form tag (`latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Upper bound on the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    /// Environment every job gets (`- KEY: value`), below the job's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<BTreeMap<String, Scalar>>,
+    /// Stages, run in order: a `start` first, an `end` last.
+    pub stages: Vec<Stage>,
+}
+
+/// One stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    #[serde(rename = "type")]
+    pub kind: StageKind,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// How the actions of a `normal` stage run; `sequence` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequencing: Option<Sequencing>,
+    /// Upper bound on the stage (for a `pause` stage: on the wait for a decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    /// Actions of a `normal` stage (the other kinds have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+}
+
+impl Stage {
+    pub fn sequencing(&self) -> Sequencing {
+        self.sequencing.unwrap_or(Sequencing::Sequence)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// Marks the beginning; does nothing.
+    Start,
+    /// Runs actions.
+    Normal,
+    /// Waits for approve or reject through the API.
+    Pause,
+    /// Marks the end; does nothing.
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sequencing {
+    /// One action after another, stopping at the first that fails.
+    Sequence,
+    /// All actions at once.
+    Parallel,
+}
+
+/// One action: jobs run one after another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    pub jobs: Vec<Job>,
+}
+
+/// One job: a container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    #[serde(rename = "type")]
+    pub kind: JobKind,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// The image.
+    pub endpoint: String,
+    /// Arguments replacing the image's `CMD` (a Logarithm extension: ContainerOps
+    /// components do their work in their entrypoint; plain images such as busybox need one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Upper bound on the job's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// The job's environment (`- KEY: value`), above the flow's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<BTreeMap<String, Scalar>>,
+    /// Output keys the job prints as `[COUT] KEY = VALUE`; only these can be subscribed to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    /// `- "<stage>.<action>.<job>[<KEY>]": ENV_NAME`: an upstream job's output, injected as
+    /// `ENV_NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// A ContainerOps component: an image that follows the `[COUT]` contract.
+    Component,
+}
+
+/// Resource limits of a job's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU limit: cores (`0.5`, `2`) or millicores (`500m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Memory limit: bytes (`67108864`) or with a unit (`64Mi`, `1G`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+}
+
+/// A subscription, parsed: which output of which job goes into which variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub stage: String,
+    pub action: String,
+    pub job: String,
+    pub key: String,
+    pub env: String,
+}
+
+impl Subscription {
+    /// Parses `<stage>.<action>.<job>[<KEY>]`.
+    pub fn parse(source: &str, env: &str) -> Option<Subscription> {
+        let (path, rest) = source.split_once('[')?;
+        let key = rest.strip_suffix(']')?;
+        let mut parts = path.split('.');
+        let (stage, action, job) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || key.is_empty() {
+            return None;
+        }
+        Some(Subscription {
+            stage: stage.to_owned(),
+            action: action.to_owned(),
+            job: job.to_owned(),
+            key: key.to_owned(),
+            env: env.to_owned(),
+        })
+    }
+
+    /// The source as written.
+    pub fn source(&self) -> String {
+        format!("{}.{}.{}[{}]", self.stage, self.action, self.job, self.key)
+    }
+}
+
+impl Job {
+    /// The job's subscriptions, parsed (a validated flow has only valid ones).
+    pub fn parsed_subscriptions(&self) -> Vec<Subscription> {
+        self.subscriptions
+            .iter()
+            .flat_map(|m| m.iter())
+            .filter_map(|(src, env)| Subscription::parse(src, env))
+            .collect()
+    }
+}
+
+/// Flattens `- KEY: value` lists; a later entry wins.
+pub fn env_map(list: &[BTreeMap<String, Scalar>]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for m in list {
+        for (k, v) in m {
+            out.insert(k.clone(), v.0.clone());
+        }
+    }
+    out
+}
+
+impl Flow {
+    /// The flow's name: its `uri` with `/` replaced by `.` (usable in a URL path segment
+    /// and as a container label value).
+    pub fn name(&self) -> String {
+        self.uri.trim_matches('/').replace('/', ".")
+    }
+
+    /// Parses and checks a flow file. Every problem found is reported.
+    pub fn from_yaml(source: &str) -> Result<Flow, FlowErrors> {
+        let flow: Flow = serde_yaml::from_str(source).map_err(|e| {
+            let (line, column) = match e.location() {
+                Some(l) => (Some(l.line()), Some(l.column())),
+                None => (None, None),
+            };
+            FlowErrors(vec![FlowError {
+                line,
+                column,
+                path: String::new(),
+                message: e.to_string(),
+            }])
+        })?;
+        let errors = flow.check(source);
+        if errors.is_empty() {
+            Ok(flow)
+        } else {
+            Err(FlowErrors(errors))
+        }
+    }
+
+    /// The stage, action and job at a path, if they exist.
+    pub fn job(&self, stage: usize, action: usize, job: usize) -> Option<&Job> {
+        self.stages.get(stage)?.actions.get(action)?.jobs.get(job)
+    }
+
+    /// The structural checks; `source` is used to find lines.
+    fn check(&self, source: &str) -> Vec<FlowError> {
+        let mut errs = Vec::new();
+        let mut err = |path: String, needle: Option<&str>, message: String| {
+            let line = needle.and_then(|n| find_line(source, n));
+            errs.push(FlowError {
+                line,
+                column: None,
+                path,
+                message,
+            });
+        };
+        let name = self.name();
+        if !valid_name(&name, true) {
+            err(
+                "uri".into(),
+                Some("uri:"),
+                format!(
+                    "{:?} is not a valid flow uri: use letters, digits, '.', '_', '-' and '/', \
+                     at most {NAME_MAX} characters",
+                    self.uri
+                ),
+            );
+        }
+        for (i, env) in self.environments.iter().enumerate() {
+            for k in env.keys() {
+                if !valid_env(k) {
+                    err(
+                        format!("environments[{i}]"),
+                        Some(k),
+                        format!("{k:?} is not a valid environment variable name"),
+                    );
+                }
+            }
+        }
+        if self.stages.is_empty() {
+            err(
+                "stages".into(),
+                Some("stages:"),
+                "a flow needs stages".into(),
+            );
+        }
+        match self.stages.first() {
+            Some(s) if s.kind != StageKind::Start => err(
+                "stages[0].type".into(),
+                Some(&format!("name: {}", s.name)),
+                "the first stage must be of type start".into(),
+            ),
+            _ => {}
+        }
+        match self.stages.last() {
+            Some(s) if s.kind != StageKind::End => err(
+                format!("stages[{}].type", self.stages.len() - 1),
+                Some(&format!("name: {}", s.name)),
+                "the last stage must be of type end".into(),
+            ),
+            _ => {}
+        }
+        let mut stage_names = BTreeSet::new();
+        for (si, stage) in self.stages.iter().enumerate() {
+            let sp = format!("stages[{si}]");
+            let at = format!("name: {}", stage.name);
+            if !valid_name(&stage.name, false) {
+                err(
+                    format!("{sp}.name"),
+                    Some(&at),
+                    name_message(&stage.name),
+                );
+            }
+            if !stage_names.insert(stage.name.as_str()) {
+                err(
+                    format!("{sp}.name"),
+                    Some(&at),
+                    format!("stage name {:?} is used twice", stage.name),
+                );
+            }
+            let ends = matches!(stage.kind, StageKind::Start | StageKind::End);
+            if ends && si != 0 && si + 1 != self.stages.len() {
+                err(
+                    format!("{sp}.type"),
+                    Some(&at),
+                    "start and end stages may only be first and last".into(),
+                );
+            }
+            if stage.kind != StageKind::Normal {
+                if !stage.actions.is_empty() {
+                    err(
+                        format!("{sp}.actions"),
+                        Some(&at),
+                        "only normal stages have actions".into(),
+                    );
+                }
+                if stage.sequencing.is_some() {
+                    err(
+                        format!("{sp}.sequencing"),
+                        Some(&at),
+                        "only normal stages have a sequencing".into(),
+                    );
+                }
+                continue;
+            }
+            if stage.actions.is_empty() {
+                err(
+                    format!("{sp}.actions"),
+                    Some(&at),
+                    "a normal stage needs actions".into(),
+                );
+            }
+            let mut action_names = BTreeSet::new();
+            for (ai, action) in stage.actions.iter().enumerate() {
+                let ap = format!("{sp}.actions[{ai}]");
+                let at = format!("name: {}", action.name);
+                if !valid_name(&action.name, false) {
+                    err(format!("{ap}.name"), Some(&at), name_message(&action.name));
+                }
+                if !action_names.insert(action.name.as_str()) {
+                    err(
+                        format!("{ap}.name"),
+                        Some(&at),
+                        format!("action name {:?} is used twice in this stage", action.name),
+                    );
+                }
+                if action.jobs.is_empty() {
+                    err(
+                        format!("{ap}.jobs"),
+                        Some(&at),
+                        "an action needs jobs".into(),
+                    );
+                }
+                let mut job_names = BTreeSet::new();
+                for (ji, job) in action.jobs.iter().enumerate() {
+                    let jp = format!("{ap}.jobs[{ji}]");
+                    let at = format!("name: {}", job.name);
+                    if !valid_name(&job.name, false) {
+                        err(format!("{jp}.name"), Some(&at), name_message(&job.name));
+                    }
+                    if !job_names.insert(job.name.as_str()) {
+                        err(
+                            format!("{jp}.name"),
+                            Some(&at),
+                            format!("job name {:?} is used twice in this action", job.name),
+                        );
+                    }
+                    if job.endpoint.trim().is_empty() {
+                        err(
+                            format!("{jp}.endpoint"),
+                            Some(&at),
+                            "a job needs an image".into(),
+                        );
+                    }
+                    for (i, env) in job.environments.iter().enumerate() {
+                        for k in env.keys() {
+                            if !valid_env(k) {
+                                err(
+                                    format!("{jp}.environments[{i}]"),
+                                    Some(k),
+                                    format!("{k:?} is not a valid environment variable name"),
+                                );
+                            }
+                        }
+                    }
+                    for (i, k) in job.outputs.iter().enumerate() {
+                        if !valid_env(k) || k == "CO_RESULT" {
+                            err(
+                                format!("{jp}.outputs[{i}]"),
+                                Some(k),
+                                format!("{k:?} is not a valid output key"),
+                            );
+                        }
+                    }
+                    for (i, subs) in job.subscriptions.iter().enumerate() {
+                        for (src, env) in subs {
+                            let path = format!("{jp}.subscriptions[{i}]");
+                            if let Err(m) = self.check_subscription(si, ai, ji, src, env) {
+                                err(path, Some(src), m);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        errs
+    }
+
+    /// Whether `src` names an output of a job that finishes before job `(si, ai, ji)` starts.
+    fn check_subscription(
+        &self,
+        si: usize,
+        ai: usize,
+        ji: usize,
+        src: &str,
+        env: &str,
+    ) -> Result<(), String> {
+        let sub = Subscription::parse(src, env).ok_or_else(|| {
+            format!("{src:?} is not of the form \"<stage>.<action>.<job>[<KEY>]\"")
+        })?;
+        if !valid_env(env) {
+            return Err(format!(
+                "{env:?} (for {src:?}) is not a valid environment variable name"
+            ));
+        }
+        let Some(usi) = self.stages.iter().position(|s| s.name == sub.stage) else {
+            return Err(format!("{src:?} names no stage {:?}", sub.stage));
+        };
+        let stage = &self.stages[usi];
+        let Some(uai) = stage.actions.iter().position(|a| a.name == sub.action) else {
+            return Err(format!(
+                "{src:?} names no action {:?} in stage {:?}",
+                sub.action, sub.stage
+            ));
+        };
+        let action = &stage.actions[uai];
+        let Some(uji) = action.jobs.iter().position(|j| j.name == sub.job) else {
+            return Err(format!(
+                "{src:?} names no job {:?} in action {:?}",
+                sub.job, sub.action
+            ));
+        };
+        if !action.jobs[uji].outputs.iter().any(|k| *k == sub.key) {
+            return Err(format!(
+                "{src:?}: job {:?} declares no output {:?} in its outputs",
+                sub.job, sub.key
+            ));
+        }
+        let upstream = usi < si
+            || (usi == si
+                && ((uai == ai && uji < ji)
+                    || (uai < ai && stage.sequencing() == Sequencing::Sequence)));
+        if !upstream {
+            return Err(format!(
+                "{src:?} is not upstream: the job it names does not finish before this one starts"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn name_message(name: &str) -> String {
+    format!(
+        "{name:?} is not a valid name: use letters, digits, '_' and '-' (starting with a \
+         letter or digit), at most {NAME_MAX} characters"
+    )
+}
+
+/// Names become label values, container names and parts of subscription paths: no dots in
+/// stage, action and job names (they separate the parts of a subscription).
+fn valid_name(s: &str, allow_dot: bool) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && s.len() <= NAME_MAX
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (allow_dot && c == '.'))
+        && !s.ends_with(['.', '-', '_'])
+}
+
+fn valid_env(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// 1-based number of the first line containing `needle`.
+fn find_line(source: &str, needle: &str) -> Option<usize> {
+    source
+        .lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+}
+
+/// One problem in a flow file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowError {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Path of the field (`stages[2].actions[0].jobs[1].subscriptions[0]`); empty when the
+    /// message names it (parse errors).
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FlowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a flow file (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowErrors(pub Vec<FlowError>);
+
+impl fmt::Display for FlowErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FlowErrors {}
+
+impl From<FlowErrors> for Error {
+    fn from(e: FlowErrors) -> Error {
+        Error::invalid(format!("invalid flow: {e}"))
+    }
+}
+
+/// A YAML scalar (string, number or boolean), kept as the text a container sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scalar(pub String);
+
+impl Serialize for Scalar {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A timeout: whole seconds (`600`, ContainerOps style) or a human duration (`10m`, `500ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Duration);
+
+impl Serialize for Timeout {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime_serde::re::humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timeout, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Timeout;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a positive number of seconds or a duration such as \"10m\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timeout, E> {
+                if v == 0 {
+                    return Err(E::custom("a timeout must be positive"));
+                }
+                Ok(Timeout(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timeout, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a timeout must be positive"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Timeout, E> {
+                let d = humantime_serde::re::humantime::parse_duration(v)
+                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))?;
+                if d.is_zero() {
+                    return Err(E::custom("a timeout must be positive"));
+                }
+                Ok(Timeout(d))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A CPU limit in millicores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu(pub u64);
+
+impl Cpu {
+    /// As Docker's `NanoCpus`.
+    pub fn nano_cpus(self) -> i64 {
+        i64::try_from(self.0.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+    }
+
+    /// As a Kubernetes quantity (`500m`).
+    pub fn quantity(self) -> String {
+        format!("{}m", self.0)
+    }
+}
+
+impl Serialize for Cpu {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.quantity())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpu {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cpu, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Cpu;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("CPU cores (0.5) or millicores (\"500m\")")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Cpu, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Cpu, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Cpu, E> {
+                let milli = (v * 1000.0).round();
+                if !(1.0..=1.0e9).contains(&milli) {
+                    return Err(E::custom(format!("CPU limit {v} is out of range")));
+                }
+                Ok(Cpu(milli as u64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Cpu, E> {
+                let v = v.trim();
+                if let Some(m) = v.strip_suffix('m') {
+                    let milli: u64 = m
+                        .parse()
+                        .map_err(|_| E::custom(format!("invalid CPU limit {v:?}")))?;
+                    if milli == 0 {
+                        return Err(E::custom("a CPU limit must be positive"));
+                    }
+                    return Ok(Cpu(milli));
+                }
+                let cores: f64 = v
+                    .parse()
+                    .map_err(|_| E::custom(format!("invalid CPU limit {v:?}")))?;
+                self.visit_f64(cores)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A memory limit in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory(pub u64);
+
+impl Memory {
+    pub fn bytes(self) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX)
+    }
+}
+
+impl Serialize for Memory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// Parses `64Mi`, `1G`, `512k`, `1048576`.
+pub fn parse_memory(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mul: u64 = match unit {
+        "" | "b" | "B" => 1,
+        "k" | "K" | "kb" | "KB" => 1_000,
+        "Ki" => 1 << 10,
+        "M" | "m" | "mb" | "MB" => 1_000_000,
+        "Mi" => 1 << 20,
+        "G" | "g" | "gb" | "GB" => 1_000_000_000,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+impl<'de> Deserialize<'de> for Memory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Memory, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Memory;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("bytes or a size such as \"64Mi\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Memory, E> {
+                // Docker refuses limits under 6 MB; say so here rather than at run time.
+                if v < 6 * 1024 * 1024 {
+                    return Err(E::custom(format!(
+                        "memory limit {v} bytes is below Docker's minimum of 6MiB"
+                    )));
+                }
+                Ok(Memory(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Memory, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a memory limit must be positive"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Memory, E> {
+                let bytes =
+                    parse_memory(v).ok_or_else(|| E::custom(format!("invalid memory {v:?}")))?;
+                self.visit_u64(bytes)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Flow file parsing and checks: errors name the line and the field.
+
+use super::*;
+
+fn errors(yaml: &str) -> Vec<FlowError> {
+    match Flow::from_yaml(yaml) {
+        Ok(_) => panic!("flow accepted:\n{yaml}"),
+        Err(e) => e.0,
+    }
+}
+
+const MINIMAL: &str = "\
+uri: a/b
+stages:
+  - type: start
+    name: start
+  - type: normal
+    name: s
+    actions:
+      - name: a
+        jobs:
+          - type: component
+            name: j
+            endpoint: img
+            outputs: [OUT]
+          - type: component
+            name: k
+            endpoint: img
+            subscriptions:
+              - \"s.a.j[OUT]\": IN
+  - type: end
+    name: end
+";
+
+#[test]
+fn the_examples_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string()).into_iter().flatten() {
+        let path = entry.map_err(|e| e.to_string()).map(|e| e.path());
+        let Ok(path) = path else { continue };
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Err(e) = Flow::from_yaml(&text) {
+            panic!("{}: {e}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 2, "examples/ holds flows");
+}
+
+#[test]
+fn a_minimal_flow_parses() {
+    let flow = Flow::from_yaml(MINIMAL).map_err(|e| e.to_string());
+    let flow = flow.as_ref().map_err(String::as_str);
+    let Ok(flow) = flow else { panic!("{flow:?}") };
+    assert_eq!(flow.name(), "a.b");
+    assert_eq!(flow.stages.len(), 3);
+    assert_eq!(flow.stages[1].sequencing(), Sequencing::Sequence);
+    let subs = flow.stages[1].actions[0].jobs[1].parsed_subscriptions();
+    assert_eq!(
+        subs,
+        vec![Subscription {
+            stage: "s".into(),
+            action: "a".into(),
+            job: "j".into(),
+            key: "OUT".into(),
+            env: "IN".into()
+        }]
+    );
+}
+
+#[test]
+fn an_unknown_field_is_named_with_its_line() {
+    let yaml = MINIMAL.replace("            endpoint: img\n            outputs", "            endpoint: img\n            imagee: x\n            outputs");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1);
+    let e = &errs[0];
+    assert_eq!(e.line, Some(13), "{e}");
+    let text = e.to_string();
+    assert!(text.starts_with("line 13: "), "{text}");
+    assert!(text.contains("unknown field `imagee`"), "{text}");
+    assert!(text.contains("stages[1].actions[0].jobs[0]"), "{text}");
+}
+
+#[test]
+fn a_wrong_type_and_a_bad_size_are_named() {
+    let yaml = MINIMAL.replace("            outputs: [OUT]\n", "            outputs: [OUT]\n            timeout: soon\n");
+    let text = errors(&yaml)[0].to_string();
+    assert!(text.starts_with("line 14: "), "{text}");
+    assert!(text.contains("timeout"), "{text}");
+    assert!(text.contains("invalid duration \"soon\""), "{text}");
+
+    let yaml = MINIMAL.replace("            outputs: [OUT]\n", "            outputs: [OUT]\n            resources: {memory: 12Qi}\n");
+    let text = errors(&yaml)[0].to_string();
+    assert!(text.starts_with("line 14: "), "{text}");
+    assert!(text.contains("resources.memory") && text.contains("invalid memory \"12Qi\""), "{text}");
+}
+
+#[test]
+fn a_dangling_subscription_is_named() {
+    let yaml = MINIMAL.replace("\"s.a.j[OUT]\": IN", "\"s.a.x[OUT]\": IN");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(
+        errs[0].to_string(),
+        "line 18: stages[1].actions[0].jobs[1].subscriptions[0]: \"s.a.x[OUT]\" names no job \"x\" in action \"a\""
+    );
+
+    let yaml = MINIMAL.replace("\"s.a.j[OUT]\": IN", "\"s.a.j[NOPE]\": IN");
+    assert_eq!(
+        errors(&yaml)[0].to_string(),
+        "line 18: stages[1].actions[0].jobs[1].subscriptions[0]: \"s.a.j[NOPE]\": job \"j\" declares no output \"NOPE\" in its outputs"
+    );
+
+    let yaml = MINIMAL.replace("\"s.a.j[OUT]\": IN", "\"nostage.a.j[OUT]\": IN");
+    assert!(errors(&yaml)[0].message.contains("names no stage \"nostage\""));
+
+    let yaml = MINIMAL.replace("\"s.a.j[OUT]\": IN", "\"s.a.j.OUT\": IN");
+    assert!(errors(&yaml)[0].message.contains("is not of the form"));
+}
+
+#[test]
+fn a_subscription_must_point_upstream() {
+    // j subscribing to k: k runs after j.
+    let yaml = MINIMAL
+        .replace("            outputs: [OUT]\n", "            subscriptions:\n              - \"s.a.k[K]\": IN\n")
+        .replace("            subscriptions:\n              - \"s.a.j[OUT]\": IN\n", "            outputs: [K]\n");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "stages[1].actions[0].jobs[0].subscriptions[0]");
+    assert!(errs[0].message.contains("is not upstream"), "{}", errs[0]);
+}
+
+#[test]
+fn structure_problems_are_all_reported() {
+    let yaml = "\
+uri: bad uri
+stages:
+  - type: normal
+    name: s.1
+    actions: []
+  - type: pause
+    name: p
+    sequencing: parallel
+";
+    let errs: Vec<String> = errors(yaml).iter().map(|e| e.to_string()).collect();
+    let want = [
+        "line 1: uri: \"bad uri\" is not a valid flow uri",
+        "line 4: stages[0].type: the first stage must be of type start",
+        "line 7: stages[1].type: the last stage must be of type end",
+        "line 4: stages[0].name: \"s.1\" is not a valid name",
+        "line 4: stages[0].actions: a normal stage needs actions",
+        "line 7: stages[1].sequencing: only normal stages have a sequencing",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let yaml = MINIMAL.replace("            name: k\n", "            name: j\n");
+    let errs = errors(&yaml);
+    assert!(errs.iter().any(|e| e.path == "stages[1].actions[0].jobs[1].name"
+        && e.message == "job name \"j\" is used twice in this action"), "{errs:?}");
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!(parse_memory("64Mi"), Some(64 << 20));
+    assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+    assert_eq!(parse_memory("1048576"), Some(1 << 20));
+    assert_eq!(parse_memory("1.5G"), None);
+    let r: Resources = serde_yaml::from_str("{cpu: \"250m\", memory: 128Mi}").map_err(|e| e.to_string()).unwrap_or(Resources { cpu: None, memory: None });
+    assert_eq!(r.cpu, Some(Cpu(250)));
+    assert_eq!(r.cpu.map(Cpu::nano_cpus), Some(250_000_000));
+    assert_eq!(r.memory, Some(Memory(128 << 20)));
+    let r: Result<Resources, _> = serde_yaml::from_str("{cpu: 2}");
+    assert_eq!(r.ok().and_then(|r| r.cpu), Some(Cpu(2000)));
+    let t: Result<Timeout, _> = serde_yaml::from_str("90");
+    assert_eq!(t.ok(), Some(Timeout(Duration::from_secs(90))));
+    let t: Result<Timeout, _> = serde_yaml::from_str("1m 30s");
+    assert_eq!(t.ok(), Some(Timeout(Duration::from_secs(90))));
+    assert!(serde_yaml::from_str::<Timeout>("0").is_err());
+}

@@ -1,0 +1,33 @@
+//! Logarithm's flow engine: runs ContainerOps flows (stages of actions of jobs, each job a
+//! container) and advances them by the job verdicts logarithmd decides from the logs it
+//! stores (`CO_RESULT`, exit code). It knows no HTTP and no database: logarithmd feeds it
+//! verdicts through [`JobResults`], keeps its state behind [`RunStore`], and serves the API.
+//!
+//! `docs/flows.md` describes flow files and run semantics for users.
+//!
+//! # Layout
+//! - [`flow`]: the flow file (YAML) as serde types, and its checks (errors name the line
+//!   and the field).
+//! - [`run`]: the pure run state machine: state + event → new state + commands.
+//! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (Pod translation).
+//! - [`results`]: [`JobResults`], the one interface verdicts arrive through.
+//! - [`store`]: [`RunStore`], persistence of flows and runs, and an in-memory store.
+//! - [`engine`]: the async driver: timers, persistence after each transition, resume of
+//!   in-flight runs at start.
+//! - [`error`]: [`Error`] with an [`ErrorKind`].
+
+pub mod engine;
+pub mod error;
+pub mod flow;
+pub mod results;
+pub mod run;
+pub mod runner;
+pub mod store;
+
+pub use engine::{Engine, EngineConfig, LogRunEvents, RunEvents};
+pub use error::{Error, ErrorKind, Result};
+pub use flow::Flow;
+pub use results::{ChannelResults, JobResult, JobResults, Notice, ResultsFeed};
+pub use run::{Run, RunSummary, Status};
+pub use runner::{JobRunner, JobSpec};
+pub use store::{MemoryRunStore, RunQuery, RunStore, StoredFlow};

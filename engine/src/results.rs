@@ -1,0 +1,123 @@
+//! How the engine hears of job verdicts: the one interface its embedder (logarithmd) feeds.
+//!
+//! logarithmd decides a job's verdict when it commits the container's exit (after every
+//! line before it is stored) and publishes it in-process; its adapter turns each committed
+//! `job.finished` of a flow job into a [`JobResult`]. The engine never polls Docker for
+//! exits: a container that exited without a verdict has lines still on their way.
+//!
+//! [`ChannelResults`] is an implementation fed by hand, for tests and embedders without
+//! storage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::run::Nanos;
+
+/// logarithmd's verdict on one flow job, keyed by its container and its
+/// `io.containerops.*` labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobResult {
+    pub container_id: String,
+    /// `io.containerops.run`.
+    pub run: String,
+    pub stage: String,
+    pub action: String,
+    pub job: String,
+    pub success: bool,
+    /// Why (`CO_RESULT = false`, `exit code 2`).
+    pub reason: String,
+    pub exit_code: Option<i64>,
+    /// `[COUT] KEY = VALUE` outputs other than CO_RESULT.
+    pub outputs: BTreeMap<String, String>,
+    pub finished_at: Option<Nanos>,
+}
+
+/// What [`JobResults::recv`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A verdict was committed.
+    Result(JobResult),
+    /// Some verdicts were missed: the engine asks [`JobResults::lookup`] for every job it
+    /// waits on.
+    Lagged,
+    /// No more notices will come (shutdown); the engine falls back to periodic lookups.
+    Closed,
+}
+
+/// The source of job verdicts.
+#[async_trait::async_trait]
+pub trait JobResults: Send + 'static {
+    /// The next notice, waiting for it. Must be cancel-safe (the engine calls it inside
+    /// `select!`): a notice is either returned or kept for the next call.
+    async fn recv(&mut self) -> Notice;
+
+    /// The committed verdict of a container, if there is one yet (for resuming after a
+    /// restart and after [`Notice::Lagged`]).
+    async fn lookup(&self, container_id: &str) -> Result<Option<JobResult>>;
+}
+
+/// Verdicts fed by hand through a [`ResultsFeed`].
+pub struct ChannelResults {
+    rx: mpsc::UnboundedReceiver<JobResult>,
+    known: Arc<Mutex<HashMap<String, JobResult>>>,
+}
+
+/// The feeding end of [`ChannelResults`].
+#[derive(Clone)]
+pub struct ResultsFeed {
+    tx: mpsc::UnboundedSender<JobResult>,
+    known: Arc<Mutex<HashMap<String, JobResult>>>,
+}
+
+impl ChannelResults {
+    pub fn new() -> (ResultsFeed, ChannelResults) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let known = Arc::new(Mutex::new(HashMap::new()));
+        (
+            ResultsFeed {
+                tx,
+                known: known.clone(),
+            },
+            ChannelResults { rx, known },
+        )
+    }
+}
+
+impl ResultsFeed {
+    /// Records a verdict (for lookups) and announces it.
+    pub fn send(&self, result: JobResult) {
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(result.container_id.clone(), result.clone());
+        }
+        // An error only means the engine is gone.
+        let _ = self.tx.send(result);
+    }
+
+    /// Records a verdict without announcing it (as if the notice were missed).
+    pub fn record_silently(&self, result: JobResult) {
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(result.container_id.clone(), result);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JobResults for ChannelResults {
+    async fn recv(&mut self) -> Notice {
+        match self.rx.recv().await {
+            Some(r) => Notice::Result(r),
+            None => Notice::Closed,
+        }
+    }
+
+    async fn lookup(&self, container_id: &str) -> Result<Option<JobResult>> {
+        let known = self
+            .known
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Internal, "results lock poisoned"))?;
+        Ok(known.get(container_id).cloned())
+    }
+}

@@ -1,0 +1,84 @@
+//! Where jobs run: one trait, one implementation per container platform.
+//!
+//! - [`docker`]: containers on the local Docker engine (what this repository tests).
+//! - [`kubernetes`]: the Pod a job becomes on Kubernetes (the translation only, for now).
+
+pub mod docker;
+pub mod kubernetes;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::flow::{Cpu, Memory};
+
+/// Everything a runner needs to start one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Flow name (`io.containerops.flow`).
+    pub flow: String,
+    /// Run id (`io.containerops.run`).
+    pub run: String,
+    pub stage: String,
+    pub action: String,
+    pub job: String,
+    /// Container name, unique per run and job, so a start repeated after a crash finds the
+    /// container instead of making a second one.
+    pub name: String,
+    /// The image (the job's `endpoint`).
+    pub image: String,
+    /// Replaces the image's `CMD` when not empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment: flow, job, subscriptions and CO_DATA, already merged.
+    pub env: BTreeMap<String, String>,
+    /// The `io.containerops.*` labels.
+    pub labels: BTreeMap<String, String>,
+    pub cpu: Option<Cpu>,
+    pub memory: Option<Memory>,
+}
+
+/// What a runner knows of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created or running.
+    Running,
+    /// Stopped (it may still have lines logarithmd has not stored).
+    Exited,
+    /// No such container.
+    Gone,
+}
+
+/// A container found by its run label (for re-attaching after a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub container_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: ContainerState,
+}
+
+/// Starts, stops and removes job containers. Implementations are idempotent where the
+/// engine may repeat a call after a restart: `start` of a job whose container exists returns
+/// that container; `stop` and `remove` of a container that is gone succeed.
+#[async_trait::async_trait]
+pub trait JobRunner: Send + Sync + 'static {
+    /// Which platform (`docker`, `kubernetes`), for logs.
+    fn kind(&self) -> &'static str;
+
+    /// Creates and starts the job's container, returning its id.
+    async fn start(&self, spec: &JobSpec) -> Result<String>;
+
+    /// Stops the container: SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, container_id: &str, grace: Duration) -> Result<()>;
+
+    /// Removes the (stopped) container.
+    async fn remove(&self, container_id: &str) -> Result<()>;
+
+    /// Whether the container still runs.
+    async fn state(&self, container_id: &str) -> Result<ContainerState>;
+
+    /// Every container of a run, by its `io.containerops.run` label.
+    async fn find_run(&self, run: &str) -> Result<Vec<Found>>;
+}

@@ -1,0 +1,621 @@
+//! logarithmd's Prometheus metrics: one [`Metrics`] per daemon, registered once in its own
+//! [`Registry`] (not the process-global one, so several daemons in one test process do not
+//! collide) and served as text on `GET /metrics`.
+//!
+//! Names follow Prometheus conventions: base units (`_seconds`, `_bytes`), `_total` on
+//! counters. Labels have bounded values only (status codes, matched routes, error kinds,
+//! results), never a container or job id. Label values that dashboards and alerts select
+//! are created at zero on start, so their queries return series before the first event.
+//!
+//! Events are recorded through methods here (`ingest_committed`, `storage_write_failed`,
+//! `job_finished`, `webhook_delivery`, …) so each event is counted in one place.
+
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Prefix of every metric name.
+const NS: &str = "logarithmd";
+
+/// HTTP status codes the ingest route answers with (created at zero on start).
+pub const INGEST_STATUSES: &[u16] = &[200, 400, 401, 413, 415, 500, 503];
+
+/// Outcomes of one webhook delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The attempt failed (network error, timeout, non-2xx) and will be retried.
+    Retrying,
+    /// The attempt failed and no retry is left (or the failure is permanent): the
+    /// notification is dropped.
+    Failed,
+}
+
+impl WebhookOutcome {
+    pub const ALL: [WebhookOutcome; 3] = [
+        WebhookOutcome::Delivered,
+        WebhookOutcome::Retrying,
+        WebhookOutcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Retrying => "retrying",
+            WebhookOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Every metric logarithmd exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `logarithmd_build_info{version, storage_backend}` = 1.
+    pub build_info: IntGaugeVec,
+
+    // --- ingest ---
+    pub ingest_requests: IntCounterVec,
+    pub ingest_lines: IntCounter,
+    pub ingest_duplicate_lines: IntCounter,
+    pub ingest_bytes: IntCounter,
+    pub ingest_request_bytes: IntCounter,
+    pub ingest_batch_records: Histogram,
+    pub ingest_commit_latency: Histogram,
+    pub ingest_queue_depth: IntGauge,
+    pub ingest_in_flight: IntGauge,
+
+    // --- storage ---
+    pub storage_write_duration: Histogram,
+    pub storage_write_errors: IntCounterVec,
+
+    // --- jobs ---
+    pub jobs_started: IntCounter,
+    pub jobs_finished: IntCounterVec,
+    pub job_duration: HistogramVec,
+    pub cout_outputs: IntCounterVec,
+
+    // --- webhooks ---
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_delivery_duration: Histogram,
+    pub webhook_pending: IntGauge,
+
+    // --- HTTP ---
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+}
+
+/// Latency buckets from 1 ms to ~65 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.001, 2.0, 17).unwrap_or_default()
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS)
+}
+
+fn hopts(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NS)
+        .buckets(buckets)
+}
+
+impl Metrics {
+    /// Creates and registers every metric. `storage_backend` (`sqlite`, `mysql`) goes on
+    /// the build-info series.
+    pub fn new(storage_backend: &str) -> Metrics {
+        match Metrics::try_new(storage_backend) {
+            Ok(m) => m,
+            // The definitions are static; a failure is a programming error caught by the
+            // unit tests below.
+            Err(e) => panic!("invalid metric definitions: {e}"),
+        }
+    }
+
+    fn try_new(storage_backend: &str) -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let r = &registry;
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(
+            r: &Registry,
+            c: C,
+        ) -> Result<C, prometheus::Error> {
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+
+        let build_info = reg(
+            r,
+            IntGaugeVec::new(
+                opts(
+                    "build_info",
+                    "Always 1; labels carry the running version and the storage backend.",
+                ),
+                &["version", "storage_backend"],
+            )?,
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), storage_backend])
+            .set(1);
+
+        let ingest_requests = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "ingest_requests_total",
+                    "Ingest requests answered, by HTTP status code (200 = batch committed; 503 = \
+                     overloaded or storage unavailable, the agent retries).",
+                ),
+                &["status"],
+            )?,
+        )?;
+        for s in INGEST_STATUSES {
+            ingest_requests.with_label_values(&[&s.to_string()]);
+        }
+        let ingest_lines = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "ingest_lines_total",
+                "Log records newly stored by committed ingest batches (records already stored \
+                 are counted in logarithmd_ingest_duplicate_lines_total instead).",
+            ))?,
+        )?;
+        let ingest_duplicate_lines = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "ingest_duplicate_lines_total",
+                "Log records in committed ingest batches that were already stored (resent \
+                 after a lost acknowledgement) and were left as they were.",
+            ))?,
+        )?;
+        let ingest_bytes = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "ingest_bytes_total",
+                "Bytes of log line content (decoded, without newlines) in committed ingest \
+                 batches, duplicates included.",
+            ))?,
+        )?;
+        let ingest_request_bytes = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "ingest_request_bytes_total",
+                "Bytes of ingest request bodies as received (compressed), for every request \
+                 whose body was read.",
+            ))?,
+        )?;
+        let ingest_batch_records = reg(
+            r,
+            Histogram::with_opts(hopts(
+                "ingest_batch_records",
+                "Records per committed ingest batch.",
+                exponential_buckets(1.0, 4.0, 9)?,
+            ))?,
+        )?;
+        let ingest_commit_latency = reg(
+            r,
+            Histogram::with_opts(hopts(
+                "ingest_commit_latency_seconds",
+                "Time from an ingest request's arrival to its batch being committed to \
+                 storage (waiting for a writer, reading, decoding and writing).",
+                latency_buckets(),
+            ))?,
+        )?;
+        let ingest_queue_depth = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "ingest_queue_depth",
+                "Ingest batches waiting for a storage writer right now (beyond ingest_queue, \
+                 ingest answers 503).",
+            ))?,
+        )?;
+        let ingest_in_flight = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "ingest_in_flight",
+                "Ingest batches holding a storage writer right now (at most \
+                 ingest_concurrency).",
+            ))?,
+        )?;
+
+        let storage_write_duration = reg(
+            r,
+            Histogram::with_opts(hopts(
+                "storage_write_duration_seconds",
+                "Time one storage write (one ingest batch, one transaction) took, successful \
+                 or not.",
+                latency_buckets(),
+            ))?,
+        )?;
+        let storage_write_errors = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "storage_write_errors_total",
+                    "Failed storage writes, by error kind (unavailable and timeout are \
+                     transient: the agent retries; invalid, corrupt and internal are not).",
+                ),
+                &["kind"],
+            )?,
+        )?;
+        for k in [
+            storage::ErrorKind::Unavailable,
+            storage::ErrorKind::Timeout,
+            storage::ErrorKind::Invalid,
+            storage::ErrorKind::Corrupt,
+            storage::ErrorKind::Internal,
+        ] {
+            storage_write_errors.with_label_values(&[k.as_str()]);
+        }
+
+        let jobs_started = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "jobs_started_total",
+                "Jobs (container runs) that started: new containers and restarts.",
+            ))?,
+        )?;
+        let jobs_finished = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "jobs_finished_total",
+                    "Jobs that reached a final status, by result (success or failure, from \
+                     CO_RESULT and the exit code).",
+                ),
+                &["result"],
+            )?,
+        )?;
+        let job_duration = reg(
+            r,
+            HistogramVec::new(
+                hopts(
+                    "job_duration_seconds",
+                    "Run time of finished jobs (container start to exit), by result.",
+                    exponential_buckets(0.25, 2.0, 16)?,
+                ),
+                &["result"],
+            )?,
+        )?;
+        for result in ["success", "failure"] {
+            jobs_finished.with_label_values(&[result]);
+            job_duration.with_label_values(&[result]);
+        }
+        let cout_outputs = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "cout_outputs_total",
+                    "`[COUT] KEY = VALUE` lines parsed from committed batches, by kind \
+                     (co_result: the verdict line, output: any other key).",
+                ),
+                &["kind"],
+            )?,
+        )?;
+        for k in ["co_result", "output"] {
+            cout_outputs.with_label_values(&[k]);
+        }
+
+        let webhook_deliveries = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "webhook_deliveries_total",
+                    "Webhook delivery attempts, by outcome (delivered: 2xx; retrying: failed, \
+                     will be retried; failed: failed with no retry left, dropped).",
+                ),
+                &["outcome"],
+            )?,
+        )?;
+        for o in WebhookOutcome::ALL {
+            webhook_deliveries.with_label_values(&[o.as_str()]);
+        }
+        let webhook_delivery_duration = reg(
+            r,
+            Histogram::with_opts(hopts(
+                "webhook_delivery_duration_seconds",
+                "Time one webhook delivery attempt took, from sending the request to the \
+                 receiver's answer or the failure.",
+                latency_buckets(),
+            ))?,
+        )?;
+        let webhook_pending = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "webhook_pending_deliveries",
+                "Webhook notifications waiting to be delivered (queued or between retries).",
+            ))?,
+        )?;
+
+        let http_requests = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "http_requests_total",
+                    "HTTP requests answered, by matched route (`unmatched` for unknown \
+                     paths), method and status code.",
+                ),
+                &["route", "method", "status"],
+            )?,
+        )?;
+        let http_request_duration = reg(
+            r,
+            HistogramVec::new(
+                hopts(
+                    "http_request_duration_seconds",
+                    "Time from receiving an HTTP request to its response headers, by matched \
+                     route and method.",
+                    latency_buckets(),
+                ),
+                &["route", "method"],
+            )?,
+        )?;
+
+        Ok(Metrics {
+            registry,
+            build_info,
+            ingest_requests,
+            ingest_lines,
+            ingest_duplicate_lines,
+            ingest_bytes,
+            ingest_request_bytes,
+            ingest_batch_records,
+            ingest_commit_latency,
+            ingest_queue_depth,
+            ingest_in_flight,
+            storage_write_duration,
+            storage_write_errors,
+            jobs_started,
+            jobs_finished,
+            job_duration,
+            cout_outputs,
+            webhook_deliveries,
+            webhook_delivery_duration,
+            webhook_pending,
+            http_requests,
+            http_request_duration,
+        })
+    }
+
+    /// The registry, for exposition.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// An ingest request was answered with `status`.
+    pub fn ingest_answered(&self, status: u16) {
+        self.ingest_requests
+            .with_label_values(&[&status.to_string()])
+            .inc();
+    }
+
+    /// A batch was committed.
+    pub fn ingest_committed(&self, c: &CommittedBatch, since_arrival: Duration) {
+        self.ingest_lines.inc_by(c.stored);
+        self.ingest_duplicate_lines.inc_by(c.duplicates);
+        self.ingest_bytes.inc_by(c.line_bytes);
+        self.ingest_batch_records.observe(c.records as f64);
+        self.ingest_commit_latency
+            .observe(since_arrival.as_secs_f64());
+        self.cout_outputs
+            .with_label_values(&["output"])
+            .inc_by(c.outputs);
+        self.cout_outputs
+            .with_label_values(&["co_result"])
+            .inc_by(c.co_results);
+    }
+
+    /// A storage write failed.
+    pub fn storage_write_failed(&self, err: &storage::Error) {
+        self.storage_write_errors
+            .with_label_values(&[err.kind().as_str()])
+            .inc();
+    }
+
+    /// A job reached its final status: `result` is `success`, `failure`, or `unknown` when
+    /// it could not be read back. `duration` is its run time, when known.
+    pub fn job_finished(&self, result: &str, duration: Option<Duration>) {
+        self.jobs_finished.with_label_values(&[result]).inc();
+        if let Some(d) = duration {
+            self.job_duration
+                .with_label_values(&[result])
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    /// One webhook delivery attempt ended with `outcome` after `elapsed`. For the webhook
+    /// delivery code: call once per attempt.
+    pub fn webhook_delivery(&self, outcome: WebhookOutcome, elapsed: Duration) {
+        self.webhook_deliveries
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        self.webhook_delivery_duration
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The number of webhook notifications waiting to be delivered is now `n`.
+    pub fn set_webhook_pending(&self, n: usize) {
+        self.webhook_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// An HTTP request on `route` (a matched route pattern or `unmatched`) was answered.
+    pub fn http_answered(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.http_request_duration
+            .with_label_values(&[route, method])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// What one committed ingest batch contained, for [`Metrics::ingest_committed`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommittedBatch {
+    pub records: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub line_bytes: u64,
+    pub outputs: u64,
+    pub co_results: u64,
+}
+
+/// Keeps a gauge incremented while alive (in-flight counts).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(g: &IntGauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn definitions_register_and_preinitialise() {
+        let m = Metrics::new("sqlite");
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                &format!(
+                    "logarithmd_build_info{{storage_backend=\"sqlite\",version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "logarithmd_ingest_requests_total{status=\"503\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, "logarithmd_jobs_finished_total{result=\"failure\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "logarithmd_webhook_deliveries_total{outcome=\"failed\"}"
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "logarithmd_storage_write_errors_total{kind=\"unavailable\"}"
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, "logarithmd_webhook_pending_deliveries"),
+            Some(0.0)
+        );
+        // Every family has help text.
+        for l in text.lines().filter(|l| l.starts_with("# HELP")) {
+            assert!(l.split_whitespace().count() > 4, "no help: {l}");
+        }
+    }
+
+    #[test]
+    fn two_instances_do_not_collide() {
+        let a = Metrics::new("sqlite");
+        let b = Metrics::new("mysql");
+        a.ingest_lines.inc_by(3);
+        assert_eq!(
+            value(&a.render(), "logarithmd_ingest_lines_total"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&b.render(), "logarithmd_ingest_lines_total"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn events_move_counters() {
+        let m = Metrics::new("sqlite");
+        m.ingest_committed(
+            &CommittedBatch {
+                records: 5,
+                stored: 4,
+                duplicates: 1,
+                line_bytes: 50,
+                outputs: 2,
+                co_results: 1,
+            },
+            Duration::from_millis(20),
+        );
+        m.job_finished("success", Some(Duration::from_secs(2)));
+        m.webhook_delivery(WebhookOutcome::Retrying, Duration::from_millis(5));
+        m.set_webhook_pending(7);
+        m.http_answered("/api/v1/jobs/{id}", "GET", 404, Duration::from_millis(1));
+        let t = m.render();
+        assert_eq!(value(&t, "logarithmd_ingest_lines_total"), Some(4.0));
+        assert_eq!(
+            value(&t, "logarithmd_ingest_duplicate_lines_total"),
+            Some(1.0)
+        );
+        assert_eq!(value(&t, "logarithmd_ingest_bytes_total"), Some(50.0));
+        assert_eq!(value(&t, "logarithmd_ingest_batch_records_sum"), Some(5.0));
+        assert_eq!(
+            value(&t, "logarithmd_cout_outputs_total{kind=\"output\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&t, "logarithmd_jobs_finished_total{result=\"success\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &t,
+                "logarithmd_job_duration_seconds_count{result=\"success\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &t,
+                "logarithmd_webhook_deliveries_total{outcome=\"retrying\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&t, "logarithmd_webhook_pending_deliveries"),
+            Some(7.0)
+        );
+        assert_eq!(
+            value(
+                &t,
+                "logarithmd_http_requests_total{method=\"GET\",route=\"/api/v1/jobs/{id}\",status=\"404\"}"
+            ),
+            Some(1.0)
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! The JSON body of a delivery. Built from the delivery's stored snapshot alone, so every
+//! attempt of a delivery sends the same bytes.
+
+use serde::Serialize;
+use storage::Delivery;
+
+use crate::api::query::{rfc3339, JobView};
+
+/// The body of every delivery.
+#[derive(Debug, Serialize)]
+pub struct Payload {
+    /// The event type: `job.started`, `job.finished` (later `flow.finished`).
+    #[serde(rename = "type")]
+    pub event: &'static str,
+    /// The delivery id (also in `webhook-id`), a decimal string.
+    pub delivery_id: String,
+    /// When the event was committed, RFC 3339.
+    pub timestamp: String,
+    pub data: Data,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Data {
+    /// The job as committed with the event, shaped as `GET /api/v1/jobs/{id}` shows it,
+    /// with an absolute `logs_url`.
+    pub job: JobView,
+}
+
+/// The payload of a delivery; `public_url` is logarithmd's externally visible base URL.
+pub fn build(delivery: &Delivery, public_url: &str) -> Payload {
+    let mut job = JobView::from_job(delivery.job.clone());
+    job.logs_url = format!("{}{}", public_url.trim_end_matches('/'), job.logs_url);
+    Payload {
+        event: delivery.event.as_str(),
+        delivery_id: delivery.id.to_string(),
+        timestamp: rfc3339(delivery.created_at),
+        data: Data { job },
+    }
+}
+
+/// The body's bytes.
+pub fn body(delivery: &Delivery, public_url: &str) -> Vec<u8> {
+    // Strings, numbers and maps of strings always serialise.
+    serde_json::to_vec(&build(delivery, public_url)).unwrap_or_else(|_| b"{}".to_vec())
+}

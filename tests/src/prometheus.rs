@@ -1,0 +1,681 @@
+//! A real Prometheus for the observability tests, and the checks run against it.
+//!
+//! - [`Prometheus`]: Debian's `/usr/bin/prometheus` (package `prometheus`) started in a temp
+//!   dir on a free port, scraping given targets every second; queried through its HTTP API.
+//! - [`scrape`]/[`sample`]: reading a `/metrics` page directly.
+//! - [`dashboards`]: loading the Grafana dashboards of `dashboards/`, checking their shape,
+//!   and turning every panel query into concrete PromQL.
+//!
+//! Missing binaries are errors, never skips: scripts/test.sh installs the package.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::{free_port, tail, wait_until, Proc};
+
+/// Where the repository's `dashboards/` directory is.
+pub fn dashboards_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("dashboards")
+}
+
+/// Finds a Prometheus tool (`prometheus`, `promtool`) in /usr/bin or on `PATH`; an error
+/// naming the package when it is missing.
+pub fn tool(name: &str) -> Result<PathBuf> {
+    let usr = Path::new("/usr/bin").join(name);
+    if usr.exists() {
+        return Ok(usr);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "{name} is not installed: install Debian's `prometheus` package \
+         (scripts/test.sh does)"
+    )
+}
+
+/// One scrape target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Scrape job name (`logarithmd`, `antilog`: what the alert rules expect).
+    pub job: String,
+    /// `host:port` serving `/metrics`.
+    pub addr: String,
+    /// Extra target labels (`node`).
+    pub labels: Vec<(String, String)>,
+}
+
+/// A running Prometheus, killed on drop.
+pub struct Prometheus {
+    pub proc: Proc,
+    pub base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `targets` every second, with `rule_files` loaded, and waits
+    /// until it is ready.
+    pub async fn start(targets: &[Target], rule_files: &[PathBuf]) -> Result<Prometheus> {
+        let bin = tool("prometheus")?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut yaml = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n",
+        );
+        if !rule_files.is_empty() {
+            yaml.push_str("rule_files:\n");
+            for f in rule_files {
+                let abs = f
+                    .canonicalize()
+                    .with_context(|| format!("rule file {}", f.display()))?;
+                yaml.push_str(&format!("  - {}\n", yaml_str(&abs.to_string_lossy())));
+            }
+        }
+        yaml.push_str("scrape_configs:\n");
+        let mut jobs: BTreeMap<&str, Vec<&Target>> = BTreeMap::new();
+        for t in targets {
+            jobs.entry(t.job.as_str()).or_default().push(t);
+        }
+        for (job, ts) in jobs {
+            yaml.push_str(&format!(
+                "  - job_name: {}\n    static_configs:\n",
+                yaml_str(job)
+            ));
+            for t in ts {
+                yaml.push_str(&format!(
+                    "      - targets: [{}]\n        labels: {{",
+                    yaml_str(&t.addr)
+                ));
+                let labels: Vec<String> = t
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", yaml_str(v)))
+                    .collect();
+                yaml.push_str(&labels.join(", "));
+                yaml.push_str("}\n");
+            }
+        }
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, &yaml)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn");
+        let proc = Proc::spawn(cmd, dir.path().join("prometheus.log"))?;
+        let p = Prometheus {
+            proc,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        };
+        let url = format!("{}/-/ready", p.base);
+        let ready = wait_until(Duration::from_secs(60), "prometheus /-/ready", || {
+            let http = p.http.clone();
+            let url = url.clone();
+            async move {
+                Ok(match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                })
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            bail!(
+                "{e:#}\nconfig:\n{yaml}\nprometheus log:\n{}",
+                tail(&p.proc.log(), 40)
+            );
+        }
+        Ok(p)
+    }
+
+    async fn api(&self, path: &str, params: &[(&str, &str)]) -> Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(params)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = r.status();
+        let body: Value = r
+            .json()
+            .await
+            .with_context(|| format!("GET {path}: answer is not JSON"))?;
+        if body["status"] != "success" {
+            bail!(
+                "Prometheus refused {params:?} ({status}): {}: {}",
+                body["errorType"],
+                body["error"]
+            );
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// Evaluates `promql` now; the result's series (instant vector or scalar as one
+    /// series). A query Prometheus cannot parse or evaluate is an error.
+    pub async fn query(&self, promql: &str) -> Result<Vec<Value>> {
+        let data = self.api("/api/v1/query", &[("query", promql)]).await?;
+        Ok(match data["resultType"].as_str() {
+            Some("vector") | Some("matrix") => {
+                data["result"].as_array().cloned().unwrap_or_default()
+            }
+            Some("scalar") | Some("string") => vec![data["result"].clone()],
+            other => bail!("unexpected result type {other:?} for {promql}"),
+        })
+    }
+
+    /// The value of the single series `promql` returns, or `None` if it returns none.
+    pub async fn value(&self, promql: &str) -> Result<Option<f64>> {
+        let series = self.query(promql).await?;
+        match series.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(series_value(one)?)),
+            many => bail!("{promql} returned {} series, expected one", many.len()),
+        }
+    }
+
+    /// Values of `label` on the series matching `selector` (Grafana's `label_values`).
+    pub async fn label_values(&self, selector: &str, label: &str) -> Result<Vec<String>> {
+        let data = self
+            .api(
+                &format!("/api/v1/label/{label}/values"),
+                &[("match[]", selector)],
+            )
+            .await?;
+        Ok(data
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Waits until Prometheus has scraped every one of `n` targets successfully.
+    pub async fn wait_targets_up(&self, n: usize) -> Result<()> {
+        let r = wait_until(Duration::from_secs(60), "all scrape targets up", || async {
+            let up = self.query("up == 1").await?;
+            Ok((up.len() >= n).then_some(()))
+        })
+        .await;
+        if let Err(e) = r {
+            let targets = self.api("/api/v1/targets", &[]).await.unwrap_or_default();
+            bail!(
+                "{e:#}\ntargets: {targets}\nprometheus log:\n{}",
+                tail(&self.proc.log(), 40)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `promql` has the value `want` (the scrape after an event lands within a
+    /// few seconds).
+    pub async fn wait_value(&self, promql: &str, want: f64, timeout: Duration) -> Result<()> {
+        let last = std::sync::Mutex::new(None);
+        let r = wait_until(timeout, promql, || async {
+            let v = self.value(promql).await?;
+            if let Ok(mut l) = last.lock() {
+                *l = v;
+            }
+            Ok((v == Some(want)).then_some(()))
+        })
+        .await;
+        let last = last.lock().ok().and_then(|l| *l);
+        r.with_context(|| format!("{promql}: want {want}, last seen {last:?}"))
+    }
+
+    /// The rule groups Prometheus loaded, as `/api/v1/rules` returns them.
+    pub async fn rules(&self) -> Result<Vec<Value>> {
+        let data = self.api("/api/v1/rules", &[]).await?;
+        Ok(data["groups"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// The numeric value of one series of a query result (`[ts, "value"]`).
+pub fn series_value(series: &Value) -> Result<f64> {
+    let v = if series.is_array() {
+        &series[1]
+    } else {
+        &series["value"][1]
+    };
+    let s = v
+        .as_str()
+        .with_context(|| format!("no value in {series}"))?;
+    s.parse::<f64>()
+        .with_context(|| format!("value {s:?} is not a number"))
+}
+
+/// A quoted YAML scalar.
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+/// One sample of a `/metrics` page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Fetches and parses a Prometheus text page.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Result<Vec<Sample>> {
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    ensure!(r.status().is_success(), "GET {url} answered {}", r.status());
+    let text = r.text().await?;
+    parse_text(&text)
+}
+
+/// Parses the Prometheus text format (the subset the `prometheus` crate writes).
+pub fn parse_text(text: &str) -> Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .with_context(|| format!("bad sample line {line:?}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .with_context(|| format!("bad value in {line:?}"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .with_context(|| format!("bad labels in {line:?}"))?;
+                (name.to_owned(), parse_labels(body)?)
+            }
+        };
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_labels(body: &str) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (k, after) = rest
+            .split_once("=\"")
+            .with_context(|| format!("bad labels {body:?}"))?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => {}
+                },
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let end = end.with_context(|| format!("unterminated label in {body:?}"))?;
+        labels.insert(k.trim_start_matches(',').to_owned(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Ok(labels)
+}
+
+/// The value of the sample named `name` whose labels include all of `labels`; 0 when
+/// several match is never the case (they are summed).
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+/// Grafana dashboards: loading, shape checks, and panel queries made concrete.
+pub mod dashboards {
+    use super::*;
+
+    /// Oldest dashboard schema accepted (Grafana 10.4 / 11 write 39 and later).
+    pub const MIN_SCHEMA_VERSION: u64 = 39;
+    /// The datasource reference every panel and target must use.
+    pub const DS_UID: &str = "${DS_PROMETHEUS}";
+
+    /// Every `*.json` in `dir`, parsed, with its file name.
+    pub fn load(dir: &Path) -> Result<Vec<(String, Value)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            let json: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push((name, json));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Every panel, rows' nested panels included.
+    pub fn panels(dash: &Value) -> Vec<&Value> {
+        fn walk<'a>(ps: &'a Value, out: &mut Vec<&'a Value>) {
+            for p in ps.as_array().into_iter().flatten() {
+                out.push(p);
+                walk(&p["panels"], out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&dash["panels"], &mut out);
+        out
+    }
+
+    /// The template variables' names.
+    pub fn variables(dash: &Value) -> Vec<&Value> {
+        dash["templating"]["list"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Problems with one dashboard's shape (empty when it is fine): unique panel ids, a
+    /// Prometheus datasource given by the `DS_PROMETHEUS` variable on every panel, target
+    /// and query variable (never a hard-coded uid), current schema, the required variables,
+    /// and every variable a query uses defined.
+    pub fn check(dash: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        let title = dash["title"].as_str().unwrap_or("?");
+        if dash["uid"].as_str().unwrap_or("").is_empty() {
+            problems.push("no uid".into());
+        }
+        match dash["schemaVersion"].as_u64() {
+            Some(v) if v >= MIN_SCHEMA_VERSION => {}
+            other => problems.push(format!(
+                "schemaVersion {other:?} is older than {MIN_SCHEMA_VERSION}"
+            )),
+        }
+        let vars = variables(dash);
+        let names: Vec<&str> = vars.iter().filter_map(|v| v["name"].as_str()).collect();
+        match vars.iter().find(|v| v["name"] == "DS_PROMETHEUS") {
+            Some(v) if v["type"] == "datasource" && v["query"] == "prometheus" => {}
+            _ => problems.push("no `DS_PROMETHEUS` datasource variable of type prometheus".into()),
+        }
+        for required in ["instance", "node"] {
+            if !names.contains(&required) {
+                problems.push(format!("no `{required}` variable"));
+            }
+        }
+        let ds_ok = |ds: &Value| ds["uid"] == DS_UID && ds["type"] == "prometheus";
+        for v in &vars {
+            if v["type"] == "query" && !ds_ok(&v["datasource"]) {
+                problems.push(format!(
+                    "variable {} has datasource {} (want uid {DS_UID})",
+                    v["name"], v["datasource"]
+                ));
+            }
+        }
+        let mut ids = BTreeMap::new();
+        let mut queries = 0;
+        for p in panels(dash) {
+            let pt = p["title"].as_str().unwrap_or("?");
+            match p["id"].as_u64() {
+                Some(id) => {
+                    if let Some(prev) = ids.insert(id, pt.to_owned()) {
+                        problems.push(format!("panel id {id} is used by {prev:?} and {pt:?}"));
+                    }
+                }
+                None => problems.push(format!("panel {pt:?} has no numeric id")),
+            }
+            if p["type"] == "row" {
+                continue;
+            }
+            if !ds_ok(&p["datasource"]) {
+                problems.push(format!(
+                    "panel {pt:?} datasource {} (want uid {DS_UID})",
+                    p["datasource"]
+                ));
+            }
+            let targets = p["targets"].as_array().cloned().unwrap_or_default();
+            if targets.is_empty() {
+                problems.push(format!("panel {pt:?} has no targets"));
+            }
+            for t in &targets {
+                queries += 1;
+                if !ds_ok(&t["datasource"]) {
+                    problems.push(format!(
+                        "panel {pt:?} target {} has datasource {} (want uid {DS_UID})",
+                        t["refId"], t["datasource"]
+                    ));
+                }
+                let expr = t["expr"].as_str().unwrap_or("");
+                if expr.trim().is_empty() {
+                    problems.push(format!("panel {pt:?} target {} has no expr", t["refId"]));
+                }
+                for used in used_variables(expr) {
+                    if !used.starts_with("__") && !names.contains(&used.as_str()) {
+                        problems.push(format!("panel {pt:?} uses undefined ${used}"));
+                    }
+                }
+            }
+        }
+        // No datasource uid anywhere but the variable (and Grafana's built-in annotations).
+        walk_datasources(dash, &mut |ds| {
+            let uid = ds["uid"].as_str().unwrap_or("");
+            if !(uid == DS_UID || uid == "-- Grafana --" || ds.is_null()) {
+                problems.push(format!("hard-coded datasource uid {uid:?}"));
+            }
+        });
+        if queries == 0 {
+            problems.push("no queries".into());
+        }
+        problems
+            .into_iter()
+            .map(|p| format!("{title}: {p}"))
+            .collect()
+    }
+
+    fn walk_datasources(v: &Value, f: &mut dyn FnMut(&Value)) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if k == "datasource" {
+                        if child.is_string() {
+                            // Legacy form: a datasource named by a string.
+                            f(&serde_json::json!({"uid": child}));
+                        } else {
+                            f(child);
+                        }
+                    } else {
+                        walk_datasources(child, f);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk_datasources(c, f)),
+            _ => {}
+        }
+    }
+
+    /// Variable names referenced as `$name`, `${name}` or `${name:fmt}`.
+    pub fn used_variables(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let b = expr.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'$' {
+                let (start, braced) = if b.get(i + 1) == Some(&b'{') {
+                    (i + 2, true)
+                } else {
+                    (i + 1, false)
+                };
+                let end = start
+                    + b[start..]
+                        .iter()
+                        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                        .count();
+                if end > start {
+                    out.push(expr[start..end].to_owned());
+                }
+                i = if braced {
+                    end + b[end..]
+                        .iter()
+                        .position(|c| *c == b'}')
+                        .map_or(0, |p| p + 1)
+                } else {
+                    end
+                };
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Replaces every `$name` / `${name}` of `values` in `expr`. Longer names first, so
+    /// `$__rate_interval` is not taken for `$__rate`.
+    pub fn substitute(expr: &str, values: &BTreeMap<String, String>) -> String {
+        let mut names: Vec<&String> = values.keys().collect();
+        names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        let mut out = expr.to_owned();
+        for n in names {
+            let v = &values[n];
+            out = out.replace(&format!("${{{n}}}"), v);
+            out = out.replace(&format!("${n}"), v);
+        }
+        out
+    }
+
+    /// A multi-value variable's selection as Grafana renders it in a Prometheus regex
+    /// matcher: each value regex-escaped (escapes doubled for the PromQL string), joined
+    /// by `|`, in parentheses when there are several.
+    pub fn regex_value(values: &[String]) -> String {
+        let esc: Vec<String> = values
+            .iter()
+            .map(|v| {
+                let mut s = String::new();
+                for c in v.chars() {
+                    if "\\.+*?()|[]{}^$".contains(c) {
+                        s.push_str("\\\\");
+                    }
+                    s.push(c);
+                }
+                s
+            })
+            .collect();
+        match esc.len() {
+            1 => esc[0].clone(),
+            _ => format!("({})", esc.join("|")),
+        }
+    }
+
+    /// Parses Grafana's `label_values(selector, label)` variable query.
+    pub fn parse_label_values(q: &str) -> Option<(String, String)> {
+        let inner = q.trim().strip_prefix("label_values(")?.strip_suffix(')')?;
+        let (sel, label) = inner.rsplit_once(',')?;
+        Some((sel.trim().to_owned(), label.trim().to_owned()))
+    }
+
+    /// One panel query of a dashboard.
+    #[derive(Debug, Clone)]
+    pub struct PanelQuery {
+        pub dashboard: String,
+        pub panel: String,
+        pub ref_id: String,
+        pub expr: String,
+    }
+
+    /// Every target expression of every panel.
+    pub fn queries(file: &str, dash: &Value) -> Vec<PanelQuery> {
+        let mut out = Vec::new();
+        for p in panels(dash) {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = t["expr"].as_str() {
+                    out.push(PanelQuery {
+                        dashboard: file.to_owned(),
+                        panel: p["title"].as_str().unwrap_or("?").to_owned(),
+                        ref_id: t["refId"].as_str().unwrap_or("?").to_owned(),
+                        expr: expr.to_owned(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolves the dashboard's query variables in order, the way Grafana does with "All"
+    /// selected: each `label_values` query (with earlier variables substituted) is asked of
+    /// Prometheus, and the variable becomes the regex of every value found. `fixed` holds
+    /// Grafana's built-ins (`__rate_interval`, `__range`, …) and `DS_PROMETHEUS`. A
+    /// variable with no values is an error: its panels would show nothing.
+    pub async fn resolve_variables(
+        prom: &Prometheus,
+        dash: &Value,
+        fixed: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut values = fixed.clone();
+        for v in variables(dash) {
+            let name = v["name"].as_str().unwrap_or("").to_owned();
+            if v["type"] != "query" {
+                continue;
+            }
+            let q = v["query"]["query"]
+                .as_str()
+                .or_else(|| v["query"].as_str())
+                .or_else(|| v["definition"].as_str())
+                .with_context(|| format!("variable {name} has no query"))?;
+            let (sel, label) = parse_label_values(&substitute(q, &values))
+                .with_context(|| format!("variable {name}: not a label_values() query: {q}"))?;
+            let found = prom
+                .label_values(&sel, &label)
+                .await
+                .with_context(|| format!("variable {name}: {q}"))?;
+            ensure!(!found.is_empty(), "variable {name} ({q}) has no values");
+            values.insert(name, regex_value(&found));
+        }
+        Ok(values)
+    }
+}
