@@ -536,6 +536,8 @@ fn config(addr: SocketAddr, data_dir: &std::path::Path, include: &str) -> Config
         include_labels: vec![include.to_string()],
         batch_max_age: Duration::from_millis(50),
         shutdown_timeout: Duration::from_secs(5),
+        // A port of its own: agents of concurrent tests share this process's host.
+        metrics_listen: "127.0.0.1:0".to_string(),
         ..Config::default()
     }
 }

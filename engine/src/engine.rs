@@ -277,7 +277,7 @@ impl Driver {
                 Some(req) = requests.recv() => self.request(req).await,
                 Some(msg) = internal.recv() => self.internal(msg).await,
                 notice = self.results.recv(), if results_open => match notice {
-                    Notice::Result(r) => self.result(r).await,
+                    Notice::Result(r) => self.result(*r).await,
                     Notice::Lagged => {
                         tracing::warn!("missed job verdicts: looking them up");
                         self.reconcile(false).await;
@@ -290,7 +290,10 @@ impl Driver {
                 _ = reconcile.tick() => self.reconcile(false).await,
             }
         }
-        tracing::info!(active = self.runs.len(), "flow engine stopped; active runs resume at next start");
+        tracing::info!(
+            active = self.runs.len(),
+            "flow engine stopped; active runs resume at next start"
+        );
     }
 
     fn next_deadline(&self) -> Option<Nanos> {
@@ -339,7 +342,8 @@ impl Driver {
         // A run that cannot be saved is not started.
         let version = self.store.put_run(&run, 0).await?;
         tracing::info!(run = %id, flow, "flow run started");
-        self.runs.insert(id.clone(), Slot::new(run.clone(), version));
+        self.runs
+            .insert(id.clone(), Slot::new(run.clone(), version));
         self.execute(&id, cmds);
         Ok(run)
     }
@@ -439,7 +443,9 @@ impl Driver {
     }
 
     fn announce(&mut self, id: &str) {
-        let Some(slot) = self.runs.get(id) else { return };
+        let Some(slot) = self.runs.get(id) else {
+            return;
+        };
         if !self.announcing.insert(id.to_owned()) {
             return;
         }
@@ -547,8 +553,18 @@ impl Driver {
             let run = slot.run.clone();
             let mut cmds = Vec::new();
             let mut verdicts = Vec::new();
+            let mut orphans = Vec::new();
             for (key, job) in run.jobs() {
                 match &job.container_id {
+                    // Stopped while starting, and the engine went down before the start
+                    // reported back: look for the container by its labels.
+                    None if resume
+                        && job.status.is_final()
+                        && job.started_at.is_some()
+                        && !job.removed =>
+                    {
+                        orphans.push(key);
+                    }
                     None if job.status == Status::Running && resume => {
                         if let Ok(spec) = run.job_spec(key) {
                             cmds.push(Command::StartJob {
@@ -592,6 +608,9 @@ impl Driver {
                     _ => {}
                 }
             }
+            if !orphans.is_empty() {
+                self.adopt(&run, orphans).await;
+            }
             self.execute(&id, cmds);
             for v in verdicts {
                 self.result(v).await;
@@ -606,6 +625,42 @@ impl Driver {
                 }
             }
             self.retire(&id);
+        }
+    }
+}
+
+impl Driver {
+    /// Jobs of `run` that were being started when the engine stopped, and were ended
+    /// meanwhile: attach their containers (which the state machine then stops), or mark
+    /// them as having none.
+    async fn adopt(&mut self, run: &Run, jobs: Vec<JobKey>) {
+        let found = match self.runner.find_run(&run.id).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(run = %run.id, error = %e, "cannot look for the run's containers");
+                return;
+            }
+        };
+        for key in jobs {
+            let stage = &run.stages[key.stage];
+            let action = &stage.actions[key.action];
+            let job = &action.jobs[key.job];
+            let container = found.iter().find(|f| {
+                let l = |k: &str| f.labels.get(k).map(String::as_str);
+                l(protocol::LABEL_STAGE) == Some(&stage.name)
+                    && l(protocol::LABEL_ACTION) == Some(&action.name)
+                    && l(protocol::LABEL_JOB) == Some(&job.name)
+            });
+            let event = match container {
+                Some(f) => Event::Launched {
+                    job: key,
+                    container_id: f.container_id.clone(),
+                },
+                None => Event::Removed { job: key },
+            };
+            if let Err(e) = self.apply(&run.id, event).await {
+                tracing::warn!(run = %run.id, error = %e, "cannot adopt a job's container");
+            }
         }
     }
 }

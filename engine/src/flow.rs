@@ -308,11 +308,7 @@ impl Flow {
             let sp = format!("stages[{si}]");
             let at = format!("name: {}", stage.name);
             if !valid_name(&stage.name, false) {
-                err(
-                    format!("{sp}.name"),
-                    Some(&at),
-                    name_message(&stage.name),
-                );
+                err(format!("{sp}.name"), Some(&at), name_message(&stage.name));
             }
             if !stage_names.insert(stage.name.as_str()) {
                 err(
@@ -463,7 +459,7 @@ impl Flow {
                 sub.job, sub.action
             ));
         };
-        if !action.jobs[uji].outputs.iter().any(|k| *k == sub.key) {
+        if !action.jobs[uji].outputs.contains(&sub.key) {
             return Err(format!(
                 "{src:?}: job {:?} declares no output {:?} in its outputs",
                 sub.job, sub.key
@@ -495,7 +491,8 @@ fn valid_name(s: &str, allow_dot: bool) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && s.len() <= NAME_MAX
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (allow_dot && c == '.'))
+        && chars
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (allow_dot && c == '.'))
         && !s.ends_with(['.', '-', '_'])
 }
 

@@ -39,7 +39,7 @@ pub struct JobResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// A verdict was committed.
-    Result(JobResult),
+    Result(Box<JobResult>),
     /// Some verdicts were missed: the engine asks [`JobResults::lookup`] for every job it
     /// waits on.
     Lagged,
@@ -108,7 +108,7 @@ impl ResultsFeed {
 impl JobResults for ChannelResults {
     async fn recv(&mut self) -> Notice {
         match self.rx.recv().await {
-            Some(r) => Notice::Result(r),
+            Some(r) => Notice::Result(Box::new(r)),
             None => Notice::Closed,
         }
     }

@@ -288,7 +288,12 @@ impl Run {
     }
 
     pub fn job(&self, k: JobKey) -> Option<&JobRun> {
-        self.stages.get(k.stage)?.actions.get(k.action)?.jobs.get(k.job)
+        self.stages
+            .get(k.stage)?
+            .actions
+            .get(k.action)?
+            .jobs
+            .get(k.job)
     }
 
     fn job_mut(&mut self, k: JobKey) -> Result<&mut JobRun> {
@@ -335,13 +340,14 @@ impl Run {
         })
     }
 
-    /// Whether the driver still has work for this run: it is not over, or a container of
-    /// it still waits for its verdict or its removal.
+    /// Whether the driver still has work for this run: it is not over, a container of it
+    /// is still starting or waits for its verdict or its removal, or its end is not
+    /// announced yet.
     pub fn is_active(&self) -> bool {
         !self.status.is_final()
             || self
                 .jobs()
-                .any(|(_, j)| j.container_id.is_some() && !j.removed)
+                .any(|(_, j)| j.started_at.is_some() && !j.removed)
             || !self.announced
     }
 
@@ -421,6 +427,8 @@ impl Run {
             }
             Event::LaunchFailed { job, error } => {
                 let j = self.job_mut(job)?;
+                // No container: nothing to stop or remove.
+                j.removed = true;
                 if j.status == Status::Running {
                     j.status = Status::Failure;
                     j.reason = Some(format!("could not start: {error}"));
@@ -525,7 +533,10 @@ impl Run {
                 continue;
             }
             if self.stages[si].deadline.is_some_and(|d| d <= now) {
-                let t = self.flow.stages[si].timeout.map(|t| t.0).unwrap_or_default();
+                let t = self.flow.stages[si]
+                    .timeout
+                    .map(|t| t.0)
+                    .unwrap_or_default();
                 let reason = format!("stage timed out after {}", fmt_duration(t));
                 self.end_stage(si, Status::Timeout, reason, now, cmds);
                 continue;
@@ -684,8 +695,7 @@ impl Run {
     }
 
     fn advance_stage(&mut self, si: usize, now: Nanos, cmds: &mut Vec<Command>) {
-        let parallel =
-            self.flow.stages[si].sequencing() == crate::flow::Sequencing::Parallel;
+        let parallel = self.flow.stages[si].sequencing() == crate::flow::Sequencing::Parallel;
         for ai in 0..self.stages[si].actions.len() {
             if self.stages[si].actions[ai].status.is_final() {
                 if self.stages[si].actions[ai].status == Status::Success {
@@ -703,7 +713,13 @@ impl Run {
             .actions
             .iter()
             .find(|a| a.status.is_final() && a.status != Status::Success)
-            .map(|a| (a.name.clone(), a.status, a.reason.clone().unwrap_or_default()));
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.status,
+                    a.reason.clone().unwrap_or_default(),
+                )
+            });
         if let Some((name, status, reason)) = failed {
             let stop = format!("stopped: action {name} ended with {}", status.as_str());
             for ai in 0..self.stages[si].actions.len() {
@@ -792,6 +808,7 @@ impl Run {
                 j.status = Status::Failure;
                 j.reason = Some(reason);
                 j.finished_at = Some(now);
+                j.removed = true;
             }
         }
     }

@@ -92,7 +92,13 @@ impl RunStore for MemoryRunStore {
     }
 
     async fn list_flows(&self) -> Result<Vec<StoredFlow>> {
-        let mut v: Vec<StoredFlow> = self.flows.lock().map_err(poisoned)?.values().cloned().collect();
+        let mut v: Vec<StoredFlow> = self
+            .flows
+            .lock()
+            .map_err(poisoned)?
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
@@ -119,8 +125,8 @@ impl RunStore for MemoryRunStore {
         let mut v: Vec<Run> = runs
             .values()
             .map(|(r, _)| r)
-            .filter(|r| query.flow.as_ref().map_or(true, |f| *f == r.flow_name))
-            .filter(|r| query.status.map_or(true, |s| s == r.status))
+            .filter(|r| query.flow.as_ref().is_none_or(|f| *f == r.flow_name))
+            .filter(|r| query.status.is_none_or(|s| s == r.status))
             .cloned()
             .collect();
         v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));

@@ -78,7 +78,10 @@ async fn start_inspect_stop_remove() {
         .await
         .map_err(|e| e.to_string());
     let Ok(info) = info else { panic!("{info:?}") };
-    assert_eq!(info.name.as_deref(), Some(format!("/{}", spec.name).as_str()));
+    assert_eq!(
+        info.name.as_deref(),
+        Some(format!("/{}", spec.name).as_str())
+    );
     let config = info.config.unwrap_or_default();
     assert_eq!(config.image.as_deref(), Some(IMAGE));
     let labels = config.labels.unwrap_or_default();
@@ -103,7 +106,9 @@ async fn start_inspect_stop_remove() {
     assert_eq!(again, Ok(id.clone()));
 
     let found = runner.find_run(&run).await.map_err(|e| e.to_string());
-    let Ok(found) = found else { panic!("{found:?}") };
+    let Ok(found) = found else {
+        panic!("{found:?}")
+    };
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].container_id, id);
     assert_eq!(found[0].state, ContainerState::Running);
@@ -144,6 +149,11 @@ async fn a_missing_image_is_a_clear_error() {
     spec.image = "logarithm/does-not-exist:never".into();
     let _cleanup = Cleanup(spec.name.clone());
     let err = runner.start(&spec).await.err().map(|e| e.to_string());
-    let Some(err) = err else { panic!("started a missing image") };
-    assert!(err.contains("cannot pull image logarithm/does-not-exist:never"), "{err}");
+    let Some(err) = err else {
+        panic!("started a missing image")
+    };
+    assert!(
+        err.contains("cannot pull image logarithm/does-not-exist:never"),
+        "{err}"
+    );
 }

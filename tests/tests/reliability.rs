@@ -331,6 +331,7 @@ async fn kills_during_stream(victim: Victim) -> Result<()> {
                 Victim::Daemon => daemon.proc.kill(),
             }
             let n = stored_lines(db.url()).await.context("count")?;
+            eprintln!("DEBUG kill {k}: stored {n}; checkpoint {}", std::fs::read_to_string(agents.data.path().join("data/checkpoints.json")).unwrap_or_default());
             ensure!(n < LONG_LINES, "kill {k}: everything was already stored");
             at_kill.push(n);
             // Down for a moment: the container keeps printing into Docker's log, and the
@@ -355,7 +356,33 @@ async fn kills_during_stream(victim: Victim) -> Result<()> {
         ensure!(job["status"] == "success", "{job}");
         let job_id = job["id"].as_str().context("id")?;
         let expected: Vec<String> = (1..=LONG_LINES).map(numbered_line).collect();
-        let v = verify_log(&daemon, job_id, &expected).await?;
+        let v = match verify_log(&daemon, job_id, &expected).await {
+            Ok(v) => v,
+            Err(e) => {
+                let dl = docker::docker_lines(&docker, &id).await?;
+                let stored = daemon.all_lines(job_id).await?;
+                let mut seen = std::collections::HashSet::new();
+                let first_dup = stored.iter().find(|l| !seen.insert(l["text"].as_str().unwrap_or("").to_owned())).cloned();
+                eprintln!("DEBUG first dup {first_dup:?}");
+                for l in strip_ansi(&agents.logs()).lines().filter(|l| l.contains("reading log") || l.contains("WARN") || l.contains("ERROR") || l.contains("starting") || l.contains("INFO")) {
+                    eprintln!("DEBUG agent {l}");
+                }
+                if let Some(fd) = first_dup {
+                    let t = fd["text"].as_str().unwrap_or("");
+                    let i = dl.iter().position(|d| d.line == t.as_bytes()).unwrap_or(0);
+                    for d in &dl[i.saturating_sub(5)..(i + 5).min(dl.len())] {
+                        eprintln!("DEBUG docker {} {}", d.ts, String::from_utf8_lossy(&d.line));
+                    }
+                    let seq = fd["seq"].as_u64().unwrap_or(0) as usize;
+                    for l in &stored[seq.saturating_sub(4)..(seq + 3).min(stored.len())] {
+                        eprintln!("DEBUG stored {l}");
+                    }
+                    let back: Vec<_> = stored.iter().filter(|l| l["text"] == t).collect();
+                    eprintln!("DEBUG copies {back:?}");
+                }
+                return Err(e);
+            }
+        };
         ensure!(job["line_count"] == LONG_LINES, "{job}");
         ensure!(db.count("log_lines").await? == LONG_LINES);
         let dup_rows = duplicate_rows(db.url()).await?;

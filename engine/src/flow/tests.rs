@@ -36,7 +36,11 @@ stages:
 fn the_examples_are_valid() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
     let mut seen = 0;
-    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string()).into_iter().flatten() {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())
+        .into_iter()
+        .flatten()
+    {
         let path = entry.map_err(|e| e.to_string()).map(|e| e.path());
         let Ok(path) = path else { continue };
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
@@ -74,7 +78,10 @@ fn a_minimal_flow_parses() {
 
 #[test]
 fn an_unknown_field_is_named_with_its_line() {
-    let yaml = MINIMAL.replace("            endpoint: img\n            outputs", "            endpoint: img\n            imagee: x\n            outputs");
+    let yaml = MINIMAL.replace(
+        "            endpoint: img\n            outputs",
+        "            endpoint: img\n            imagee: x\n            outputs",
+    );
     let errs = errors(&yaml);
     assert_eq!(errs.len(), 1);
     let e = &errs[0];
@@ -87,16 +94,25 @@ fn an_unknown_field_is_named_with_its_line() {
 
 #[test]
 fn a_wrong_type_and_a_bad_size_are_named() {
-    let yaml = MINIMAL.replace("            outputs: [OUT]\n", "            outputs: [OUT]\n            timeout: soon\n");
+    let yaml = MINIMAL.replace(
+        "            outputs: [OUT]\n",
+        "            outputs: [OUT]\n            timeout: soon\n",
+    );
     let text = errors(&yaml)[0].to_string();
     assert!(text.starts_with("line 14: "), "{text}");
     assert!(text.contains("timeout"), "{text}");
     assert!(text.contains("invalid duration \"soon\""), "{text}");
 
-    let yaml = MINIMAL.replace("            outputs: [OUT]\n", "            outputs: [OUT]\n            resources: {memory: 12Qi}\n");
+    let yaml = MINIMAL.replace(
+        "            outputs: [OUT]\n",
+        "            outputs: [OUT]\n            resources: {memory: 12Qi}\n",
+    );
     let text = errors(&yaml)[0].to_string();
     assert!(text.starts_with("line 14: "), "{text}");
-    assert!(text.contains("resources.memory") && text.contains("invalid memory \"12Qi\""), "{text}");
+    assert!(
+        text.contains("resources.memory") && text.contains("invalid memory \"12Qi\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -116,7 +132,9 @@ fn a_dangling_subscription_is_named() {
     );
 
     let yaml = MINIMAL.replace("\"s.a.j[OUT]\": IN", "\"nostage.a.j[OUT]\": IN");
-    assert!(errors(&yaml)[0].message.contains("names no stage \"nostage\""));
+    assert!(errors(&yaml)[0]
+        .message
+        .contains("names no stage \"nostage\""));
 
     let yaml = MINIMAL.replace("\"s.a.j[OUT]\": IN", "\"s.a.j.OUT\": IN");
     assert!(errors(&yaml)[0].message.contains("is not of the form"));
@@ -126,11 +144,20 @@ fn a_dangling_subscription_is_named() {
 fn a_subscription_must_point_upstream() {
     // j subscribing to k: k runs after j.
     let yaml = MINIMAL
-        .replace("            outputs: [OUT]\n", "            subscriptions:\n              - \"s.a.k[K]\": IN\n")
-        .replace("            subscriptions:\n              - \"s.a.j[OUT]\": IN\n", "            outputs: [K]\n");
+        .replace(
+            "            outputs: [OUT]\n",
+            "            subscriptions:\n              - \"s.a.k[K]\": IN\n",
+        )
+        .replace(
+            "            subscriptions:\n              - \"s.a.j[OUT]\": IN\n",
+            "            outputs: [K]\n",
+        );
     let errs = errors(&yaml);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert_eq!(errs[0].path, "stages[1].actions[0].jobs[0].subscriptions[0]");
+    assert_eq!(
+        errs[0].path,
+        "stages[1].actions[0].jobs[0].subscriptions[0]"
+    );
     assert!(errs[0].message.contains("is not upstream"), "{}", errs[0]);
 }
 
@@ -156,7 +183,10 @@ stages:
         "line 7: stages[1].sequencing: only normal stages have a sequencing",
     ];
     for w in want {
-        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
     }
     assert_eq!(errs.len(), want.len(), "{errs:#?}");
 }
@@ -165,8 +195,12 @@ stages:
 fn duplicate_names_are_refused() {
     let yaml = MINIMAL.replace("            name: k\n", "            name: j\n");
     let errs = errors(&yaml);
-    assert!(errs.iter().any(|e| e.path == "stages[1].actions[0].jobs[1].name"
-        && e.message == "job name \"j\" is used twice in this action"), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "stages[1].actions[0].jobs[1].name"
+                && e.message == "job name \"j\" is used twice in this action"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -175,7 +209,12 @@ fn sizes_and_durations() {
     assert_eq!(parse_memory("1G"), Some(1_000_000_000));
     assert_eq!(parse_memory("1048576"), Some(1 << 20));
     assert_eq!(parse_memory("1.5G"), None);
-    let r: Resources = serde_yaml::from_str("{cpu: \"250m\", memory: 128Mi}").map_err(|e| e.to_string()).unwrap_or(Resources { cpu: None, memory: None });
+    let r: Resources = serde_yaml::from_str("{cpu: \"250m\", memory: 128Mi}")
+        .map_err(|e| e.to_string())
+        .unwrap_or(Resources {
+            cpu: None,
+            memory: None,
+        });
     assert_eq!(r.cpu, Some(Cpu(250)));
     assert_eq!(r.cpu.map(Cpu::nano_cpus), Some(250_000_000));
     assert_eq!(r.memory, Some(Memory(128 << 20)));

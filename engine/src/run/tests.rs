@@ -139,11 +139,18 @@ fn full_flow_parallel_subscription_pause_and_end() {
     assert_eq!(run.stages[1].status, Status::Running);
     assert_eq!(run.stages[1].started_at, Some(S));
     // A starting job has no container yet.
-    assert_eq!(run.job(key(1, 0, 0)).map(|j| j.status), Some(Status::Running));
+    assert_eq!(
+        run.job(key(1, 0, 0)).map(|j| j.status),
+        Some(Status::Running)
+    );
     assert!(ok(&mut run, launched(key(1, 0, 0), "cp"), 2 * S).is_empty());
     assert!(ok(&mut run, launched(key(1, 1, 0), "cq"), 2 * S).is_empty());
 
-    let cmds = ok(&mut run, verdict(key(1, 0, 0), "cp", true, &[("OUT", "42")]), 3 * S);
+    let cmds = ok(
+        &mut run,
+        verdict(key(1, 0, 0), "cp", true, &[("OUT", "42")]),
+        3 * S,
+    );
     assert_eq!(
         cmds,
         vec![Command::Remove {
@@ -194,7 +201,11 @@ fn full_flow_parallel_subscription_pause_and_end() {
     assert_eq!(run.next_deadline(), None);
     // Containers all removed? Not yet: the driver reports removals.
     assert!(run.is_active());
-    for (k, c) in [(key(1, 0, 0), "cp"), (key(1, 1, 0), "cq"), (key(2, 0, 0), "cc")] {
+    for (k, c) in [
+        (key(1, 0, 0), "cp"),
+        (key(1, 1, 0), "cq"),
+        (key(2, 0, 0), "cc"),
+    ] {
         assert_eq!(run.job(k).and_then(|j| j.container_id.as_deref()), Some(c));
         ok(&mut run, Event::Removed { job: k }, 8 * S);
     }
@@ -345,7 +356,10 @@ fn parallel_failure_stops_the_other_actions() {
             container_id: "slow".into()
         }]
     );
-    assert_eq!(run.job(key(1, 1, 0)).map(|j| j.status), Some(Status::Cancelled));
+    assert_eq!(
+        run.job(key(1, 1, 0)).map(|j| j.status),
+        Some(Status::Cancelled)
+    );
     assert_eq!(run.job(key(1, 1, 0)).and_then(|j| j.exit_code), Some(1));
 }
 
@@ -377,7 +391,10 @@ fn job_timeout_stops_the_container() {
     assert_eq!(stops(&cmds), vec!["cj".to_string()]);
     assert!(cmds.contains(&Command::Finished));
     let j = run.job(key(1, 0, 0)).map(|j| (j.status, j.reason.clone()));
-    assert_eq!(j, Some((Status::Timeout, Some("job timed out after 10s".into()))));
+    assert_eq!(
+        j,
+        Some((Status::Timeout, Some("job timed out after 10s".into())))
+    );
     assert_eq!(run.stages[1].actions[0].jobs[1].status, Status::Pending);
     assert_eq!(run.stages[1].status, Status::Timeout);
     assert_eq!(run.status, Status::Timeout);
@@ -402,7 +419,10 @@ fn stage_and_flow_timeouts() {
     let cmds = ok(&mut run, Event::Tick, 50 * S);
     assert_eq!(stops(&cmds), vec!["ck".to_string()]);
     assert_eq!(run.stages[1].status, Status::Timeout);
-    assert_eq!(run.stages[1].reason.as_deref(), Some("stage timed out after 50s"));
+    assert_eq!(
+        run.stages[1].reason.as_deref(),
+        Some("stage timed out after 50s")
+    );
     assert_eq!(run.status, Status::Timeout);
 
     // Flow timeout: a stage without a deadline of its own.
@@ -417,7 +437,10 @@ fn stage_and_flow_timeouts() {
     assert_eq!(stops(&cmds), vec!["ck".to_string()]);
     assert_eq!(run.status, Status::Timeout);
     assert_eq!(run.reason.as_deref(), Some("flow timed out after 1m 40s"));
-    assert_eq!(run.job(key(1, 0, 1)).map(|j| j.status), Some(Status::Timeout));
+    assert_eq!(
+        run.job(key(1, 0, 1)).map(|j| j.status),
+        Some(Status::Timeout)
+    );
 }
 
 const PAUSE: &str = r#"
@@ -455,7 +478,10 @@ fn pause_reject_and_timeout() {
     assert_eq!(run.stages[1].reason.as_deref(), Some("rejected: not today"));
     assert_eq!(run.stages[2].status, Status::Pending);
     assert_eq!(run.status, Status::Failure);
-    assert_eq!(run.reason.as_deref(), Some("stage gate: rejected: not today"));
+    assert_eq!(
+        run.reason.as_deref(),
+        Some("stage gate: rejected: not today")
+    );
     let err = run.apply(Event::Approve { by: None }, 2 * S);
     assert_eq!(err.map_err(|e| e.kind()), Err(crate::ErrorKind::Conflict));
 
@@ -501,6 +527,22 @@ fn cancel_stops_running_and_starting_jobs() {
     assert_eq!(stops(&cmds), vec!["c1".to_string()]);
     let again = run.apply(Event::Cancel { reason: None }, 4 * S);
     assert_eq!(again.map_err(|e| e.kind()), Err(crate::ErrorKind::Conflict));
+    // The driver keeps the run until both containers are gone after their verdicts.
+    run.announced = true;
+    for (k, c) in [(key(1, 0, 0), "c0"), (key(1, 1, 0), "c1")] {
+        assert!(run.is_active());
+        let cmds = ok(&mut run, verdict(k, c, false, &[]), 5 * S);
+        assert_eq!(
+            cmds,
+            vec![Command::Remove {
+                job: k,
+                container_id: c.into()
+            }]
+        );
+        ok(&mut run, Event::Removed { job: k }, 5 * S);
+    }
+    assert!(!run.is_active());
+    assert_eq!(run.status, Status::Cancelled);
 }
 
 #[test]
@@ -517,7 +559,9 @@ fn launch_failure_fails_the_job() {
     );
     assert_eq!(cmds, vec![Command::Finished]);
     assert_eq!(
-        run.job(key(1, 0, 0)).and_then(|j| j.reason.clone()).as_deref(),
+        run.job(key(1, 0, 0))
+            .and_then(|j| j.reason.clone())
+            .as_deref(),
         Some("could not start: no such image")
     );
     assert_eq!(run.status, Status::Failure);
@@ -533,7 +577,9 @@ fn missing_subscribed_output_fails_the_subscriber() {
     let cmds = ok(&mut run, verdict(key(1, 1, 0), "cq", true, &[]), S);
     assert!(started(&cmds).is_empty());
     assert_eq!(
-        run.job(key(2, 0, 0)).and_then(|j| j.reason.clone()).as_deref(),
+        run.job(key(2, 0, 0))
+            .and_then(|j| j.reason.clone())
+            .as_deref(),
         Some("subscription build.produce.p[OUT]: the upstream job printed no OUT")
     );
     assert_eq!(run.status, Status::Failure);
@@ -546,7 +592,10 @@ fn stale_and_repeated_verdicts_are_ignored() {
     ok(&mut run, launched(key(1, 0, 0), "c1"), S);
     // Another container of the same job (say, one replaced after a crash).
     assert!(ok(&mut run, verdict(key(1, 0, 0), "old", false, &[]), S).is_empty());
-    assert_eq!(run.job(key(1, 0, 0)).map(|j| j.status), Some(Status::Running));
+    assert_eq!(
+        run.job(key(1, 0, 0)).map(|j| j.status),
+        Some(Status::Running)
+    );
     ok(&mut run, verdict(key(1, 0, 0), "c1", true, &[]), 2 * S);
     let snapshot = run.clone();
     assert!(ok(&mut run, verdict(key(1, 0, 0), "c1", false, &[]), 3 * S).is_empty());
@@ -559,13 +608,21 @@ fn a_run_survives_a_json_round_trip() {
     ok(&mut run, Event::Start, S);
     ok(&mut run, launched(key(1, 0, 0), "cp"), S);
     let json = serde_json::to_string(&run).map_err(|e| e.to_string());
-    let back: Result<Run, String> = json.and_then(|j| serde_json::from_str(&j).map_err(|e| e.to_string()));
+    let back: Result<Run, String> =
+        json.and_then(|j| serde_json::from_str(&j).map_err(|e| e.to_string()));
     assert_eq!(back, Ok(run));
 }
 
 #[test]
 fn statuses_parse_back() {
-    for s in ["pending", "running", "success", "failure", "timeout", "cancelled"] {
+    for s in [
+        "pending",
+        "running",
+        "success",
+        "failure",
+        "timeout",
+        "cancelled",
+    ] {
         assert_eq!(Status::parse(s).map(Status::as_str), Some(s));
     }
     assert_eq!(Status::parse("done"), None);

@@ -188,7 +188,10 @@ impl JobRunner for DockerRunner {
             Ok(()) => Ok(()),
             // Already stopped, or gone.
             Err(e) if matches!(status_of(&e), Some(304 | 404)) => Ok(()),
-            Err(e) => Err(docker_error(format!("cannot stop container {container_id}"), e)),
+            Err(e) => Err(docker_error(
+                format!("cannot stop container {container_id}"),
+                e,
+            )),
         }
     }
 
@@ -201,7 +204,10 @@ impl JobRunner for DockerRunner {
         match self.docker.remove_container(container_id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(docker_error(format!("cannot remove container {container_id}"), e)),
+            Err(e) => Err(docker_error(
+                format!("cannot remove container {container_id}"),
+                e,
+            )),
         }
     }
 
@@ -223,7 +229,10 @@ impl JobRunner for DockerRunner {
                 })
             }
             Err(e) if status_of(&e) == Some(404) => Ok(ContainerState::Gone),
-            Err(e) => Err(docker_error(format!("cannot inspect container {container_id}"), e)),
+            Err(e) => Err(docker_error(
+                format!("cannot inspect container {container_id}"),
+                e,
+            )),
         }
     }
 

@@ -114,7 +114,10 @@ mod tests {
             ]),
             labels: BTreeMap::from([
                 (protocol::LABEL_FLOW.to_owned(), "demo.flow".to_owned()),
-                (protocol::LABEL_RUN.to_owned(), "0123456789abcdef".to_owned()),
+                (
+                    protocol::LABEL_RUN.to_owned(),
+                    "0123456789abcdef".to_owned(),
+                ),
                 (protocol::LABEL_STAGE.to_owned(), "build".to_owned()),
                 (protocol::LABEL_ACTION.to_owned(), "compile".to_owned()),
                 (protocol::LABEL_JOB.to_owned(), "version".to_owned()),

@@ -1,0 +1,311 @@
+//! End-to-end tests of antilog's disk spool: real containers, the real `antilog` and
+//! `logarithmd` binaries, SQLite storage. logarithmd is down while containers print; it is
+//! started later on the address the agent was configured with.
+//!
+//! Every test checks the stored log against what the container printed (Docker's own view,
+//! and the lines the script is known to print): exact count, seqs exactly 1..=N, every
+//! text, and a SHA-256 over all lines.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use logarithm_tests::docker::{self, Spec};
+use logarithm_tests::{free_port, rand_u64, tail, wait_until, Agent, Daemon, Db};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// `n` numbered lines, `spool line <i, 6 digits> <pad>`, printed as fast as busybox can.
+fn script(n: u64, pad: &str) -> String {
+    format!(
+        "awk 'BEGIN {{ for (i = 1; i <= {n}; i++) printf \"spool line %06d {pad}\\n\", i }}'"
+    )
+}
+
+fn expected_lines(n: u64, pad: &str) -> Vec<String> {
+    (1..=n).map(|i| format!("spool line {i:06} {pad}")).collect()
+}
+
+/// SHA-256 of lines, each followed by `\n`, as hex.
+fn checksum<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h = Sha256::new();
+    for l in lines {
+        h.update(l);
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The container's entry in the agent's checkpoint file: (seq, exit recorded).
+fn checkpoint_of(data_dir: &Path, container: &str) -> Result<Option<(u64, bool)>> {
+    let text = match std::fs::read_to_string(data_dir.join("checkpoints.json")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(v["containers"].get(container).map(|e| {
+        (
+            e["seq"].as_u64().unwrap_or(0),
+            e.get("exit").is_some_and(|x| !x.is_null()),
+        )
+    }))
+}
+
+/// Segment files in the spool directory and their total size.
+fn spool_files(data_dir: &Path) -> Result<(usize, u64)> {
+    let mut n = 0;
+    let mut bytes = 0;
+    for e in std::fs::read_dir(data_dir.join("spool"))? {
+        let e = e?;
+        if e.file_name().to_string_lossy().ends_with(".seg") {
+            n += 1;
+            bytes += e.metadata()?.len();
+        }
+    }
+    Ok((n, bytes))
+}
+
+/// A gauge's value from the agent's `/metrics`.
+async fn gauge(agent: &Agent, name: &str) -> Result<f64> {
+    let addr = agent.metrics_addr.as_deref().context("agent has no metrics address")?;
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("{name} not in /metrics"))
+}
+
+/// Waits for the job of `container`, then checks its stored log line by line against
+/// `expected`; returns the checksum.
+async fn verify(daemon: &Daemon, container: &str, expected: &[String]) -> Result<String> {
+    let job = daemon
+        .wait_finished(container, Duration::from_secs(180))
+        .await?;
+    ensure!(
+        job["status"] == "success" && job["exit_code"] == 0,
+        "job did not succeed: {job}"
+    );
+    ensure!(
+        job["line_count"] == expected.len() as u64,
+        "line_count {} != {}",
+        job["line_count"],
+        expected.len()
+    );
+    let job_id = job["id"].as_str().context("job id")?.to_owned();
+    let stored = daemon.all_lines(&job_id).await?;
+    ensure!(
+        stored.len() == expected.len(),
+        "stored {} lines, the container printed {}",
+        stored.len(),
+        expected.len()
+    );
+    let mut texts = Vec::with_capacity(stored.len());
+    for (i, s) in stored.iter().enumerate() {
+        let seq = s["seq"].as_u64().context("seq")?;
+        ensure!(seq == i as u64 + 1, "line {i} has seq {seq} (gap or duplicate)");
+        let text = s["text"].as_str().context("text")?;
+        ensure!(
+            text == expected[i],
+            "line {} is {text:?}, expected {:?}",
+            i + 1,
+            expected[i]
+        );
+        texts.push(text);
+    }
+    let got = checksum(texts.iter().map(|t| t.as_bytes()));
+    let want = checksum(expected.iter().map(|t| t.as_bytes()));
+    ensure!(got == want, "checksum {got} != {want}");
+    Ok(got)
+}
+
+struct Setup {
+    db: Db,
+    port: u16,
+    server: String,
+    label: String,
+    /// Outlives the agents, so a restarted agent finds its checkpoint and spool.
+    _data: tempfile::TempDir,
+    data_dir: PathBuf,
+}
+
+fn setup(name: &str) -> Result<Setup> {
+    let port = free_port()?;
+    let data = tempfile::tempdir()?;
+    let data_dir = data.path().join("data");
+    Ok(Setup {
+        db: Db::sqlite()?,
+        port,
+        server: format!("http://127.0.0.1:{port}"),
+        label: format!("{name}-{:x}", rand_u64()),
+        _data: data,
+        data_dir,
+    })
+}
+
+impl Setup {
+    fn agent(&self, extra_toml: &str) -> Result<Agent> {
+        Agent::start_with(
+            &self.server,
+            &self.label,
+            tempfile::tempdir()?,
+            self.data_dir.clone(),
+            extra_toml,
+        )
+    }
+}
+
+/// logarithmd is down while a container prints 50,000 lines, exits and is removed; the
+/// agent is SIGKILLed and started again; then logarithmd comes up: every line is stored,
+/// and it can only have come from the spool (the container is gone and the new agent's
+/// checkpoint no longer knows it).
+#[tokio::test(flavor = "multi_thread")]
+async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<()> {
+    const N: u64 = 50_000;
+    const PAD: &str = "abcdefghijklmnopqrstuvwxyz";
+    let s = setup("spool-outage")?;
+    let docker = docker::connect().await?;
+    let mut agent = s.agent("batch_max_age = \"50ms\"\n")?;
+    let id = docker::run(&docker, &Spec::new(&s.label, &script(N, PAD))).await?;
+    let exit = docker::wait_exit(&docker, &id).await?;
+    ensure!(exit == 0, "container exited with {exit}");
+    let expected = expected_lines(N, PAD);
+    // What the container printed, by Docker's own account.
+    let printed = docker::docker_lines(&docker, &id).await?;
+    let want = checksum(expected.iter().map(|l| l.as_bytes()));
+    ensure!(
+        printed.len() == N as usize && checksum(printed.iter().map(|l| &l.line[..])) == want,
+        "Docker holds {} lines that differ from the script's",
+        printed.len()
+    );
+
+    // The checkpoint moves only once lines are durably spooled: seeing every line and the
+    // exit there means the spool has them all.
+    let r = wait_until(Duration::from_secs(120), "all lines spooled", || async {
+        Ok(checkpoint_of(&s.data_dir, &id)?.filter(|&(seq, exit)| seq == N && exit))
+    })
+    .await;
+    if let Err(e) = r {
+        anyhow::bail!("{e:#}\nagent log:\n{}", tail(&agent.proc.log(), 40));
+    }
+    let (segments, bytes) = spool_files(&s.data_dir)?;
+    ensure!(bytes > 100_000, "spool holds only {bytes} bytes in {segments} files");
+
+    docker::remove(&docker, &id).await;
+    ensure!(
+        docker.inspect_container(&id, None).await.is_err(),
+        "the container still exists"
+    );
+    // The agent noticed the removal (and spooled it): the entry leaves the checkpoint.
+    wait_until(Duration::from_secs(60), "checkpoint entry dropped", || async {
+        Ok(checkpoint_of(&s.data_dir, &id)?.is_none().then_some(()))
+    })
+    .await?;
+
+    // Survives a SIGKILL of the agent.
+    agent.proc.kill();
+    let agent = s.agent("batch_max_age = \"50ms\"\n")?;
+    let daemon = Daemon::start_on(s.db.url(), s.port, "").await?;
+    let got = verify(&daemon, &id, &expected).await;
+    let log = agent.proc.log();
+    let got = got.map_err(|e| anyhow::anyhow!("{e:#}\nagent log:\n{}", tail(&log, 40)))?;
+    ensure!(
+        log.contains("spool opened") && !log.contains("segments_to_deliver=0"),
+        "the restarted agent found nothing to deliver in its spool:\n{}",
+        tail(&log, 40)
+    );
+    ensure!(
+        !log.contains(&id[..12]),
+        "the restarted agent read the removed container from somewhere else than the spool"
+    );
+    // Delivered segments are deleted.
+    wait_until(Duration::from_secs(30), "spool emptied", || async {
+        let (n, bytes) = spool_files(&s.data_dir)?;
+        Ok((n <= 2 && bytes < 1 << 20).then_some(()))
+    })
+    .await?;
+    println!(
+        "spool outage: lines={N} seqs=1..{N} removed_before_delivery=true agent_sigkilled=true \
+         spooled_bytes={bytes} segments={segments} checksum={}",
+        &got[..16]
+    );
+    Ok(())
+}
+
+/// A spool far smaller than the backlog: the agent pauses reading and says so, stays
+/// within the limit, and once logarithmd is back everything arrives, read from Docker
+/// where the agent had stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_spool_pauses_reading_and_loses_nothing() -> Result<()> {
+    const N: u64 = 30_000;
+    const MAX: u64 = 1 << 20;
+    let pad = "0123456789".repeat(10);
+    let s = setup("spool-full")?;
+    let docker = docker::connect().await?;
+    let agent = s.agent(&format!(
+        "spool_max_bytes = {MAX}\nspool_segment_bytes = {}\ncompression = \"none\"\n\
+         batch_max_bytes = 65536\nbatch_max_age = \"50ms\"\n",
+        MAX / 8
+    ))?;
+    let id = docker::run(&docker, &Spec::new(&s.label, &script(N, &pad))).await?;
+    let expected = expected_lines(N, &pad);
+
+    let paused = wait_until(Duration::from_secs(60), "the pause message", || async {
+        Ok(agent
+            .proc
+            .log()
+            .lines()
+            .find(|l| {
+                l.contains("spool full (")
+                    && l.contains(&format!(" of {MAX} bytes): reading paused until logarithmd catches up"))
+            })
+            .map(str::to_owned))
+    })
+    .await;
+    let paused = paused.map_err(|e| anyhow::anyhow!("{e:#}\n{}", tail(&agent.proc.log(), 30)))?;
+    ensure!(paused.contains("WARN"), "logged at warn: {paused}");
+    // The container finishes; Docker keeps what the agent does not read.
+    ensure!(docker::wait_exit(&docker, &id).await? == 0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (seq_paused, _) = checkpoint_of(&s.data_dir, &id)?.unwrap_or((0, false));
+    ensure!(
+        seq_paused > 0 && seq_paused < N / 2,
+        "reading paused early: checkpoint at {seq_paused} of {N}"
+    );
+    let (_, bytes) = spool_files(&s.data_dir)?;
+    ensure!(bytes <= MAX, "spool files hold {bytes} bytes, limit {MAX}");
+    ensure!(gauge(&agent, "antilog_reading_paused").await? == 1.0);
+    ensure!(gauge(&agent, "antilog_spool_limit_bytes").await? == MAX as f64);
+    let gauge_bytes = gauge(&agent, "antilog_spool_bytes").await?;
+    ensure!(
+        gauge_bytes > (MAX / 2) as f64 && gauge_bytes <= MAX as f64,
+        "antilog_spool_bytes {gauge_bytes}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (still, _) = checkpoint_of(&s.data_dir, &id)?.unwrap_or((0, false));
+    ensure!(still == seq_paused, "reading went on while paused: {seq_paused} -> {still}");
+
+    let daemon = Daemon::start_on(s.db.url(), s.port, "").await?;
+    let got = verify(&daemon, &id, &expected).await;
+    let log = agent.proc.log();
+    let got = got.map_err(|e| anyhow::anyhow!("{e:#}\nagent log:\n{}", tail(&log, 40)))?;
+    // Docker's own view agrees.
+    let printed = docker::docker_lines(&docker, &id).await?;
+    ensure!(checksum(printed.iter().map(|l| &l.line[..])) == got);
+    ensure!(
+        log.contains("spool has room again: reading resumed"),
+        "no resume message:\n{}",
+        tail(&log, 30)
+    );
+    let pauses = log.matches("reading paused until logarithmd catches up").count();
+    ensure!(gauge(&agent, "antilog_reading_paused").await? == 0.0);
+    docker::remove(&docker, &id).await;
+    println!(
+        "spool full: lines={N} seqs=1..{N} limit={MAX} paused_at_seq={seq_paused} \
+         spool_bytes_while_paused={bytes} pauses_logged={pauses} checksum={}",
+        &got[..16]
+    );
+    Ok(())
+}
