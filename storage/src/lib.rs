@@ -94,6 +94,10 @@ pub trait Storage: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<Delivery>>;
 
+    /// Deliveries still to be sent (status pending), across all subscriptions: the
+    /// backlog operators watch.
+    async fn count_pending_deliveries(&self) -> Result<u64>;
+
     /// Checks that the database answers (for readiness).
     async fn ping(&self) -> Result<()>;
 

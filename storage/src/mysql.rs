@@ -742,6 +742,17 @@ impl Storage for MysqlStorage {
         .await
     }
 
+    async fn count_pending_deliveries(&self) -> Result<u64> {
+        self.bounded("count_pending_deliveries", async {
+            let mut conn = self.conn().await?;
+            let n: Option<u64> = conn
+                .query_first(crate::webhooks::DELIVERY_COUNT_PENDING)
+                .await?;
+            Ok(n.unwrap_or(0))
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.bounded("ping", async {
             let mut conn = self.conn().await?;

@@ -690,6 +690,15 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn count_pending_deliveries(&self) -> Result<u64> {
+        self.with_reader(|conn| {
+            let n: i64 =
+                conn.query_row(crate::webhooks::DELIVERY_COUNT_PENDING, [], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.with_reader(|conn| {
             conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;

@@ -203,8 +203,11 @@ pub struct Delivery {
     pub id: DeliveryId,
     pub subscription_id: SubscriptionId,
     pub event: EventKind,
-    /// The job as committed with the event.
-    pub job: Job,
+    /// The job as committed with the event (`job.*` events).
+    pub job: Option<Job>,
+    /// The data of an event that is not about one job (`flow.finished`), as its announcer
+    /// gave it (see [`crate::EventWrite`]).
+    pub data: Option<serde_json::Value>,
     pub status: DeliveryStatus,
     /// Attempts claimed so far (the number of the latest attempt).
     pub attempts: u32,
@@ -470,6 +473,10 @@ pub(crate) const DELIVERIES_CANCEL: &str = "UPDATE webhook_deliveries SET status
      WHERE subscription_id = ? AND status = 'pending'";
 
 /// Makes a delivery due again; parameters: now, now, delivery id, subscription id.
+/// The pending backlog; served by the `(status, next_attempt_at)` index.
+pub(crate) const DELIVERY_COUNT_PENDING: &str =
+    "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'";
+
 pub(crate) const DELIVERY_REDELIVER: &str = "UPDATE webhook_deliveries SET status = 'pending', \
      next_attempt_at = ?, window_start = ?, completed_at = NULL \
      WHERE id = ? AND subscription_id = ?";
@@ -651,12 +658,25 @@ impl TryFrom<RawDelivery> for Delivery {
         let id = r.id;
         let bad =
             |what: &str, v: &dyn std::fmt::Debug| corrupt(format!("delivery {id}: {what} {v:?}"));
+        let event = EventKind::parse(&r.event).ok_or_else(|| bad("event", &r.event))?;
         Ok(Delivery {
             id,
             subscription_id: r.subscription_id,
-            event: EventKind::parse(&r.event).ok_or_else(|| bad("event", &r.event))?,
-            job: serde_json::from_str(&r.job_json)
-                .map_err(|e| corrupt(format!("delivery {id}: job_json: {e}")))?,
+            event,
+            job: match event {
+                EventKind::JobStarted | EventKind::JobFinished => Some(
+                    serde_json::from_str(&r.job_json)
+                        .map_err(|e| corrupt(format!("delivery {id}: job_json: {e}")))?,
+                ),
+                EventKind::FlowFinished => None,
+            },
+            data: match event {
+                EventKind::JobStarted | EventKind::JobFinished => None,
+                EventKind::FlowFinished => Some(
+                    serde_json::from_str(&r.job_json)
+                        .map_err(|e| corrupt(format!("delivery {id}: data: {e}")))?,
+                ),
+            },
             status: DeliveryStatus::parse(&r.status).ok_or_else(|| bad("status", &r.status))?,
             attempts: u32::try_from(r.attempts).map_err(|_| bad("attempts", &r.attempts))?,
             created_at: r.created_at,

@@ -1424,7 +1424,9 @@ mod webhook_cases {
         s.upsert_subscription(&spec(21, &[EventKind::JobFinished], &[]))
             .await
             .expect("upsert");
+        assert_eq!(s.count_pending_deliveries().await.expect("count"), 0);
         apply(s, &batch(vec![finishing_job("ca", &[])])).await;
+        assert_eq!(s.count_pending_deliveries().await.expect("count"), 1);
         let t0 = now() + SEC;
 
         let first = s
@@ -1515,6 +1517,7 @@ mod webhook_cases {
             .expect("claim")
             .is_empty());
 
+        assert_eq!(s.count_pending_deliveries().await.expect("count"), 0);
         let h = s.list_deliveries(21, 10).await.expect("deliveries");
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].delivery.status, DeliveryStatus::Delivered);

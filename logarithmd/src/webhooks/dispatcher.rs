@@ -25,6 +25,8 @@ use super::config::WebhooksConfig;
 use super::{payload, signing};
 use crate::metrics::{Metrics, WebhookOutcome};
 
+/// How often the pending-deliveries gauge is refreshed.
+const PENDING_GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// Bytes of a failed answer's body kept in the attempt's error text.
 const ERROR_BODY_BYTES: usize = 256;
 /// Storage failures while recording an attempt are retried this often before the attempt
@@ -143,8 +145,20 @@ impl Dispatcher {
         let mut inflight: JoinSet<()> = JoinSet::new();
         let mut storage_backoff = this.config.poll_interval;
         tracing::info!(owner = %this.owner, "webhook dispatcher started");
+        let mut backlog_counted: Option<Instant> = None;
         loop {
             while inflight.try_join_next().is_some() {}
+            // The pending-deliveries gauge is a COUNT over an index: refreshed every few
+            // seconds, not on every claim round.
+            if backlog_counted.is_none_or(|t| t.elapsed() >= PENDING_GAUGE_EVERY) {
+                backlog_counted = Some(Instant::now());
+                match this.storage.count_pending_deliveries().await {
+                    Ok(n) => this
+                        .metrics
+                        .set_webhook_pending(usize::try_from(n).unwrap_or(usize::MAX)),
+                    Err(e) => tracing::debug!(error = %e, "counting pending deliveries failed"),
+                }
+            }
             let free = slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {
