@@ -311,7 +311,10 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.data_dir, PathBuf::from("./data/antilog"));
         assert_eq!(c.spool_path(), PathBuf::from("./data/antilog/spool"));
-        assert_eq!((c.spool_max_bytes, c.spool_segment_bytes), (1 << 30, 32 << 20));
+        assert_eq!(
+            (c.spool_max_bytes, c.spool_segment_bytes),
+            (1 << 30, 32 << 20)
+        );
         assert_eq!(
             c.metrics_addr().unwrap(),
             Some(SocketAddr::from(([127, 0, 0, 1], 7301)))

@@ -34,11 +34,9 @@ impl Line {
     fn bytes(&self) -> Vec<u8> {
         match self {
             Line::Plain(b) => b.clone(),
-            Line::Output { key, value, spaces } => format!(
-                "[COUT]{}{key}{}={}{value}",
-                spaces[0], spaces[1], spaces[2]
-            )
-            .into_bytes(),
+            Line::Output { key, value, spaces } => {
+                format!("[COUT]{}{key}{}={}{value}", spaces[0], spaces[1], spaces[2]).into_bytes()
+            }
             Line::Verdict(v) => format!("[COUT] CO_RESULT = {v}").into_bytes(),
             Line::NearMiss(s) => s.as_bytes().to_vec(),
         }
@@ -96,7 +94,13 @@ fn line() -> impl Strategy<Value = Line> {
 type GenRecord = (u64, i64, bool, bool, Line);
 
 fn gen_record() -> impl Strategy<Value = GenRecord> {
-    (1u64..=3, any::<i64>(), any::<bool>(), prop::bool::weighted(0.15), line())
+    (
+        1u64..=3,
+        any::<i64>(),
+        any::<bool>(),
+        prop::bool::weighted(0.15),
+        line(),
+    )
 }
 
 fn meta() -> impl Strategy<Value = Option<ContainerMeta>> {

@@ -17,20 +17,30 @@
 //! - `shared`: the row rules and SQL both backends use, so they behave the same.
 //! - [`webhooks`]: webhook subscriptions and the delivery outbox (written by `apply` in the
 //!   same transaction as the transitions they announce), claimed with a lease.
+//! - [`documents`]: versioned JSON documents by `(namespace, id)`, written with
+//!   compare-and-set (logarithmd keeps the flow engine's state there).
+//! - [`webhook_events`]: events that are not job transitions (`flow.finished`), announced
+//!   into the same outbox, idempotently.
 //! - [`open`]: picks the backend from a URL (`mysql://…` or `sqlite://…`).
 
+pub mod documents;
 pub mod error;
 pub mod model;
 mod mysql;
+mod mysql_documents;
 mod mysql_webhooks;
 mod shared;
 mod sqlite;
+mod sqlite_documents;
 mod sqlite_webhooks;
+pub mod webhook_events;
 pub mod webhooks;
 
 use std::sync::Arc;
 
+pub use documents::{Document, DocumentPut, DocumentQuery, Expected};
 pub use error::{Error, ErrorKind, Result};
+pub use webhook_events::EventWrite;
 pub use model::*;
 pub use webhooks::{
     Attempt, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery,
@@ -97,6 +107,21 @@ pub trait Storage: Send + Sync + 'static {
     /// Deliveries still to be sent (status pending), across all subscriptions: the
     /// backlog operators watch.
     async fn count_pending_deliveries(&self) -> Result<u64>;
+
+    /// A document, or `None`.
+    async fn get_document(&self, namespace: &str, id: &str) -> Result<Option<Document>>;
+
+    /// Writes a document if the stored one is as [`DocumentPut::expected`] says, and
+    /// returns its new version; `Ok(None)` if it is not (another writer changed it).
+    async fn put_document(&self, put: &DocumentPut) -> Result<Option<u64>>;
+
+    /// Documents of a namespace, newest first (by creation, then id).
+    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>>;
+
+    /// Writes the webhook deliveries of an event that is not a job transition (one per
+    /// matching enabled subscription) and returns how many were new: announcing the same
+    /// event (kind and key) again adds none.
+    async fn enqueue_event(&self, event: &EventWrite) -> Result<u64>;
 
     /// Checks that the database answers (for readiness).
     async fn ping(&self) -> Result<()>;

@@ -20,7 +20,10 @@ use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, Transition,
     TransitionKind, WriteBatch,
 };
+use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
+use crate::mysql_documents;
 use crate::mysql_webhooks;
+use crate::webhook_events::{self, EventWrite};
 use crate::shared::{
     self, chunk_by_size, line_chunks, list_jobs_sql, now_ns, outputs_by_name, placeholders,
     read_lines_sql, schema_too_new, validate, JobRow, Migration, Param, RawJob, JOB_INSERT,
@@ -103,6 +106,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "webhooks",
         statements: crate::mysql_webhooks::MIGRATION_2,
+    },
+    Migration {
+        version: 3,
+        name: "documents",
+        statements: crate::mysql_documents::MIGRATION_3,
     },
 ];
 
@@ -758,6 +766,42 @@ impl Storage for MysqlStorage {
             let mut conn = self.conn().await?;
             conn.query_drop("SELECT 1").await?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn get_document(&self, namespace: &str, id: &str) -> Result<Option<Document>> {
+        docs::validate_get(namespace, id)?;
+        self.bounded("get_document", async {
+            let mut conn = self.conn().await?;
+            mysql_documents::get(&mut conn, namespace, id).await
+        })
+        .await
+    }
+
+    async fn put_document(&self, put: &DocumentPut) -> Result<Option<u64>> {
+        docs::validate_put(put)?;
+        self.bounded("put_document", async {
+            let mut conn = self.conn().await?;
+            mysql_documents::put(&mut conn, put, now_ns()).await
+        })
+        .await
+    }
+
+    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>> {
+        docs::validate_query(query)?;
+        self.bounded("list_documents", async {
+            let mut conn = self.conn().await?;
+            mysql_documents::list(&mut conn, query).await
+        })
+        .await
+    }
+
+    async fn enqueue_event(&self, event: &EventWrite) -> Result<u64> {
+        webhook_events::validate(event)?;
+        self.bounded("enqueue_event", async {
+            let mut conn = self.conn().await?;
+            webhook_events::mysql::enqueue(&mut conn, event).await
         })
         .await
     }

@@ -24,7 +24,10 @@ use crate::shared::{
     self, list_jobs_sql, now_ns, outputs_by_name, placeholders, read_lines_sql, schema_too_new,
     validate, JobRow, Migration, Param, RawJob, JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE,
 };
+use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
+use crate::sqlite_documents;
 use crate::sqlite_webhooks;
+use crate::webhook_events::{self, EventWrite};
 use crate::webhooks::{
     self as wh, ClaimRequest, ClaimedDelivery, Delivery, DeliveryHistory, DeliveryId, Subscription,
     SubscriptionId, SubscriptionSpec,
@@ -99,6 +102,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
     version: 2,
     name: "webhooks",
     statements: crate::sqlite_webhooks::MIGRATION_2,
+}, Migration {
+    version: 3,
+    name: "documents",
+    statements: crate::sqlite_documents::MIGRATION_3,
 }];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -705,6 +712,34 @@ impl Storage for SqliteStorage {
             Ok(())
         })
         .await
+    }
+
+    async fn get_document(&self, namespace: &str, id: &str) -> Result<Option<Document>> {
+        docs::validate_get(namespace, id)?;
+        let (namespace, id) = (namespace.to_owned(), id.to_owned());
+        self.with_reader(move |conn| sqlite_documents::get(conn, &namespace, &id))
+            .await
+    }
+
+    async fn put_document(&self, put: &DocumentPut) -> Result<Option<u64>> {
+        docs::validate_put(put)?;
+        let put = put.clone();
+        self.with_writer(move |conn| sqlite_documents::put(conn, &put, now_ns()))
+            .await
+    }
+
+    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>> {
+        docs::validate_query(query)?;
+        let query = query.clone();
+        self.with_reader(move |conn| sqlite_documents::list(conn, &query))
+            .await
+    }
+
+    async fn enqueue_event(&self, event: &EventWrite) -> Result<u64> {
+        webhook_events::validate(event)?;
+        let event = event.clone();
+        self.with_writer(move |conn| webhook_events::sqlite::enqueue(conn, &event))
+            .await
     }
 
     fn backend(&self) -> &'static str {

@@ -126,7 +126,7 @@ pub(crate) fn insert_deliveries(tx: &Transaction<'_>, events: &[JobEvent]) -> Re
     Ok(())
 }
 
-fn list_enabled(conn: &Connection) -> Result<Vec<Subscription>> {
+pub(crate) fn list_enabled(conn: &Connection) -> Result<Vec<Subscription>> {
     let sql = format!(
         "SELECT {} FROM webhook_subscriptions WHERE enabled = 1",
         wh::SUB_COLUMNS

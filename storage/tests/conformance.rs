@@ -180,6 +180,9 @@ conformance!(
     webhook_claims_leases_and_attempts,
     webhook_gone_disables_and_upsert_reenables,
     webhook_concurrent_claimers_never_share_an_attempt,
+    documents_compare_and_set_and_list,
+    documents_concurrent_writers_never_both_win,
+    non_job_events_are_delivered_once_per_subscription,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -295,6 +298,10 @@ fn stored(l: &NewLine) -> StoredLine {
 // ---------------------------------------------------------------------------------------
 
 mod cases {
+    pub use super::document_cases::{
+        documents_compare_and_set_and_list, documents_concurrent_writers_never_both_win,
+        non_job_events_are_delivered_once_per_subscription,
+    };
     pub use super::webhook_cases::{
         webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
         webhook_deliveries_commit_with_transitions, webhook_gone_disables_and_upsert_reenables,
@@ -1368,10 +1375,10 @@ mod webhook_cases {
         assert_eq!(d11.len(), 1);
         let d = &d11[0].delivery;
         assert_eq!(
-            (d.event, d.job.id, d.status, d.attempts),
-            (EventKind::JobFinished, ida, DeliveryStatus::Pending, 0)
+            (d.event, d.job.as_ref().map(|j| j.id), d.status, d.attempts),
+            (EventKind::JobFinished, Some(ida), DeliveryStatus::Pending, 0)
         );
-        assert_eq!(&d.job, fin);
+        assert_eq!(d.job.as_ref(), Some(fin));
         assert!(d11[0].attempts.is_empty());
         let d12 = s.list_deliveries(12, 100).await.expect("deliveries");
         assert_eq!(d12.len(), 4);
@@ -1808,4 +1815,267 @@ async fn unreachable_mysql_is_unavailable_quickly() {
         "{:?}",
         started.elapsed()
     );
+}
+
+mod document_cases {
+    use super::webhook_cases::spec;
+    use super::*;
+    use storage::{
+        AttemptOutcome, AttemptRecord, ClaimRequest, DeliveryStatus, DocumentPut, DocumentQuery,
+        EventKind, EventWrite, Expected,
+    };
+
+    fn put(ns: &str, id: &str, active: bool, body: &str, expected: Expected) -> DocumentPut {
+        DocumentPut {
+            namespace: ns.into(),
+            id: id.into(),
+            active,
+            body: body.into(),
+            expected,
+        }
+    }
+
+    fn query(ns: &str, active_only: bool, limit: u32) -> DocumentQuery {
+        DocumentQuery {
+            namespace: ns.into(),
+            active_only,
+            limit,
+        }
+    }
+
+    fn ids(docs: &[storage::Document]) -> Vec<&str> {
+        docs.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    pub async fn documents_compare_and_set_and_list(t: &Target) {
+        let s = &*t.open().await;
+        assert_eq!(s.get_document("runs", "a").await.expect("get"), None);
+
+        // Create (must be absent), then a second create of the same id is a conflict.
+        let v = s
+            .put_document(&put("runs", "a", true, r#"{"n":1}"#, Expected::Absent))
+            .await
+            .expect("put");
+        assert_eq!(v, Some(1));
+        let again = s
+            .put_document(&put("runs", "a", true, r#"{"n":9}"#, Expected::Absent))
+            .await
+            .expect("put");
+        assert_eq!(again, None);
+
+        // Compare-and-set: the version read wins once; a stale version changes nothing.
+        let v2 = s
+            .put_document(&put("runs", "a", true, r#"{"n":2}"#, Expected::Version(1)))
+            .await
+            .expect("put");
+        assert_eq!(v2, Some(2));
+        let stale = s
+            .put_document(&put("runs", "a", false, r#"{"n":3}"#, Expected::Version(1)))
+            .await
+            .expect("put");
+        assert_eq!(stale, None);
+        let missing = s
+            .put_document(&put("runs", "zz", true, "{}", Expected::Version(4)))
+            .await
+            .expect("put");
+        assert_eq!(missing, None);
+        let doc = s.get_document("runs", "a").await.expect("get").expect("doc");
+        assert_eq!(
+            (doc.version, doc.active, doc.body.as_str()),
+            (2, true, r#"{"n":2}"#)
+        );
+        assert!(doc.updated_at >= doc.created_at && doc.created_at > 0);
+
+        // Any: creates, then replaces whatever is there.
+        assert_eq!(
+            s.put_document(&put("flows", "f", false, "\"one\"", Expected::Any))
+                .await
+                .expect("put"),
+            Some(1)
+        );
+        assert_eq!(
+            s.put_document(&put("flows", "f", false, "\"two\"", Expected::Any))
+                .await
+                .expect("put"),
+            Some(2)
+        );
+        let f = s.get_document("flows", "f").await.expect("get").expect("doc");
+        assert_eq!((f.version, f.body.as_str()), (2, "\"two\""));
+        // Namespaces are separate.
+        assert_eq!(s.get_document("runs", "f").await.expect("get"), None);
+
+        // Lists: newest first, active only, limited. Bodies with multi-byte text survive.
+        for (id, active) in [("b", false), ("c", true), ("d", true)] {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            s.put_document(&put("runs", id, active, r#"{"name":"é ✓"}"#, Expected::Absent))
+                .await
+                .expect("put");
+        }
+        let all = s.list_documents(&query("runs", false, 0)).await.expect("list");
+        assert_eq!(ids(&all), vec!["d", "c", "b", "a"]);
+        assert_eq!(all[0].body, r#"{"name":"é ✓"}"#);
+        let active = s.list_documents(&query("runs", true, 0)).await.expect("list");
+        assert_eq!(ids(&active), vec!["d", "c", "a"]);
+        let limited = s.list_documents(&query("runs", true, 2)).await.expect("list");
+        assert_eq!(ids(&limited), vec!["d", "c"]);
+        // Finishing a document takes it out of the active list.
+        let v = s
+            .put_document(&put("runs", "a", false, r#"{"n":4}"#, Expected::Version(2)))
+            .await
+            .expect("put");
+        assert_eq!(v, Some(3));
+        let active = s.list_documents(&query("runs", true, 0)).await.expect("list");
+        assert_eq!(ids(&active), vec!["d", "c"]);
+        assert!(s
+            .list_documents(&query("nothing", false, 0))
+            .await
+            .expect("list")
+            .is_empty());
+
+        // Invalid input is refused before writing.
+        for bad in [
+            put("", "a", true, "{}", Expected::Any),
+            put("runs", "", true, "{}", Expected::Any),
+            put(&"n".repeat(65), "a", true, "{}", Expected::Any),
+            put("runs", &"i".repeat(256), true, "{}", Expected::Any),
+            put("runs", "a", true, "{}", Expected::Version(0)),
+            put("runs", "big", true, &"x".repeat((4 << 20) + 1), Expected::Any),
+        ] {
+            let e = s.put_document(&bad).await.expect_err("invalid put");
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        }
+        assert_eq!(t.raw_count("SELECT COUNT(*) FROM documents").await, 5);
+    }
+
+    pub async fn documents_concurrent_writers_never_both_win(t: &Target) {
+        let a = t.open().await;
+        let b = t.open().await;
+        a.put_document(&put("runs", "r", true, "0", Expected::Absent))
+            .await
+            .expect("put");
+        // Two handles (two pools, as two processes) race compare-and-sets from version 1.
+        let mut wins = 0;
+        let mut version = 1;
+        for round in 0..10 {
+            let pa = put("runs", "r", true, &format!("\"a{round}\""), Expected::Version(version));
+            let pb = put("runs", "r", true, &format!("\"b{round}\""), Expected::Version(version));
+            let (ra, rb) = tokio::join!(a.put_document(&pa), b.put_document(&pb));
+            let (ra, rb) = (ra.expect("put a"), rb.expect("put b"));
+            assert!(ra.is_none() || rb.is_none(), "round {round}: both won");
+            let won = ra.or(rb).expect("one of the two wins");
+            assert_eq!(won, version + 1);
+            version = won;
+            wins += 1;
+        }
+        assert_eq!(wins, 10);
+        let doc = a.get_document("runs", "r").await.expect("get").expect("doc");
+        assert_eq!(doc.version, 11);
+        // Racing creates: exactly one wins.
+        let pa = put("runs", "new", true, "1", Expected::Absent);
+        let pb = put("runs", "new", true, "2", Expected::Absent);
+        let (ra, rb) = tokio::join!(a.put_document(&pa), b.put_document(&pb));
+        let results = [ra.expect("put a"), rb.expect("put b")];
+        assert_eq!(results.iter().filter(|r| **r == Some(1)).count(), 1);
+        assert_eq!(results.iter().filter(|r| r.is_none()).count(), 1);
+    }
+
+    pub async fn non_job_events_are_delivered_once_per_subscription(t: &Target) {
+        let s = &*t.open().await;
+        s.upsert_subscription(&spec(51, &[EventKind::FlowFinished], &[]))
+            .await
+            .expect("upsert");
+        s.upsert_subscription(&spec(
+            52,
+            &[EventKind::FlowFinished],
+            &[("io.containerops.flow", "release")],
+        ))
+        .await
+        .expect("upsert");
+        s.upsert_subscription(&spec(
+            53,
+            &[EventKind::FlowFinished],
+            &[("io.containerops.flow", "other")],
+        ))
+        .await
+        .expect("upsert");
+        s.upsert_subscription(&spec(54, &[EventKind::JobFinished], &[]))
+            .await
+            .expect("upsert");
+        let at = 1_700_000_000_000_000_000;
+        let ev = EventWrite {
+            kind: EventKind::FlowFinished,
+            key: "run-1".into(),
+            labels: [("io.containerops.flow".to_owned(), "release".to_owned())].into(),
+            data_json: r#"{"run":"run-1","status":"failure","jobs":[{"job":"a"}]}"#.into(),
+            at,
+        };
+        assert_eq!(s.enqueue_event(&ev).await.expect("enqueue"), 2);
+        // Announced again (after a crash): nothing new.
+        assert_eq!(s.enqueue_event(&ev).await.expect("enqueue"), 0);
+        assert_eq!(
+            t.raw_count("SELECT COUNT(*) FROM webhook_deliveries").await,
+            2
+        );
+        for sub in [51, 52] {
+            let d = s.list_deliveries(sub, 10).await.expect("deliveries");
+            assert_eq!(d.len(), 1, "subscription {sub}");
+            let d = &d[0].delivery;
+            assert_eq!(d.event, EventKind::FlowFinished);
+            assert_eq!(d.job, None);
+            let data = d.data.as_ref().expect("data");
+            assert_eq!(data["run"], "run-1");
+            assert_eq!(data["jobs"][0]["job"], "a");
+            assert_eq!((d.status, d.created_at), (DeliveryStatus::Pending, at));
+        }
+        for sub in [53, 54] {
+            assert!(s.list_deliveries(sub, 10).await.expect("d").is_empty());
+        }
+        // Claimed and completed like any delivery.
+        let claimed = s
+            .claim_deliveries(&ClaimRequest {
+                owner: "A".into(),
+                now: at + 1,
+                lease_ns: 30_000_000_000,
+                limit: 10,
+            })
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 2);
+        for c in &claimed {
+            assert_eq!(c.delivery.data.as_ref().expect("data")["status"], "failure");
+            let held = s
+                .complete_attempt(&AttemptRecord {
+                    delivery_id: c.delivery.id,
+                    subscription_id: c.delivery.subscription_id,
+                    attempt: c.attempt,
+                    owner: "A".into(),
+                    started_at: at + 2,
+                    latency_ms: 3,
+                    status_code: Some(204),
+                    error: None,
+                    outcome: AttemptOutcome::Delivered,
+                })
+                .await
+                .expect("complete");
+            assert!(held);
+        }
+        // A delivered event announced again is still not sent again.
+        assert_eq!(s.enqueue_event(&ev).await.expect("enqueue"), 0);
+        let d = s.list_deliveries(51, 10).await.expect("deliveries");
+        assert_eq!(d[0].delivery.status, DeliveryStatus::Delivered);
+
+        // Job events and bad data are refused.
+        let mut bad = ev.clone();
+        bad.kind = EventKind::JobFinished;
+        assert_eq!(
+            s.enqueue_event(&bad).await.expect_err("job event").kind(),
+            ErrorKind::Invalid
+        );
+        let mut bad = ev.clone();
+        bad.data_json = "not json".into();
+        assert_eq!(
+            s.enqueue_event(&bad).await.expect_err("bad data").kind(),
+            ErrorKind::Invalid
+        );
+    }
 }

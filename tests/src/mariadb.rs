@@ -46,7 +46,10 @@ impl MariaDb {
             );
         }
         let port = free_port()?;
-        let proc = Proc::spawn(server_command(dir.path(), port), dir.path().join("stdout.log"))?;
+        let proc = Proc::spawn(
+            server_command(dir.path(), port),
+            dir.path().join("stdout.log"),
+        )?;
         let db = MariaDb { proc, port, dir };
         db.wait_ready().await?;
         Ok(db)

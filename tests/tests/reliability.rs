@@ -118,14 +118,18 @@ fn describe_doubles(stored: &[Value]) -> String {
             seqs.entry(t).or_default().push(s);
         }
     }
-    let mut doubled: Vec<(&str, Vec<u64>)> = seqs.into_iter().filter(|(_, s)| s.len() > 1).collect();
+    let mut doubled: Vec<(&str, Vec<u64>)> =
+        seqs.into_iter().filter(|(_, s)| s.len() > 1).collect();
     doubled.sort_by_key(|(_, s)| s[0]);
     let runs: Vec<String> = doubled
         .iter()
         .take(12)
         .map(|(t, s)| format!("{t:?} at seqs {s:?}"))
         .collect();
-    format!("{} texts stored more than once, first: {runs:?}", doubled.len())
+    format!(
+        "{} texts stored more than once, first: {runs:?}",
+        doubled.len()
+    )
 }
 
 /// Rows of `log_lines`, counted in the database; `None` when it does not answer.
@@ -313,10 +317,14 @@ async fn kills_during_stream(victim: Victim) -> Result<()> {
     )
     .await?;
     let result = async {
-        wait_until(Duration::from_secs(30), "the first lines to be stored", || {
-            let url = db.url().to_owned();
-            async move { Ok(stored_lines(&url).await.filter(|n| *n > 0)) }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the first lines to be stored",
+            || {
+                let url = db.url().to_owned();
+                async move { Ok(stored_lines(&url).await.filter(|n| *n > 0)) }
+            },
+        )
         .await?;
         let mut at_kill = Vec::new();
         let mut recover = Vec::new();
@@ -331,7 +339,11 @@ async fn kills_during_stream(victim: Victim) -> Result<()> {
                 Victim::Daemon => daemon.proc.kill(),
             }
             let n = stored_lines(db.url()).await.context("count")?;
-            eprintln!("DEBUG kill {k}: stored {n}; checkpoint {}", std::fs::read_to_string(agents.data.path().join("data/checkpoints.json")).unwrap_or_default());
+            eprintln!(
+                "DEBUG kill {k}: stored {n}; checkpoint {}",
+                std::fs::read_to_string(agents.data.path().join("data/checkpoints.json"))
+                    .unwrap_or_default()
+            );
             ensure!(n < LONG_LINES, "kill {k}: everything was already stored");
             at_kill.push(n);
             // Down for a moment: the container keeps printing into Docker's log, and the
@@ -362,9 +374,18 @@ async fn kills_during_stream(victim: Victim) -> Result<()> {
                 let dl = docker::docker_lines(&docker, &id).await?;
                 let stored = daemon.all_lines(job_id).await?;
                 let mut seen = std::collections::HashSet::new();
-                let first_dup = stored.iter().find(|l| !seen.insert(l["text"].as_str().unwrap_or("").to_owned())).cloned();
+                let first_dup = stored
+                    .iter()
+                    .find(|l| !seen.insert(l["text"].as_str().unwrap_or("").to_owned()))
+                    .cloned();
                 eprintln!("DEBUG first dup {first_dup:?}");
-                for l in strip_ansi(&agents.logs()).lines().filter(|l| l.contains("reading log") || l.contains("WARN") || l.contains("ERROR") || l.contains("starting") || l.contains("INFO")) {
+                for l in strip_ansi(&agents.logs()).lines().filter(|l| {
+                    l.contains("reading log")
+                        || l.contains("WARN")
+                        || l.contains("ERROR")
+                        || l.contains("starting")
+                        || l.contains("INFO")
+                }) {
                     eprintln!("DEBUG agent {l}");
                 }
                 if let Some(fd) = first_dup {
@@ -506,13 +527,20 @@ async fn mariadb_down_for_20_seconds() -> Result<()> {
     let probe_cid = format!("{:016x}", rand_u64()).repeat(4);
     let probe = probe_batch(&probe_cid);
     let result = async {
-        wait_until(Duration::from_secs(30), "the first lines to be stored", || {
-            let url = url.clone();
-            async move { Ok(stored_lines(&url).await.filter(|n| *n > 0)) }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the first lines to be stored",
+            || {
+                let url = url.clone();
+                async move { Ok(stored_lines(&url).await.filter(|n| *n > 0)) }
+            },
+        )
         .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        ensure!(is_running(&docker, &id).await?, "the container finished too early");
+        ensure!(
+            is_running(&docker, &id).await?,
+            "the container finished too early"
+        );
         let before = stored_lines(&url).await.context("count")?;
         mariadb.kill();
         let down_at = Instant::now();
@@ -532,7 +560,9 @@ async fn mariadb_down_for_20_seconds() -> Result<()> {
                     "ingest answered {s} {body} while MariaDB was down"
                 );
                 ensure!(
-                    retry_after.as_deref().is_some_and(|v| v.parse::<u64>().is_ok()),
+                    retry_after
+                        .as_deref()
+                        .is_some_and(|v| v.parse::<u64>().is_ok()),
                     "503 without a numeric Retry-After: {retry_after:?}"
                 );
                 ingest_probes.push(d);
@@ -677,9 +707,15 @@ async fn resent_batches_are_stored_once() -> Result<()> {
     ensure!(db.count("jobs").await? == 1);
     // Lines 401..=1000 with the verdict and the exit: 400 new, 200 already stored; twice.
     let second = batch_of(&cid, 401..=1000, Some(1000));
-    for want in [(Some(600), Some(400), Some(200)), (Some(600), Some(0), Some(600))] {
+    for want in [
+        (Some(600), Some(400), Some(200)),
+        (Some(600), Some(0), Some(600)),
+    ] {
         let (s, _, body, _) = post_batch(&daemon, &second).await?;
-        ensure!(s == 200 && ack(&body) == want, "{s} {body}, wanted {want:?}");
+        ensure!(
+            s == 200 && ack(&body) == want,
+            "{s} {body}, wanted {want:?}"
+        );
         acks.push(want);
     }
     ensure!(db.count("log_lines").await? == 1000);
@@ -799,7 +835,9 @@ async fn hundred_containers_at_once() -> Result<()> {
             let jobs = page["jobs"].as_array().context("jobs")?;
             let done = jobs
                 .iter()
-                .filter(|j| j["status"] != "running" && ids.iter().any(|id| j["container_id"] == **id))
+                .filter(|j| {
+                    j["status"] != "running" && ids.iter().any(|id| j["container_id"] == **id)
+                })
                 .count();
             Ok((done == CONTAINERS).then(|| jobs.clone()))
         })
@@ -823,7 +861,9 @@ async fn hundred_containers_at_once() -> Result<()> {
                 "container {i}: {job}"
             );
             *outcomes.entry(format!("{status}/{code}")).or_default() += 1;
-            total += verify_log(&daemon, job_id, &container_lines(i)).await?.lines;
+            total += verify_log(&daemon, job_id, &container_lines(i))
+                .await?
+                .lines;
         }
         let expected = CONTAINERS as u64 * LINES_EACH;
         ensure!(total == expected, "{total} lines");

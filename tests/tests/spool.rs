@@ -17,13 +17,13 @@ use sha2::{Digest, Sha256};
 
 /// `n` numbered lines, `spool line <i, 6 digits> <pad>`, printed as fast as busybox can.
 fn script(n: u64, pad: &str) -> String {
-    format!(
-        "awk 'BEGIN {{ for (i = 1; i <= {n}; i++) printf \"spool line %06d {pad}\\n\", i }}'"
-    )
+    format!("awk 'BEGIN {{ for (i = 1; i <= {n}; i++) printf \"spool line %06d {pad}\\n\", i }}'")
 }
 
 fn expected_lines(n: u64, pad: &str) -> Vec<String> {
-    (1..=n).map(|i| format!("spool line {i:06} {pad}")).collect()
+    (1..=n)
+        .map(|i| format!("spool line {i:06} {pad}"))
+        .collect()
 }
 
 /// SHA-256 of lines, each followed by `\n`, as hex.
@@ -66,9 +66,12 @@ fn spool_files(data_dir: &Path) -> Result<(usize, u64)> {
     Ok((n, bytes))
 }
 
-/// A gauge's value from the agent's `/metrics`.
+/// The value of a series (`name` or `name{labels}`) in the agent's `/metrics`.
 async fn gauge(agent: &Agent, name: &str) -> Result<f64> {
-    let addr = agent.metrics_addr.as_deref().context("agent has no metrics address")?;
+    let addr = agent
+        .metrics_addr
+        .as_deref()
+        .context("agent has no metrics address")?;
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()
@@ -105,7 +108,10 @@ async fn verify(daemon: &Daemon, container: &str, expected: &[String]) -> Result
     let mut texts = Vec::with_capacity(stored.len());
     for (i, s) in stored.iter().enumerate() {
         let seq = s["seq"].as_u64().context("seq")?;
-        ensure!(seq == i as u64 + 1, "line {i} has seq {seq} (gap or duplicate)");
+        ensure!(
+            seq == i as u64 + 1,
+            "line {i} has seq {seq} (gap or duplicate)"
+        );
         let text = s["text"].as_str().context("text")?;
         ensure!(
             text == expected[i],
@@ -191,7 +197,10 @@ async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<(
         anyhow::bail!("{e:#}\nagent log:\n{}", tail(&agent.proc.log(), 40));
     }
     let (segments, bytes) = spool_files(&s.data_dir)?;
-    ensure!(bytes > 100_000, "spool holds only {bytes} bytes in {segments} files");
+    ensure!(
+        bytes > 100_000,
+        "spool holds only {bytes} bytes in {segments} files"
+    );
 
     docker::remove(&docker, &id).await;
     ensure!(
@@ -199,9 +208,11 @@ async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<(
         "the container still exists"
     );
     // The agent noticed the removal (and spooled it): the entry leaves the checkpoint.
-    wait_until(Duration::from_secs(60), "checkpoint entry dropped", || async {
-        Ok(checkpoint_of(&s.data_dir, &id)?.is_none().then_some(()))
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "checkpoint entry dropped",
+        || async { Ok(checkpoint_of(&s.data_dir, &id)?.is_none().then_some(())) },
+    )
     .await?;
 
     // Survives a SIGKILL of the agent.
@@ -216,9 +227,22 @@ async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<(
         "the restarted agent found nothing to deliver in its spool:\n{}",
         tail(&log, 40)
     );
+    // The restarted agent read nothing from Docker and shipped exactly the spooled lines.
+    for stream in ["stdout", "stderr"] {
+        let read = gauge(
+            &agent,
+            &format!("antilog_lines_read_total{{stream=\"{stream}\"}}"),
+        )
+        .await?;
+        ensure!(
+            read == 0.0,
+            "the restarted agent read {read} {stream} lines from Docker"
+        );
+    }
+    let shipped = gauge(&agent, "antilog_records_shipped_total").await?;
     ensure!(
-        !log.contains(&id[..12]),
-        "the restarted agent read the removed container from somewhere else than the spool"
+        shipped == N as f64,
+        "the restarted agent shipped {shipped} records"
     );
     // Delivered segments are deleted.
     wait_until(Duration::from_secs(30), "spool emptied", || async {
@@ -259,7 +283,9 @@ async fn full_spool_pauses_reading_and_loses_nothing() -> Result<()> {
             .lines()
             .find(|l| {
                 l.contains("spool full (")
-                    && l.contains(&format!(" of {MAX} bytes): reading paused until logarithmd catches up"))
+                    && l.contains(&format!(
+                        " of {MAX} bytes): reading paused until logarithmd catches up"
+                    ))
             })
             .map(str::to_owned))
     })
@@ -285,7 +311,10 @@ async fn full_spool_pauses_reading_and_loses_nothing() -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (still, _) = checkpoint_of(&s.data_dir, &id)?.unwrap_or((0, false));
-    ensure!(still == seq_paused, "reading went on while paused: {seq_paused} -> {still}");
+    ensure!(
+        still == seq_paused,
+        "reading went on while paused: {seq_paused} -> {still}"
+    );
 
     let daemon = Daemon::start_on(s.db.url(), s.port, "").await?;
     let got = verify(&daemon, &id, &expected).await;
@@ -299,7 +328,9 @@ async fn full_spool_pauses_reading_and_loses_nothing() -> Result<()> {
         "no resume message:\n{}",
         tail(&log, 30)
     );
-    let pauses = log.matches("reading paused until logarithmd catches up").count();
+    let pauses = log
+        .matches("reading paused until logarithmd catches up")
+        .count();
     ensure!(gauge(&agent, "antilog_reading_paused").await? == 0.0);
     docker::remove(&docker, &id).await;
     println!(

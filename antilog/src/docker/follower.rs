@@ -13,6 +13,7 @@
 //! sent again. This relies on Docker's timestamps not going backwards in its log, which
 //! holds except for rare sub-millisecond inversions between stdout and stderr.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ const RESTART_BOUNDARY_NS: i64 = 50_000_000;
 const FINAL_READ_ATTEMPTS: u32 = 3;
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Timestamps of the latest lines of a stream remembered to recognise a replay ([`Replays`]).
+const REPLAY_MEMORY: usize = 4096;
 
 /// What every follower shares.
 #[derive(Debug)]
@@ -150,6 +153,57 @@ impl Skip {
     }
 }
 
+/// Lines Docker sends again within one stream. With json-file and `max-size`, Docker
+/// 20.10's follow stream sends the last few hundred lines before a rotation a second time
+/// (tests/tests/reliability.rs met it; `docker logs -f` shows it too). A copy keeps its
+/// original timestamp, so it is older than the newest line of its stream, which a new line
+/// never is (Docker stamps each stream in order). A line older than the newest whose exact
+/// timestamp is among the last [`REPLAY_MEMORY`] of its stream starts a replay: it and the
+/// lines after it are skipped until the stream passes the newest line, as when resuming
+/// ([`Skip`]). An older timestamp never seen (the clock stepped back) is a new line.
+#[derive(Debug, Default)]
+struct Replays {
+    recent: VecDeque<i64>,
+    newest: i64,
+    at_newest: u32,
+    skip: Option<Skip>,
+}
+
+impl Replays {
+    /// Whether the line starting with a piece stamped `ts` is a copy of one already read.
+    fn is_copy(&mut self, ts: i64) -> bool {
+        if let Some(skip) = self.skip.as_mut() {
+            if skip.should_skip(ts) {
+                return true;
+            }
+            self.skip = None;
+        } else if ts < self.newest && self.recent.contains(&ts) {
+            info!(
+                copy_ts = ts,
+                newest_ts = self.newest,
+                "Docker sent lines again; skipping the copies"
+            );
+            self.skip = Some(Skip {
+                active: true,
+                ts: self.newest,
+                remaining: self.at_newest,
+            });
+            return true;
+        }
+        if ts == self.newest && !self.recent.is_empty() {
+            self.at_newest = self.at_newest.saturating_add(1);
+        } else {
+            self.newest = ts;
+            self.at_newest = 1;
+        }
+        if self.recent.len() == REPLAY_MEMORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ts);
+        false
+    }
+}
+
 struct Follower {
     shared: Arc<Shared>,
     id: Arc<str>,
@@ -168,6 +222,8 @@ struct Follower {
     skip: Skip,
     /// Per stream (stdout, stderr): the current line is being skipped.
     skipping: [bool; 2],
+    /// Per stream: lines Docker sends twice.
+    replays: [Replays; 2],
     /// Lines with a later timestamp are not this run's (see [`run_limit`]).
     limit_ts: Option<i64>,
     /// Counts the container as followed once the filter has accepted it.
@@ -197,6 +253,7 @@ pub async fn follow(
         assembler: None,
         skip: Skip::from(&entry.pos),
         skipping: [false; 2],
+        replays: Default::default(),
         limit_ts: None,
         followed: None,
     };
@@ -546,6 +603,7 @@ impl Follower {
         self.next_seq = self.pos.seq + 1;
         self.skip = Skip::from(&self.pos);
         self.skipping = [false; 2];
+        self.replays = Default::default();
         self.assembler = Some(Assembler::new(tty, self.shared.max_line_bytes));
         let since = self.pos.since_secs();
         debug!(since, from_seq = self.next_seq, follow, "reading log");
@@ -628,7 +686,8 @@ impl Follower {
             if p.first {
                 let delivered = self.skip.should_skip(p.ts);
                 let later = self.limit_ts.is_some_and(|l| p.ts > l);
-                self.skipping[s] = delivered || later;
+                let copy = !delivered && !later && self.replays[s].is_copy(p.ts);
+                self.skipping[s] = delivered || later || copy;
             }
             if self.skipping[s] {
                 continue;
@@ -729,5 +788,30 @@ mod tests {
         assert_eq!(got, vec![true, true, true, false, false, false]);
         let mut s = Skip::from(&Position::default());
         assert!(!s.should_skip(0));
+    }
+
+    #[test]
+    fn replays_drop_copies_only() {
+        let mut r = Replays::default();
+        // 1..=5 read, 5 twice (equal timestamps); then Docker sends 3, 4, 5, 5 again and
+        // goes on with 6, 6, 7; then 2 and 1 again.
+        let got: Vec<bool> = [1, 2, 3, 4, 5, 5, 3, 4, 5, 5, 6, 6, 7, 2, 1]
+            .into_iter()
+            .map(|ts| r.is_copy(ts * 10))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                false, false, false, false, false, false, true, true, true, true, false, false,
+                false, true, true
+            ]
+        );
+        // The clock stepped back: 15 and 16 were never seen, so they are new lines.
+        let mut r = Replays::default();
+        let got: Vec<bool> = [10, 20, 15, 16, 20, 25]
+            .into_iter()
+            .map(|ts| r.is_copy(ts))
+            .collect();
+        assert_eq!(got, vec![false, false, false, false, false, false]);
     }
 }

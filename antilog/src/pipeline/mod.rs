@@ -1,6 +1,7 @@
 //! From followers to logarithmd, in order: followers push [`Item`]s into one bounded
-//! channel; the [`batcher`] groups them into [`OutBatch`]es; the [`shipper`] POSTs them one
-//! at a time and, on acknowledgement, applies their checkpoint effects.
+//! channel; the [`batcher`] groups them into [`OutBatch`]es; the spool
+//! ([`crate::spool::run_writer`]) makes them durable and then applies their checkpoint
+//! effects; the [`shipper`] POSTs the spooled batches one at a time until acknowledged.
 
 pub mod batcher;
 pub mod shipper;
@@ -32,7 +33,7 @@ pub enum ItemKind {
     Forget,
 }
 
-/// A batch ready to send, with what its acknowledgement does to the checkpoint.
+/// A batch ready to spool, with what spooling it durably does to the checkpoint.
 #[derive(Debug)]
 pub struct OutBatch {
     pub batch: Batch,

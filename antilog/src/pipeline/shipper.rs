@@ -15,15 +15,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use protocol::{Batch, ErrorBody, IngestAck};
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::StatusCode;
 use crate::backoff::Backoff;
 use crate::config::{Compression, Config};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::{Metrics, ShipFailure};
 use crate::spool;
+use bytes::Bytes;
+use protocol::{Batch, ErrorBody, IngestAck};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);

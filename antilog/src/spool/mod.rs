@@ -185,7 +185,11 @@ pub fn open(
     let mut ids = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| io_err(format!("cannot list {}", dir.display()), e))?;
-        if let Some(id) = entry.file_name().to_str().and_then(segment::parse_segment_name) {
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_segment_name)
+        {
             ids.push(id);
         }
     }
@@ -437,7 +441,10 @@ impl SpoolWriter {
             io_err(
                 format!(
                     "cannot fsync {}",
-                    self.shared.dir.join(segment::segment_name(self.id)).display()
+                    self.shared
+                        .dir
+                        .join(segment::segment_name(self.id))
+                        .display()
                 ),
                 e,
             )
@@ -537,7 +544,10 @@ impl SpoolReader {
                 }
             };
             if self.at.offset < seg.durable {
-                let Cursor { segment: id, offset } = self.at;
+                let Cursor {
+                    segment: id,
+                    offset,
+                } = self.at;
                 let file = self.open(id)?;
                 let read = segment::read_frame(file, offset, seg.durable)
                     .map_err(|e| io_err(format!("cannot read {}", self.path(id).display()), e))?;
@@ -594,8 +604,8 @@ impl SpoolReader {
     fn open(&mut self, id: u64) -> Result<&File, Error> {
         if self.file.as_ref().map(|(i, _)| *i) != Some(id) {
             let path = self.path(id);
-            let f =
-                File::open(&path).map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
+            let f = File::open(&path)
+                .map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
             self.file = Some((id, f));
         }
         match &self.file {
@@ -822,7 +832,8 @@ pub async fn run_writer(
         }
         pending.extend(out.effects);
         let unsynced = lock(&w).unsynced();
-        if unsynced >= SYNC_MAX_BYTES || first_unsynced.is_some_and(|t| t.elapsed() >= SYNC_MAX_DELAY)
+        if unsynced >= SYNC_MAX_BYTES
+            || first_unsynced.is_some_and(|t| t.elapsed() >= SYNC_MAX_DELAY)
         {
             if !sync_and_apply(&w, &store, &mut pending, &stop).await {
                 return;

@@ -152,7 +152,9 @@ pub fn read_frame(file: &File, offset: u64, end: u64) -> std::io::Result<ReadOut
     }
     let mut header = [0u8; FRAME_HEADER_LEN as usize];
     file.read_exact_at(&mut header, offset)?;
-    let len = u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
+    let len = u64::from(u32::from_le_bytes([
+        header[0], header[1], header[2], header[3],
+    ]));
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len < META_LEN as u64 || len > MAX_PAYLOAD {
         return Ok(ReadOutcome::Bad(Damage::Corrupt(format!(
@@ -166,7 +168,9 @@ pub fn read_frame(file: &File, offset: u64, end: u64) -> std::io::Result<ReadOut
     let mut payload = vec![0u8; len as usize];
     file.read_exact_at(&mut payload, offset + FRAME_HEADER_LEN)?;
     if crc32fast::hash(&payload) != crc {
-        return Ok(ReadOutcome::Bad(Damage::Corrupt("checksum mismatch".into())));
+        return Ok(ReadOutcome::Bad(Damage::Corrupt(
+            "checksum mismatch".into(),
+        )));
     }
     if payload[0] != FRAME_VERSION {
         return Ok(ReadOutcome::Bad(Damage::Corrupt(format!(
@@ -246,7 +250,9 @@ pub fn is_torn_tail(file: &File, scan: &Scan, len: u64) -> std::io::Result<bool>
                 return Ok(true);
             }
             file.read_exact_at(&mut header, scan.valid_end)?;
-            let n = u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
+            let n = u64::from(u32::from_le_bytes([
+                header[0], header[1], header[2], header[3],
+            ]));
             Ok(scan.valid_end + FRAME_HEADER_LEN + n == len)
         }
     }
@@ -338,7 +344,10 @@ mod tests {
         };
         assert!(b.body.is_empty());
         assert_eq!(end, len);
-        assert!(matches!(read_frame(&f, end, len).unwrap(), ReadOutcome::End));
+        assert!(matches!(
+            read_frame(&f, end, len).unwrap(),
+            ReadOutcome::End
+        ));
         assert!(matches!(
             read_frame(&f, next, len - 1).unwrap(),
             ReadOutcome::Bad(Damage::Truncated)

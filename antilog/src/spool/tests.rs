@@ -226,7 +226,10 @@ fn corrupt_frame_is_reported_by_file_name_and_the_rest_of_its_segment_skipped() 
         .iter()
         .find(|(_, fr)| fr.first().map(|f| f.0) == Some(4))
         .expect("a segment starting with frame 4");
-    assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(
+        frames.iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     // Flip one byte in the body of frame 5.
     let path = dir.path().join(victim);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -237,7 +240,8 @@ fn corrupt_frame_is_reported_by_file_name_and_the_rest_of_its_segment_skipped() 
     assert_eq!(drain(&mut r), vec![1, 2, 3, 4, 7, 8, 9]);
     let text = logs.text();
     assert!(
-        text.contains("ERROR") && text.contains(&format!("corrupt spool segment {}", path.display())),
+        text.contains("ERROR")
+            && text.contains(&format!("corrupt spool segment {}", path.display())),
         "the error names the file: {text}"
     );
     assert!(text.contains("checksum mismatch"), "{text}");
@@ -256,7 +260,10 @@ fn segment_without_header_is_set_aside() {
     let (w, mut r) = open_in(dir.path(), BIG);
     assert_eq!(drain(&mut r), vec![1]);
     assert!(!bogus.exists());
-    assert!(dir.path().join(format!("{}.corrupt", segment::segment_name(7))).exists());
+    assert!(dir
+        .path()
+        .join(format!("{}.corrupt", segment::segment_name(7)))
+        .exists());
     assert!(logs.text().contains(&bogus.display().to_string()));
     // Set aside, it no longer counts; the writer's segment comes after it.
     assert!(segment_files(dir.path())
@@ -402,7 +409,10 @@ async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
     // The checkpoint covers whole durable batches only, and no more than the spool holds
     // (every frame the spool holds now is read below, before anything else is accepted).
     let spooled_seq = store.snapshot()[&*id].pos.seq;
-    assert!(spooled_seq >= 120 && spooled_seq % 40 == 0, "{spooled_seq}");
+    assert!(
+        spooled_seq >= 120 && spooled_seq.is_multiple_of(40),
+        "{spooled_seq}"
+    );
     let held: u64 = segment_files(&dir.path().join("spool"))
         .iter()
         .map(|name| {
@@ -416,7 +426,10 @@ async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
             n
         })
         .sum();
-    assert!(spooled_seq <= held, "checkpoint {spooled_seq} beyond the spool's {held}");
+    assert!(
+        spooled_seq <= held,
+        "checkpoint {spooled_seq} beyond the spool's {held}"
+    );
 
     // Deliver everything, checking order and content.
     let mut next_seq = 1;
@@ -441,7 +454,9 @@ async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
         .unwrap();
     assert!(reader.next().await.is_none(), "closed and delivered");
     assert_eq!(store.snapshot()[&*id].pos.seq, 400);
-    assert!(logs.text().contains("spool has room again: reading resumed"));
+    assert!(logs
+        .text()
+        .contains("spool has room again: reading resumed"));
     let stats = reader.shared().stats();
     assert!(!stats.full);
     assert!(stats.segments <= 2, "{stats:?}");
@@ -460,7 +475,13 @@ async fn stopping_while_full_drops_only_what_the_checkpoint_does_not_cover() {
     let shared = r.shared().clone();
     let (tx, rx) = mpsc::channel(1);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run_writer(rx, w, store.clone(), Compression::Zstd, stop.clone()));
+    let task = tokio::spawn(run_writer(
+        rx,
+        w,
+        store.clone(),
+        Compression::Zstd,
+        stop.clone(),
+    ));
     let id: Arc<str> = "c1".into();
     let feeder = tokio::spawn(async move {
         for b in 0..20u64 {
@@ -468,7 +489,8 @@ async fn stopping_while_full_drops_only_what_the_checkpoint_does_not_cover() {
             // Random-ish lines so zstd cannot shrink them to nothing.
             let mut ob = out_batch(&id, first..=first + 39, 0);
             for rec in &mut ob.batch.segments[0].records {
-                rec.text = Some(format!("{:x}", rec.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)).repeat(3));
+                rec.text =
+                    Some(format!("{:x}", rec.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)).repeat(3));
             }
             if tx.send(ob).await.is_err() {
                 return;

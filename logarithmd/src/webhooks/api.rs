@@ -145,7 +145,9 @@ pub struct DeliveryView {
     pub id: String,
     pub subscription_id: String,
     pub event: EventKind,
-    pub job_id: String,
+    /// The job of a `job.*` delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
     pub status: DeliveryStatus,
     pub attempt_count: u32,
     pub created_at: String,
@@ -164,7 +166,7 @@ impl DeliveryView {
             id: d.id.to_string(),
             subscription_id: d.subscription_id.to_string(),
             event: d.event,
-            job_id: d.job.id.to_string(),
+            job_id: d.job.as_ref().map(|j| j.id.to_string()),
             status: d.status,
             attempt_count: d.attempts,
             created_at: rfc3339(d.created_at),

@@ -1,0 +1,147 @@
+//! The flow engine inside logarithmd: the `engine` crate, fed and stored by logarithmd.
+//!
+//! The engine knows no HTTP and no database. logarithmd gives it:
+//! - [`store::DocumentRunStore`]: flows and runs as storage documents (namespaces `flows`
+//!   and `runs`), saved with compare-and-set;
+//! - [`results::EventResults`]: the job verdicts logarithmd commits, from the in-process
+//!   job events (`notify`), with storage as the lookup for missed ones;
+//! - [`announce::WebhookRunEvents`]: a finished run becomes a durable `flow.finished`
+//!   webhook delivery with one line per job;
+//! - [`runner::LabelledRunner`]: the Docker runner, adding the configured extra labels.
+//!
+//! [`run`] starts it under the shutdown token; until it is up (or when it is disabled, or
+//! Docker is unreachable) the flow routes (`api::flows`) answer 503.
+//!
+//! # Layout
+//! - [`config`]: the `[engine]` section.
+//! - [`store`], [`results`], [`announce`], [`runner`]: the adapters above.
+//! - [`view`]: the JSON shapes of flows and runs, shared by the API and `flow.finished`.
+
+pub mod announce;
+pub mod config;
+pub mod results;
+pub mod runner;
+pub mod store;
+pub mod view;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use engine::runner::docker::DockerRunner;
+use engine::{Engine, JobRunner};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::EngineSettings;
+
+/// The running engine, once it is up. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct EngineHandle(Arc<OnceLock<Engine>>);
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("running", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl EngineHandle {
+    /// The engine, if it runs.
+    pub fn get(&self) -> Option<&Engine> {
+        self.0.get()
+    }
+
+    fn set(&self, engine: Engine) {
+        // Set once per process; a second set cannot happen (one `run` per serve).
+        let _ = self.0.set(engine);
+    }
+}
+
+/// What [`run`] needs from logarithmd.
+pub struct Wiring {
+    pub settings: EngineSettings,
+    pub storage: Arc<dyn storage::Storage>,
+    pub events: crate::notify::JobEvents,
+    pub webhook_wake: Arc<Notify>,
+    pub public_url: String,
+    pub handle: EngineHandle,
+}
+
+/// Connects to Docker, starts the engine (retrying while storage is unavailable), makes it
+/// reachable through the handle, and drives it until `shutdown`. Returns at once when the
+/// engine is disabled or Docker cannot be reached (flow routes then answer 503).
+pub async fn run(w: Wiring, shutdown: CancellationToken) {
+    if !w.settings.enabled {
+        tracing::info!("flow engine disabled ([engine] enabled = false)");
+        return;
+    }
+    let docker = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = DockerRunner::connect() => r,
+    };
+    let docker = match docker {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "flow engine not started: Docker is unreachable; flow routes answer 503");
+            return;
+        }
+    };
+    let runner: Arc<dyn JobRunner> = Arc::new(runner::LabelledRunner::new(
+        Arc::new(docker),
+        w.settings.extra_labels.clone(),
+    ));
+    let store = Arc::new(store::DocumentRunStore::new(w.storage.clone()));
+    let announcer = Arc::new(announce::WebhookRunEvents::new(
+        w.storage.clone(),
+        w.webhook_wake.clone(),
+        w.public_url.clone(),
+    ));
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        // Subscribed before the engine reconciles, so no verdict falls between its lookups
+        // and the first notice.
+        let results = Box::new(results::EventResults::new(
+            w.events.subscribe(),
+            w.storage.clone(),
+        ));
+        let started = Engine::start(
+            w.settings.engine_config(),
+            runner.clone(),
+            store.clone(),
+            results,
+            announcer.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        match started {
+            Ok((engine, task)) => {
+                tracing::info!(runner = runner.kind(), "flow engine started");
+                w.handle.set(engine);
+                if task.await.is_err() {
+                    tracing::error!("the flow engine panicked");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "flow engine cannot start yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Maps a storage failure to the engine's kinds: transient stays transient.
+pub(crate) fn engine_error(context: &str, e: storage::Error) -> engine::Error {
+    let kind = match e.kind() {
+        storage::ErrorKind::Unavailable => engine::ErrorKind::Unavailable,
+        storage::ErrorKind::Timeout => engine::ErrorKind::Timeout,
+        storage::ErrorKind::Invalid => engine::ErrorKind::Invalid,
+        storage::ErrorKind::Corrupt | storage::ErrorKind::Internal => engine::ErrorKind::Internal,
+    };
+    engine::Error::with_source(kind, format!("{context}: {e}"), e)
+}
