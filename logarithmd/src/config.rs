@@ -59,6 +59,9 @@ pub struct Config {
     /// Webhook subscriptions and delivery settings.
     #[serde(default)]
     pub webhooks: crate::webhooks::WebhooksConfig,
+    /// The flow engine (`[engine]`).
+    #[serde(default)]
+    pub engine: crate::flows::EngineSettings,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             admin_token: None,
             public_url: None,
             webhooks: crate::webhooks::WebhooksConfig::default(),
+            engine: crate::flows::EngineSettings::default(),
         }
     }
 }
@@ -107,6 +111,7 @@ impl Config {
             }
         }
         self.webhooks.validate()?;
+        self.engine.validate()?;
         Ok(())
     }
 }

@@ -12,12 +12,15 @@
 //! - [`notify`]: in-process job events (the typed subscriber interface the flow engine
 //!   uses), published after each commit.
 //! - [`webhooks`]: signed, durable, retried webhook deliveries (outbox, dispatcher, API).
+//! - [`flows`]: the flow engine (`engine` crate) wired to storage, job events and
+//!   `flow.finished` webhooks; its routes are `api::flows`.
 //! - [`run`]: opens storage, starts the webhook dispatcher, serves until cancelled, drains
 //!   with a deadline.
 
 pub mod api;
 pub mod config;
 pub mod cout;
+pub mod flows;
 pub mod metrics;
 pub mod notify;
 pub mod webhooks;
@@ -81,7 +84,19 @@ pub async fn serve(
         None => format!("http://{addr}"),
     };
     let webhooks_config = config.webhooks.clone();
+    let engine_settings = config.engine.clone();
     let state = api::AppState::new(store.clone(), config);
+    let engine = tokio::spawn(flows::run(
+        flows::Wiring {
+            settings: engine_settings,
+            storage: store.clone(),
+            events: state.events.clone(),
+            webhook_wake: state.webhook_wake.clone(),
+            public_url: public_url.clone(),
+            handle: state.flows.clone(),
+        },
+        shutdown.clone(),
+    ));
     // Commits wake the dispatcher through the state's handle.
     let dispatcher = webhooks::dispatcher::Dispatcher::new(
         store,
@@ -104,6 +119,9 @@ pub async fn serve(
         let served = server.await;
         if dispatcher.await.is_err() {
             tracing::error!("the webhook dispatcher panicked");
+        }
+        if engine.await.is_err() {
+            tracing::error!("the flow engine task panicked");
         }
         served
     });

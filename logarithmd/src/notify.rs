@@ -1,5 +1,5 @@
-//! In-process notification of job events: the events webhooks announce (`job.started`,
-//! `job.finished`, later `flow.finished`), delivered to components inside logarithmd (the
+//! In-process notification of job events: the job events webhooks announce (`job.started`,
+//! `job.finished`), delivered to components inside logarithmd (the
 //! flow engine) without HTTP.
 //!
 //! - [`JobEvents`] is the hub. `AppState::notify` publishes to it only after `apply`

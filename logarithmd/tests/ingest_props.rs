@@ -370,7 +370,8 @@ fn model_matches_contract_examples() {
         value: v.into(),
         spaces: sp.map(str::to_owned),
     };
-    let cases: Vec<(Line, &[u8], Option<(&str, &str)>)> = vec![
+    type Case = (Line, &'static [u8], Option<(&'static str, &'static str)>);
+    let cases: Vec<Case> = vec![
         (
             out("CO_URL", "http://x/?a=b", [" ", " ", " "]),
             b"[COUT] CO_URL = http://x/?a=b",

@@ -111,8 +111,7 @@ pub(crate) fn validate_query(q: &DocumentQuery) -> Result<()> {
 }
 
 /// Columns in the order [`RawDocument`] is read.
-pub(crate) const DOC_COLUMNS: &str =
-    "namespace, id, version, active, body, created_at, updated_at";
+pub(crate) const DOC_COLUMNS: &str = "namespace, id, version, active, body, created_at, updated_at";
 
 /// Parameters: namespace, id.
 pub(crate) fn select_one_sql() -> String {

@@ -40,8 +40,8 @@ use std::sync::Arc;
 
 pub use documents::{Document, DocumentPut, DocumentQuery, Expected};
 pub use error::{Error, ErrorKind, Result};
-pub use webhook_events::EventWrite;
 pub use model::*;
+pub use webhook_events::EventWrite;
 pub use webhooks::{
     Attempt, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery,
     DeliveryHistory, DeliveryId, DeliveryStatus, EventKind, JobEvent, Subscription, SubscriptionId,

@@ -15,20 +15,20 @@ use mysql_async::{
     Value,
 };
 
+use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, Transition,
     TransitionKind, WriteBatch,
 };
-use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
 use crate::mysql_documents;
 use crate::mysql_webhooks;
-use crate::webhook_events::{self, EventWrite};
 use crate::shared::{
     self, chunk_by_size, line_chunks, list_jobs_sql, now_ns, outputs_by_name, placeholders,
     read_lines_sql, schema_too_new, validate, JobRow, Migration, Param, RawJob, JOB_INSERT,
     JOB_SELECT_COLUMNS, JOB_UPDATE,
 };
+use crate::webhook_events::{self, EventWrite};
 use crate::webhooks::{
     self as wh, ClaimRequest, ClaimedDelivery, Delivery, DeliveryHistory, DeliveryId, Subscription,
     SubscriptionId, SubscriptionSpec,

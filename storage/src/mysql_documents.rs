@@ -62,15 +62,21 @@ pub(crate) async fn put(conn: &mut Conn, put: &DocumentPut, now: i64) -> Result<
         };
         let written = match expected {
             Expected::Absent => {
-                let sql = format!("{} ON DUPLICATE KEY UPDATE version = version", docs::DOC_INSERT);
+                let sql = format!(
+                    "{} ON DUPLICATE KEY UPDATE version = version",
+                    docs::DOC_INSERT
+                );
                 conn.exec_drop(sql, positional(docs::insert_params(put, now)))
                     .await?;
                 // 1: inserted; 0: it exists (the no-op update changed nothing).
                 (conn.affected_rows() == 1).then_some(1)
             }
             Expected::Version(v) => {
-                conn.exec_drop(docs::DOC_UPDATE, positional(docs::update_params(put, v, now)))
-                    .await?;
+                conn.exec_drop(
+                    docs::DOC_UPDATE,
+                    positional(docs::update_params(put, v, now)),
+                )
+                .await?;
                 (conn.affected_rows() == 1).then_some(v + 1)
             }
             Expected::Any => None,

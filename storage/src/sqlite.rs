@@ -15,6 +15,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::Semaphore;
 
+use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, Transition,
@@ -24,7 +25,6 @@ use crate::shared::{
     self, list_jobs_sql, now_ns, outputs_by_name, placeholders, read_lines_sql, schema_too_new,
     validate, JobRow, Migration, Param, RawJob, JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE,
 };
-use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
 use crate::sqlite_documents;
 use crate::sqlite_webhooks;
 use crate::webhook_events::{self, EventWrite};

@@ -4,9 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use crate::documents::{
-    self as docs, Document, DocumentPut, DocumentQuery, Expected, RawDocument,
-};
+use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery, Expected, RawDocument};
 use crate::error::Result;
 use crate::sqlite::values;
 

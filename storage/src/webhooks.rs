@@ -47,8 +47,7 @@ pub enum EventKind {
     /// A job reached its verdict.
     #[serde(rename = "job.finished")]
     JobFinished,
-    /// A flow run finished. Declared so subscriptions can ask for it; emitted once the flow
-    /// engine exists.
+    /// A flow run finished (announced through [`crate::Storage::enqueue_event`]).
     #[serde(rename = "flow.finished")]
     FlowFinished,
 }

@@ -1072,10 +1072,10 @@ mod cases {
         let (a, b) = tokio::join!(open(&t.config), open(&t.config));
         let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
         let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
-        // Version 1 (jobs, lines) and 2 (webhooks), each applied once.
+        // Version 1 (jobs, lines), 2 (webhooks) and 3 (documents), each applied once.
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            2
+            3
         );
 
         let c = cid("mig");
@@ -1091,7 +1091,7 @@ mod cases {
         let again = t.open().await;
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            2
+            3
         );
         assert_eq!(job(&*again, id).await.line_count, 3);
         assert_eq!(seqs(&lines(&*again, id, 0, 10, None).await), vec![1, 2, 3]);
@@ -1376,7 +1376,12 @@ mod webhook_cases {
         let d = &d11[0].delivery;
         assert_eq!(
             (d.event, d.job.as_ref().map(|j| j.id), d.status, d.attempts),
-            (EventKind::JobFinished, Some(ida), DeliveryStatus::Pending, 0)
+            (
+                EventKind::JobFinished,
+                Some(ida),
+                DeliveryStatus::Pending,
+                0
+            )
         );
         assert_eq!(d.job.as_ref(), Some(fin));
         assert!(d11[0].attempts.is_empty());
@@ -1879,7 +1884,11 @@ mod document_cases {
             .await
             .expect("put");
         assert_eq!(missing, None);
-        let doc = s.get_document("runs", "a").await.expect("get").expect("doc");
+        let doc = s
+            .get_document("runs", "a")
+            .await
+            .expect("get")
+            .expect("doc");
         assert_eq!(
             (doc.version, doc.active, doc.body.as_str()),
             (2, true, r#"{"n":2}"#)
@@ -1899,7 +1908,11 @@ mod document_cases {
                 .expect("put"),
             Some(2)
         );
-        let f = s.get_document("flows", "f").await.expect("get").expect("doc");
+        let f = s
+            .get_document("flows", "f")
+            .await
+            .expect("get")
+            .expect("doc");
         assert_eq!((f.version, f.body.as_str()), (2, "\"two\""));
         // Namespaces are separate.
         assert_eq!(s.get_document("runs", "f").await.expect("get"), None);
@@ -1907,16 +1920,31 @@ mod document_cases {
         // Lists: newest first, active only, limited. Bodies with multi-byte text survive.
         for (id, active) in [("b", false), ("c", true), ("d", true)] {
             tokio::time::sleep(Duration::from_millis(2)).await;
-            s.put_document(&put("runs", id, active, r#"{"name":"é ✓"}"#, Expected::Absent))
-                .await
-                .expect("put");
+            s.put_document(&put(
+                "runs",
+                id,
+                active,
+                r#"{"name":"é ✓"}"#,
+                Expected::Absent,
+            ))
+            .await
+            .expect("put");
         }
-        let all = s.list_documents(&query("runs", false, 0)).await.expect("list");
+        let all = s
+            .list_documents(&query("runs", false, 0))
+            .await
+            .expect("list");
         assert_eq!(ids(&all), vec!["d", "c", "b", "a"]);
         assert_eq!(all[0].body, r#"{"name":"é ✓"}"#);
-        let active = s.list_documents(&query("runs", true, 0)).await.expect("list");
+        let active = s
+            .list_documents(&query("runs", true, 0))
+            .await
+            .expect("list");
         assert_eq!(ids(&active), vec!["d", "c", "a"]);
-        let limited = s.list_documents(&query("runs", true, 2)).await.expect("list");
+        let limited = s
+            .list_documents(&query("runs", true, 2))
+            .await
+            .expect("list");
         assert_eq!(ids(&limited), vec!["d", "c"]);
         // Finishing a document takes it out of the active list.
         let v = s
@@ -1924,7 +1952,10 @@ mod document_cases {
             .await
             .expect("put");
         assert_eq!(v, Some(3));
-        let active = s.list_documents(&query("runs", true, 0)).await.expect("list");
+        let active = s
+            .list_documents(&query("runs", true, 0))
+            .await
+            .expect("list");
         assert_eq!(ids(&active), vec!["d", "c"]);
         assert!(s
             .list_documents(&query("nothing", false, 0))
@@ -1939,7 +1970,13 @@ mod document_cases {
             put(&"n".repeat(65), "a", true, "{}", Expected::Any),
             put("runs", &"i".repeat(256), true, "{}", Expected::Any),
             put("runs", "a", true, "{}", Expected::Version(0)),
-            put("runs", "big", true, &"x".repeat((4 << 20) + 1), Expected::Any),
+            put(
+                "runs",
+                "big",
+                true,
+                &"x".repeat((4 << 20) + 1),
+                Expected::Any,
+            ),
         ] {
             let e = s.put_document(&bad).await.expect_err("invalid put");
             assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
@@ -1957,8 +1994,20 @@ mod document_cases {
         let mut wins = 0;
         let mut version = 1;
         for round in 0..10 {
-            let pa = put("runs", "r", true, &format!("\"a{round}\""), Expected::Version(version));
-            let pb = put("runs", "r", true, &format!("\"b{round}\""), Expected::Version(version));
+            let pa = put(
+                "runs",
+                "r",
+                true,
+                &format!("\"a{round}\""),
+                Expected::Version(version),
+            );
+            let pb = put(
+                "runs",
+                "r",
+                true,
+                &format!("\"b{round}\""),
+                Expected::Version(version),
+            );
             let (ra, rb) = tokio::join!(a.put_document(&pa), b.put_document(&pb));
             let (ra, rb) = (ra.expect("put a"), rb.expect("put b"));
             assert!(ra.is_none() || rb.is_none(), "round {round}: both won");
@@ -1968,7 +2017,11 @@ mod document_cases {
             wins += 1;
         }
         assert_eq!(wins, 10);
-        let doc = a.get_document("runs", "r").await.expect("get").expect("doc");
+        let doc = a
+            .get_document("runs", "r")
+            .await
+            .expect("get")
+            .expect("doc");
         assert_eq!(doc.version, 11);
         // Racing creates: exactly one wins.
         let pa = put("runs", "new", true, "1", Expected::Absent);

@@ -226,6 +226,13 @@ fn acks_in(log: &str) -> Acks {
     a
 }
 
+/// Times the agent met lines Docker sent twice in a follow stream (and skipped them).
+fn docker_replays(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("Docker sent lines again"))
+        .count()
+}
+
 /// Answers the agent logged as retried with HTTP 503.
 fn retried_503(log: &str) -> usize {
     strip_ansi(log)
@@ -339,11 +346,6 @@ async fn kills_during_stream(victim: Victim) -> Result<()> {
                 Victim::Daemon => daemon.proc.kill(),
             }
             let n = stored_lines(db.url()).await.context("count")?;
-            eprintln!(
-                "DEBUG kill {k}: stored {n}; checkpoint {}",
-                std::fs::read_to_string(agents.data.path().join("data/checkpoints.json"))
-                    .unwrap_or_default()
-            );
             ensure!(n < LONG_LINES, "kill {k}: everything was already stored");
             at_kill.push(n);
             // Down for a moment: the container keeps printing into Docker's log, and the
@@ -368,56 +370,23 @@ async fn kills_during_stream(victim: Victim) -> Result<()> {
         ensure!(job["status"] == "success", "{job}");
         let job_id = job["id"].as_str().context("id")?;
         let expected: Vec<String> = (1..=LONG_LINES).map(numbered_line).collect();
-        let v = match verify_log(&daemon, job_id, &expected).await {
-            Ok(v) => v,
-            Err(e) => {
-                let dl = docker::docker_lines(&docker, &id).await?;
-                let stored = daemon.all_lines(job_id).await?;
-                let mut seen = std::collections::HashSet::new();
-                let first_dup = stored
-                    .iter()
-                    .find(|l| !seen.insert(l["text"].as_str().unwrap_or("").to_owned()))
-                    .cloned();
-                eprintln!("DEBUG first dup {first_dup:?}");
-                for l in strip_ansi(&agents.logs()).lines().filter(|l| {
-                    l.contains("reading log")
-                        || l.contains("WARN")
-                        || l.contains("ERROR")
-                        || l.contains("starting")
-                        || l.contains("INFO")
-                }) {
-                    eprintln!("DEBUG agent {l}");
-                }
-                if let Some(fd) = first_dup {
-                    let t = fd["text"].as_str().unwrap_or("");
-                    let i = dl.iter().position(|d| d.line == t.as_bytes()).unwrap_or(0);
-                    for d in &dl[i.saturating_sub(5)..(i + 5).min(dl.len())] {
-                        eprintln!("DEBUG docker {} {}", d.ts, String::from_utf8_lossy(&d.line));
-                    }
-                    let seq = fd["seq"].as_u64().unwrap_or(0) as usize;
-                    for l in &stored[seq.saturating_sub(4)..(seq + 3).min(stored.len())] {
-                        eprintln!("DEBUG stored {l}");
-                    }
-                    let back: Vec<_> = stored.iter().filter(|l| l["text"] == t).collect();
-                    eprintln!("DEBUG copies {back:?}");
-                }
-                return Err(e);
-            }
-        };
+        let v = verify_log(&daemon, job_id, &expected).await?;
         ensure!(job["line_count"] == LONG_LINES, "{job}");
         ensure!(db.count("log_lines").await? == LONG_LINES);
         let dup_rows = duplicate_rows(db.url()).await?;
         ensure!(dup_rows == 0);
-        let acks = acks_in(&agents.logs());
+        let logs = agents.logs();
+        let acks = acks_in(&logs);
         eprintln!(
             "reliability: {victim:?} SIGKILLed x{KILLS}: lines={} expected={LONG_LINES} \
              duplicate_rows={dup_rows} seq_gaps=0 stored_at_kills={at_kill:?} \
-             acked_batches={} acked_stored={} acked_duplicates={} recover_ms={:?} \
-             checksum={} total={:.1}s",
+             acked_batches={} acked_stored={} acked_duplicates={} docker_replays_skipped={} \
+             recover_ms={:?} checksum={} total={:.1}s",
             v.lines,
             acks.batches,
             acks.stored,
             acks.duplicates,
+            docker_replays(&logs),
             ms(&recover),
             &v.checksum[..16],
             started.elapsed().as_secs_f64()
@@ -780,6 +749,30 @@ fn verdict(i: usize) -> (&'static str, i64, &'static str, &'static str, Value) {
     }
 }
 
+/// Most of `ids` running at the same moment, from Docker's start and finish times.
+async fn peak_running(docker: &bollard::Docker, ids: &[String]) -> Result<usize> {
+    let mut edges = Vec::new();
+    for id in ids {
+        let state = docker
+            .inspect_container(id, None)
+            .await?
+            .state
+            .context("state")?;
+        let at =
+            |t: Option<String>| -> Result<i64> { docker::parse_ts(t.as_deref().context("time")?) };
+        edges.push((at(state.started_at)?, 1i64));
+        edges.push((at(state.finished_at)?, -1));
+    }
+    // Finishes before starts at the same instant.
+    edges.sort();
+    let (mut now, mut peak) = (0i64, 0i64);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    Ok(peak as usize)
+}
+
 fn container_lines(i: usize) -> Vec<String> {
     let mut v: Vec<String> = (1..LINES_EACH).map(|n| format!("c{i} line {n}")).collect();
     v.push(verdict(i).0.to_owned());
@@ -799,10 +792,10 @@ async fn hundred_containers_at_once() -> Result<()> {
     let specs: Vec<(usize, Spec)> = (0..CONTAINERS)
         .map(|i| {
             let (last, code, ..) = verdict(i);
-            // Printed in 5 bursts over ~2 s, so the containers overlap.
+            // Printed in 10 bursts over ~14 s, so the containers overlap.
             let script = format!(
                 "seq 1 {} | awk '{{print \"c{i} line \" $1; \
-                 if ($1 % 200 == 0) {{ fflush(); system(\"sleep 0.4\") }}}}'; \
+                 if ($1 % 100 == 0) {{ fflush(); system(\"sleep 1.5\") }}}}'; \
                  echo '{last}'; exit {code}",
                 LINES_EACH - 1
             );
@@ -872,11 +865,13 @@ async fn hundred_containers_at_once() -> Result<()> {
         let dup_rows = duplicate_rows(db.url()).await?;
         ensure!(dup_rows == 0);
         let acks = acks_in(&agents.logs());
+        let peak = peak_running(&docker, &ids).await?;
         eprintln!(
             "reliability: {CONTAINERS} containers x {LINES_EACH} lines: lines={total} \
              expected={expected} duplicate_rows={dup_rows} seq_gaps=0 \
              jobs_right={CONTAINERS}/{CONTAINERS} outcomes={outcomes:?} \
-             acked_batches={} acked_duplicates={} started_within={:.1}s total={:.1}s",
+             acked_batches={} acked_duplicates={} started_within={:.1}s \
+             peak_running_at_once={peak} total={:.1}s",
             acks.batches,
             acks.duplicates,
             start_window.as_secs_f64(),

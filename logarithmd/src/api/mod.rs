@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, authentication and health.
 
 pub mod error;
+pub mod flows;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub events: JobEvents,
     /// Woken after a commit that may have written webhook deliveries.
     pub webhook_wake: Arc<Notify>,
+    /// The flow engine, once it runs (see [`crate::flows`]).
+    pub flows: crate::flows::EngineHandle,
 }
 
 impl AppState {
@@ -54,6 +57,7 @@ impl AppState {
             ingest_gate: Arc::new(gate),
             events: JobEvents::default(),
             webhook_wake: Arc::new(Notify::new()),
+            flows: crate::flows::EngineHandle::default(),
         }
     }
 
@@ -116,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .merge(crate::webhooks::api::routes())
+        .merge(flows::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(

@@ -47,7 +47,9 @@ impl EngineSettings {
                 ));
             }
             if v.len() > 512 {
-                return Err(format!("engine.extra_labels: the value of {k:?} is too long"));
+                return Err(format!(
+                    "engine.extra_labels: the value of {k:?} is too long"
+                ));
             }
         }
         if self.reconcile_every < Duration::from_millis(100) {

@@ -52,9 +52,10 @@ impl EngineHandle {
         self.0.get()
     }
 
-    fn set(&self, engine: Engine) {
-        // Set once per process; a second set cannot happen (one `run` per serve).
-        let _ = self.0.set(engine);
+    /// Makes `engine` reachable (once; `false` if one was set already). [`run`] does this;
+    /// embedders that start an engine of their own (tests) call it themselves.
+    pub fn set(&self, engine: Engine) -> bool {
+        self.0.set(engine).is_ok()
     }
 }
 
@@ -117,7 +118,9 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
         match started {
             Ok((engine, task)) => {
                 tracing::info!(runner = runner.kind(), "flow engine started");
-                w.handle.set(engine);
+                if !w.handle.set(engine) {
+                    tracing::error!("a flow engine was already running; this one is not served");
+                }
                 if task.await.is_err() {
                     tracing::error!("the flow engine panicked");
                 }

@@ -9,7 +9,7 @@ use crate::api::query::{rfc3339, JobView};
 /// The body of every delivery.
 #[derive(Debug, Serialize)]
 pub struct Payload {
-    /// The event type: `job.started`, `job.finished` (later `flow.finished`).
+    /// The event type: `job.started`, `job.finished`, `flow.finished`.
     #[serde(rename = "type")]
     pub event: &'static str,
     /// The delivery id (also in `webhook-id`), a decimal string.
@@ -20,21 +20,32 @@ pub struct Payload {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Data {
-    /// The job as committed with the event, shaped as `GET /api/v1/jobs/{id}` shows it,
-    /// with an absolute `logs_url`.
-    pub job: JobView,
+#[serde(untagged)]
+pub enum Data {
+    /// `job.*`: `{"job": …}`, the job as committed with the event, shaped as
+    /// `GET /api/v1/jobs/{id}` shows it, with an absolute `logs_url`.
+    Job { job: Box<JobView> },
+    /// Other events (`flow.finished`: `{"run": …}`): the data stored when the event was
+    /// announced.
+    Event(serde_json::Value),
 }
 
 /// The payload of a delivery; `public_url` is logarithmd's externally visible base URL.
 pub fn build(delivery: &Delivery, public_url: &str) -> Payload {
-    let mut job = JobView::from_job(delivery.job.clone());
-    job.logs_url = format!("{}{}", public_url.trim_end_matches('/'), job.logs_url);
+    let data = match (&delivery.job, &delivery.data) {
+        (Some(job), _) => {
+            let mut job = JobView::from_job(job.clone());
+            job.logs_url = format!("{}{}", public_url.trim_end_matches('/'), job.logs_url);
+            Data::Job { job: Box::new(job) }
+        }
+        (None, Some(data)) => Data::Event(data.clone()),
+        (None, None) => Data::Event(serde_json::Value::Null),
+    };
     Payload {
         event: delivery.event.as_str(),
         delivery_id: delivery.id.to_string(),
         timestamp: rfc3339(delivery.created_at),
-        data: Data { job },
+        data,
     }
 }
 

@@ -1,0 +1,274 @@
+//! `/api/v1/flows` and `/api/v1/runs`: register flows, start and steer runs, read them.
+//! Reads are open like the job API; changes (registering, starting, approving, rejecting,
+//! cancelling) need `Authorization: Bearer <admin_token>`, since a flow runs containers.
+//! While the flow engine is not running every route answers 503.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::{Engine, ErrorKind, RunQuery, Status};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::AppState;
+use crate::flows::view::{FlowView, RunView};
+
+const DEFAULT_RUN_PAGE: u32 = 50;
+const MAX_RUN_PAGE: u32 = 500;
+
+/// The routes, to merge into the API router.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/flows", post(register_flow).get(list_flows))
+        .route("/api/v1/flows/{name}", get(get_flow))
+        .route("/api/v1/flows/{name}/runs", post(start_run))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{id}", get(get_run))
+        .route("/api/v1/runs/{id}/approve", post(approve))
+        .route("/api/v1/runs/{id}/reject", post(reject))
+        .route("/api/v1/runs/{id}/cancel", post(cancel))
+}
+
+fn engine_of(state: &AppState) -> ApiResult<&Engine> {
+    state.flows.get().ok_or_else(|| {
+        ApiError::overloaded(
+            "the flow engine is not running (disabled, Docker unreachable, or starting)",
+            5,
+        )
+    })
+}
+
+fn check_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(expected) = state.config.admin_token.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "changing flows and runs needs an admin_token, and none is configured",
+        ));
+    };
+    let presented = headers
+        .get(protocol::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+/// Maps an engine failure: the kind decides the status.
+fn engine_error(context: &str, e: &engine::Error) -> ApiError {
+    match e.kind() {
+        ErrorKind::Invalid => ApiError::bad_request("invalid", e.message()),
+        ErrorKind::NotFound => ApiError::not_found(e.message()),
+        ErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", e.message()),
+        ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Stopped => {
+            tracing::warn!(error = %e, "{context}");
+            ApiError::overloaded("the flow engine cannot do this now; retry later", 2)
+        }
+        ErrorKind::Internal => ApiError::internal(context, e),
+    }
+}
+
+/// `POST /api/v1/flows`: the body is the flow file (YAML). 201 when new, 200 when it
+/// replaced a flow of the same name; 400 naming every problem (line and field), and then
+/// nothing is registered.
+async fn register_flow(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check_admin(&state, &headers)?;
+    let engine = engine_of(&state)?;
+    let source = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid", "the flow file must be UTF-8 text"))?;
+    let flow = engine
+        .register_flow(source)
+        .await
+        .map_err(|e| engine_error("cannot register a flow", &e))?;
+    let status = if flow.created_at == flow.updated_at {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    tracing::info!(flow = %flow.name, "flow registered");
+    Ok((status, Json(FlowView::new(&flow, false))))
+}
+
+async fn list_flows(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let engine = engine_of(&state)?;
+    let flows = engine
+        .list_flows()
+        .await
+        .map_err(|e| engine_error("cannot list flows", &e))?;
+    let flows: Vec<FlowView> = flows.iter().map(|f| FlowView::new(f, false)).collect();
+    Ok(Json(serde_json::json!({ "flows": flows })))
+}
+
+async fn get_flow(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let engine = engine_of(&state)?;
+    let flow = engine
+        .get_flow(&name)
+        .await
+        .map_err(|e| engine_error("cannot read a flow", &e))?
+        .ok_or_else(|| ApiError::not_found(format!("no flow {name}")))?;
+    Ok(Json(FlowView::new(&flow, true)))
+}
+
+/// What `POST /api/v1/flows/{name}/runs` may take (the body is optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRun {
+    /// Replaces `CO_DATA` for every job of the run.
+    #[serde(default)]
+    co_data: Option<String>,
+}
+
+fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid", format!("invalid JSON body: {e}")))
+}
+
+async fn start_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check_admin(&state, &headers)?;
+    let engine = engine_of(&state)?;
+    let req: StartRun = optional_json(&body)?;
+    let run = engine
+        .start_run(&name, req.co_data)
+        .await
+        .map_err(|e| engine_error("cannot start a run", &e))?;
+    Ok((StatusCode::CREATED, Json(RunView::new(&run))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsParams {
+    #[serde(default)]
+    flow: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(p): Query<RunsParams>,
+) -> ApiResult<impl IntoResponse> {
+    let engine = engine_of(&state)?;
+    let status = match p.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid",
+                format!("unknown status {s:?}: pending, running, success, failure, timeout or cancelled"),
+            )
+        })?),
+    };
+    let limit = p.limit.unwrap_or(DEFAULT_RUN_PAGE);
+    if limit == 0 || limit > MAX_RUN_PAGE {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("limit must be 1 to {MAX_RUN_PAGE}"),
+        ));
+    }
+    let runs = engine
+        .list_runs(&RunQuery {
+            flow: p.flow,
+            status,
+            limit,
+        })
+        .await
+        .map_err(|e| engine_error("cannot list runs", &e))?;
+    let runs: Vec<RunView> = runs.iter().map(RunView::new).collect();
+    Ok(Json(serde_json::json!({ "runs": runs })))
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let engine = engine_of(&state)?;
+    let run = engine
+        .get_run(&id)
+        .await
+        .map_err(|e| engine_error("cannot read a run", &e))?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    Ok(Json(RunView::new(&run)))
+}
+
+/// The optional body of approve (`by`), reject and cancel (`reason`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check_admin(&state, &headers)?;
+    let engine = engine_of(&state)?;
+    let d: Decision = optional_json(&body)?;
+    let run = engine
+        .approve(&id, d.by)
+        .await
+        .map_err(|e| engine_error("cannot approve a run", &e))?;
+    Ok(Json(RunView::new(&run)))
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check_admin(&state, &headers)?;
+    let engine = engine_of(&state)?;
+    let d: Decision = optional_json(&body)?;
+    let run = engine
+        .reject(&id, d.reason)
+        .await
+        .map_err(|e| engine_error("cannot reject a run", &e))?;
+    Ok(Json(RunView::new(&run)))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check_admin(&state, &headers)?;
+    let engine = engine_of(&state)?;
+    let d: Decision = optional_json(&body)?;
+    let run = engine
+        .cancel(&id, d.reason)
+        .await
+        .map_err(|e| engine_error("cannot cancel a run", &e))?;
+    Ok(Json(RunView::new(&run)))
+}

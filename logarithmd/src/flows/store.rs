@@ -1,0 +1,220 @@
+//! [`RunStore`] over storage's generic documents: flows in namespace `flows` (keyed by
+//! name), runs in namespace `runs` (keyed by id, `active` while the engine has work for
+//! them). Bodies are JSON of the engine's own types.
+
+use std::sync::Arc;
+
+use engine::{Error, Result, Run, RunQuery, RunStore, StoredFlow};
+use storage::{DocumentPut, DocumentQuery, Expected, Storage};
+
+use super::engine_error;
+
+/// Namespace of flows.
+pub const FLOWS: &str = "flows";
+/// Namespace of runs.
+pub const RUNS: &str = "runs";
+
+pub struct DocumentRunStore {
+    storage: Arc<dyn Storage>,
+}
+
+impl DocumentRunStore {
+    pub fn new(storage: Arc<dyn Storage>) -> DocumentRunStore {
+        DocumentRunStore { storage }
+    }
+
+    async fn list(
+        &self,
+        namespace: &str,
+        active_only: bool,
+        limit: u32,
+    ) -> Result<Vec<storage::Document>> {
+        self.storage
+            .list_documents(&DocumentQuery {
+                namespace: namespace.to_owned(),
+                active_only,
+                limit,
+            })
+            .await
+            .map_err(|e| engine_error("cannot list documents", e))
+    }
+}
+
+fn corrupt(what: &str, id: &str, e: serde_json::Error) -> Error {
+    Error::new(
+        engine::ErrorKind::Internal,
+        format!("stored {what} {id} cannot be read: {e}"),
+    )
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| {
+        Error::new(
+            engine::ErrorKind::Internal,
+            format!("cannot encode {what}: {e}"),
+        )
+    })
+}
+
+fn run_of(doc: &storage::Document) -> Result<(Run, u64)> {
+    let run: Run = serde_json::from_str(&doc.body).map_err(|e| corrupt("run", &doc.id, e))?;
+    Ok((run, doc.version))
+}
+
+#[async_trait::async_trait]
+impl RunStore for DocumentRunStore {
+    async fn put_flow(&self, flow: &StoredFlow) -> Result<()> {
+        let put = DocumentPut {
+            namespace: FLOWS.into(),
+            id: flow.name.clone(),
+            active: false,
+            body: to_json("flow", flow)?,
+            expected: Expected::Any,
+        };
+        match self.storage.put_document(&put).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Error::conflict(format!(
+                "flow {} changed while it was being saved; try again",
+                flow.name
+            ))),
+            Err(e) => Err(engine_error("cannot save the flow", e)),
+        }
+    }
+
+    async fn get_flow(&self, name: &str) -> Result<Option<StoredFlow>> {
+        let doc = self
+            .storage
+            .get_document(FLOWS, name)
+            .await
+            .map_err(|e| engine_error("cannot read the flow", e))?;
+        doc.map(|d| serde_json::from_str(&d.body).map_err(|e| corrupt("flow", &d.id, e)))
+            .transpose()
+    }
+
+    async fn list_flows(&self) -> Result<Vec<StoredFlow>> {
+        let mut flows = self
+            .list(FLOWS, false, 0)
+            .await?
+            .iter()
+            .map(|d| serde_json::from_str(&d.body).map_err(|e| corrupt("flow", &d.id, e)))
+            .collect::<Result<Vec<StoredFlow>>>()?;
+        flows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(flows)
+    }
+
+    async fn put_run(&self, run: &Run, version: u64) -> Result<u64> {
+        let put = DocumentPut {
+            namespace: RUNS.into(),
+            id: run.id.clone(),
+            active: run.is_active(),
+            body: to_json("run", run)?,
+            expected: match version {
+                0 => Expected::Absent,
+                v => Expected::Version(v),
+            },
+        };
+        match self.storage.put_document(&put).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(Error::conflict(format!(
+                "run {} is no longer at version {version}",
+                run.id
+            ))),
+            Err(e) => Err(engine_error("cannot save the run", e)),
+        }
+    }
+
+    async fn get_run(&self, id: &str) -> Result<Option<(Run, u64)>> {
+        if id.is_empty() || id.len() > storage::documents::DOCUMENT_ID_MAX {
+            return Ok(None);
+        }
+        let doc = self
+            .storage
+            .get_document(RUNS, id)
+            .await
+            .map_err(|e| engine_error("cannot read the run", e))?;
+        doc.as_ref().map(run_of).transpose()
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<Run>> {
+        // Filters look inside the body, so with one the limit applies after filtering.
+        let filtered = query.flow.is_some() || query.status.is_some();
+        let limit = if filtered { 0 } else { query.limit };
+        let mut runs = Vec::new();
+        for doc in self.list(RUNS, false, limit).await? {
+            let (run, _) = run_of(&doc)?;
+            if query.flow.as_ref().is_some_and(|f| *f != run.flow_name)
+                || query.status.is_some_and(|s| s != run.status)
+            {
+                continue;
+            }
+            runs.push(run);
+            if query.limit > 0 && runs.len() >= query.limit as usize {
+                break;
+            }
+        }
+        Ok(runs)
+    }
+
+    async fn active_runs(&self) -> Result<Vec<(Run, u64)>> {
+        self.list(RUNS, true, 0).await?.iter().map(run_of).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLOW: &str = include_str!("../../../examples/demo.yaml");
+
+    async fn store() -> DocumentRunStore {
+        let s = storage::open(&storage::StorageConfig::new("sqlite::memory:"))
+            .await
+            .expect("open");
+        DocumentRunStore::new(s)
+    }
+
+    #[tokio::test]
+    async fn flows_and_runs_round_trip_with_compare_and_set() {
+        let s = store().await;
+        let flow = engine::Flow::from_yaml(FLOW).expect("flow");
+        let stored = StoredFlow {
+            name: flow.name(),
+            source: FLOW.into(),
+            flow: flow.clone(),
+            created_at: 1,
+            updated_at: 2,
+        };
+        s.put_flow(&stored).await.expect("put flow");
+        s.put_flow(&stored).await.expect("put flow again");
+        assert_eq!(
+            s.get_flow(&stored.name).await.expect("get"),
+            Some(stored.clone())
+        );
+        assert_eq!(s.list_flows().await.expect("list"), vec![stored]);
+
+        let mut run = Run::new("r1".into(), flow, Some("data".into()), 10);
+        run.apply(engine::run::Event::Start, 11).expect("start");
+        let v = s.put_run(&run, 0).await.expect("put run");
+        assert_eq!(v, 1);
+        let err = s.put_run(&run, 0).await.expect_err("second create");
+        assert_eq!(err.kind(), engine::ErrorKind::Conflict);
+        let (back, v) = s.get_run("r1").await.expect("get").expect("run");
+        assert_eq!((back, v), (run.clone(), 1));
+        assert_eq!(s.put_run(&run, 1).await.expect("cas"), 2);
+        let err = s.put_run(&run, 1).await.expect_err("stale");
+        assert_eq!(err.kind(), engine::ErrorKind::Conflict);
+        assert_eq!(s.active_runs().await.expect("active").len(), 1);
+        let q = RunQuery {
+            flow: Some("nope".into()),
+            ..RunQuery::default()
+        };
+        assert!(s.list_runs(&q).await.expect("list").is_empty());
+        let q = RunQuery {
+            status: Some(engine::Status::Running),
+            limit: 5,
+            ..RunQuery::default()
+        };
+        assert_eq!(s.list_runs(&q).await.expect("list").len(), 1);
+        assert_eq!(s.get_run("missing").await.expect("get"), None);
+    }
+}
