@@ -39,6 +39,11 @@ pub struct Config {
     /// How long a batch may wait for a writer before ingest answers 503.
     #[serde(default = "default_ingest_queue_timeout", with = "humantime_serde")]
     pub ingest_queue_timeout: Duration,
+    /// Deadline for committing one batch; past it ingest answers 503 and the agent resends
+    /// (a hung database then costs a writer slot for this long, not for ever). Keep it below
+    /// the agents' request timeout.
+    #[serde(default = "default_storage_write_timeout", with = "humantime_serde")]
+    pub storage_write_timeout: Duration,
     /// Deadline for one HTTP request (reading the body and answering).
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -76,6 +81,7 @@ impl Default for Config {
             ingest_concurrency: default_ingest_concurrency(),
             ingest_queue: default_ingest_queue(),
             ingest_queue_timeout: default_ingest_queue_timeout(),
+            storage_write_timeout: default_storage_write_timeout(),
             request_timeout: default_request_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             max_scan_lines: default_max_scan_lines(),
@@ -136,6 +142,9 @@ fn default_ingest_concurrency() -> usize {
 }
 fn default_ingest_queue() -> usize {
     64
+}
+fn default_storage_write_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 fn default_ingest_queue_timeout() -> Duration {
     Duration::from_secs(5)

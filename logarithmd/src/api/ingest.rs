@@ -105,7 +105,23 @@ async fn ingest_batch(
     let records = batch.segments.iter().map(|s| s.records.len() as u64).sum();
     let write = to_write_batch(batch)?;
     let write_started = Instant::now();
-    let applied = state.storage.apply(&write).await;
+    // A hung database must not hold a writer slot for long: past the deadline the agent
+    // is told to retry (the resend is deduplicated even if this write still commits).
+    let applied = match tokio::time::timeout(
+        state.config.storage_write_timeout,
+        state.storage.apply(&write),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(storage::Error::new(
+            storage::ErrorKind::Timeout,
+            format!(
+                "writing the batch took longer than {:?}",
+                state.config.storage_write_timeout
+            ),
+        )),
+    };
     state
         .metrics
         .storage_write_duration
