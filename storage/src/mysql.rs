@@ -598,6 +598,37 @@ async fn upsert_outputs(tx: &mut Transaction<'_>, jw: &JobWrite) -> Result<()> {
     Ok(())
 }
 
+/// Attempts of one batch that ends in a deadlock or write conflict.
+const CONFLICT_RETRIES: u64 = 5;
+
+/// Deadlock (MySQL/MariaDB 1213) or a TiDB write conflict / retryable transaction (9007,
+/// 8022, 8028): the transaction was rolled back as a whole.
+fn is_write_conflict(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<mysql_async::Error>())
+        .is_some_and(|m| matches!(m, mysql_async::Error::Server(s) if matches!(s.code, 1213 | 9007 | 8022 | 8028)))
+}
+
+impl MysqlStorage {
+    /// One transaction of [`Storage::apply`].
+    async fn apply_once(&self, batch: &WriteBatch) -> Result<ApplyOutcome> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        match apply_batch(&mut tx, batch).await {
+            Ok(outcome) => {
+                tx.commit().await?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                // If the rollback fails the connection is broken, and the server rolls
+                // back when it closes; the original error is the one to report.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Storage for MysqlStorage {
     async fn apply(&self, batch: &WriteBatch) -> Result<ApplyOutcome> {
@@ -606,18 +637,19 @@ impl Storage for MysqlStorage {
             return Ok(ApplyOutcome::default());
         }
         self.bounded("apply", async {
-            let mut conn = self.conn().await?;
-            let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            match apply_batch(&mut tx, batch).await {
-                Ok(outcome) => {
-                    tx.commit().await?;
-                    Ok(outcome)
-                }
-                Err(e) => {
-                    // If the rollback fails the connection is broken, and the server rolls
-                    // back when it closes; the original error is the one to report.
-                    let _ = tx.rollback().await;
-                    Err(e)
+            let mut attempt = 1;
+            loop {
+                match self.apply_once(batch).await {
+                    // Concurrent first writes of new jobs can deadlock on InnoDB gap locks
+                    // (and conflict optimistically on TiDB): the server rolled the whole
+                    // transaction back, so running it again is safe and usually succeeds.
+                    Err(e) if is_write_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                        tracing::debug!(error = %e, attempt, "write conflict; retrying the batch");
+                        let jitter = rand::random::<u64>() % 20;
+                        tokio::time::sleep(Duration::from_millis(10 * attempt + jitter)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
                 }
             }
         })

@@ -183,6 +183,7 @@ conformance!(
     documents_compare_and_set_and_list,
     documents_concurrent_writers_never_both_win,
     non_job_events_are_delivered_once_per_subscription,
+    concurrent_first_writes_of_new_jobs_all_commit,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -307,6 +308,37 @@ mod cases {
         webhook_deliveries_commit_with_transitions, webhook_gone_disables_and_upsert_reenables,
     };
     use super::*;
+
+    /// Many writers creating new jobs at once (what several agents or ingest workers do):
+    /// InnoDB may deadlock them on gap locks; every batch must still commit, once.
+    pub async fn concurrent_first_writes_of_new_jobs_all_commit(t: &Target) {
+        let s = t.open().await;
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let store = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                for j in 0..5 {
+                    let mut jw = write(&cid(&format!("new{w}x{j}")));
+                    jw.meta = Some(meta(&format!("n{w}x{j}"), &[], 0));
+                    jw.lines = text_lines(1..=50);
+                    let out = store.apply(&batch(vec![jw])).await.expect("apply");
+                    assert_eq!((out.stored, out.duplicates), (50, 0));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer task");
+        }
+        let jobs = s
+            .list_jobs(&JobQuery {
+                limit: 100,
+                ..JobQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(jobs.len(), 40);
+        assert!(jobs.iter().all(|j| j.line_count == 50));
+    }
 
     pub async fn lines_round_trip_and_paging(t: &Target) {
         let s = &*t.open().await;

@@ -34,6 +34,8 @@ pub struct Spec {
     pub test_label: String,
     pub extra_labels: Vec<(String, String)>,
     pub log_driver: Option<String>,
+    /// Log driver options (`--log-opt`), e.g. a larger `max-size`.
+    pub log_opts: Vec<(String, String)>,
     pub tty: bool,
 }
 
@@ -44,6 +46,7 @@ impl Spec {
             test_label: test_label.to_owned(),
             extra_labels: Vec::new(),
             log_driver: None,
+            log_opts: Vec::new(),
             tty: false,
         }
     }
@@ -54,9 +57,12 @@ pub async fn run(docker: &Docker, spec: &Spec) -> Result<String> {
     let mut labels: HashMap<String, String> = spec.extra_labels.iter().cloned().collect();
     labels.insert("logarithm.test".into(), spec.test_label.clone());
     let host_config = HostConfig {
-        log_config: spec.log_driver.as_ref().map(|d| HostConfigLogConfig {
-            typ: Some(d.clone()),
-            config: None,
+        log_config: (spec.log_driver.is_some() || !spec.log_opts.is_empty()).then(|| {
+            HostConfigLogConfig {
+                typ: spec.log_driver.clone(),
+                config: (!spec.log_opts.is_empty())
+                    .then(|| spec.log_opts.iter().cloned().collect()),
+            }
         }),
         ..Default::default()
     };
