@@ -583,3 +583,64 @@ async fn bad_input_sqlite() -> Result<()> {
 async fn bad_input_mariadb() -> Result<()> {
     bad_input(Db::mysql().await?).await
 }
+
+/// Docker splits a line at 16 KiB even inside a multi-byte UTF-8 character. With the local
+/// driver the stored line is exactly the program's bytes; with json-file Docker encodes
+/// each piece as a JSON string on its own, so it replaces each half of the character with
+/// U+FFFD before anyone can read it: there the stored line equals what Docker hands out.
+#[tokio::test(flavor = "multi_thread")]
+async fn split_inside_a_multibyte_character_rejoins_exactly() -> Result<()> {
+    let docker = docker::connect().await?;
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("utf8-split-{:x}", logarithm_tests::rand_u64());
+    let _agent = Agent::start(&daemon.base, &label)?;
+    // 16,383 ASCII bytes, then "é" (2 bytes) straddles the cut; the second line puts the
+    // cut after the first byte of "€" (3 bytes).
+    let script = "head -c 16383 /dev/zero | tr '\\0' a; printf '\\303\\251 tail\\n'; \
+                  head -c 16383 /dev/zero | tr '\\0' b; printf '\\342\\202\\254 end\\n'";
+    let mut expected_local: Vec<Vec<u8>> = Vec::new();
+    let mut l1 = vec![b'a'; 16383];
+    l1.extend_from_slice("é tail".as_bytes());
+    expected_local.push(l1);
+    let mut l2 = vec![b'b'; 16383];
+    l2.extend_from_slice("€ end".as_bytes());
+    expected_local.push(l2);
+    let mut ids = Vec::new();
+    for driver in ["local", "json-file"] {
+        let mut spec = Spec::new(&label, script);
+        spec.log_driver = Some(driver.to_owned());
+        ids.push((driver, docker::run(&docker, &spec).await?));
+    }
+    let result = async {
+        for (driver, id) in &ids {
+            let job = daemon.wait_finished(id, Duration::from_secs(60)).await?;
+            let stored = daemon.all_lines(job["id"].as_str().context("id")?).await?;
+            let stored: Vec<Vec<u8>> = stored.iter().map(line_bytes).collect::<Result<_>>()?;
+            let reference: Vec<Vec<u8>> = docker::docker_lines(&docker, id)
+                .await?
+                .into_iter()
+                .map(|l| l.line)
+                .collect();
+            ensure!(
+                stored == reference,
+                "{driver}: stored lines differ from Docker's"
+            );
+            if *driver == "local" {
+                ensure!(stored == expected_local, "local: not the program's bytes");
+            } else {
+                ensure!(
+                    stored.len() == 2 && stored.iter().all(|l| l.len() > 16383),
+                    "json-file: {} lines",
+                    stored.len()
+                );
+            }
+        }
+        Ok(())
+    }
+    .await;
+    for (_, id) in &ids {
+        docker::remove(&docker, id).await;
+    }
+    result
+}
