@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Completions of Docker calls waiting for the driver (each call's task waits when full).
+const INTERNAL_CAPACITY: usize = 1024;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Flow;
 use crate::results::{JobResult, JobResults, Notice};
@@ -116,7 +119,8 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(Engine, JoinHandle<()>)> {
         let (req_tx, req_rx) = mpsc::channel(64);
-        let (int_tx, int_rx) = mpsc::unbounded_channel();
+        // Bounded: only tasks the driver spawned send here, and they wait when it is full.
+        let (int_tx, int_rx) = mpsc::channel(INTERNAL_CAPACITY);
         let mut runs = HashMap::new();
         for (run, version) in store.active_runs().await? {
             tracing::info!(run = %run.id, flow = %run.flow_name, status = run.status.as_str(), "resuming flow run");
@@ -249,7 +253,7 @@ struct Driver {
     results: Box<dyn JobResults>,
     events: Arc<dyn RunEvents>,
     runs: HashMap<String, Slot>,
-    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_tx: mpsc::Sender<Internal>,
     /// Starts, removals and announcements in flight, so reconciliation does not repeat them.
     starting: HashSet<(String, JobKey)>,
     removing: HashSet<(String, JobKey)>,
@@ -260,7 +264,7 @@ impl Driver {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
-        mut internal: mpsc::UnboundedReceiver<Internal>,
+        mut internal: mpsc::Receiver<Internal>,
         shutdown: CancellationToken,
     ) {
         let mut reconcile = tokio::time::interval(self.config.reconcile_every);
@@ -400,7 +404,7 @@ impl Driver {
                                 }
                             }
                         };
-                        let _ = tx.send(Internal::Event { run, event });
+                        let _ = tx.send(Internal::Event { run, event }).await;
                     });
                 }
                 Command::Stop { container_id, .. } => {
@@ -422,17 +426,21 @@ impl Driver {
                     tokio::spawn(async move {
                         match runner.remove(&container_id).await {
                             Ok(()) => {
-                                let _ = tx.send(Internal::Event {
-                                    run,
-                                    event: Event::Removed { job },
-                                });
+                                let _ = tx
+                                    .send(Internal::Event {
+                                        run,
+                                        event: Event::Removed { job },
+                                    })
+                                    .await;
                             }
                             Err(e) => {
                                 tracing::warn!(container_id = %container_id, error = %e, "cannot remove job container; will retry");
-                                let _ = tx.send(Internal::Event {
-                                    run,
-                                    event: Event::Tick,
-                                });
+                                let _ = tx
+                                    .send(Internal::Event {
+                                        run,
+                                        event: Event::Tick,
+                                    })
+                                    .await;
                             }
                         }
                     });
@@ -456,11 +464,11 @@ impl Driver {
         tokio::spawn(async move {
             match events.run_finished(&summary).await {
                 Ok(()) => {
-                    let _ = tx.send(Internal::Announced { run });
+                    let _ = tx.send(Internal::Announced { run }).await;
                 }
                 Err(e) => {
                     tracing::warn!(run = %run, error = %e, "cannot announce the end of the run; will retry");
-                    let _ = tx.send(Internal::AnnounceFailed { run });
+                    let _ = tx.send(Internal::AnnounceFailed { run }).await;
                 }
             }
         });

@@ -9,6 +9,7 @@
 //! storage.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -61,27 +62,35 @@ pub trait JobResults: Send + 'static {
 
 /// Verdicts fed by hand through a [`ResultsFeed`].
 pub struct ChannelResults {
-    rx: mpsc::UnboundedReceiver<JobResult>,
+    rx: mpsc::Receiver<JobResult>,
     known: Arc<Mutex<HashMap<String, JobResult>>>,
+    lagged: Arc<AtomicBool>,
 }
+
+/// Notices buffered for the engine; past that the feed reports [`Notice::Lagged`] and the
+/// engine looks verdicts up instead, so memory stays bounded without losing any.
+const FEED_CAPACITY: usize = 1024;
 
 /// The feeding end of [`ChannelResults`].
 #[derive(Clone)]
 pub struct ResultsFeed {
-    tx: mpsc::UnboundedSender<JobResult>,
+    tx: mpsc::Sender<JobResult>,
     known: Arc<Mutex<HashMap<String, JobResult>>>,
+    lagged: Arc<AtomicBool>,
 }
 
 impl ChannelResults {
     pub fn new() -> (ResultsFeed, ChannelResults) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(FEED_CAPACITY);
         let known = Arc::new(Mutex::new(HashMap::new()));
+        let lagged = Arc::new(AtomicBool::new(false));
         (
             ResultsFeed {
                 tx,
                 known: known.clone(),
+                lagged: lagged.clone(),
             },
-            ChannelResults { rx, known },
+            ChannelResults { rx, known, lagged },
         )
     }
 }
@@ -92,8 +101,13 @@ impl ResultsFeed {
         if let Ok(mut known) = self.known.lock() {
             known.insert(result.container_id.clone(), result.clone());
         }
-        // An error only means the engine is gone.
-        let _ = self.tx.send(result);
+        match self.tx.try_send(result) {
+            Ok(()) => {}
+            // The verdict is recorded above; the engine will look it up.
+            Err(mpsc::error::TrySendError::Full(_)) => self.lagged.store(true, Ordering::Release),
+            // The engine is gone.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
     /// Records a verdict without announcing it (as if the notice were missed).
@@ -107,6 +121,9 @@ impl ResultsFeed {
 #[async_trait::async_trait]
 impl JobResults for ChannelResults {
     async fn recv(&mut self) -> Notice {
+        if self.lagged.swap(false, Ordering::AcqRel) {
+            return Notice::Lagged;
+        }
         match self.rx.recv().await {
             Some(r) => Notice::Result(Box::new(r)),
             None => Notice::Closed,
