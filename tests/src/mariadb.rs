@@ -76,6 +76,27 @@ impl MariaDb {
         self.proc.kill();
     }
 
+    /// SIGSTOP: the server hangs (connections stay open, nothing is answered), the way
+    /// an overloaded or partitioned database looks to a client.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT after [`MariaDb::freeze`].
+    pub fn thaw(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let pid = self.proc.pid().context("mariadbd is not running")?;
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {sig} {pid} failed");
+        Ok(())
+    }
+
     /// Starts `mariadbd` again on the same datadir and port and waits until it answers.
     pub async fn start_again(&mut self) -> Result<()> {
         self.proc.kill();

@@ -885,3 +885,48 @@ async fn hundred_containers_at_once() -> Result<()> {
         .await;
     result.with_context(|| format!("agent log (tail):\n{}", tail(&agents.logs(), 30)))
 }
+
+/// A database that hangs (SIGSTOP) instead of refusing connections: a batch whose write is
+/// stuck is answered 503 with Retry-After at `storage_write_timeout` (2 s here), not held
+/// until some larger limit, and the same batch is stored once after the database thaws.
+#[tokio::test(flavor = "multi_thread")]
+async fn hung_database_answers_503_at_the_write_deadline() -> Result<()> {
+    let mariadb = MariaDb::start().await?;
+    let url = mariadb.create_database("logarithm").await?;
+    let daemon = Daemon::start_with(&url, "storage_write_timeout = \"2s\"\n").await?;
+    // A first batch opens pooled connections, which stay open to the frozen server.
+    let (s, _, body, _) = post_batch(
+        &daemon,
+        &probe_batch(&format!("{:016x}", rand_u64()).repeat(4)),
+    )
+    .await?;
+    ensure!(s == 200, "{s} {body}");
+    let batch = probe_batch(&format!("{:016x}", rand_u64()).repeat(4));
+    mariadb.freeze()?;
+    let answer = post_batch(&daemon, &batch).await;
+    mariadb.thaw()?;
+    let (s, retry_after, body, took) = answer?;
+    eprintln!("reliability: hung database: {s} after {took:?}, Retry-After {retry_after:?}");
+    ensure!(s == 503, "{s} {body}");
+    ensure!(retry_after.is_some(), "no Retry-After");
+    ensure!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(9),
+        "answered after {took:?}, expected the 2 s write deadline"
+    );
+    // After the thaw the resent batch is stored, once.
+    let (s, ack) = wait_until(Duration::from_secs(30), "the resend to be accepted", || {
+        let (daemon, batch) = (&daemon, &batch);
+        async move {
+            let (s, _, body, _) = post_batch(daemon, batch).await?;
+            Ok((s == 200).then_some((s, body)))
+        }
+    })
+    .await?;
+    ensure!(s == 200 && ack["records"] == 2, "{ack}");
+    let lines = stored_lines(&url).await.context("count")?;
+    ensure!(
+        lines == 4,
+        "expected the two probe batches' 4 lines, found {lines}"
+    );
+    Ok(())
+}
