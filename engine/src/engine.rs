@@ -94,9 +94,20 @@ enum Request {
 
 /// What spawned runner tasks report.
 enum Internal {
-    Event { run: String, event: Event },
-    Announced { run: String },
-    AnnounceFailed { run: String },
+    Event {
+        run: String,
+        event: Event,
+    },
+    Announced {
+        run: String,
+    },
+    AnnounceFailed {
+        run: String,
+    },
+    /// A stop call returned (whatever its outcome): the container may be stopped again.
+    StopDone {
+        container_id: String,
+    },
 }
 
 /// The handle: register flows, start and steer runs, read them. Cheap to clone.
@@ -136,6 +147,7 @@ impl Engine {
             internal_tx: int_tx,
             starting: HashSet::new(),
             removing: HashSet::new(),
+            stopping: HashSet::new(),
             announcing: HashSet::new(),
         };
         driver.reconcile(true).await;
@@ -257,6 +269,9 @@ struct Driver {
     /// Starts, removals and announcements in flight, so reconciliation does not repeat them.
     starting: HashSet<(String, JobKey)>,
     removing: HashSet<(String, JobKey)>,
+    /// Containers with a stop call in flight (reconciliation re-issues stops every tick;
+    /// a hanging Docker must not pile up calls).
+    stopping: HashSet<String>,
     announcing: HashSet<String>,
 }
 
@@ -408,12 +423,17 @@ impl Driver {
                     });
                 }
                 Command::Stop { container_id, .. } => {
+                    if !self.stopping.insert(container_id.clone()) {
+                        continue;
+                    }
                     let runner = self.runner.clone();
                     let grace = self.config.stop_grace;
+                    let tx = self.internal_tx.clone();
                     tokio::spawn(async move {
                         if let Err(e) = runner.stop(&container_id, grace).await {
                             tracing::warn!(container_id = %container_id, error = %e, "cannot stop job container; will retry");
                         }
+                        let _ = tx.send(Internal::StopDone { container_id }).await;
                     });
                 }
                 Command::Remove { job, container_id } => {
@@ -494,6 +514,9 @@ impl Driver {
                 if let Err(e) = self.apply(&run, event).await {
                     tracing::warn!(run = %run, error = %e, "runner report not applied");
                 }
+            }
+            Internal::StopDone { container_id } => {
+                self.stopping.remove(&container_id);
             }
             Internal::Announced { run } => {
                 self.announcing.remove(&run);

@@ -228,6 +228,21 @@ fn after(now: Nanos, d: Duration) -> Nanos {
 }
 
 impl Run {
+    /// Whether the run's state has the shape of its flow (one state per stage, action and
+    /// job, in order). The state machine indexes the flow by those positions, so a run
+    /// read back from storage is checked before it is driven.
+    pub fn matches_flow(&self) -> bool {
+        self.stages.len() == self.flow.stages.len()
+            && self.stages.iter().zip(&self.flow.stages).all(|(sr, st)| {
+                sr.actions.len() == st.actions.len()
+                    && sr
+                        .actions
+                        .iter()
+                        .zip(&st.actions)
+                        .all(|(ar, a)| ar.jobs.len() == a.jobs.len())
+            })
+    }
+
     /// A pending run of `flow`; [`Event::Start`] begins it.
     pub fn new(id: String, flow: Flow, co_data: Option<String>, now: Nanos) -> Run {
         let stages = flow

@@ -627,3 +627,19 @@ fn statuses_parse_back() {
     }
     assert_eq!(Status::parse("done"), None);
 }
+
+#[test]
+fn a_stored_run_must_match_its_flow() {
+    let run = run_of(FULL, None);
+    assert!(run.matches_flow());
+    let mut fewer_stages = run.clone();
+    fewer_stages.stages.pop();
+    assert!(!fewer_stages.matches_flow());
+    let mut fewer_jobs = run.clone();
+    fewer_jobs.stages[1].actions[0].jobs.clear();
+    assert!(!fewer_jobs.matches_flow());
+    let mut extra_action = run;
+    let copy = extra_action.stages[2].actions[0].clone();
+    extra_action.stages[2].actions.push(copy);
+    assert!(!extra_action.matches_flow());
+}

@@ -100,10 +100,18 @@ async fn ingest_batch(
     let _in_flight = GaugeGuard::new(&state.metrics.ingest_in_flight);
     let raw = read_limited(headers, body, state.config.max_body_bytes).await?;
     state.metrics.ingest_request_bytes.inc_by(raw.len() as u64);
-    let json = decompress(headers, raw, state.config.max_decompressed_bytes)?;
-    let batch = parse_batch(&json)?;
-    let records = batch.segments.iter().map(|s| s.records.len() as u64).sum();
-    let write = to_write_batch(batch)?;
+    // Decompressing, parsing and COUT-scanning up to 64 MiB is CPU work: it runs on the
+    // blocking pool so it never stalls the async workers serving other requests.
+    let limit = state.config.max_decompressed_bytes;
+    let headers_owned = headers.clone();
+    let (records, write) = tokio::task::spawn_blocking(move || -> ApiResult<(u64, WriteBatch)> {
+        let json = decompress(&headers_owned, raw, limit)?;
+        let batch = parse_batch(&json)?;
+        let records = batch.segments.iter().map(|s| s.records.len() as u64).sum();
+        Ok((records, to_write_batch(batch)?))
+    })
+    .await
+    .map_err(|e| ApiError::internal("decoding an ingest batch panicked", &e))??;
     let write_started = Instant::now();
     // A hung database must not hold a writer slot for long: past the deadline the agent
     // is told to retry (the resend is deduplicated even if this write still commits).

@@ -21,6 +21,8 @@ const DEFAULT_JOB_PAGE: u32 = 50;
 const MAX_JOB_PAGE: u32 = 500;
 const DEFAULT_LINE_PAGE: usize = 1000;
 const MAX_LINE_PAGE: usize = 10_000;
+/// Longest line the readers join from continuation records.
+const MAX_JOINED_BYTES: usize = 16 << 20;
 /// Rows fetched from storage per round trip while reading logs.
 const STORAGE_PAGE: u32 = 1000;
 
@@ -388,7 +390,9 @@ impl LineReader {
             line: first.line,
         };
         let mut cont = first.cont;
-        while cont {
+        // A line that never ends (a progress bar without newline) would otherwise be
+        // joined without bound: past MAX_JOINED_BYTES the rest starts a new line.
+        while cont && line.line.len() < MAX_JOINED_BYTES {
             // A line whose rest is not stored yet ends here; it is complete once it is.
             let Some(next) = self.next_record().await? else {
                 break;

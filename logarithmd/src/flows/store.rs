@@ -40,7 +40,7 @@ impl DocumentRunStore {
     }
 }
 
-fn corrupt(what: &str, id: &str, e: serde_json::Error) -> Error {
+fn corrupt(what: &str, id: &str, e: impl std::fmt::Display) -> Error {
     Error::new(
         engine::ErrorKind::Internal,
         format!("stored {what} {id} cannot be read: {e}"),
@@ -58,6 +58,13 @@ fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String> {
 
 fn run_of(doc: &storage::Document) -> Result<(Run, u64)> {
     let run: Run = serde_json::from_str(&doc.body).map_err(|e| corrupt("run", &doc.id, e))?;
+    if !run.matches_flow() {
+        return Err(corrupt(
+            "run",
+            &doc.id,
+            "its stages, actions and jobs do not match its flow",
+        ));
+    }
     Ok((run, doc.version))
 }
 
@@ -156,7 +163,19 @@ impl RunStore for DocumentRunStore {
     }
 
     async fn active_runs(&self) -> Result<Vec<(Run, u64)>> {
-        self.list(RUNS, true, 0).await?.iter().map(run_of).collect()
+        // One unreadable run must not keep every other run from resuming: it is reported
+        // by id and left as stored.
+        let docs = self.list(RUNS, true, 0).await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| match run_of(d) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping a stored run that cannot be resumed");
+                    None
+                }
+            })
+            .collect())
     }
 }
 
