@@ -40,6 +40,11 @@ impl DocumentRunStore {
     }
 }
 
+/// Runs a filtered listing reads at most (the newest ones).
+const FILTER_SCAN_MAX: u32 = 2000;
+/// Flows a listing returns at most.
+const FLOWS_MAX: u32 = 1000;
+
 fn corrupt(what: &str, id: &str, e: impl std::fmt::Display) -> Error {
     Error::new(
         engine::ErrorKind::Internal,
@@ -100,7 +105,7 @@ impl RunStore for DocumentRunStore {
 
     async fn list_flows(&self) -> Result<Vec<StoredFlow>> {
         let mut flows = self
-            .list(FLOWS, false, 0)
+            .list(FLOWS, false, FLOWS_MAX)
             .await?
             .iter()
             .map(|d| serde_json::from_str(&d.body).map_err(|e| corrupt("flow", &d.id, e)))
@@ -143,9 +148,14 @@ impl RunStore for DocumentRunStore {
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<Vec<Run>> {
-        // Filters look inside the body, so with one the limit applies after filtering.
+        // Filters look inside the body, so with one the limit applies after filtering, over
+        // the newest FILTER_SCAN_MAX runs: a bounded cost per request, not every run ever.
         let filtered = query.flow.is_some() || query.status.is_some();
-        let limit = if filtered { 0 } else { query.limit };
+        let limit = if filtered {
+            FILTER_SCAN_MAX
+        } else {
+            query.limit
+        };
         let mut runs = Vec::new();
         for doc in self.list(RUNS, false, limit).await? {
             let (run, _) = run_of(&doc)?;
