@@ -9,7 +9,8 @@
 //! - [`flow`]: the flow file (YAML) as serde types, and its checks (errors name the line
 //!   and the field).
 //! - [`run`]: the pure run state machine: state + event → new state + commands.
-//! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (Pod translation).
+//! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (kube, a Pod per
+//!   job).
 //! - [`results`]: [`JobResults`], the one interface verdicts arrive through.
 //! - [`store`]: [`RunStore`], persistence of flows and runs, and an in-memory store.
 //! - [`engine`]: the async driver: timers, persistence after each transition, resume of

@@ -1,7 +1,8 @@
 //! Where jobs run: one trait, one implementation per container platform.
 //!
 //! - [`docker`]: containers on the local Docker engine (what this repository tests).
-//! - [`kubernetes`]: the Pod a job becomes on Kubernetes (the translation only, for now).
+//! - [`kubernetes`]: a Pod per job through the Kubernetes API server (`kube`); tested
+//!   against an in-process mock of the API server, not a real cluster.
 
 pub mod docker;
 pub mod kubernetes;

@@ -1,10 +1,8 @@
-//! Jobs as Kubernetes Pods: the translation of a [`JobSpec`] into the Pod that runs it.
+//! The translation of a [`JobSpec`] into the Pod that runs it.
 //!
 //! One Pod per job, `restartPolicy: Never` (a job runs once; its verdict is its exit), the
 //! same `io.containerops.*` labels as on Docker (so logs and verdicts are attributed the
-//! same way), the merged environment, and `resources` as both requests and limits. A
-//! [`JobRunner`](super::JobRunner) that sends these Pods to an API server is the next step;
-//! this module is the part that can be tested without a cluster.
+//! same way), the merged environment, and `resources` as both requests and limits.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +10,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, ResourceRequir
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::JobSpec;
+use crate::runner::JobSpec;
 
 /// Longest Pod name we produce (a DNS label, so it may also name the Pod's hostname).
 const POD_NAME_MAX: usize = 63;
