@@ -86,6 +86,9 @@ pub async fn serve(
     let webhooks_config = config.webhooks.clone();
     let engine_settings = config.engine.clone();
     let state = api::AppState::new(store.clone(), config);
+    if engine_settings.enabled {
+        state.flows.mark_starting();
+    }
     let engine = tokio::spawn(flows::run(
         flows::Wiring {
             settings: engine_settings,

@@ -142,6 +142,14 @@ async fn healthz() -> impl IntoResponse {
 
 /// Readiness: storage answers within 2 s.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.flows.is_starting() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "status": "not ready", "reason": "the flow engine is starting" }),
+            ),
+        );
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.storage.ping()).await {
         Ok(Ok(())) => (
             StatusCode::OK,

@@ -24,6 +24,7 @@ pub mod runner;
 pub mod store;
 pub mod view;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub use config::EngineSettings;
 
 /// The running engine, once it is up. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct EngineHandle(Arc<OnceLock<Engine>>);
+pub struct EngineHandle(Arc<OnceLock<Engine>>, Arc<AtomicBool>);
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,6 +58,31 @@ impl EngineHandle {
     pub fn set(&self, engine: Engine) -> bool {
         self.0.set(engine).is_ok()
     }
+
+    /// Marks the engine as on its way up: `/readyz` answers 503 until it runs or [`run`]
+    /// gave up on it (disabled, no Docker), so a load balancer or a test sends flow
+    /// requests only once they can be served.
+    pub fn mark_starting(&self) {
+        self.1.store(true, Ordering::Release);
+    }
+
+    /// The engine runs, or will not run.
+    pub fn mark_settled(&self) {
+        self.1.store(false, Ordering::Release);
+    }
+
+    pub fn is_starting(&self) -> bool {
+        self.1.load(Ordering::Acquire)
+    }
+}
+
+/// Marks the handle settled when [`run`] returns, whichever way.
+struct Settled<'a>(&'a EngineHandle);
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        self.0.mark_settled();
+    }
 }
 
 /// What [`run`] needs from logarithmd.
@@ -73,6 +99,7 @@ pub struct Wiring {
 /// reachable through the handle, and drives it until `shutdown`. Returns at once when the
 /// engine is disabled or Docker cannot be reached (flow routes then answer 503).
 pub async fn run(w: Wiring, shutdown: CancellationToken) {
+    let _settled = Settled(&w.handle);
     if !w.settings.enabled {
         tracing::info!("flow engine disabled ([engine] enabled = false)");
         return;
@@ -121,12 +148,16 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
                 if !w.handle.set(engine) {
                     tracing::error!("a flow engine was already running; this one is not served");
                 }
+                w.handle.mark_settled();
                 if task.await.is_err() {
                     tracing::error!("the flow engine panicked");
                 }
                 return;
             }
             Err(e) => {
+                // Ingest and queries must not wait on the engine: readiness settles at the
+                // first failure while the engine keeps trying in the background.
+                w.handle.mark_settled();
                 tracing::warn!(error = %e, retry_in = ?backoff, "flow engine cannot start yet");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
