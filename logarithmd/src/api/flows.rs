@@ -11,7 +11,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::{Engine, ErrorKind, RunQuery, Status};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::AppState;
@@ -43,24 +42,7 @@ fn engine_of(state: &AppState) -> ApiResult<&Engine> {
 }
 
 fn check_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(expected) = state.config.admin_token.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "changing flows and runs needs an admin_token, and none is configured",
-        ));
-    };
-    let presented = headers
-        .get(protocol::AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
-    if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
+    state.check_admin_token(headers, "changing flows and runs")
 }
 
 /// Maps an engine failure: the kind decides the status.

@@ -73,18 +73,31 @@ impl AppState {
         if self.config.ingest_tokens.is_empty() {
             return Ok(());
         }
-        let presented = headers
-            .get(protocol::AUTH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(ApiError::unauthorized)?;
+        let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
         // Compare against every token so the time taken does not depend on which matched.
         let mut ok = subtle::Choice::from(0u8);
         for t in &self.config.ingest_tokens {
             ok |= t.as_bytes().ct_eq(presented.as_bytes());
         }
         if bool::from(ok) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+
+    /// Accepts `Authorization: Bearer <admin_token>` (constant-time). `what` names the
+    /// guarded action for the error when no admin token is configured at all.
+    pub fn check_admin_token(&self, headers: &HeaderMap, what: &str) -> ApiResult<()> {
+        let Some(expected) = self.config.admin_token.as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{what} needs an admin_token, and none is configured"),
+            ));
+        };
+        let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+        if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
             Ok(())
         } else {
             Err(ApiError::unauthorized())
@@ -106,6 +119,15 @@ impl AppState {
             }
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(protocol::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// All routes.

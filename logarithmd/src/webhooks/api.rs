@@ -15,7 +15,6 @@ use storage::{
     Attempt, Delivery, DeliveryHistory, DeliveryStatus, EventKind, Subscription,
     SubscriptionSource, SubscriptionSpec,
 };
-use subtle::ConstantTimeEq;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::query::rfc3339;
@@ -43,24 +42,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn check_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(expected) = state.config.admin_token.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "webhook management needs an admin_token, and none is configured",
-        ));
-    };
-    let presented = headers
-        .get(protocol::AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
-    if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
+    state.check_admin_token(headers, "webhook management")
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
