@@ -232,3 +232,67 @@ async fn health_and_unknown_routes() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+/// Live tail: `follow=true` sends what is stored at once, then new lines as batches are
+/// committed, and ends when the job finishes.
+#[tokio::test]
+async fn follow_streams_new_lines_until_the_job_finishes() {
+    let app = app().await;
+    let seg = |records: Vec<Value>, exit: bool| {
+        let mut s = json!({"container_id": CID, "records": records});
+        if exit {
+            s["exit"] = json!({"exit_code": 0, "finished_at": 9000, "last_seq": 5});
+        }
+        json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [s]})
+    };
+    let mut first = seg(
+        (1..=3)
+            .map(|i| record(i, "stdout", &format!("l{i}")))
+            .collect(),
+        false,
+    );
+    first["segments"][0]["meta"] =
+        json!({"name": "tail", "image": "i", "labels": {}, "created_at": 1, "started_at": 2});
+    assert_eq!(ingest(&app, first).await.0, StatusCode::OK);
+    let (_, page) = get(&app, "/api/v1/jobs").await;
+    let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
+
+    let req = Request::get(format!("/api/v1/jobs/{id}/logs?follow=true"))
+        .header("accept", "text/plain")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    // What is stored comes at once, while the job still runs.
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+        .await
+        .expect("first lines within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "l1\nl2\nl3\n");
+
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Some(f) = body.frame().await {
+            if let Ok(data) = f.unwrap().into_data() {
+                rest.extend_from_slice(&data);
+            }
+        }
+        rest
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let more = seg(vec![record(4, "stderr", "l4")], false);
+    assert_eq!(ingest(&app, more).await.0, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let last = seg(vec![record(5, "stdout", "l5")], true);
+    assert_eq!(ingest(&app, last).await.0, StatusCode::OK);
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+        .await
+        .expect("the tail ends when the job finishes")
+        .unwrap();
+    assert_eq!(String::from_utf8(rest).unwrap(), "l4\nl5\n");
+
+    let (s, body) = get(&app, &format!("/api/v1/jobs/{id}/logs?follow=true")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}

@@ -257,6 +257,8 @@ struct LogParams {
     limit: Option<usize>,
     stream: Option<Stream>,
     filter: Option<Regex>,
+    /// Live tail: keep the download open and send new lines until the job finishes.
+    follow: bool,
 }
 
 fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
@@ -267,6 +269,7 @@ fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
         limit: None,
         stream: None,
         filter: None,
+        follow: false,
     };
     let build = |pattern: &str| {
         RegexBuilder::new(pattern)
@@ -299,6 +302,18 @@ fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
                     v.parse()
                         .map_err(|e: String| ApiError::bad_request("invalid_query", e))?,
                 )
+            }
+            "follow" => {
+                p.follow = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "invalid_query",
+                            "follow must be true or false",
+                        ))
+                    }
+                }
             }
             "contains" if p.filter.is_none() => p.filter = Some(build(&regex::escape(&v))?),
             "regex" if p.filter.is_none() => p.filter = Some(build(&v)?),
@@ -377,6 +392,21 @@ impl LineReader {
         Ok(self.buf.pop_front())
     }
 
+    /// After the end was reached, look for lines stored since (live tail).
+    fn poll_again(&mut self) {
+        self.exhausted = false;
+    }
+
+    /// Whether the job has reached a final status. Its last lines commit in the same
+    /// transaction as its exit, so after this is true one more read finds them all.
+    async fn job_finished(&self) -> storage::Result<bool> {
+        Ok(self
+            .storage
+            .get_job(self.job_id)
+            .await?
+            .is_none_or(|j| j.status.is_final()))
+    }
+
     /// The next whole line, or `None` at the end of what is stored.
     pub async fn next_line(&mut self) -> storage::Result<Option<LogicalLine>> {
         let Some(first) = self.next_record().await? else {
@@ -422,6 +452,12 @@ pub async fn job_logs(
         .is_some_and(|v| v.contains("text/plain"));
     if wants_text {
         return Ok(raw_download(reader, params));
+    }
+    if params.follow {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "follow streams the raw log: ask with Accept: text/plain",
+        ));
     }
     let limit = params.limit.unwrap_or(DEFAULT_LINE_PAGE);
     let page = read_page(reader, &params, limit, state.config.max_scan_lines)
@@ -475,44 +511,88 @@ async fn read_page(
     })
 }
 
+/// How often a live tail looks for new lines.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Where a raw download stands.
+struct Download {
+    reader: LineReader,
+    params: LogParams,
+    sent: usize,
+    done: bool,
+    /// Following, the job was seen final: one more pass, then the end.
+    final_seen: bool,
+}
+
 /// Streams the raw log, so a large download needs no more memory than one storage page.
+/// With `follow`, new lines are sent as they are stored, until the job finishes.
 fn raw_download(reader: LineReader, params: LogParams) -> Response {
     const CHUNK: usize = 64 << 10;
-    let state = (reader, params, 0usize, false);
-    let stream =
-        futures::stream::unfold(state, |(mut reader, params, mut sent, done)| async move {
-            if done {
-                return None;
+    let state = Download {
+        reader,
+        params,
+        sent: 0,
+        done: false,
+        final_seen: false,
+    };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(CHUNK);
+        loop {
+            if st.params.limit.is_some_and(|l| st.sent >= l) {
+                st.done = true;
+                return Some((Ok(chunk), st));
             }
-            let mut chunk = Vec::with_capacity(CHUNK);
-            loop {
-                if params.limit.is_some_and(|l| sent >= l) {
-                    return Some((Ok(chunk), (reader, params, sent, true)));
-                }
-                match reader.next_line().await {
-                    Ok(Some(l)) => {
-                        if params
-                            .filter
-                            .as_ref()
-                            .is_some_and(|re| !re.is_match(&l.line))
-                        {
-                            continue;
-                        }
-                        sent += 1;
-                        chunk.extend_from_slice(&l.line);
-                        chunk.push(b'\n');
-                        if chunk.len() >= CHUNK {
-                            return Some((Ok(chunk), (reader, params, sent, false)));
-                        }
+            match st.reader.next_line().await {
+                Ok(Some(l)) => {
+                    if st
+                        .params
+                        .filter
+                        .as_ref()
+                        .is_some_and(|re| !re.is_match(&l.line))
+                    {
+                        continue;
                     }
-                    Ok(None) => return Some((Ok(chunk), (reader, params, sent, true))),
+                    st.sent += 1;
+                    chunk.extend_from_slice(&l.line);
+                    chunk.push(b'\n');
+                    if chunk.len() >= CHUNK {
+                        return Some((Ok(chunk), st));
+                    }
+                }
+                Ok(None) if !st.params.follow || st.final_seen => {
+                    st.done = true;
+                    return Some((Ok(chunk), st));
+                }
+                Ok(None) => match st.reader.job_finished().await {
+                    Ok(true) => {
+                        st.final_seen = true;
+                        st.reader.poll_again();
+                    }
+                    Ok(false) => {
+                        // Send what we have before waiting, so the tail is live.
+                        if !chunk.is_empty() {
+                            return Some((Ok(chunk), st));
+                        }
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                        st.reader.poll_again();
+                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "streaming a log download failed");
-                        return Some((Err(std::io::Error::other(e)), (reader, params, sent, true)));
+                        tracing::error!(error = %e, "following a log failed");
+                        st.done = true;
+                        return Some((Err(std::io::Error::other(e)), st));
                     }
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "streaming a log download failed");
+                    st.done = true;
+                    return Some((Err(std::io::Error::other(e)), st));
                 }
             }
-        });
+        }
+    });
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
