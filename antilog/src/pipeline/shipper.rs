@@ -157,6 +157,11 @@ impl Shipper {
         let status = resp.status();
         if status.is_success() {
             // Delivered whatever the body says; an unreadable ack is only worth a warning.
+            // An ack is a tiny JSON object: a body announced larger is not read at all.
+            if resp.content_length().is_some_and(|n| n > ERROR_BODY_MAX as u64) {
+                tracing::warn!("2xx answer with an oversized body; not read");
+                return Ok(None);
+            }
             return match resp.json::<IngestAck>().await {
                 Ok(ack) => Ok(Some(ack)),
                 Err(e) => {
