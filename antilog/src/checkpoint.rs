@@ -1,15 +1,17 @@
-//! Progress per container, persisted so a restarted agent resumes where the durable part
-//! of the pipeline left off.
+//! Progress per container, persisted so a restarted agent resumes where logarithmd's
+//! acknowledgements left off.
 //!
-//! The state only ever moves once a batch is durably in the disk spool (fsynced, see
-//! [`crate::spool`]), which delivers it to logarithmd after any restart: so the checkpoint
-//! never covers lines that are neither acknowledged nor on disk. It lives in memory and is
-//! written to `{data_dir}/checkpoints.json` at most every [`WRITE_INTERVAL`] and at
-//! shutdown, atomically: temp file, fsync, rename, fsync of the directory. Losing the last
-//! interval only means spooling and sending again lines the server deduplicates by
-//! `(container_id, seq)`.
+//! The state only ever moves once logarithmd has acknowledged (committed) a batch: each
+//! spooled frame carries its batch's effects (see [`crate::spool`]) and the shipper applies
+//! them, in spool order, right after the frame's 2xx answer. So the checkpoint never covers
+//! lines that are not acknowledged; a restart reads again from Docker whatever came after
+//! (and the spool resends what it holds), which logarithmd deduplicates by
+//! `(container_id, seq)`. It lives in memory and is written to `{data_dir}/checkpoints.json`
+//! at most every [`WRITE_INTERVAL`] and at shutdown, atomically: temp file, fsync, rename,
+//! fsync of the directory. Losing the last interval only means reading and sending again
+//! lines the server deduplicates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,8 +79,9 @@ pub struct Entry {
     pub exit: Option<ExitMark>,
 }
 
-/// What an acknowledged item does to the checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an acknowledged item does to the checkpoint (stored in spool frames as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Effect {
     /// Lines up to this position are delivered.
     Cut(Position),
@@ -100,6 +103,8 @@ struct FileFormat {
 struct State {
     entries: BTreeMap<String, Entry>,
     dirty: bool,
+    /// The containers that existed at start (see [`CheckpointStore::retain_existing`]).
+    existing_at_start: Option<HashSet<String>>,
 }
 
 #[derive(Debug)]
@@ -150,6 +155,7 @@ impl CheckpointStore {
             state: Mutex::new(State {
                 entries,
                 dirty: false,
+                existing_at_start: None,
             }),
         })
     }
@@ -164,10 +170,33 @@ impl CheckpointStore {
         self.lock().entries.clone()
     }
 
-    /// Applies the effects of a durably spooled batch, in order.
+    /// Applies the effects of a batch logarithmd acknowledged, in order.
     pub fn apply<'a>(&self, effects: impl IntoIterator<Item = (&'a str, &'a Effect)>) {
+        self.apply_inner(effects, false);
+    }
+
+    /// Like [`CheckpointStore::apply`], for a batch spooled before this start: effects on
+    /// containers that were already gone at start (see
+    /// [`CheckpointStore::retain_existing`]) are ignored, so their entries do not come back.
+    pub fn apply_replayed<'a>(&self, effects: impl IntoIterator<Item = (&'a str, &'a Effect)>) {
+        self.apply_inner(effects, true);
+    }
+
+    fn apply_inner<'a>(
+        &self,
+        effects: impl IntoIterator<Item = (&'a str, &'a Effect)>,
+        replayed: bool,
+    ) {
         let mut st = self.lock();
         for (id, effect) in effects {
+            if replayed
+                && st
+                    .existing_at_start
+                    .as_ref()
+                    .is_some_and(|ids| !ids.contains(id))
+            {
+                continue;
+            }
             match effect {
                 Effect::Forget => {
                     st.entries.remove(id);
@@ -190,14 +219,17 @@ impl CheckpointStore {
         }
     }
 
-    /// Keeps only the entries of `ids` (containers that still exist).
-    pub fn retain(&self, keep: &dyn Fn(&str) -> bool) {
+    /// Keeps only the entries of `existing` (the containers listed at start), and from now
+    /// on ignores effects on other containers in batches spooled before this start (their
+    /// containers are gone; Docker never reuses an id).
+    pub fn retain_existing(&self, existing: &HashSet<String>) {
         let mut st = self.lock();
         let before = st.entries.len();
-        st.entries.retain(|id, _| keep(id));
+        st.entries.retain(|id, _| existing.contains(id));
         if st.entries.len() != before {
             st.dirty = true;
         }
+        st.existing_at_start = Some(existing.clone());
     }
 
     /// Writes the file if anything changed since the last write.
@@ -309,12 +341,40 @@ mod tests {
         );
         assert!(!dir.path().join("checkpoints.json.tmp").exists());
         store.apply([("a", &Effect::Meta)]);
-        store.retain(&|id| id != "a");
+        store.retain_existing(&HashSet::from(["c".to_string()]));
         store.persist_if_dirty().unwrap();
         assert!(CheckpointStore::open(dir.path())
             .unwrap()
             .snapshot()
             .is_empty());
+        // Replayed effects on containers gone at start are ignored; others apply.
+        store.apply_replayed([("a", &Effect::Cut(pos)), ("c", &Effect::Cut(pos))]);
+        assert_eq!(
+            store.snapshot().keys().collect::<Vec<_>>(),
+            vec![&"c".to_string()]
+        );
+        // Effects of this session's batches always apply.
+        store.apply([("d", &Effect::Cut(pos))]);
+        assert!(store.snapshot().contains_key("d"));
+    }
+
+    #[test]
+    fn effects_round_trip_as_json() {
+        let effects = vec![
+            Effect::Cut(Position {
+                seq: 3,
+                ts: -4,
+                at_ts: 2,
+            }),
+            Effect::Meta,
+            Effect::Exit(ExitMark {
+                restart_count: 1,
+                finished_at: 5,
+            }),
+            Effect::Forget,
+        ];
+        let json = serde_json::to_string(&effects).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Effect>>(&json).unwrap(), effects);
     }
 
     #[test]

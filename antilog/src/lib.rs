@@ -2,8 +2,9 @@
 //! (through the Docker API) and ships them, in order and acknowledged, to logarithmd.
 //!
 //! Data flow: discovery -> one follower per container -> one bounded channel -> batcher ->
-//! spool (segment files on disk; durable batches move the checkpoint) -> shipper (one
-//! request in flight) -> logarithmd; acknowledgements free the spool.
+//! spool (segment files on disk; each frame carries its checkpoint effects) -> shipper (one
+//! request in flight) -> logarithmd; acknowledgements move the checkpoint and free the
+//! spool.
 //! Backpressure runs the other way: while logarithmd is unreachable the spool fills; once
 //! it is full the batcher stops taking items and followers stop reading Docker.
 //!
@@ -17,7 +18,7 @@
 //! - [`pipeline`]: `batcher` (items into batches) and `shipper` (HTTP delivery with retries).
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
 //!   (`segment`: checksummed frames and the ack file).
-//! - [`checkpoint`]: spooled progress per container, persisted atomically.
+//! - [`checkpoint`]: acknowledged progress per container, persisted atomically.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`metrics`]: the Prometheus metrics and the `GET /metrics` server (`metrics_listen`).
 //! - [`run`]: wires it together and shuts down with a deadline.
@@ -94,11 +95,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let mut spooler = tokio::spawn(spool::run_writer(
         batch_rx,
         spool_writer,
-        store.clone(),
         config.compression,
         spool_stop.clone(),
     ));
-    let mut shipper_task = tokio::spawn(shipper.run(spool::Reader::new(spool_reader)));
+    let mut shipper_task =
+        tokio::spawn(shipper.run(spool::Reader::new(spool_reader), store.clone()));
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(checkpoint::run_writer(store.clone(), writer_stop.clone()));
 

@@ -165,8 +165,8 @@ impl Setup {
 
 /// logarithmd is down while a container prints 50,000 lines, exits and is removed; the
 /// agent is SIGKILLed and started again; then logarithmd comes up: every line is stored,
-/// and it can only have come from the spool (the container is gone and the new agent's
-/// checkpoint no longer knows it).
+/// and it can only have come from the spool (the container is gone). The checkpoint never
+/// moves meanwhile: it follows logarithmd's acknowledgements only.
 #[tokio::test(flavor = "multi_thread")]
 async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<()> {
     const N: u64 = 50_000;
@@ -187,15 +187,21 @@ async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<(
         printed.len()
     );
 
-    // The checkpoint moves only once lines are durably spooled: seeing every line and the
-    // exit there means the spool has them all.
-    let r = wait_until(Duration::from_secs(120), "all lines spooled", || async {
-        Ok(checkpoint_of(&s.data_dir, &id)?.filter(|&(seq, exit)| seq == N && exit))
+    // Every line read (and, a moment later, spooled with the exit).
+    let read_stdout = "antilog_lines_read_total{stream=\"stdout\"}";
+    let r = wait_until(Duration::from_secs(120), "all lines read", || async {
+        Ok((gauge(&agent, read_stdout).await? == N as f64).then_some(()))
     })
     .await;
     if let Err(e) = r {
         anyhow::bail!("{e:#}\nagent log:\n{}", tail(&agent.proc.log(), 40));
     }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The checkpoint moves only with logarithmd's acknowledgements: none yet.
+    ensure!(
+        checkpoint_of(&s.data_dir, &id)?.is_none(),
+        "checkpoint moved while logarithmd is down"
+    );
     let (segments, bytes) = spool_files(&s.data_dir)?;
     ensure!(
         bytes > 100_000,
@@ -207,13 +213,12 @@ async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<(
         docker.inspect_container(&id, None).await.is_err(),
         "the container still exists"
     );
-    // The agent noticed the removal (and spooled it): the entry leaves the checkpoint.
-    wait_until(
-        Duration::from_secs(60),
-        "checkpoint entry dropped",
-        || async { Ok(checkpoint_of(&s.data_dir, &id)?.is_none().then_some(())) },
-    )
+    // The agent noticed the removal (and spooled it).
+    wait_until(Duration::from_secs(60), "follower ended", || async {
+        Ok((gauge(&agent, "antilog_containers_followed").await? == 0.0).then_some(()))
+    })
     .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Survives a SIGKILL of the agent.
     agent.proc.kill();
@@ -250,6 +255,12 @@ async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<(
         Ok((n <= 2 && bytes < 1 << 20).then_some(()))
     })
     .await?;
+    // The acknowledged removal leaves no checkpoint entry for the gone container.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(
+        checkpoint_of(&s.data_dir, &id)?.is_none(),
+        "the removed container is still in the checkpoint"
+    );
     println!(
         "spool outage: lines={N} seqs=1..{N} removed_before_delivery=true agent_sigkilled=true \
          spooled_bytes={bytes} segments={segments} checksum={}",
@@ -295,10 +306,16 @@ async fn full_spool_pauses_reading_and_loses_nothing() -> Result<()> {
     // The container finishes; Docker keeps what the agent does not read.
     ensure!(docker::wait_exit(&docker, &id).await? == 0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (seq_paused, _) = checkpoint_of(&s.data_dir, &id)?.unwrap_or((0, false));
+    let read_stdout = "antilog_lines_read_total{stream=\"stdout\"}";
+    let seq_paused = gauge(&agent, read_stdout).await? as u64;
     ensure!(
         seq_paused > 0 && seq_paused < N / 2,
-        "reading paused early: checkpoint at {seq_paused} of {N}"
+        "reading paused early: {seq_paused} of {N} lines read"
+    );
+    // Nothing is acknowledged while logarithmd is down: the checkpoint has not moved.
+    ensure!(
+        checkpoint_of(&s.data_dir, &id)?.is_none(),
+        "checkpoint moved while logarithmd is down"
     );
     let (_, bytes) = spool_files(&s.data_dir)?;
     ensure!(bytes <= MAX, "spool files hold {bytes} bytes, limit {MAX}");
@@ -310,7 +327,7 @@ async fn full_spool_pauses_reading_and_loses_nothing() -> Result<()> {
         "antilog_spool_bytes {gauge_bytes}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (still, _) = checkpoint_of(&s.data_dir, &id)?.unwrap_or((0, false));
+    let still = gauge(&agent, read_stdout).await? as u64;
     ensure!(
         still == seq_paused,
         "reading went on while paused: {seq_paused} -> {still}"

@@ -52,7 +52,7 @@ pub async fn run(shared: Arc<Shared>, store: Arc<CheckpointStore>) -> Result<(),
     // (harmless), never zero times.
     let mut since = unix_time_arg(now_ns() - 1_000_000_000);
     let existing = d.sync().await?;
-    store.retain(&|id| existing.contains(id));
+    store.retain_existing(&existing);
     d.checkpoints.retain(|id, _| existing.contains(id));
     let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
     'outer: loop {

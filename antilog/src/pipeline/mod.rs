@@ -1,7 +1,8 @@
 //! From followers to logarithmd, in order: followers push [`Item`]s into one bounded
 //! channel; the [`batcher`] groups them into [`OutBatch`]es; the spool
-//! ([`crate::spool::run_writer`]) makes them durable and then applies their checkpoint
-//! effects; the [`shipper`] POSTs the spooled batches one at a time until acknowledged.
+//! ([`crate::spool::run_writer`]) makes them durable, checkpoint effects included; the
+//! [`shipper`] POSTs the spooled batches one at a time until acknowledged, then applies
+//! their checkpoint effects.
 
 pub mod batcher;
 pub mod shipper;
@@ -33,7 +34,8 @@ pub enum ItemKind {
     Forget,
 }
 
-/// A batch ready to spool, with what spooling it durably does to the checkpoint.
+/// A batch ready to spool, with what its acknowledgement by logarithmd does to the
+/// checkpoint.
 #[derive(Debug)]
 pub struct OutBatch {
     pub batch: Batch,

@@ -1,9 +1,10 @@
 //! Delivers the spool's batches to logarithmd, one at a time and in order, until each is
 //! acknowledged.
 //!
-//! A batch counts as delivered only on a 2xx answer (an [`IngestAck`]); only then does the
-//! spool move past it (the checkpoint already moved when it was spooled, see
-//! [`crate::spool`]). Failures never drop data:
+//! A batch counts as delivered only on a 2xx answer (an [`IngestAck`], sent by logarithmd
+//! after its commit); only then are the frame's checkpoint effects applied (see
+//! [`crate::checkpoint`]; the file follows within [`crate::checkpoint::WRITE_INTERVAL`]) and
+//! does the spool move past it. Failures never drop data:
 //! - transient (connection error, timeout, 408, 5xx, 429/503 with `Retry-After`): retry the
 //!   same bytes with exponential backoff and jitter (100 ms doubling to 30 s);
 //! - permanent (400, 401, 403, 413, other 4xx): log the server's message at error level and
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
+use crate::checkpoint::CheckpointStore;
 use crate::config::{Compression, Config};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::{Metrics, ShipFailure};
@@ -78,15 +80,20 @@ impl Shipper {
     }
 
     /// Ships the spool's batches until the spool is closed and everything in it delivered.
-    /// Each frame is the request body as spooled, with its own compression.
-    pub async fn run(self, spool: spool::Reader) {
+    /// Each frame is the request body as spooled, with its own compression; once it is
+    /// acknowledged, its checkpoint effects are applied to `store`.
+    pub async fn run(self, spool: spool::Reader, store: Arc<CheckpointStore>) {
         while let Some(frame) = spool.next().await {
-            let handed = Instant::now();
-            let records = frame.meta.records as usize;
-            self.deliver(frame.body, frame.meta.compression, records)
-                .await;
-            self.metrics
-                .batch_shipped(records, frame.meta.newest_ts, handed.elapsed());
+            if !frame.body.is_empty() {
+                let handed = Instant::now();
+                let records = frame.meta.records as usize;
+                self.deliver(frame.body.clone(), frame.meta.compression, records)
+                    .await;
+                self.metrics
+                    .batch_shipped(records, frame.meta.newest_ts, handed.elapsed());
+            }
+            // An empty body carries only effects: nothing to send.
+            acknowledged(&store, &frame);
             spool.ack().await;
         }
     }
@@ -158,7 +165,10 @@ impl Shipper {
         if status.is_success() {
             // Delivered whatever the body says; an unreadable ack is only worth a warning.
             // An ack is a tiny JSON object: a body announced larger is not read at all.
-            if resp.content_length().is_some_and(|n| n > ERROR_BODY_MAX as u64) {
+            if resp
+                .content_length()
+                .is_some_and(|n| n > ERROR_BODY_MAX as u64)
+            {
                 tracing::warn!("2xx answer with an oversized body; not read");
                 return Ok(None);
             }
@@ -195,6 +205,17 @@ impl Shipper {
             },
             _ => Failure::Permanent(reason),
         })
+    }
+}
+
+/// Applies the checkpoint effects of a frame logarithmd acknowledged (in frame order: the
+/// shipper acknowledges frames one at a time).
+pub fn acknowledged(store: &CheckpointStore, frame: &spool::segment::Frame) {
+    let effects = frame.effects.iter().map(|(id, e)| (&**id, e));
+    if frame.replayed {
+        store.apply_replayed(effects);
+    } else {
+        store.apply(effects);
     }
 }
 

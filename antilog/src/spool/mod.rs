@@ -3,11 +3,14 @@
 //! and a segment is deleted once every frame in it is acknowledged by logarithmd.
 //!
 //! # Guarantees
-//! - **Checkpoints cover only durable data.** The writer ([`run_writer`]) applies a batch's
-//!   checkpoint effects only after the batch is in a segment and the segment is fsynced
-//!   (`fdatasync`; a new segment file is fsynced with its directory). A restart therefore
-//!   resumes each container after what the spool holds, and the spool replays what
-//!   logarithmd has not acknowledged, including lines of containers removed meanwhile.
+//! - **Checkpoints cover only acknowledged data.** Each frame carries its batch's checkpoint
+//!   effects ([`segment`]); the writer ([`run_writer`]) never applies them: the shipper
+//!   does, in frame order, right after logarithmd acknowledges the frame. A restart
+//!   therefore resumes each container after what logarithmd acknowledged (lines spooled but
+//!   not acknowledged are read from Docker again and sent twice, which logarithmd
+//!   deduplicates), and the spool replays what logarithmd has not acknowledged, including
+//!   lines of containers removed meanwhile. Frames replayed after a restart apply their
+//!   effects when acknowledged too.
 //! - **fsync policy.** One fsync per group of batches: the writer appends the batches that
 //!   are ready, then syncs when none is waiting, when [`SYNC_MAX_BYTES`] are unsynced, or
 //!   [`SYNC_MAX_DELAY`] after the first unsynced append. The shipper reads only synced data.
@@ -21,6 +24,9 @@
 //! - **Damage.** A frame with a bad length or checksum is reported at error level with the
 //!   segment's file name and the rest of that segment is skipped; a segment without a valid
 //!   header is renamed `*.corrupt`. A torn last frame after a crash is truncated at start.
+//!   Once anything was skipped, later frames of this session apply only their `Forget`
+//!   effects: the checkpoint stays before the lost lines, which the next start reads again
+//!   from Docker for containers that still exist.
 //!
 //! # Layout
 //! - [`segment`]: file names, frame encoding and checks, the ack file (synchronous I/O).
@@ -45,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::checkpoint::{CheckpointStore, Effect};
+use crate::checkpoint::Effect;
 use crate::config::Compression;
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Metrics;
@@ -54,7 +60,7 @@ use segment::{Cursor, Damage, Frame, FrameMeta, ReadOutcome, HEADER_LEN};
 
 /// Unsynced bytes after which the writer syncs even while more batches are waiting.
 pub const SYNC_MAX_BYTES: u64 = 8 << 20;
-/// Longest time an appended batch waits for its fsync (and its checkpoint effects).
+/// Longest time an appended batch waits for its fsync (before the shipper can send it).
 pub const SYNC_MAX_DELAY: Duration = Duration::from_millis(100);
 /// When everything is delivered, the writer starts a new segment once the current one
 /// holds this much (or `segment_bytes`, if smaller), so delivered data is freed soon.
@@ -123,6 +129,10 @@ pub struct Shared {
     /// Wakes the writer: a segment was deleted.
     room: Notify,
     full: AtomicBool,
+    /// Frames were skipped (damage): checkpoints no longer move (see the module docs).
+    damaged: AtomicBool,
+    /// This session's first segment: frames before it were spooled before this start.
+    session: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -152,6 +162,17 @@ impl Shared {
         let acc = self.lock();
         // A rotation may add a segment header too.
         acc.bytes + n + HEADER_LEN <= self.limits.max_bytes || acc.drained()
+    }
+
+    /// Spooled frames were lost: from now on, acknowledged frames no longer move
+    /// checkpoints past them (only removals still apply).
+    fn mark_damaged(&self) {
+        if !self.damaged.swap(true, Ordering::AcqRel) {
+            warn!(
+                "spool frames were lost: checkpoints stay where they are until the next start, \
+                 which reads the lost lines again from Docker (for containers that still exist)"
+            );
+        }
     }
 
     fn publish(&self, acc: &Accounting) {
@@ -207,6 +228,7 @@ pub fn open(
         }
     };
     let mut segments = BTreeMap::new();
+    let mut damaged = false;
     let newest = ids.last().copied();
     for id in ids {
         let path = dir.join(segment::segment_name(id));
@@ -230,6 +252,7 @@ pub fn open(
             .map_err(|e| io_err(format!("cannot read {}", path.display()), e))?
         {
             set_aside(&path, "no valid segment header");
+            damaged = true;
             continue;
         }
         let mut len = len;
@@ -285,8 +308,13 @@ pub fn open(
         data: Notify::new(),
         room: Notify::new(),
         full: AtomicBool::new(false),
+        damaged: AtomicBool::new(false),
+        session: new_id,
         metrics,
     });
+    if damaged {
+        shared.mark_damaged();
+    }
     shared
         .metrics
         .spool_limit_bytes
@@ -552,16 +580,21 @@ impl SpoolReader {
                 let read = segment::read_frame(file, offset, seg.durable)
                     .map_err(|e| io_err(format!("cannot read {}", self.path(id).display()), e))?;
                 match read {
-                    ReadOutcome::Frame(frame, next) => {
+                    ReadOutcome::Frame(mut frame, next) => {
                         self.pending = Some(Cursor {
                             segment: id,
                             offset: next,
                         });
+                        frame.replayed = id < self.shared.session;
+                        if self.shared.damaged.load(Ordering::Acquire) {
+                            frame.effects.retain(|(_, e)| *e == Effect::Forget);
+                        }
                         return Ok(Next::Frame(frame));
                     }
                     ReadOutcome::End => {}
                     ReadOutcome::Bad(damage) => {
                         self.report(id, &damage, seg.durable);
+                        self.shared.mark_damaged();
                         if later {
                             self.finish_segment();
                         } else {
@@ -764,31 +797,30 @@ async fn with_retry(
     }
 }
 
-/// Takes batches from the batcher, appends them to the spool and, once they are durable,
-/// applies their checkpoint effects. Returns when the batcher is done (everything taken is
+/// Takes batches from the batcher and appends them, with their checkpoint effects, to the
+/// spool, syncing by groups (the shipper sends only durable frames and applies the effects
+/// once logarithmd acknowledges them). Returns when the batcher is done (everything taken is
 /// then durable) or, while waiting for room or retrying a failed write, when `stop` is
-/// cancelled (what is not durable then is read from Docker again on the next start).
+/// cancelled (what is not durable then is read from Docker again on the next start, as the
+/// checkpoint does not cover it).
 pub async fn run_writer(
     mut rx: mpsc::Receiver<OutBatch>,
     writer: SpoolWriter,
-    store: Arc<CheckpointStore>,
     compression: Compression,
     stop: CancellationToken,
 ) {
     let shared = writer.shared.clone();
     let w = Arc::new(Mutex::new(writer));
-    // Effects of appended batches, waiting for the fsync.
-    let mut pending: Vec<(Arc<str>, Effect)> = Vec::new();
     let mut first_unsynced: Option<Instant> = None;
     loop {
-        let out = if pending.is_empty() && first_unsynced.is_none() {
+        let out = if first_unsynced.is_none() {
             rx.recv().await
         } else {
             match rx.try_recv() {
                 Ok(out) => Some(out),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     // Nothing else ready: this group is complete.
-                    if !sync_and_apply(&w, &store, &mut pending, &stop).await {
+                    if !sync(&w, &stop).await {
                         return;
                     }
                     first_unsynced = None;
@@ -798,26 +830,27 @@ pub async fn run_writer(
             }
         };
         let Some(out) = out else { break };
-        if !out.batch.segments.is_empty() {
-            let frame = match encode_frame(out.batch, out.records, compression).await {
+        if !out.batch.segments.is_empty() || !out.effects.is_empty() {
+            let records = out.records;
+            let frame = match encode_frame(out, compression).await {
                 Ok(f) => Arc::new(f),
                 Err(e) => {
                     // Serializing our own types cannot fail short of a bug; the effects are
-                    // not applied, so the data is read again after a restart.
-                    error!(error = %e, "cannot encode batch; skipping it");
+                    // never applied, so the data is read again after a restart.
+                    error!(error = %e, records, "cannot encode batch; skipping it");
                     continue;
                 }
             };
             let n = frame.len() as u64;
             if !shared.has_room(n) {
                 // What was appended must become deliverable before we wait for room.
-                if !sync_and_apply(&w, &store, &mut pending, &stop).await {
+                if !sync(&w, &stop).await {
                     return;
                 }
                 first_unsynced = None;
                 if !wait_for_room(&shared, n, &stop).await {
                     warn!(
-                        records = out.records,
+                        records,
                         "stopping while the spool is full: the last batch is read from Docker \
                          again on the next start"
                     );
@@ -830,32 +863,22 @@ pub async fn run_writer(
             }
             first_unsynced.get_or_insert_with(Instant::now);
         }
-        pending.extend(out.effects);
         let unsynced = lock(&w).unsynced();
         if unsynced >= SYNC_MAX_BYTES
             || first_unsynced.is_some_and(|t| t.elapsed() >= SYNC_MAX_DELAY)
         {
-            if !sync_and_apply(&w, &store, &mut pending, &stop).await {
+            if !sync(&w, &stop).await {
                 return;
             }
             first_unsynced = None;
         }
     }
-    sync_and_apply(&w, &store, &mut pending, &stop).await;
+    sync(&w, &stop).await;
 }
 
-async fn sync_and_apply(
-    w: &Arc<Mutex<SpoolWriter>>,
-    store: &CheckpointStore,
-    pending: &mut Vec<(Arc<str>, Effect)>,
-    stop: &CancellationToken,
-) -> bool {
-    if !with_retry(w, stop, "fsync the spool", |w| w.sync()).await {
-        return false;
-    }
-    store.apply(pending.iter().map(|(id, e)| (&**id, e)));
-    pending.clear();
-    true
+/// Makes what was appended durable and visible to the shipper; false if `stop` came first.
+async fn sync(w: &Arc<Mutex<SpoolWriter>>, stop: &CancellationToken) -> bool {
+    with_retry(w, stop, "fsync the spool", |w| w.sync()).await
 }
 
 /// Waits until `n` bytes fit; false if `stop` came first.
@@ -888,27 +911,33 @@ async fn wait_for_room(shared: &Shared, n: u64, stop: &CancellationToken) -> boo
     ok
 }
 
-/// Encodes a batch as a frame, off the async threads.
-async fn encode_frame(
-    batch: protocol::Batch,
-    records: usize,
-    compression: Compression,
-) -> Result<Vec<u8>, Error> {
+/// Encodes a batch and its effects as a frame, off the async threads. A batch without
+/// segments (only effects) gets an empty body: nothing is sent for it.
+async fn encode_frame(out: OutBatch, compression: Compression) -> Result<Vec<u8>, Error> {
     tokio::task::spawn_blocking(move || {
+        let OutBatch {
+            batch,
+            effects,
+            records,
+        } = out;
         let newest_ts = batch
             .segments
             .iter()
             .flat_map(|s| s.records.iter().map(|r| r.ts))
             .max()
             .unwrap_or(0);
-        let body = crate::pipeline::shipper::encode(&batch, compression)
-            .map_err(|e| Error::with_source(ErrorKind::Internal, "cannot encode batch", e))?;
+        let err = |e| Error::with_source(ErrorKind::Internal, "cannot encode batch", e);
+        let body = if batch.segments.is_empty() {
+            bytes::Bytes::new()
+        } else {
+            crate::pipeline::shipper::encode(&batch, compression).map_err(err)?
+        };
         let meta = FrameMeta {
             compression,
             records: u32::try_from(records).unwrap_or(u32::MAX),
             newest_ts,
         };
-        Ok(segment::encode_frame(&meta, &body))
+        segment::encode_frame(&meta, &effects, &body).map_err(err)
     })
     .await
     .map_err(|e| Error::with_source(ErrorKind::Internal, "batch encoder task failed", e))?

@@ -6,12 +6,18 @@
 //! ```text
 //! u32 LE  payload length
 //! u32 LE  CRC-32 (IEEE) of the payload
-//! payload: u8 format version (1) | u8 compression | u32 LE records | i64 LE newest ts | body
+//! payload: u8 format version (2) | u8 compression | u32 LE records | i64 LE newest ts
+//!          | u32 LE effects length | effects | body
 //! ```
 //!
-//! where `body` is the exact HTTP request body (a [`protocol::Batch`], compressed as the
-//! compression byte says), so a frame is sent again byte for byte, even after a restart
-//! with another `compression` setting.
+//! where `effects` is the JSON array of the batch's checkpoint effects
+//! (`[[container_id, effect], ...]`, see [`crate::checkpoint::Effect`]), applied once
+//! logarithmd acknowledges the frame, and `body` is the exact HTTP request body (a
+//! [`protocol::Batch`], compressed as the compression byte says), so a frame is sent again
+//! byte for byte, even after a restart with another `compression` setting. An empty body
+//! means there is nothing to send, only effects to apply (a batch holding only the removal
+//! of a container). Version 1 frames (no effects field) are still read, as frames without
+//! effects.
 //!
 //! The ack file (`ack`) holds the position of the next frame to deliver: segment id, byte
 //! offset and a CRC-32 of both (20 bytes). Everything in this module is synchronous I/O.
@@ -20,9 +26,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::checkpoint::Effect;
 use crate::config::Compression;
 
 /// First bytes of every segment file.
@@ -33,7 +41,12 @@ pub const HEADER_LEN: u64 = MAGIC.len() as u64;
 pub const FRAME_HEADER_LEN: u64 = 8;
 /// Version byte, compression byte, records, newest timestamp.
 const META_LEN: usize = 1 + 1 + 4 + 8;
-const FRAME_VERSION: u8 = 1;
+/// Frames without effects (still read).
+const FRAME_VERSION_1: u8 = 1;
+/// Frames with the effects' length and JSON after the meta header.
+const FRAME_VERSION: u8 = 2;
+/// The effects' length field (version 2).
+const EFFECTS_LEN_LEN: usize = 4;
 /// Longest payload accepted when reading; a larger length field is corruption.
 pub const MAX_PAYLOAD: u64 = 1 << 30;
 pub const ACK_FILE: &str = "ack";
@@ -59,12 +72,19 @@ pub struct FrameMeta {
     pub newest_ts: i64,
 }
 
+/// A batch's checkpoint effects, in order.
+pub type Effects = Vec<(Arc<str>, Effect)>;
+
 /// One batch read back from the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub meta: FrameMeta,
-    /// The request body.
+    /// What acknowledging the frame does to the checkpoint, in order.
+    pub effects: Effects,
+    /// The request body; empty: nothing to send, only effects to apply.
     pub body: Bytes,
+    /// Spooled before this start (set by the reader).
+    pub replayed: bool,
 }
 
 /// The result of reading at a frame boundary.
@@ -127,19 +147,62 @@ fn compression_of(code: u8) -> Option<Compression> {
 }
 
 /// A whole frame (header and payload), ready to append.
-pub fn encode_frame(meta: &FrameMeta, body: &[u8]) -> Vec<u8> {
-    let payload_len = META_LEN + body.len();
+pub fn encode_frame(
+    meta: &FrameMeta,
+    effects: &[(Arc<str>, Effect)],
+    body: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let effects: Vec<(&str, &Effect)> = effects.iter().map(|(id, e)| (&**id, e)).collect();
+    let effects = serde_json::to_vec(&effects)?;
+    let effects_len = u32::try_from(effects.len())
+        .map_err(|_| std::io::Error::other("checkpoint effects too large for a frame"))?;
+    Ok(encode_payload(
+        FRAME_VERSION,
+        meta,
+        &[&effects_len.to_le_bytes(), &effects, body],
+    ))
+}
+
+fn encode_payload(version: u8, meta: &FrameMeta, parts: &[&[u8]]) -> Vec<u8> {
+    let payload_len = META_LEN + parts.iter().map(|p| p.len()).sum::<usize>();
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN as usize + payload_len);
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // checksum, below
-    out.push(FRAME_VERSION);
+    out.push(version);
     out.push(compression_code(meta.compression));
     out.extend_from_slice(&meta.records.to_le_bytes());
     out.extend_from_slice(&meta.newest_ts.to_le_bytes());
-    out.extend_from_slice(body);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     let crc = crc32fast::hash(&out[FRAME_HEADER_LEN as usize..]);
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// A version 1 frame (no effects), as older agents wrote them.
+#[cfg(test)]
+pub fn encode_frame_v1(meta: &FrameMeta, body: &[u8]) -> Vec<u8> {
+    encode_payload(FRAME_VERSION_1, meta, &[body])
+}
+
+/// The effects and the offset of the body in a version 2 payload.
+fn decode_effects(payload: &[u8]) -> Result<(Effects, usize), String> {
+    let Some(len) = payload.get(META_LEN..META_LEN + EFFECTS_LEN_LEN) else {
+        return Err("frame too short for its effects length".into());
+    };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let start = META_LEN + EFFECTS_LEN_LEN;
+    let Some(json) = payload.get(start..start.saturating_add(len)) else {
+        return Err(format!("effects length {len} beyond the frame"));
+    };
+    let effects: Vec<(String, Effect)> =
+        serde_json::from_slice(json).map_err(|e| format!("unreadable effects: {e}"))?;
+    let effects = effects
+        .into_iter()
+        .map(|(id, e)| (Arc::from(id), e))
+        .collect();
+    Ok((effects, start + len))
 }
 
 /// Reads the frame at `offset`, using only bytes before `end`.
@@ -172,12 +235,18 @@ pub fn read_frame(file: &File, offset: u64, end: u64) -> std::io::Result<ReadOut
             "checksum mismatch".into(),
         )));
     }
-    if payload[0] != FRAME_VERSION {
-        return Ok(ReadOutcome::Bad(Damage::Corrupt(format!(
-            "unknown frame version {}",
-            payload[0]
-        ))));
-    }
+    let (effects, body_at) = match payload[0] {
+        FRAME_VERSION_1 => (Vec::new(), META_LEN),
+        FRAME_VERSION => match decode_effects(&payload) {
+            Ok(v) => v,
+            Err(why) => return Ok(ReadOutcome::Bad(Damage::Corrupt(why))),
+        },
+        v => {
+            return Ok(ReadOutcome::Bad(Damage::Corrupt(format!(
+                "unknown frame version {v}"
+            ))))
+        }
+    };
     let Some(compression) = compression_of(payload[1]) else {
         return Ok(ReadOutcome::Bad(Damage::Corrupt(format!(
             "unknown compression {}",
@@ -192,8 +261,16 @@ pub fn read_frame(file: &File, offset: u64, end: u64) -> std::io::Result<ReadOut
         records,
         newest_ts: i64::from_le_bytes(ts),
     };
-    let body = Bytes::from(payload).slice(META_LEN..);
-    Ok(ReadOutcome::Frame(Frame { meta, body }, next))
+    let body = Bytes::from(payload).slice(body_at..);
+    Ok(ReadOutcome::Frame(
+        Frame {
+            meta,
+            effects,
+            body,
+            replayed: false,
+        },
+        next,
+    ))
 }
 
 /// Whether `file` starts with [`MAGIC`].
@@ -329,9 +406,10 @@ mod tests {
     fn frames_round_trip_and_damage_is_classified() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
+        let effects: Effects = vec![("c1".into(), Effect::Meta), ("c2".into(), Effect::Forget)];
         let mut bytes = MAGIC.to_vec();
-        bytes.extend(encode_frame(&meta(), b"hello"));
-        bytes.extend(encode_frame(&meta(), b""));
+        bytes.extend(encode_frame(&meta(), &effects, b"hello").unwrap());
+        bytes.extend(encode_frame(&meta(), &[], b"").unwrap());
         std::fs::write(&path, &bytes).unwrap();
         let f = File::open(&path).unwrap();
         let len = bytes.len() as u64;
@@ -339,10 +417,11 @@ mod tests {
             panic!("first frame")
         };
         assert_eq!((a.meta, &a.body[..]), (meta(), &b"hello"[..]));
+        assert_eq!(a.effects, effects);
         let ReadOutcome::Frame(b, end) = read_frame(&f, next, len).unwrap() else {
             panic!("second frame")
         };
-        assert!(b.body.is_empty());
+        assert!(b.body.is_empty() && b.effects.is_empty());
         assert_eq!(end, len);
         assert!(matches!(
             read_frame(&f, end, len).unwrap(),
@@ -352,7 +431,7 @@ mod tests {
             read_frame(&f, next, len - 1).unwrap(),
             ReadOutcome::Bad(Damage::Truncated)
         ));
-        // A flipped body byte fails the checksum.
+        // A flipped byte fails the checksum.
         bytes[HEADER_LEN as usize + FRAME_HEADER_LEN as usize + META_LEN] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let f = File::open(&path).unwrap();
@@ -363,6 +442,23 @@ mod tests {
         let s = scan(&f, len).unwrap();
         assert_eq!(s.valid_end, HEADER_LEN);
         assert!(!is_torn_tail(&f, &s, len).unwrap(), "damage mid-file");
+    }
+
+    #[test]
+    fn version_1_frames_are_read_without_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(encode_frame_v1(&meta(), b"old body"));
+        std::fs::write(&path, &bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        let len = bytes.len() as u64;
+        let ReadOutcome::Frame(a, end) = read_frame(&f, HEADER_LEN, len).unwrap() else {
+            panic!("v1 frame")
+        };
+        assert_eq!((a.meta, &a.body[..]), (meta(), &b"old body"[..]));
+        assert!(a.effects.is_empty());
+        assert_eq!(end, len);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use protocol::{Agent, Batch, ContainerSegment, Record, Stream};
 
 use super::segment::{self, FrameMeta};
 use super::*;
-use crate::checkpoint::Position;
+use crate::checkpoint::{CheckpointStore, Position};
+use crate::pipeline::shipper::acknowledged;
 
 /// Captures log output (tracing) of the current thread.
 #[derive(Clone, Default)]
@@ -55,6 +56,10 @@ fn open_in(dir: &Path, limits: Limits) -> (SpoolWriter, SpoolReader) {
 }
 
 fn frame(n: u32, body_len: usize) -> Vec<u8> {
+    frame_with(n, body_len, &[])
+}
+
+fn frame_with(n: u32, body_len: usize, effects: &[(Arc<str>, Effect)]) -> Vec<u8> {
     let mut body = format!("frame {n} ").into_bytes();
     body.resize(body_len.max(body.len()), b'.');
     segment::encode_frame(
@@ -63,8 +68,18 @@ fn frame(n: u32, body_len: usize) -> Vec<u8> {
             records: n,
             newest_ts: i64::from(n),
         },
+        effects,
         &body,
     )
+    .unwrap()
+}
+
+fn cut(seq: u64) -> Effect {
+    Effect::Cut(Position {
+        seq,
+        ts: seq as i64,
+        at_ts: 1,
+    })
 }
 
 /// The numbers (`records`) of the frames the reader hands out, acknowledging each.
@@ -203,8 +218,13 @@ fn corrupt_frame_is_reported_by_file_name_and_the_rest_of_its_segment_skipped() 
         segment_bytes: 2500,
     };
     let (mut w, r) = open_in(dir.path(), limits);
+    let id: Arc<str> = "c1".into();
     for n in 1..=9 {
-        w.append(&frame(n, 1000)).unwrap();
+        let effects = [
+            (id.clone(), cut(u64::from(n))),
+            (id.clone(), Effect::Forget),
+        ];
+        w.append(&frame_with(n, 1000, &effects)).unwrap();
     }
     w.sync().unwrap();
     drop((w, r));
@@ -237,7 +257,25 @@ fn corrupt_frame_is_reported_by_file_name_and_the_rest_of_its_segment_skipped() 
     std::fs::write(&path, &bytes).unwrap();
 
     let (_w, mut r) = open_in(dir.path(), limits);
-    assert_eq!(drain(&mut r), vec![1, 2, 3, 4, 7, 8, 9]);
+    let mut seen = Vec::new();
+    while let Next::Frame(f) = r.try_next().unwrap() {
+        assert!(f.replayed, "spooled before this start");
+        seen.push((f.meta.records, f.effects));
+        r.ack();
+    }
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 7, 8, 9]
+    );
+    // Before the damage every effect applies; after it only removals do, so the checkpoint
+    // stays before the lost lines (read again from Docker at the next start).
+    assert_eq!(
+        seen[3].1,
+        vec![(id.clone(), cut(4)), (id.clone(), Effect::Forget)]
+    );
+    for (_, effects) in &seen[4..] {
+        assert_eq!(effects, &vec![(id.clone(), Effect::Forget)]);
+    }
     let text = logs.text();
     assert!(
         text.contains("ERROR")
@@ -245,6 +283,7 @@ fn corrupt_frame_is_reported_by_file_name_and_the_rest_of_its_segment_skipped() 
         "the error names the file: {text}"
     );
     assert!(text.contains("checksum mismatch"), "{text}");
+    assert!(text.contains("checkpoints stay where they are"), "{text}");
 }
 
 #[test]
@@ -356,8 +395,31 @@ fn decode(f: &Frame) -> Batch {
     serde_json::from_slice(&f.body).unwrap()
 }
 
+/// Reads the records (seqs) and effects of every frame in the spool's files, in order.
+fn spooled(spool_dir: &Path) -> Vec<(Vec<u64>, segment::Effects)> {
+    let mut out = Vec::new();
+    for name in segment_files(spool_dir) {
+        let f = File::open(spool_dir.join(name)).unwrap();
+        let len = f.metadata().unwrap().len();
+        let mut at = HEADER_LEN;
+        while let ReadOutcome::Frame(fr, next) = segment::read_frame(&f, at, len).unwrap() {
+            let json = match fr.meta.compression {
+                Compression::Zstd => zstd::decode_all(&fr.body[..]).unwrap(),
+                _ => fr.body.to_vec(),
+            };
+            let b: Batch = serde_json::from_slice(&json).unwrap();
+            out.push((
+                b.segments[0].records.iter().map(|r| r.seq).collect(),
+                fr.effects,
+            ));
+            at = next;
+        }
+    }
+    out
+}
+
 #[tokio::test]
-async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
+async fn checkpoints_move_only_with_acknowledged_frames_and_a_full_spool_pauses() {
     let (logs, _guard) = capture();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(CheckpointStore::open(dir.path()).unwrap());
@@ -369,13 +431,7 @@ async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
     let reader = Reader::new(r);
     let (tx, rx) = mpsc::channel(1);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run_writer(
-        rx,
-        w,
-        store.clone(),
-        Compression::None,
-        stop.clone(),
-    ));
+    let task = tokio::spawn(run_writer(rx, w, Compression::None, stop.clone()));
     let id: Arc<str> = "c1".into();
     // Each batch is ~5 KiB of JSON: the spool holds four or so.
     let feeder = {
@@ -406,38 +462,29 @@ async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
         )),
         "{text}"
     );
-    // The checkpoint covers whole durable batches only, and no more than the spool holds
-    // (every frame the spool holds now is read below, before anything else is accepted).
-    let spooled_seq = store.snapshot()[&*id].pos.seq;
-    assert!(
-        spooled_seq >= 120 && spooled_seq.is_multiple_of(40),
-        "{spooled_seq}"
-    );
-    let held: u64 = segment_files(&dir.path().join("spool"))
-        .iter()
-        .map(|name| {
-            let f = File::open(dir.path().join("spool").join(name)).unwrap();
-            let len = f.metadata().unwrap().len();
-            let (mut at, mut n) = (HEADER_LEN, 0u64);
-            while let ReadOutcome::Frame(fr, next) = segment::read_frame(&f, at, len).unwrap() {
-                n += u64::from(fr.meta.records);
-                at = next;
-            }
-            n
-        })
-        .sum();
-    assert!(
-        spooled_seq <= held,
-        "checkpoint {spooled_seq} beyond the spool's {held}"
-    );
+    // Spooling moves no checkpoint: nothing is acknowledged yet.
+    assert!(store.snapshot().is_empty(), "{:?}", store.snapshot());
+    // Every spooled frame carries the cut right after its last record.
+    let held = spooled(&dir.path().join("spool"));
+    assert!(held.len() >= 3, "{} frames", held.len());
+    for (seqs, effects) in &held {
+        assert_eq!(effects, &vec![(id.clone(), cut(*seqs.last().unwrap()))]);
+    }
 
-    // Deliver everything, checking order and content.
+    // Deliver everything, checking order and content; the checkpoint follows each
+    // acknowledgement and never gets ahead of it.
     let mut next_seq = 1;
     while next_seq <= 400 {
         let f = tokio::time::timeout(Duration::from_secs(10), reader.next())
             .await
             .expect("a frame")
             .expect("not closed");
+        let before = store.snapshot().get(&*id).map_or(0, |e| e.pos.seq);
+        assert_eq!(
+            before,
+            next_seq - 1,
+            "checkpoint at the last acknowledged line"
+        );
         let batch = decode(&f);
         for rec in &batch.segments[0].records {
             assert_eq!(rec.seq, next_seq);
@@ -445,7 +492,11 @@ async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
         }
         assert_eq!(f.meta.records, 40);
         assert_eq!(f.meta.newest_ts, (next_seq - 1) as i64);
+        assert!(!f.replayed);
+        // What the shipper does on a 2xx answer.
+        acknowledged(&store, &f);
         reader.ack().await;
+        assert_eq!(store.snapshot()[&*id].pos.seq, next_seq - 1);
     }
     feeder.await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
@@ -463,9 +514,8 @@ async fn checkpoints_move_once_batches_are_durable_and_a_full_spool_pauses() {
 }
 
 #[tokio::test]
-async fn stopping_while_full_drops_only_what_the_checkpoint_does_not_cover() {
+async fn stopping_while_full_keeps_every_spooled_batch_with_its_effects() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CheckpointStore::open(dir.path()).unwrap());
     let limits = Limits {
         max_bytes: 12 << 10,
         segment_bytes: 4 << 10,
@@ -475,13 +525,7 @@ async fn stopping_while_full_drops_only_what_the_checkpoint_does_not_cover() {
     let shared = r.shared().clone();
     let (tx, rx) = mpsc::channel(1);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run_writer(
-        rx,
-        w,
-        store.clone(),
-        Compression::Zstd,
-        stop.clone(),
-    ));
+    let task = tokio::spawn(run_writer(rx, w, Compression::Zstd, stop.clone()));
     let id: Arc<str> = "c1".into();
     let feeder = tokio::spawn(async move {
         for b in 0..20u64 {
@@ -508,17 +552,59 @@ async fn stopping_while_full_drops_only_what_the_checkpoint_does_not_cover() {
         .expect("writer stops")
         .unwrap();
     feeder.abort();
-    let covered = store.snapshot()["c1"].pos.seq;
     drop(r);
-    // After a restart the spool holds exactly the records up to the checkpoint.
+    // After a restart the spool holds whole batches from the first line on, each with its
+    // effects; a store fed by their acknowledgements ends at the last spooled line (what
+    // was not spooled is read from Docker again, the checkpoint never covered it).
+    let store = CheckpointStore::open(dir.path()).unwrap();
     let (_w, mut r) = open_in(&spool_dir, limits);
     let mut seqs = Vec::new();
     while let Next::Frame(f) = r.try_next().unwrap() {
+        assert!(f.replayed);
         let json = zstd::decode_all(&f.body[..]).unwrap();
         let b: Batch = serde_json::from_slice(&json).unwrap();
         seqs.extend(b.segments[0].records.iter().map(|r| r.seq));
+        assert_eq!(f.effects, vec![("c1".into(), cut(*seqs.last().unwrap()))]);
+        acknowledged(&store, &f);
         r.ack();
     }
-    assert!(covered > 0);
+    let covered = store.snapshot()["c1"].pos.seq;
+    assert!(covered > 0 && covered < 800);
     assert_eq!(seqs, (1..=covered).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_batch_of_effects_only_is_spooled_with_an_empty_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, r) = open_in(dir.path(), BIG);
+    let reader = Reader::new(r);
+    let (tx, rx) = mpsc::channel(1);
+    let task = tokio::spawn(run_writer(
+        rx,
+        w,
+        Compression::Zstd,
+        CancellationToken::new(),
+    ));
+    let id: Arc<str> = "gone".into();
+    tx.send(out_batch(&id, 1..=3, 5)).await.unwrap();
+    let mut forget = out_batch(&id, 1..=1, 0);
+    forget.batch.segments.clear();
+    forget.records = 0;
+    forget.effects = vec![(id.clone(), Effect::Forget)];
+    tx.send(forget).await.unwrap();
+    drop(tx);
+    task.await.unwrap();
+    let store = CheckpointStore::open(&dir.path().join("cp")).unwrap();
+    let f = reader.next().await.unwrap();
+    assert!(!f.body.is_empty());
+    acknowledged(&store, &f);
+    reader.ack().await;
+    assert_eq!(store.snapshot()["gone"].pos.seq, 3);
+    let f = reader.next().await.unwrap();
+    assert!(f.body.is_empty(), "nothing to send");
+    assert_eq!(f.effects, vec![(id.clone(), Effect::Forget)]);
+    acknowledged(&store, &f);
+    reader.ack().await;
+    assert!(store.snapshot().is_empty());
+    assert!(reader.next().await.is_none());
 }
