@@ -207,20 +207,48 @@ struct Decision {
     reason: Option<String>,
 }
 
+/// What an operator asks of a run.
+#[derive(Clone, Copy)]
+enum Steer {
+    Approve,
+    Reject,
+    Cancel,
+}
+
+/// The three steering routes differ only in the engine call.
+async fn steer(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    body: &Bytes,
+    action: Steer,
+) -> ApiResult<Json<RunView>> {
+    check_admin(state, headers)?;
+    let engine = engine_of(state)?;
+    let d: Decision = optional_json(body)?;
+    let run = match action {
+        Steer::Approve => engine.approve(id, d.by).await,
+        Steer::Reject => engine.reject(id, d.reason).await,
+        Steer::Cancel => engine.cancel(id, d.reason).await,
+    }
+    .map_err(|e| {
+        let context = match action {
+            Steer::Approve => "cannot approve a run",
+            Steer::Reject => "cannot reject a run",
+            Steer::Cancel => "cannot cancel a run",
+        };
+        engine_error(context, &e)
+    })?;
+    Ok(Json(RunView::new(&run)))
+}
+
 async fn approve(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
-    let engine = engine_of(&state)?;
-    let d: Decision = optional_json(&body)?;
-    let run = engine
-        .approve(&id, d.by)
-        .await
-        .map_err(|e| engine_error("cannot approve a run", &e))?;
-    Ok(Json(RunView::new(&run)))
+) -> ApiResult<Json<RunView>> {
+    steer(&state, &headers, &id, &body, Steer::Approve).await
 }
 
 async fn reject(
@@ -228,15 +256,8 @@ async fn reject(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
-    let engine = engine_of(&state)?;
-    let d: Decision = optional_json(&body)?;
-    let run = engine
-        .reject(&id, d.reason)
-        .await
-        .map_err(|e| engine_error("cannot reject a run", &e))?;
-    Ok(Json(RunView::new(&run)))
+) -> ApiResult<Json<RunView>> {
+    steer(&state, &headers, &id, &body, Steer::Reject).await
 }
 
 async fn cancel(
@@ -244,13 +265,6 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
-    let engine = engine_of(&state)?;
-    let d: Decision = optional_json(&body)?;
-    let run = engine
-        .cancel(&id, d.reason)
-        .await
-        .map_err(|e| engine_error("cannot cancel a run", &e))?;
-    Ok(Json(RunView::new(&run)))
+) -> ApiResult<Json<RunView>> {
+    steer(&state, &headers, &id, &body, Steer::Cancel).await
 }
