@@ -18,8 +18,7 @@ use mysql_async::{
 use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{
-    ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, Transition,
-    TransitionKind, WriteBatch,
+    ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
 use crate::mysql_documents;
 use crate::mysql_webhooks;
@@ -412,10 +411,8 @@ async fn apply_job(
     out: &mut ApplyOutcome,
 ) -> Result<()> {
     let job_id = jw.job_id;
-    let transition = |kind| Transition { job_id, kind };
     // The job as it was at each transition, for notifications and webhook deliveries.
     let mut snapshots: Vec<(TransitionKind, Job)> = Vec::new();
-    let mut finished = false;
     let (mut row, created) = match load_job(tx, job_id).await? {
         Some(row) => (row, false),
         None => {
@@ -449,52 +446,22 @@ async fn apply_job(
     let before = row.clone();
 
     // 1. metadata
-    let mut labels_changed = false;
-    if let Some(meta) = &jw.meta {
-        if created {
-            labels_changed = !row.labels.is_empty();
-            out.transitions.push(transition(TransitionKind::Started));
-            snapshots.push((TransitionKind::Started, row.snapshot()));
-        } else {
-            let effect = row.apply_meta(meta, &jw.node);
-            labels_changed = effect.metadata_written && row.labels != before.labels;
-            if let Some(kind) = effect.transition {
-                out.transitions.push(transition(kind));
-                snapshots.push((kind, row.snapshot()));
-            }
-        }
-    }
-    if labels_changed {
+    if shared::apply_meta_step(&mut row, &before, jw, created, out, &mut snapshots) {
         replace_labels(tx, &row).await?;
     }
 
     // 2. lines
     if !jw.lines.is_empty() {
         let stored = insert_lines(tx, jw).await?;
-        let max_seq = jw.lines.iter().map(|l| l.seq).max().unwrap_or(0);
-        out.stored += stored;
-        out.duplicates += jw.lines.len() as u64 - stored;
-        row.add_lines(stored, max_seq);
+        shared::count_lines(&mut row, jw, stored, out);
     }
 
     // 3. outputs and CO_RESULT
     if !jw.outputs.is_empty() {
         upsert_outputs(tx, jw).await?;
     }
-    if let Some(co) = &jw.co_result {
-        row.apply_co_result(co);
-    }
-
     // 4. exit, 5. logs unavailable
-    if let Some(exit) = &jw.exit {
-        if let Some(kind) = row.apply_exit(exit) {
-            out.transitions.push(transition(kind));
-            finished = true;
-        }
-    }
-    if let Some(text) = &jw.logs_unavailable {
-        row.apply_logs_unavailable(text);
-    }
+    let finished = shared::apply_result_steps(&mut row, jw, out);
 
     if row != before {
         row.updated_at = now;

@@ -13,8 +13,8 @@ use protocol::{Stream, LABEL_ACTION, LABEL_FLOW, LABEL_JOB, LABEL_RUN, LABEL_STA
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{
-    decide, CoResultWrite, ExitWrite, Job, JobId, JobMeta, JobQuery, JobStatus, JobWrite,
-    LineQuery, NewLine, StoredLine, TransitionKind, WriteBatch,
+    decide, ApplyOutcome, CoResultWrite, ExitWrite, Job, JobId, JobMeta, JobQuery, JobStatus,
+    JobWrite, LineQuery, NewLine, StoredLine, Transition, TransitionKind, WriteBatch,
 };
 
 /// Column limits, in characters unless noted (MySQL counts VARCHAR in characters; the SQLite
@@ -676,6 +676,70 @@ pub(crate) fn read_lines_sql(q: &LineQuery) -> (String, Vec<Param>) {
     sql.push_str(" ORDER BY seq LIMIT ?");
     params.push(i64::from(q.limit).into());
     (sql, params)
+}
+
+// ---------------------------------------------------------------------------------------
+// The rule steps of one job write, shared by both backends' `apply_job` (which only add the
+// I/O between them: labels, lines, outputs, the row update).
+
+/// Step 1, metadata: updates the row, records the transition with the job as it then
+/// stood. Returns whether the job's indexed labels must be rewritten.
+pub(crate) fn apply_meta_step(
+    row: &mut JobRow,
+    before: &JobRow,
+    jw: &JobWrite,
+    created: bool,
+    out: &mut ApplyOutcome,
+    snapshots: &mut Vec<(TransitionKind, Job)>,
+) -> bool {
+    let Some(meta) = &jw.meta else {
+        return false;
+    };
+    let job_id = row.id;
+    if created {
+        out.transitions.push(Transition {
+            job_id,
+            kind: TransitionKind::Started,
+        });
+        snapshots.push((TransitionKind::Started, row.snapshot()));
+        return !row.labels.is_empty();
+    }
+    let effect = row.apply_meta(meta, &jw.node);
+    if let Some(kind) = effect.transition {
+        out.transitions.push(Transition { job_id, kind });
+        snapshots.push((kind, row.snapshot()));
+    }
+    effect.metadata_written && row.labels != before.labels
+}
+
+/// Step 2's bookkeeping, once the backend inserted the lines: `stored` of them were new.
+pub(crate) fn count_lines(row: &mut JobRow, jw: &JobWrite, stored: u64, out: &mut ApplyOutcome) {
+    let max_seq = jw.lines.iter().map(|l| l.seq).max().unwrap_or(0);
+    out.stored += stored;
+    out.duplicates += jw.lines.len() as u64 - stored;
+    row.add_lines(stored, max_seq);
+}
+
+/// Steps 3 (CO_RESULT), 4 (exit, which decides the verdict) and 5 (logs unavailable) on
+/// the row. Returns whether the job finished in this write.
+pub(crate) fn apply_result_steps(row: &mut JobRow, jw: &JobWrite, out: &mut ApplyOutcome) -> bool {
+    if let Some(co) = &jw.co_result {
+        row.apply_co_result(co);
+    }
+    let mut finished = false;
+    if let Some(exit) = &jw.exit {
+        if let Some(kind) = row.apply_exit(exit) {
+            out.transitions.push(Transition {
+                job_id: row.id,
+                kind,
+            });
+            finished = true;
+        }
+    }
+    if let Some(text) = &jw.logs_unavailable {
+        row.apply_logs_unavailable(text);
+    }
+    finished
 }
 
 #[cfg(test)]

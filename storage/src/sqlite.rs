@@ -18,8 +18,7 @@ use tokio::sync::Semaphore;
 use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{
-    ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, Transition,
-    TransitionKind, WriteBatch,
+    ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
 use crate::shared::{
     self, list_jobs_sql, now_ns, outputs_by_name, placeholders, read_lines_sql, schema_too_new,
@@ -441,10 +440,8 @@ fn apply_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<ApplyOutcome
 
 fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutcome) -> Result<()> {
     let job_id = jw.job_id;
-    let transition = |kind| Transition { job_id, kind };
     // The job as it was at each transition, for notifications and webhook deliveries.
     let mut snapshots: Vec<(TransitionKind, Job)> = Vec::new();
-    let mut finished = false;
     let (mut row, created) = match load_job(tx, job_id)? {
         Some(row) => (row, false),
         None => {
@@ -460,22 +457,7 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
     let before = row.clone();
 
     // 1. metadata
-    let mut labels_changed = false;
-    if let Some(meta) = &jw.meta {
-        if created {
-            labels_changed = !row.labels.is_empty();
-            out.transitions.push(transition(TransitionKind::Started));
-            snapshots.push((TransitionKind::Started, row.snapshot()));
-        } else {
-            let effect = row.apply_meta(meta, &jw.node);
-            labels_changed = effect.metadata_written && row.labels != before.labels;
-            if let Some(kind) = effect.transition {
-                out.transitions.push(transition(kind));
-                snapshots.push((kind, row.snapshot()));
-            }
-        }
-    }
-    if labels_changed {
+    if shared::apply_meta_step(&mut row, &before, jw, created, out, &mut snapshots) {
         tx.prepare_cached("DELETE FROM job_labels WHERE job_id = ?")?
             .execute([job_id])?;
         let mut insert =
@@ -488,10 +470,7 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
     // 2. lines
     if !jw.lines.is_empty() {
         let stored = insert_lines(tx, job_id, jw)?;
-        let max_seq = jw.lines.iter().map(|l| l.seq).max().unwrap_or(0);
-        out.stored += stored;
-        out.duplicates += jw.lines.len() as u64 - stored;
-        row.add_lines(stored, max_seq);
+        shared::count_lines(&mut row, jw, stored, out);
     }
 
     // 3. outputs and CO_RESULT
@@ -505,20 +484,8 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
             upsert.execute(params![job_id, name, value, seq])?;
         }
     }
-    if let Some(co) = &jw.co_result {
-        row.apply_co_result(co);
-    }
-
     // 4. exit, 5. logs unavailable
-    if let Some(exit) = &jw.exit {
-        if let Some(kind) = row.apply_exit(exit) {
-            out.transitions.push(transition(kind));
-            finished = true;
-        }
-    }
-    if let Some(text) = &jw.logs_unavailable {
-        row.apply_logs_unavailable(text);
-    }
+    let finished = shared::apply_result_steps(&mut row, jw, out);
 
     if row != before {
         row.updated_at = now;
