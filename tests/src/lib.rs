@@ -507,6 +507,24 @@ impl Agent {
     }
 }
 
+/// A small valid ingest batch for `container` (64 hex characters): metadata and two
+/// lines, one UTF-8 on stdout and one invalid byte (base64) on stderr. For tests that
+/// talk to the ingest API directly rather than through an agent.
+pub fn small_batch(container: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "agent": {"id": "test", "node": "n"},
+        "segments": [{
+            "container_id": container,
+            "meta": {"name": "c", "image": "i", "labels": {}, "created_at": 1, "started_at": 2},
+            "records": [
+                {"seq": 1, "ts": 10, "stream": "stdout", "text": "hello"},
+                {"seq": 2, "ts": 11, "stream": "stderr", "b64": "/w=="}
+            ]
+        }]
+    })
+}
+
 /// The last `n` lines of a text.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use logarithm_tests::docker::{self, DockerLine, Spec};
-use logarithm_tests::{Agent, Daemon, Db, TOKEN};
+use logarithm_tests::{small_batch, Agent, Daemon, Db, TOKEN};
 use protocol::Stream;
 use serde_json::{json, Value};
 
@@ -345,21 +345,6 @@ async fn containers_before_and_after_agent_start() -> Result<()> {
     result
 }
 
-fn valid_batch(container: &str) -> Value {
-    json!({
-        "version": 1,
-        "agent": {"id": "t", "node": "n"},
-        "segments": [{
-            "container_id": container,
-            "meta": {"name": "c", "image": "i", "labels": {}, "created_at": 1, "started_at": 2},
-            "records": [
-                {"seq": 1, "ts": 10, "stream": "stdout", "text": "hello"},
-                {"seq": 2, "ts": 11, "stream": "stderr", "b64": "/w=="}
-            ]
-        }]
-    })
-}
-
 async fn post(
     daemon: &Daemon,
     body: Vec<u8>,
@@ -390,7 +375,7 @@ async fn post(
 async fn bad_input(db: Db) -> Result<()> {
     let daemon = Daemon::start(db.url()).await?;
     let cid = "a".repeat(64);
-    let ok = serde_json::to_vec(&valid_batch(&cid))?;
+    let ok = serde_json::to_vec(&small_batch(&cid))?;
 
     let (s, b) = post(&daemon, ok.clone(), None, None).await?;
     ensure!(s == 401 && b["error"]["code"] == "unauthorized", "{s} {b}");
@@ -400,7 +385,7 @@ async fn bad_input(db: Db) -> Result<()> {
     let (s, b) = post(&daemon, b"{not json".to_vec(), Some(TOKEN), None).await?;
     ensure!(s == 400 && b["error"]["code"] == "invalid_body", "{s} {b}");
 
-    let mut v = valid_batch(&cid);
+    let mut v = small_batch(&cid);
     v["version"] = json!(99);
     let (s, b) = post(&daemon, serde_json::to_vec(&v)?, Some(TOKEN), None).await?;
     ensure!(
@@ -415,7 +400,7 @@ async fn bad_input(db: Db) -> Result<()> {
     );
 
     // A valid segment followed by a broken record: the whole batch is refused.
-    let mut v = valid_batch(&cid);
+    let mut v = small_batch(&cid);
     v["segments"][0]["records"][1]["seq"] = json!(1);
     let (s, b) = post(&daemon, serde_json::to_vec(&v)?, Some(TOKEN), None).await?;
     ensure!(s == 400 && b["error"]["code"] == "invalid_batch", "{s} {b}");
@@ -426,13 +411,13 @@ async fn bad_input(db: Db) -> Result<()> {
         "{b}"
     );
 
-    let mut v = valid_batch(&cid);
+    let mut v = small_batch(&cid);
     v["segments"][0]["records"][0]["b64"] = json!("!!");
     v["segments"][0]["records"][0]["text"] = Value::Null;
     let (s, b) = post(&daemon, serde_json::to_vec(&v)?, Some(TOKEN), None).await?;
     ensure!(s == 400, "{s} {b}");
 
-    let mut v = valid_batch(&cid);
+    let mut v = small_batch(&cid);
     v["segments"][0]["surprise"] = json!(1);
     let (s, b) = post(&daemon, serde_json::to_vec(&v)?, Some(TOKEN), None).await?;
     ensure!(

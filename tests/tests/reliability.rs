@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use futures::StreamExt;
 use logarithm_tests::docker::{self, Spec};
 use logarithm_tests::mariadb::MariaDb;
-use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db, TOKEN};
+use logarithm_tests::{rand_u64, small_batch, tail, wait_until, Agent, Daemon, Db, TOKEN};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -423,22 +423,6 @@ async fn daemon_sigkilled_five_times() -> Result<()> {
 const OUTAGE_LINES: u64 = 100_000;
 const OUTAGE: Duration = Duration::from_secs(20);
 
-/// A small valid batch for a container of its own (not one the agent ships).
-fn probe_batch(container: &str) -> Value {
-    json!({
-        "version": 1,
-        "agent": {"id": "probe", "node": "n"},
-        "segments": [{
-            "container_id": container,
-            "meta": {"name": "probe", "image": "i", "labels": {}, "created_at": 1, "started_at": 2},
-            "records": [
-                {"seq": 1, "ts": 10, "stream": "stdout", "text": "hello"},
-                {"seq": 2, "ts": 11, "stream": "stderr", "text": "world"}
-            ]
-        }]
-    })
-}
-
 /// POSTs a batch; returns the status, the Retry-After header, the body and the time taken.
 async fn post_batch(
     daemon: &Daemon,
@@ -494,7 +478,7 @@ async fn mariadb_down_for_20_seconds() -> Result<()> {
     )
     .await?;
     let probe_cid = format!("{:016x}", rand_u64()).repeat(4);
-    let probe = probe_batch(&probe_cid);
+    let probe = small_batch(&probe_cid);
     let result = async {
         wait_until(
             Duration::from_secs(30),
@@ -897,11 +881,11 @@ async fn hung_database_answers_503_at_the_write_deadline() -> Result<()> {
     // A first batch opens pooled connections, which stay open to the frozen server.
     let (s, _, body, _) = post_batch(
         &daemon,
-        &probe_batch(&format!("{:016x}", rand_u64()).repeat(4)),
+        &small_batch(&format!("{:016x}", rand_u64()).repeat(4)),
     )
     .await?;
     ensure!(s == 200, "{s} {body}");
-    let batch = probe_batch(&format!("{:016x}", rand_u64()).repeat(4));
+    let batch = small_batch(&format!("{:016x}", rand_u64()).repeat(4));
     mariadb.freeze()?;
     let answer = post_batch(&daemon, &batch).await;
     mariadb.thaw()?;
