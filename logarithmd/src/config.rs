@@ -67,6 +67,9 @@ pub struct Config {
     /// The flow engine (`[engine]`).
     #[serde(default)]
     pub engine: crate::flows::EngineSettings,
+    /// Live follow: SSE streams and `follow=true` (`[live]`).
+    #[serde(default)]
+    pub live: crate::live::LiveSettings,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             public_url: None,
             webhooks: crate::webhooks::WebhooksConfig::default(),
             engine: crate::flows::EngineSettings::default(),
+            live: crate::live::LiveSettings::default(),
         }
     }
 }
@@ -118,6 +122,7 @@ impl Config {
         }
         self.webhooks.validate()?;
         self.engine.validate()?;
+        self.live.validate()?;
         Ok(())
     }
 }

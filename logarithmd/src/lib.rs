@@ -9,6 +9,8 @@
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit), `query` (jobs and logs), `error` (the one HTTP error type), health.
+//! - [`live`]: the live hub: committed lines and run saves pushed to followers (SSE,
+//!   `follow=true`), with a cheap catch-up read for other replicas' commits.
 //! - [`notify`]: in-process job events (the typed subscriber interface the flow engine
 //!   uses), published after each commit.
 //! - [`webhooks`]: signed, durable, retried webhook deliveries (outbox, dispatcher, API).
@@ -21,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod cout;
 pub mod flows;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod webhooks;
@@ -97,6 +100,7 @@ pub async fn serve(
             webhook_wake: state.webhook_wake.clone(),
             public_url: public_url.clone(),
             handle: state.flows.clone(),
+            runs_live: state.live.runs.clone(),
         },
         shutdown.clone(),
     ));
@@ -109,6 +113,7 @@ pub async fn serve(
         state.metrics.clone(),
     )?;
     let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let live = state.live.clone();
     let app = api::router(state);
     let token = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -116,6 +121,8 @@ pub async fn serve(
     });
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
+    // Live streams never end by themselves: end them so draining does not wait for them.
+    live.close();
     tracing::info!(deadline = ?drain, "shutting down: draining in-flight requests");
     // One deadline for both: requests in flight and webhook attempts in flight.
     let drained = tokio::time::timeout(drain, async move {

@@ -141,6 +141,8 @@ async fn ingest_batch(
     state
         .metrics
         .ingest_committed(&committed(&write, records, &outcome), arrived.elapsed());
+    // Committed: followers get the lines now (moved, not copied), then the events go out.
+    state.live.jobs.publish(write, &outcome.events);
     state.notify(&outcome);
     Ok(Json(IngestAck {
         records,

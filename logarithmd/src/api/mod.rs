@@ -5,6 +5,7 @@ pub mod flows;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::flows::store::DocumentRunStore;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::notify::JobEvents;
 use error::{ApiError, ApiResult};
@@ -40,6 +43,8 @@ pub struct AppState {
     pub webhook_wake: Arc<Notify>,
     /// The flow engine, once it runs (see [`crate::flows`]).
     pub flows: crate::flows::EngineHandle,
+    /// Live follow of job logs and runs (see [`crate::live`]).
+    pub live: Live,
 }
 
 impl AppState {
@@ -50,7 +55,13 @@ impl AppState {
             config.ingest_queue_timeout,
         );
         let metrics = Arc::new(Metrics::new(storage.backend()));
+        let live = Live::new(
+            storage.clone(),
+            Arc::new(DocumentRunStore::new(storage.clone())),
+            config.live.clone(),
+        );
         AppState {
+            live,
             storage,
             metrics,
             config: Arc::new(config),
@@ -143,6 +154,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .merge(crate::webhooks::api::routes())
         .merge(flows::routes())
+        .merge(stream::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(

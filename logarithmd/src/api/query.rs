@@ -16,13 +16,12 @@ use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, LineQuery, Storage, St
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::live::MAX_JOINED_BYTES;
 
 const DEFAULT_JOB_PAGE: u32 = 50;
 const MAX_JOB_PAGE: u32 = 500;
 const DEFAULT_LINE_PAGE: usize = 1000;
 const MAX_LINE_PAGE: usize = 10_000;
-/// Longest line the readers join from continuation records.
-const MAX_JOINED_BYTES: usize = 16 << 20;
 /// Rows fetched from storage per round trip while reading logs.
 const STORAGE_PAGE: u32 = 1000;
 
@@ -201,7 +200,7 @@ fn parse_cursor(v: &str) -> ApiResult<JobCursor> {
     })
 }
 
-fn parse_job_id(id: &str) -> ApiResult<JobId> {
+pub(super) fn parse_job_id(id: &str) -> ApiResult<JobId> {
     id.parse::<JobId>()
         .ok()
         .filter(|n| *n > 0)
@@ -392,21 +391,6 @@ impl LineReader {
         Ok(self.buf.pop_front())
     }
 
-    /// After the end was reached, look for lines stored since (live tail).
-    fn poll_again(&mut self) {
-        self.exhausted = false;
-    }
-
-    /// Whether the job has reached a final status. Its last lines commit in the same
-    /// transaction as its exit, so after this is true one more read finds them all.
-    async fn job_finished(&self) -> storage::Result<bool> {
-        Ok(self
-            .storage
-            .get_job(self.job_id)
-            .await?
-            .is_none_or(|j| j.status.is_final()))
-    }
-
     /// The next whole line, or `None` at the end of what is stored.
     pub async fn next_line(&mut self) -> storage::Result<Option<LogicalLine>> {
         let Some(first) = self.next_record().await? else {
@@ -450,6 +434,19 @@ pub async fn job_logs(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/plain"));
+    if wants_text && params.follow {
+        let follower = state
+            .live
+            .follow_job(job.id, params.after, params.stream)
+            .await
+            .map_err(super::stream::follow_error)?
+            .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        return Ok(super::stream::follow_text(
+            follower,
+            params.filter,
+            params.limit,
+        ));
+    }
     if wants_text {
         return Ok(raw_download(reader, params));
     }
@@ -511,21 +508,16 @@ async fn read_page(
     })
 }
 
-/// How often a live tail looks for new lines.
-const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// Where a raw download stands.
 struct Download {
     reader: LineReader,
     params: LogParams,
     sent: usize,
     done: bool,
-    /// Following, the job was seen final: one more pass, then the end.
-    final_seen: bool,
 }
 
 /// Streams the raw log, so a large download needs no more memory than one storage page.
-/// With `follow`, new lines are sent as they are stored, until the job finishes.
+/// (`follow=true` is served by [`super::stream::follow_text`].)
 fn raw_download(reader: LineReader, params: LogParams) -> Response {
     const CHUNK: usize = 64 << 10;
     let state = Download {
@@ -533,7 +525,6 @@ fn raw_download(reader: LineReader, params: LogParams) -> Response {
         params,
         sent: 0,
         done: false,
-        final_seen: false,
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -562,29 +553,10 @@ fn raw_download(reader: LineReader, params: LogParams) -> Response {
                         return Some((Ok(chunk), st));
                     }
                 }
-                Ok(None) if !st.params.follow || st.final_seen => {
+                Ok(None) => {
                     st.done = true;
                     return Some((Ok(chunk), st));
                 }
-                Ok(None) => match st.reader.job_finished().await {
-                    Ok(true) => {
-                        st.final_seen = true;
-                        st.reader.poll_again();
-                    }
-                    Ok(false) => {
-                        // Send what we have before waiting, so the tail is live.
-                        if !chunk.is_empty() {
-                            return Some((Ok(chunk), st));
-                        }
-                        tokio::time::sleep(FOLLOW_POLL).await;
-                        st.reader.poll_again();
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "following a log failed");
-                        st.done = true;
-                        return Some((Err(std::io::Error::other(e)), st));
-                    }
-                },
                 Err(e) => {
                     tracing::error!(error = %e, "streaming a log download failed");
                     st.done = true;

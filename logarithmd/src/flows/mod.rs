@@ -93,6 +93,8 @@ pub struct Wiring {
     pub webhook_wake: Arc<Notify>,
     pub public_url: String,
     pub handle: EngineHandle,
+    /// Run saves are pushed to the run's live followers.
+    pub runs_live: Arc<crate::live::RunHub>,
 }
 
 /// Connects to Docker, starts the engine (retrying while storage is unavailable), makes it
@@ -119,7 +121,9 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
         Arc::new(docker),
         w.settings.extra_labels.clone(),
     ));
-    let store = Arc::new(store::DocumentRunStore::new(w.storage.clone()));
+    let store = Arc::new(
+        store::DocumentRunStore::new(w.storage.clone()).publishing_to(w.runs_live.clone()),
+    );
     let announcer = Arc::new(announce::WebhookRunEvents::new(
         w.storage.clone(),
         w.webhook_wake.clone(),

@@ -8,6 +8,7 @@ use engine::{Error, Result, Run, RunQuery, RunStore, StoredFlow};
 use storage::{DocumentPut, DocumentQuery, Expected, Storage};
 
 use super::engine_error;
+use crate::live::RunHub;
 
 /// Namespace of flows.
 pub const FLOWS: &str = "flows";
@@ -16,11 +17,22 @@ pub const RUNS: &str = "runs";
 
 pub struct DocumentRunStore {
     storage: Arc<dyn Storage>,
+    /// Where saved runs are pushed for live followers, if anywhere.
+    live: Option<Arc<RunHub>>,
 }
 
 impl DocumentRunStore {
     pub fn new(storage: Arc<dyn Storage>) -> DocumentRunStore {
-        DocumentRunStore { storage }
+        DocumentRunStore {
+            storage,
+            live: None,
+        }
+    }
+
+    /// Pushes every saved run to its live followers (right after the save).
+    pub fn publishing_to(mut self, hub: Arc<RunHub>) -> DocumentRunStore {
+        self.live = Some(hub);
+        self
     }
 
     async fn list(
@@ -126,7 +138,12 @@ impl RunStore for DocumentRunStore {
             },
         };
         match self.storage.put_document(&put).await {
-            Ok(Some(v)) => Ok(v),
+            Ok(Some(v)) => {
+                if let Some(hub) = &self.live {
+                    hub.publish(run, v);
+                }
+                Ok(v)
+            }
             Ok(None) => Err(Error::conflict(format!(
                 "run {} is no longer at version {version}",
                 run.id
