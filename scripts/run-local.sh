@@ -22,7 +22,9 @@ fi
 cargo build --release --bins --locked
 bin=${CARGO_TARGET_DIR:-target}/release
 
-"$bin/logarithmd" --listen "$listen" --storage-url "$storage" --ingest-token "$token" &
+# anonymous_read: reading needs no token on this local run (see docs/security.md).
+"$bin/logarithmd" --listen "$listen" --storage-url "$storage" --ingest-token "$token" \
+  --anonymous-read &
 daemon=$!
 trap 'kill -TERM $agent $daemon 2>/dev/null; wait $agent $daemon 2>/dev/null' EXIT INT TERM
 for _ in $(seq 1 100); do
@@ -32,7 +34,7 @@ done
 "$bin/antilog" --server-url "http://$listen" --token "$token" --data-dir data/antilog &
 agent=$!
 echo
-echo "Logarithm is running. Try:"
+echo "Logarithm is running. Reading needs no token here (anonymous_read is on). Try:"
 echo "  curl -s http://$listen/api/v1/jobs | python3 -m json.tool"
 echo "  curl -s http://$listen/api/v1/jobs/<id>/logs -H 'accept: text/plain'"
 echo "Ctrl-C stops it."

@@ -20,9 +20,18 @@ pub struct Config {
     /// Maximum open storage connections.
     #[serde(default = "default_storage_connections")]
     pub storage_connections: usize,
-    /// Tokens agents present as `Authorization: Bearer <token>`. Empty means ingest is open
-    /// to anyone who can reach the port (a warning is logged at start).
+    /// API tokens (`[[tokens]]`): a name, the SHA-256 of the secret (`logarithmd
+    /// hash-token` prints an entry), scopes (`ingest`, `read`, `admin`) and, for read
+    /// tokens, optionally the flows they may read. See docs/security.md.
     #[serde(default)]
+    pub tokens: Vec<crate::auth::TokenConfig>,
+    /// Lets callers without a token read jobs, logs, flows and runs (never environment
+    /// values or `co_data`). Off unless set; `scripts/run-local.sh` turns it on.
+    #[serde(default)]
+    pub anonymous_read: bool,
+    /// Plaintext ingest secrets from `--ingest-token` / `LOGARITHMD_INGEST_TOKENS` only
+    /// (never read from the file, which holds hashes); hashed at start.
+    #[serde(skip)]
     pub ingest_tokens: Vec<String>,
     /// Largest ingest request body accepted, as sent (compressed).
     #[serde(default = "default_max_body_bytes")]
@@ -53,9 +62,9 @@ pub struct Config {
     /// Lines a log query scans at most to find matches for `contains`/`regex` in one call.
     #[serde(default = "default_max_scan_lines")]
     pub max_scan_lines: usize,
-    /// Bearer token for managing webhooks (`/api/v1/webhooks`). Without it those routes
-    /// answer 401.
-    #[serde(default)]
+    /// A plaintext admin secret from `--admin-token` / `LOGARITHMD_ADMIN_TOKEN` only (never
+    /// read from the file); hashed at start into a token named `admin` with scope `admin`.
+    #[serde(skip)]
     pub admin_token: Option<String>,
     /// logarithmd's externally visible base URL (for links in webhook payloads, such as a
     /// job's `logs_url`). Default: `http://<listen>`.
@@ -78,6 +87,8 @@ impl Default for Config {
             listen: default_listen(),
             storage_url: default_storage_url(),
             storage_connections: default_storage_connections(),
+            tokens: Vec::new(),
+            anonymous_read: false,
             ingest_tokens: Vec::new(),
             max_body_bytes: default_max_body_bytes(),
             max_decompressed_bytes: default_max_decompressed_bytes(),
@@ -114,6 +125,7 @@ impl Config {
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err("admin_token must not be empty".into());
         }
+        self.authenticator()?;
         if let Some(u) = &self.public_url {
             match reqwest::Url::parse(u) {
                 Ok(p) if matches!(p.scheme(), "http" | "https") => {}
@@ -124,6 +136,38 @@ impl Config {
         self.engine.validate()?;
         self.live.validate()?;
         Ok(())
+    }
+}
+
+impl Config {
+    /// Every token: the configured ones and those given in plaintext by flag or
+    /// environment (hashed here, named `ingest-N` and `admin`).
+    pub fn all_tokens(&self) -> Vec<crate::auth::TokenConfig> {
+        use crate::auth::{Scope, TokenConfig};
+        let mut all = self.tokens.clone();
+        for (i, t) in self.ingest_tokens.iter().enumerate() {
+            all.push(TokenConfig::from_secret(
+                &format!("ingest-{}", i + 1),
+                t,
+                &[Scope::Ingest],
+            ));
+        }
+        if let Some(t) = &self.admin_token {
+            all.push(TokenConfig::from_secret("admin", t, &[Scope::Admin]));
+        }
+        all
+    }
+
+    /// The authenticator for these tokens, or why they are invalid.
+    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, String> {
+        let all = self.all_tokens();
+        let mut names = std::collections::BTreeSet::new();
+        for t in &all {
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("two tokens are named {:?}", t.name));
+            }
+        }
+        crate::auth::Authenticator::new(&all, self.anonymous_read)
     }
 }
 

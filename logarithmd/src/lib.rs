@@ -4,6 +4,8 @@
 //! and serves the query API.
 //!
 //! # Layout
+//! - [`auth`]: tokens with scopes (`ingest`, `read`, `admin`) and the one extractor every
+//!   route uses to require a scope.
 //! - [`config`]: the configuration file's schema and defaults.
 //! - [`cout`]: the `[COUT]` line parser.
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
@@ -20,6 +22,7 @@
 //!   with a deadline.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod cout;
 pub mod flows;
@@ -75,8 +78,12 @@ pub async fn serve(
     let mut sc = storage::StorageConfig::new(config.storage_url.clone());
     sc.max_connections = config.storage_connections;
     let store = storage::open(&sc).await?;
-    if config.ingest_tokens.is_empty() {
-        tracing::warn!("no ingest_tokens configured: anyone who reaches the port can ingest");
+    let auth = config.authenticator().map_err(Error::Config)?;
+    if auth.ingest_open() {
+        tracing::warn!("no token has the ingest scope: anyone who reaches the port can ingest");
+    }
+    if auth.anonymous_read() {
+        tracing::warn!("anonymous_read is on: anyone who reaches the port can read logs");
     }
     webhooks::sync_config_subscriptions(&*store, &config.webhooks).await?;
     let addr = listener.local_addr().map_err(Error::Serve)?;

@@ -20,19 +20,44 @@ struct Args {
     /// Overrides `storage_url` (`sqlite://…` or `mysql://…`).
     #[arg(long, env = "LOGARITHMD_STORAGE_URL")]
     storage_url: Option<String>,
-    /// Adds an accepted agent token (repeatable; comma-separated in the environment).
+    /// Adds an agent secret with scope `ingest` (repeatable; comma-separated in the
+    /// environment). Prefer hashed `[[tokens]]` entries in the file.
     #[arg(
         long = "ingest-token",
         env = "LOGARITHMD_INGEST_TOKENS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     ingest_tokens: Vec<String>,
-    /// Overrides `admin_token` (managing webhooks).
+    /// Adds a token named `admin` with scope `admin` (the secret; prefer a hashed
+    /// `[[tokens]]` entry in the file).
     #[arg(long, env = "LOGARITHMD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Lets callers without a token read (sets `anonymous_read`).
+    #[arg(long, env = "LOGARITHMD_ANONYMOUS_READ")]
+    anonymous_read: bool,
     /// Overrides `public_url` (links in webhook payloads).
     #[arg(long, env = "LOGARITHMD_PUBLIC_URL")]
     public_url: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints the `[[tokens]]` entry for a secret read from standard input (one line), or
+    /// for a new random secret with `--generate` (printed once, above the entry).
+    HashToken {
+        /// The token's name.
+        #[arg(long, default_value = "agents")]
+        name: String,
+        /// Its scopes: `ingest`, `read`, `admin` (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "ingest")]
+        scopes: Vec<String>,
+        /// Generates a random secret instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 fn load(args: &Args) -> anyhow::Result<logarithmd::Config> {
@@ -56,6 +81,9 @@ fn load(args: &Args) -> anyhow::Result<logarithmd::Config> {
     if let Some(u) = &args.public_url {
         config.public_url = Some(u.clone());
     }
+    if args.anonymous_read {
+        config.anonymous_read = true;
+    }
     config
         .ingest_tokens
         .extend(args.ingest_tokens.iter().filter(|t| !t.is_empty()).cloned());
@@ -72,6 +100,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::HashToken {
+        name,
+        scopes,
+        generate,
+    }) = &args.command
+    {
+        return hash_token(name, scopes, *generate);
+    }
     let config = load(&args)?;
     let token = CancellationToken::new();
     let signal_token = token.clone();
@@ -81,6 +117,39 @@ async fn main() -> anyhow::Result<()> {
         signal_token.cancel();
     });
     logarithmd::run(config, token).await?;
+    Ok(())
+}
+
+/// `logarithmd hash-token`: prints a `[[tokens]]` entry (and a generated secret).
+fn hash_token(name: &str, scopes: &[String], generate: bool) -> anyhow::Result<()> {
+    use logarithmd::auth::token::{generate_secret, hash_secret};
+    use logarithmd::auth::Scope;
+    for s in scopes {
+        if Scope::parse(s).is_none() {
+            anyhow::bail!("unknown scope {s:?}: use ingest, read or admin");
+        }
+    }
+    let secret = if generate {
+        let s = generate_secret();
+        println!("# secret (give it to the client; logarithmd keeps only the hash): {s}");
+        s
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the secret from standard input")?;
+        let s = line.trim_end_matches(['\r', '\n']).to_owned();
+        if s.len() < 16 {
+            anyhow::bail!("the secret must be at least 16 characters (try --generate)");
+        }
+        s
+    };
+    let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    println!(
+        "[[tokens]]\nname = {name:?}\nhash = \"{}\"\nscopes = [{}]",
+        hash_secret(&secret),
+        scopes.join(", ")
+    );
     Ok(())
 }
 

@@ -3,53 +3,22 @@
 //! agents send them, runs and flows are storage documents, and a finished run leaves a
 //! `flow.finished` delivery with one line per job.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use engine::runner::{ContainerState, Found};
-use engine::{Engine, EngineConfig, JobRunner, JobSpec};
+use engine::JobSpec;
 use http_body_util::BodyExt;
 use logarithmd::api::{router, AppState};
-use logarithmd::flows::{announce, results, store};
+use logarithmd::flows::store;
 use logarithmd::Config;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+mod support;
+
 const ADMIN: &str = "adm";
-
-/// Records every start; containers "run" until an ingested exit says otherwise.
-#[derive(Default)]
-struct FakeRunner {
-    started: Mutex<Vec<(String, JobSpec)>>,
-}
-
-#[async_trait::async_trait]
-impl JobRunner for FakeRunner {
-    fn kind(&self) -> &'static str {
-        "fake"
-    }
-    async fn start(&self, spec: &JobSpec) -> engine::Result<String> {
-        let mut started = self.started.lock().unwrap();
-        let id = format!("{:0>64}", started.len() + 1);
-        started.push((id.clone(), spec.clone()));
-        Ok(id)
-    }
-    async fn stop(&self, _: &str, _: Duration) -> engine::Result<()> {
-        Ok(())
-    }
-    async fn remove(&self, _: &str) -> engine::Result<()> {
-        Ok(())
-    }
-    async fn state(&self, _: &str) -> engine::Result<ContainerState> {
-        Ok(ContainerState::Running)
-    }
-    async fn find_run(&self, _: &str) -> engine::Result<Vec<Found>> {
-        Ok(Vec::new())
-    }
-}
 
 async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Value) {
     let resp = app.clone().oneshot(req).await.unwrap();
@@ -117,16 +86,6 @@ stages:
     name: end
 "#;
 
-async fn wait_started(runner: &FakeRunner, n: usize) -> (String, JobSpec) {
-    for _ in 0..200 {
-        if let Some(s) = runner.started.lock().unwrap().get(n - 1) {
-            return s.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("job {n} never started");
-}
-
 async fn wait_run(app: &axum::Router, id: &str, status: &str) -> Value {
     for _ in 0..200 {
         let (_, v) = call(app, req("GET", &format!("/api/v1/runs/{id}"), None, vec![])).await;
@@ -145,6 +104,7 @@ async fn flows_run_on_committed_verdicts_and_announce_their_end() {
         .unwrap();
     let config = Config {
         admin_token: Some(ADMIN.into()),
+        anonymous_read: true,
         ..Config::default()
     };
     let state = AppState::new(storage.clone(), config);
@@ -159,29 +119,8 @@ async fn flows_run_on_committed_verdicts_and_announce_their_end() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.headers().contains_key("retry-after"));
 
-    let runner = Arc::new(FakeRunner::default());
     let token = CancellationToken::new();
-    let (engine, task) = Engine::start(
-        EngineConfig {
-            stop_grace: Duration::from_secs(1),
-            reconcile_every: Duration::from_secs(60),
-        },
-        runner.clone(),
-        Arc::new(store::DocumentRunStore::new(storage.clone())),
-        Box::new(results::EventResults::new(
-            state.events.subscribe(),
-            storage.clone(),
-        )),
-        Arc::new(announce::WebhookRunEvents::new(
-            storage.clone(),
-            state.webhook_wake.clone(),
-            "http://logs.example".into(),
-        )),
-        token.clone(),
-    )
-    .await
-    .unwrap();
-    assert!(state.flows.set(engine));
+    let (runner, task) = support::start_engine(&state, token.clone()).await;
 
     let (s, sub) = call(
         &app,
@@ -224,7 +163,7 @@ async fn flows_run_on_committed_verdicts_and_announce_their_end() {
     assert_eq!(v["name"], "test.flows.pair");
     let (s, v) = call(
         &app,
-        req("GET", "/api/v1/flows/test.flows.pair", None, vec![]),
+        req("GET", "/api/v1/flows/test.flows.pair", Some(ADMIN), vec![]),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
@@ -257,7 +196,7 @@ async fn flows_run_on_committed_verdicts_and_announce_their_end() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // The first job's verdict arrives the way an agent's batch brings it.
-    let (c1, spec1) = wait_started(&runner, 1).await;
+    let (c1, spec1) = support::wait_started(&runner, 1).await;
     assert_eq!(spec1.job, "make");
     let (s, ack) = call(
         &app,
@@ -272,7 +211,7 @@ async fn flows_run_on_committed_verdicts_and_announce_their_end() {
     assert_eq!(s, StatusCode::OK, "{ack}");
 
     // The second job got the output and the run's CO_DATA; it fails.
-    let (c2, spec2) = wait_started(&runner, 2).await;
+    let (c2, spec2) = support::wait_started(&runner, 2).await;
     assert_eq!(spec2.env.get("GOT").map(String::as_str), Some("v1"));
     assert_eq!(spec2.env.get("CO_DATA").map(String::as_str), Some("data!"));
     let (s, _) = call(

@@ -15,6 +15,7 @@ async fn app() -> axum::Router {
         .unwrap();
     let config = Config {
         ingest_tokens: vec!["t0k".into()],
+        anonymous_read: true,
         ..Config::default()
     };
     router(AppState::new(store, config))

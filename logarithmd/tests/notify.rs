@@ -17,6 +17,7 @@ async fn state() -> AppState {
         .unwrap();
     let config = Config {
         admin_token: Some("adm".into()),
+        anonymous_read: true,
         ..Config::default()
     };
     AppState::new(store, config)
@@ -29,11 +30,13 @@ async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Value) {
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// A JSON POST; `token` empty sends no `Authorization` header (ingest is open here).
 fn post(uri: &str, token: &str, body: &Value) -> Request<Body> {
-    Request::post(uri)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
+    let mut r = Request::post(uri).header("content-type", "application/json");
+    if !token.is_empty() {
+        r = r.header("authorization", format!("Bearer {token}"));
+    }
+    r.body(Body::from(serde_json::to_vec(body).unwrap()))
         .unwrap()
 }
 

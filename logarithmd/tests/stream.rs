@@ -25,6 +25,7 @@ fn config() -> Config {
             catch_up_interval: Duration::from_millis(100),
             ..LiveSettings::default()
         },
+        anonymous_read: true,
         ..Config::default()
     }
 }

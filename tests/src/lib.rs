@@ -445,6 +445,8 @@ fn daemon_command(dir: &std::path::Path, port: u16, storage_url: &str) -> Result
         .arg(storage_url)
         .arg("--ingest-token")
         .arg(TOKEN)
+        // The tests read without a token, as the README's local run does.
+        .arg("--anonymous-read")
         .env("RUST_LOG", "info,logarithmd=debug");
     Ok(cmd)
 }
@@ -523,6 +525,19 @@ pub fn small_batch(container: &str) -> serde_json::Value {
             ]
         }]
     })
+}
+
+/// A `[[tokens]]` entry of logarithmd's configuration for `secret` (its SHA-256, as
+/// `logarithmd hash-token` prints it) with `scopes` (e.g. `"admin"` or `"read"`). Put it
+/// after the file's top-level keys.
+pub fn token_toml(name: &str, secret: &str, scopes: &[&str]) -> String {
+    use sha2::Digest;
+    let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "[[tokens]]\nname = {name:?}\nhash = \"sha256:{}\"\nscopes = [{}]\n",
+        hex::encode(sha2::Sha256::digest(secret.as_bytes())),
+        scopes.join(", ")
+    )
 }
 
 /// The last `n` lines of a text.

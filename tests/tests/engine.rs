@@ -30,11 +30,12 @@ const IMAGE: &str = logarithm_tests::TEST_IMAGE;
 /// logarithmd's config for these tests: short engine and webhook timings.
 fn daemon_config(label: &str) -> String {
     format!(
-        "admin_token = \"{ADMIN}\"\n\
+        "{}\
          [webhooks]\npoll_interval = \"100ms\"\nrequest_timeout = \"2s\"\nlease = \"4s\"\n\
          retry_initial = \"200ms\"\nretry_max_delay = \"800ms\"\n\
          [engine]\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\n\
-         extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n"
+         extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n",
+        logarithm_tests::token_toml("admin", ADMIN, &["admin"])
     )
 }
 

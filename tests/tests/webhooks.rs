@@ -195,9 +195,10 @@ impl Receiver {
 /// Test config: the admin token and retry delays short enough for tests.
 fn config(extra: &str) -> String {
     format!(
-        "admin_token = \"{ADMIN}\"\npublic_url = \"http://logs.example:7300/\"\n\
+        "public_url = \"http://logs.example:7300/\"\n{}\
          [webhooks]\npoll_interval = \"100ms\"\nrequest_timeout = \"2s\"\nlease = \"4s\"\n\
-         retry_initial = \"200ms\"\nretry_max_delay = \"800ms\"\nretry_jitter = 0.1\n{extra}"
+         retry_initial = \"200ms\"\nretry_max_delay = \"800ms\"\nretry_jitter = 0.1\n{extra}",
+        logarithm_tests::token_toml("admin", ADMIN, &["admin"])
     )
 }
 
@@ -902,10 +903,10 @@ async fn bad_subscription_input_is_refused() -> Result<()> {
     .await?;
     ensure!(s == 404, "{s}");
 
-    // Without an admin_token configured, management is closed.
+    // Without an admin token configured, management is closed.
     let closed = Daemon::start(db.url()).await?;
     let (s, b) = admin(&closed, post, "/api/v1/webhooks", Some(&good), Some(ADMIN)).await?;
-    ensure!(s == 401 && b.contains("admin_token"), "{s} {b}");
+    ensure!(s == 401 && b.contains("scope `admin`"), "{s} {b}");
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! `/api/v1/flows` and `/api/v1/runs`: register flows, start and steer runs, read them.
-//! Reads are open like the job API; changes (registering, starting, approving, rejecting,
-//! cancelling) need `Authorization: Bearer <admin_token>`, since a flow runs containers.
+//! Reads need scope `read` (a token limited to flows sees only those; a flow's source and
+//! a run's `co_data` only with `admin`); changes (registering, starting, approving,
+//! rejecting, cancelling) need scope `admin`, since a flow runs containers.
 //! While the flow engine is not running every route answers 503.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::AppState;
+use crate::auth::{Admin, Authorized, Read};
 use crate::flows::view::{FlowView, RunView};
 
 const DEFAULT_RUN_PAGE: u32 = 50;
@@ -41,10 +43,6 @@ fn engine_of(state: &AppState) -> ApiResult<&Engine> {
     })
 }
 
-fn check_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    state.check_admin_token(headers, "changing flows and runs")
-}
-
 /// Maps an engine failure: the kind decides the status.
 fn engine_error(context: &str, e: &engine::Error) -> ApiError {
     match e.kind() {
@@ -64,10 +62,9 @@ fn engine_error(context: &str, e: &engine::Error) -> ApiError {
 /// nothing is registered.
 async fn register_flow(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     let engine = engine_of(&state)?;
     let source = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid", "the flow file must be UTF-8 text"))?;
@@ -84,18 +81,27 @@ async fn register_flow(
     Ok((status, Json(FlowView::new(&flow, false))))
 }
 
-async fn list_flows(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+async fn list_flows(
+    State(state): State<AppState>,
+    auth: Authorized<Read>,
+) -> ApiResult<impl IntoResponse> {
     let engine = engine_of(&state)?;
     let flows = engine
         .list_flows()
         .await
         .map_err(|e| engine_error("cannot list flows", &e))?;
-    let flows: Vec<FlowView> = flows.iter().map(|f| FlowView::new(f, false)).collect();
+    let flows: Vec<FlowView> = flows
+        .iter()
+        .filter(|f| auth.caller.may_read_flow(Some(&f.name)))
+        .map(|f| FlowView::new(f, false))
+        .collect();
     Ok(Json(serde_json::json!({ "flows": flows })))
 }
 
+/// The flow; its source (which holds environment values) only for admins.
 async fn get_flow(
     State(state): State<AppState>,
+    auth: Authorized<Read>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let engine = engine_of(&state)?;
@@ -103,8 +109,9 @@ async fn get_flow(
         .get_flow(&name)
         .await
         .map_err(|e| engine_error("cannot read a flow", &e))?
+        .filter(|f| auth.caller.may_read_flow(Some(&f.name)))
         .ok_or_else(|| ApiError::not_found(format!("no flow {name}")))?;
-    Ok(Json(FlowView::new(&flow, true)))
+    Ok(Json(FlowView::new(&flow, auth.caller.is_admin())))
 }
 
 /// What `POST /api/v1/flows/{name}/runs` may take (the body is optional).
@@ -126,11 +133,10 @@ fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiR
 
 async fn start_run(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     let engine = engine_of(&state)?;
     let req: StartRun = optional_json(&body)?;
     let run = engine
@@ -153,8 +159,10 @@ struct RunsParams {
 
 async fn list_runs(
     State(state): State<AppState>,
+    auth: Authorized<Read>,
     Query(p): Query<RunsParams>,
 ) -> ApiResult<impl IntoResponse> {
+    let flow = auth.caller.flow_filter(p.flow)?;
     let engine = engine_of(&state)?;
     let status = match p.status.as_deref() {
         None => None,
@@ -174,18 +182,22 @@ async fn list_runs(
     }
     let runs = engine
         .list_runs(&RunQuery {
-            flow: p.flow,
+            flow,
             status,
             limit,
         })
         .await
         .map_err(|e| engine_error("cannot list runs", &e))?;
-    let runs: Vec<RunView> = runs.iter().map(RunView::new).collect();
+    let runs: Vec<RunView> = runs
+        .iter()
+        .map(|r| RunView::shown_to(r, &auth.caller))
+        .collect();
     Ok(Json(serde_json::json!({ "runs": runs })))
 }
 
 async fn get_run(
     State(state): State<AppState>,
+    auth: Authorized<Read>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let engine = engine_of(&state)?;
@@ -193,8 +205,9 @@ async fn get_run(
         .get_run(&id)
         .await
         .map_err(|e| engine_error("cannot read a run", &e))?
+        .filter(|r| auth.caller.may_read_flow(Some(&r.flow_name)))
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    Ok(Json(RunView::new(&run)))
+    Ok(Json(RunView::shown_to(&run, &auth.caller)))
 }
 
 /// The optional body of approve (`by`), reject and cancel (`reason`).
@@ -218,12 +231,10 @@ enum Steer {
 /// The three steering routes differ only in the engine call.
 async fn steer(
     state: &AppState,
-    headers: &HeaderMap,
     id: &str,
     body: &Bytes,
     action: Steer,
 ) -> ApiResult<Json<RunView>> {
-    check_admin(state, headers)?;
     let engine = engine_of(state)?;
     let d: Decision = optional_json(body)?;
     let run = match action {
@@ -244,27 +255,27 @@ async fn steer(
 
 async fn approve(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<RunView>> {
-    steer(&state, &headers, &id, &body, Steer::Approve).await
+    steer(&state, &id, &body, Steer::Approve).await
 }
 
 async fn reject(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<RunView>> {
-    steer(&state, &headers, &id, &body, Steer::Reject).await
+    steer(&state, &id, &body, Steer::Reject).await
 }
 
 async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<RunView>> {
-    steer(&state, &headers, &id, &body, Steer::Cancel).await
+    steer(&state, &id, &body, Steer::Cancel).await
 }

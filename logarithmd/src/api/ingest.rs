@@ -95,7 +95,7 @@ async fn ingest_batch(
     body: Body,
     arrived: Instant,
 ) -> ApiResult<Json<IngestAck>> {
-    state.check_ingest_token(headers)?;
+    state.auth.require(headers, crate::auth::Scope::Ingest)?;
     let _permit = state.ingest_gate.enter().await?;
     let _in_flight = GaugeGuard::new(&state.metrics.ingest_in_flight);
     let raw = read_limited(headers, body, state.config.max_body_bytes).await?;

@@ -1,4 +1,4 @@
-//! The HTTP API: routes, shared state, authentication and health.
+//! The HTTP API: routes, shared state and health. Access checks are [`crate::auth`]'s.
 
 pub mod error;
 pub mod flows;
@@ -10,22 +10,23 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRef;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use storage::{ApplyOutcome, Storage, TransitionKind};
-use subtle::ConstantTimeEq;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::flows::store::DocumentRunStore;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::notify::JobEvents;
-use error::{ApiError, ApiResult};
+use error::ApiError;
 use ingest::IngestGate;
 use tokio::sync::Notify;
 
@@ -45,10 +46,23 @@ pub struct AppState {
     pub flows: crate::flows::EngineHandle,
     /// Live follow of job logs and runs (see [`crate::live`]).
     pub live: Live,
+    /// Tokens and scopes: every route's access check (see [`crate::auth`]).
+    pub auth: Arc<Authenticator>,
+}
+
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Arc<Authenticator> {
+        state.auth.clone()
+    }
 }
 
 impl AppState {
+    /// Panics if the configuration's tokens are invalid: call [`Config::validate`] first
+    /// (`serve` does).
     pub fn new(storage: Arc<dyn Storage>, config: Config) -> AppState {
+        let auth = config
+            .authenticator()
+            .expect("tokens are checked by Config::validate before the state is built");
         let gate = IngestGate::new(
             config.ingest_concurrency,
             config.ingest_queue,
@@ -69,6 +83,7 @@ impl AppState {
             events: JobEvents::default(),
             webhook_wake: Arc::new(Notify::new()),
             flows: crate::flows::EngineHandle::default(),
+            auth: Arc::new(auth),
         }
     }
 
@@ -76,43 +91,6 @@ impl AppState {
     pub fn wake_dispatcher(&self) {
         // notify_one keeps a permit when the dispatcher is busy, so no wake-up is lost.
         self.webhook_wake.notify_one();
-    }
-
-    /// Accepts `Authorization: Bearer <token>` matching one configured token, compared in
-    /// constant time. With no tokens configured, ingest is open.
-    pub fn check_ingest_token(&self, headers: &HeaderMap) -> ApiResult<()> {
-        if self.config.ingest_tokens.is_empty() {
-            return Ok(());
-        }
-        let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-        // Compare against every token so the time taken does not depend on which matched.
-        let mut ok = subtle::Choice::from(0u8);
-        for t in &self.config.ingest_tokens {
-            ok |= t.as_bytes().ct_eq(presented.as_bytes());
-        }
-        if bool::from(ok) {
-            Ok(())
-        } else {
-            Err(ApiError::unauthorized())
-        }
-    }
-
-    /// Accepts `Authorization: Bearer <admin_token>` (constant-time). `what` names the
-    /// guarded action for the error when no admin token is configured at all.
-    pub fn check_admin_token(&self, headers: &HeaderMap, what: &str) -> ApiResult<()> {
-        let Some(expected) = self.config.admin_token.as_deref() else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                format!("{what} needs an admin_token, and none is configured"),
-            ));
-        };
-        let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-        if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
-            Ok(())
-        } else {
-            Err(ApiError::unauthorized())
-        }
     }
 
     /// Called after a batch is committed (never before): publishes its events in-process
@@ -130,15 +108,6 @@ impl AppState {
             }
         }
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(protocol::AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
 }
 
 /// All routes.

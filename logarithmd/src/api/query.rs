@@ -16,12 +16,15 @@ use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, LineQuery, Storage, St
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::auth::{Authorized, Caller, Read};
 use crate::live::MAX_JOINED_BYTES;
 
 const DEFAULT_JOB_PAGE: u32 = 50;
 const MAX_JOB_PAGE: u32 = 500;
 const DEFAULT_LINE_PAGE: usize = 1000;
 const MAX_LINE_PAGE: usize = 10_000;
+/// Most `label=` filters one job listing may combine (each is a join in storage).
+const MAX_LABEL_FILTERS: usize = 8;
 /// Rows fetched from storage per round trip while reading logs.
 const STORAGE_PAGE: u32 = 1000;
 
@@ -125,6 +128,7 @@ pub struct JobPage {
 /// `GET /api/v1/jobs?flow=&run=&stage=&action=&job=&status=&label=k=v&limit=&cursor=`
 pub async fn list_jobs(
     State(state): State<AppState>,
+    auth: Authorized<Read>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<JobPage>> {
     let params: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
@@ -152,6 +156,12 @@ pub async fn list_jobs(
                 let (lk, lv) = v.split_once('=').ok_or_else(|| {
                     ApiError::bad_request("invalid_query", "label must be key=value")
                 })?;
+                if q.labels.len() == MAX_LABEL_FILTERS {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("at most {MAX_LABEL_FILTERS} label filters"),
+                    ));
+                }
                 q.labels.push((lk.to_owned(), lv.to_owned()));
             }
             "limit" => {
@@ -175,6 +185,7 @@ pub async fn list_jobs(
             }
         }
     }
+    q.flow = auth.caller.flow_filter(q.flow.take())?;
     let jobs = state
         .storage
         .list_jobs(&q)
@@ -207,21 +218,25 @@ pub(super) fn parse_job_id(id: &str) -> ApiResult<JobId> {
         .ok_or_else(|| ApiError::not_found(format!("no job {id:?}")))
 }
 
-async fn load_job(storage: &dyn Storage, id: &str) -> ApiResult<Job> {
+/// The job, if `caller` may read it (a job of a flow the token may not read is "not
+/// found", so its existence is not revealed).
+pub async fn load_job(storage: &dyn Storage, caller: &Caller, id: &str) -> ApiResult<Job> {
     let job_id = parse_job_id(id)?;
     storage
         .get_job(job_id)
         .await
         .map_err(|e| ApiError::storage("reading a job failed", &e))?
+        .filter(|j| caller.may_read_flow(j.flow.as_deref()))
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
 /// `GET /api/v1/jobs/{id}`
 pub async fn get_job(
     State(state): State<AppState>,
+    auth: Authorized<Read>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    let job = load_job(state.storage.as_ref(), &id).await?;
+    let job = load_job(state.storage.as_ref(), &auth.caller, &id).await?;
     Ok(Json(JobView::from_job(job)))
 }
 
@@ -423,12 +438,13 @@ impl LineReader {
 /// with `Accept: text/plain` the raw log (every matching line, `\n`-terminated).
 pub async fn job_logs(
     State(state): State<AppState>,
+    auth: Authorized<Read>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let params = parse_log_params(raw.as_deref())?;
-    let job = load_job(state.storage.as_ref(), &id).await?;
+    let job = load_job(state.storage.as_ref(), &auth.caller, &id).await?;
     let reader = LineReader::new(state.storage.clone(), job.id, params.after, params.stream);
     let wants_text = headers
         .get(header::ACCEPT)

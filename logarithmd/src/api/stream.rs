@@ -28,8 +28,9 @@ use regex::bytes::Regex;
 use serde::Serialize;
 
 use super::error::{ApiError, ApiResult};
-use super::query::{parse_job_id, JobView};
+use super::query::{load_job, JobView};
 use super::AppState;
+use crate::auth::{Authorized, Read};
 use crate::flows::view::RunView;
 use crate::live::{FollowError, FollowEvent, JobFollower, LogicalLine, RunEvent};
 
@@ -161,13 +162,17 @@ fn sse(state: &AppState, events: impl futures::Stream<Item = Event> + Send + 'st
 /// `GET /api/v1/jobs/{id}/logs/stream`
 async fn job_stream(
     State(state): State<AppState>,
+    auth: Authorized<Read>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (after, stream_filter) = parse_stream_params(raw.as_deref())?;
     let after = start_after(&headers, after)?;
-    let job_id = parse_job_id(&id)?;
+    // Answers 404 for a job the token may not read.
+    let job_id = load_job(state.storage.as_ref(), &auth.caller, &id)
+        .await?
+        .id;
     let follower = state
         .live
         .follow_job(job_id, after, stream_filter)
@@ -199,23 +204,31 @@ async fn job_stream(
 }
 
 /// `GET /api/v1/runs/{id}/stream`
-async fn run_stream(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn run_stream(
+    State(state): State<AppState>,
+    auth: Authorized<Read>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let follower = state
         .live
         .runs
         .follow(&id)
         .await
         .map_err(follow_error)?
+        .filter(|f| auth.caller.may_read_flow(f.flow()))
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    let events = stream::unfold(Some(follower), |f| async move {
-        let mut f = f?;
+    let caller = auth.caller;
+    let events = stream::unfold(Some((follower, caller)), |f| async move {
+        let (mut f, caller) = f?;
         match f.next().await {
-            Ok(Some(RunEvent::Saved(s))) => {
-                Some((json_event("run", s.version, &RunView::new(&s.run)), Some(f)))
-            }
-            Ok(Some(RunEvent::End(s))) => {
-                Some((json_event("end", s.version, &RunView::new(&s.run)), None))
-            }
+            Ok(Some(RunEvent::Saved(s))) => Some((
+                json_event("run", s.version, &RunView::shown_to(&s.run, &caller)),
+                Some((f, caller)),
+            )),
+            Ok(Some(RunEvent::End(s))) => Some((
+                json_event("end", s.version, &RunView::shown_to(&s.run, &caller)),
+                None,
+            )),
             Ok(None) => None,
             Err(e) => {
                 tracing::error!(error = %e, "a live run stream failed");

@@ -146,6 +146,15 @@ impl JobView {
 }
 
 impl RunView {
+    /// The run as `caller` may see it: `co_data` only for admins.
+    pub fn shown_to(r: &Run, caller: &crate::auth::Caller) -> RunView {
+        let mut view = RunView::new(r);
+        if !caller.is_admin() {
+            view.co_data = None;
+        }
+        view
+    }
+
     pub fn new(r: &Run) -> RunView {
         RunView {
             id: r.id.clone(),

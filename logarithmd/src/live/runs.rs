@@ -107,6 +107,11 @@ pub struct RunFollower {
 }
 
 impl RunFollower {
+    /// The flow of the run, as first read (for access checks before streaming).
+    pub fn flow(&self) -> Option<&str> {
+        self.next.as_ref().map(|s| s.run.flow_name.as_str())
+    }
+
     /// The next save or the end; `Ok(None)` after the end or when logarithmd shuts down.
     pub async fn next(&mut self) -> Result<Option<RunEvent>, engine::Error> {
         loop {

@@ -1,12 +1,12 @@
 //! `/api/v1/webhooks`: subscriptions, their delivery history, and redelivery. Every route
-//! needs `Authorization: Bearer <admin_token>` (401 otherwise, and always when no
-//! `admin_token` is configured). No answer ever contains a secret.
+//! needs a token with scope `admin` (401 without one, 403 for a token without the scope).
+//! No answer ever contains a secret.
 
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,6 +19,7 @@ use storage::{
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::query::rfc3339;
 use crate::api::AppState;
+use crate::auth::{Admin, Authorized};
 
 const DEFAULT_DELIVERY_PAGE: u32 = 50;
 const MAX_DELIVERY_PAGE: u32 = 500;
@@ -39,10 +40,6 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
             post(redeliver),
         )
-}
-
-fn check_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    state.check_admin_token(headers, "webhook management")
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -177,10 +174,9 @@ fn parse_id(what: &str, v: &str) -> ApiResult<i64> {
 
 async fn create_subscription(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     // Parsed here rather than by the Json extractor, so every bad input is a 400 that
     // names the field (serde names missing and unknown fields).
     let input: CreateSubscription =
@@ -230,9 +226,8 @@ struct SubscriptionList {
 
 async fn list_subscriptions(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     let subs = state
         .storage
         .list_subscriptions()
@@ -255,19 +250,17 @@ async fn load(state: &AppState, id: &str) -> ApiResult<Subscription> {
 
 async fn get_subscription(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     Ok(Json(SubscriptionView::from(load(&state, &id).await?)))
 }
 
 async fn delete_subscription(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     let id = parse_id("webhook", &id)?;
     let deleted = state
         .storage
@@ -295,11 +288,10 @@ struct DeliveryList {
 
 async fn list_deliveries(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path(id): Path<String>,
     params: Result<Query<DeliveryParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = params.limit.unwrap_or(DEFAULT_DELIVERY_PAGE);
@@ -322,10 +314,9 @@ async fn list_deliveries(
 
 async fn redeliver(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _admin: Authorized<Admin>,
     Path((id, delivery)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    check_admin(&state, &headers)?;
     let sub = load(&state, &id).await?;
     let delivery_id = parse_id("delivery", &delivery)?;
     if !sub.enabled {
