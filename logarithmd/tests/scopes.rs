@@ -91,6 +91,17 @@ fn batch(container: &str, labels: &Value, seq: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// A route to try: method, path, body, the scope it needs, its status on success, and its
+/// status for the flow-limited reader.
+type Route = (
+    &'static str,
+    String,
+    Vec<u8>,
+    Option<Scope>,
+    StatusCode,
+    StatusCode,
+);
+
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Who {
@@ -195,8 +206,7 @@ async fn every_route_answers_each_scope_as_documented() {
     use StatusCode as S;
     let ok = S::OK;
     let nf = S::NOT_FOUND;
-    // (method, path, body, scope, status on success, status for the flow-limited reader)
-    let routes: Vec<(&str, String, Vec<u8>, Option<Scope>, S, S)> = vec![
+    let routes: Vec<Route> = vec![
         ("GET", "/healthz".into(), vec![], None, ok, ok),
         ("GET", "/readyz".into(), vec![], None, ok, ok),
         ("GET", "/metrics".into(), vec![], None, ok, ok),
