@@ -102,6 +102,22 @@ pub struct Config {
     /// On shutdown, how long to keep trying to deliver what was already read.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Most batches sent to logarithmd at once (1 to 64). Batches of one container are
+    /// still delivered one after another, and checkpoints move only in spool order.
+    #[serde(default = "default_max_in_flight_batches")]
+    pub max_in_flight_batches: usize,
+    /// First delay before a failed delivery is retried; it doubles (with jitter) up to
+    /// `ship_retry_max`.
+    #[serde(default = "default_ship_retry_initial", with = "humantime_serde")]
+    pub ship_retry_initial: Duration,
+    /// Longest delay between delivery attempts; also the interval of retries after an
+    /// answer that retrying soon will not fix (401, 403, 404).
+    #[serde(default = "default_ship_retry_max", with = "humantime_serde")]
+    pub ship_retry_max: Duration,
+    /// Most bytes of the dead-letter file (`<data_dir>/dead-letter.jsonl`, records
+    /// logarithmd refused for good); past it, refused records are only counted and logged.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
     /// Address `GET /metrics` (Prometheus text format) is served on, `host:port`; an empty
     /// string disables it.
     #[serde(default = "default_metrics_listen")]
@@ -155,6 +171,18 @@ fn default_connect_timeout() -> Duration {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_max_in_flight_batches() -> usize {
+    4
+}
+fn default_ship_retry_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_ship_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dead_letter_max_bytes() -> u64 {
+    64 << 20
+}
 fn default_metrics_listen() -> String {
     "127.0.0.1:7301".to_string()
 }
@@ -184,6 +212,10 @@ impl Default for Config {
             request_timeout: default_request_timeout(),
             connect_timeout: default_connect_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
+            max_in_flight_batches: default_max_in_flight_batches(),
+            ship_retry_initial: default_ship_retry_initial(),
+            ship_retry_max: default_ship_retry_max(),
+            dead_letter_max_bytes: default_dead_letter_max_bytes(),
             metrics_listen: default_metrics_listen(),
         }
     }
@@ -240,6 +272,7 @@ impl Config {
             ("batch_max_age", self.batch_max_age),
             ("request_timeout", self.request_timeout),
             ("connect_timeout", self.connect_timeout),
+            ("ship_retry_initial", self.ship_retry_initial),
         ] {
             if d.is_zero() {
                 return bad(format!("{name} must be greater than 0"));
@@ -257,8 +290,17 @@ impl Config {
                 self.spool_max_bytes, self.spool_segment_bytes
             ));
         }
-        if self.node_name.is_empty() {
-            return bad("node_name must not be empty".to_string());
+        if !(1..=64).contains(&self.max_in_flight_batches) {
+            return bad(format!(
+                "max_in_flight_batches must be 1 to 64, got {}",
+                self.max_in_flight_batches
+            ));
+        }
+        if self.ship_retry_max < self.ship_retry_initial {
+            return bad("ship_retry_max must be at least ship_retry_initial".to_string());
+        }
+        if self.node_name.is_empty() || self.node_name.len() > 255 {
+            return bad("node_name must be 1 to 255 bytes".to_string());
         }
         self.metrics_addr()?;
         Ok(())
@@ -284,6 +326,11 @@ impl Config {
         self.spool_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("spool"))
+    }
+
+    /// The dead-letter file: `<data_dir>/dead-letter.jsonl`.
+    pub fn dead_letter_path(&self) -> PathBuf {
+        self.data_dir.join(crate::dead_letter::FILE_NAME)
     }
 
     /// The ingest endpoint.

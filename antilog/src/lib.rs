@@ -2,9 +2,10 @@
 //! (through the Docker API) and ships them, in order and acknowledged, to logarithmd.
 //!
 //! Data flow: discovery -> one follower per container -> one bounded channel -> batcher ->
-//! spool (segment files on disk; each frame carries its checkpoint effects) -> shipper (one
-//! request in flight) -> logarithmd; acknowledgements move the checkpoint and free the
-//! spool.
+//! spool (segment files on disk; each frame carries its checkpoint effects) -> shipper (up
+//! to `max_in_flight_batches` requests at once, one per container) -> logarithmd;
+//! acknowledgements, in spool order, move the checkpoint and free the spool. Parts of a
+//! batch logarithmd refuses for good are isolated and go to the dead-letter file.
 //! Backpressure runs the other way: while logarithmd is unreachable the spool fills; once
 //! it is full the batcher stops taking items and followers stop reading Docker.
 //!
@@ -15,22 +16,28 @@
 //! - [`docker`]: Docker access: `discovery` (listing, events), `follower` (one container's
 //!   log, run after run), `frames` (timestamps, partial lines, TTY streams; pure),
 //!   `inspect` (metadata and run state).
-//! - [`pipeline`]: `batcher` (items into batches) and `shipper` (HTTP delivery with retries).
+//! - [`pipeline`]: `batcher` (items into batches), `shipper` (HTTP delivery: batches in
+//!   flight, retries, refused batches split) and `split` (halving a refused batch).
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
 //!   (`segment`: checksummed frames and the ack file).
 //! - [`checkpoint`]: acknowledged progress per container, persisted atomically.
-//! - [`backoff`]: exponential backoff with jitter.
+//! - [`retry`]: the retry policy (exponential backoff with jitter, from `backon`).
+//! - [`codec`]: the ingest body (a batch as compressed JSON), encoded for the spool and
+//!   decoded by the shipper to split a refused batch.
+//! - [`dead_letter`]: the file of records logarithmd refused for good.
 //! - [`metrics`]: the Prometheus metrics and the `GET /metrics` server (`metrics_listen`).
 //! - [`run`]: wires it together and shuts down with a deadline.
 
-pub mod backoff;
 pub mod checkpoint;
+pub mod codec;
 pub mod config;
+pub mod dead_letter;
 pub mod docker;
 pub mod error;
 pub mod filter;
 pub mod metrics;
 pub mod pipeline;
+pub mod retry;
 pub mod spool;
 
 use std::sync::Arc;

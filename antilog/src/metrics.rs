@@ -86,6 +86,9 @@ pub struct Metrics {
     pub reading_paused: IntGauge,
     pub checkpoint_lag: Gauge,
     pub docker_errors: IntCounterVec,
+    pub dead_letter_entries: IntCounter,
+    pub dead_letter_records: IntCounter,
+    pub batches_in_flight: IntGauge,
     /// Followers waiting for room in the pipeline now.
     waiting_senders: AtomicUsize,
     /// Newest timestamp (ns) of a record read / of an acknowledged record; the first
@@ -259,6 +262,32 @@ impl Metrics {
         for k in ["not_found", "transient", "permanent"] {
             docker_errors.with_label_values(&[k]);
         }
+        let dead_letter_entries = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "dead_letter_entries_total",
+                "Parts of batches logarithmd refused for good (400, 413, or its non-transient \
+                 500), isolated by splitting the batch and written to the dead-letter file \
+                 (one log record, or one container's meta or exit, each). Everything else \
+                 was delivered.",
+            ))?,
+        )?;
+        let dead_letter_records = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "dead_letter_records_total",
+                "Log records logarithmd refused for good and the agent wrote to the \
+                 dead-letter file instead of storing them.",
+            ))?,
+        )?;
+        let batches_in_flight = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "batches_in_flight",
+                "Batches sent to logarithmd and not yet acknowledged (at most \
+                 max_in_flight_batches).",
+            ))?,
+        )?;
         Ok(Metrics {
             registry,
             build_info,
@@ -275,6 +304,9 @@ impl Metrics {
             reading_paused,
             checkpoint_lag,
             docker_errors,
+            dead_letter_entries,
+            dead_letter_records,
+            batches_in_flight,
             waiting_senders: AtomicUsize::new(0),
             newest_read_ts: AtomicI64::new(0),
             newest_acked_ts: AtomicI64::new(0),

@@ -629,3 +629,104 @@ async fn split_inside_a_multibyte_character_rejoins_exactly() -> Result<()> {
     }
     result
 }
+
+/// issue 11, no poison batches: a record logarithmd refuses for good (a 5 MiB line, over
+/// its 4 MiB record limit: 413) sits in the middle of a 5,000-line batch. The agent splits
+/// the batch until the record is isolated: the other 4,999 lines are stored, in order, the
+/// record is in the dead-letter file with the reason, and lines printed after it keep
+/// flowing to a final job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_record_is_dead_lettered_and_the_rest_flows() -> Result<()> {
+    let docker = docker::connect().await?;
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("poison-{:x}", logarithm_tests::rand_u64());
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    // Lines up to 6 MiB travel as one record, and the 5,000 lines (5 MiB among them) fit
+    // in one batch, sent when it holds 5,000 records.
+    let agent = Agent::start_with(
+        &daemon.base,
+        &label,
+        dir,
+        data_dir.clone(),
+        "max_line_bytes = 6291456\nbatch_max_bytes = 33554432\nbatch_max_age = \"5s\"\n",
+    )?;
+    let script = r#"i=1
+while [ $i -le 2500 ]; do echo "line $i"; i=$((i+1)); done
+head -c 5242880 /dev/zero | tr '\0' x; echo
+i=2502
+while [ $i -le 5000 ]; do echo "line $i"; i=$((i+1)); done
+sleep 2
+i=1
+while [ $i -le 100 ]; do echo "after $i"; i=$((i+1)); done
+"#;
+    let id = docker::run(&docker, &Spec::new(&label, script)).await?;
+    let result = async {
+        let job = daemon.wait_finished(&id, Duration::from_secs(120)).await?;
+        ensure!(
+            job["status"] == "success" && job["exit_code"] == 0,
+            "job: {job}"
+        );
+        let stored = daemon
+            .all_lines(job["id"].as_str().context("job id")?)
+            .await?;
+        let got: Vec<(u64, String)> = stored
+            .iter()
+            .map(|l| {
+                Ok((
+                    l["seq"].as_u64().context("seq")?,
+                    String::from_utf8(line_bytes(l)?)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut expected: Vec<(u64, String)> = (1..=5000u64)
+            .filter(|s| *s != 2501)
+            .map(|s| (s, format!("line {s}")))
+            .collect();
+        expected.extend((1..=100u64).map(|i| (5000 + i, format!("after {i}"))));
+        ensure!(
+            got.len() == expected.len(),
+            "{} lines stored, expected {}",
+            got.len(),
+            expected.len()
+        );
+        ensure!(got == expected, "stored lines differ from the program's");
+        let dead = std::fs::read_to_string(data_dir.join("dead-letter.jsonl"))
+            .context("the dead-letter file")?;
+        let entries: Vec<Value> = dead
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        ensure!(entries.len() == 1, "{} dead-letter entries", entries.len());
+        let e = &entries[0];
+        ensure!(e["status"] == 413, "status: {}", e["status"]);
+        ensure!(
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("payload_too_large")),
+            "reason: {}",
+            e["reason"]
+        );
+        ensure!(e["segment"]["container_id"] == id.as_str());
+        let rec = &e["segment"]["records"][0];
+        ensure!(rec["seq"] == 2501, "dead-lettered seq {}", rec["seq"]);
+        let text = rec["text"].as_str().context("text")?;
+        ensure!(
+            text.len() == 5 << 20 && text.bytes().all(|b| b == b'x'),
+            "dead-lettered text of {} bytes",
+            text.len()
+        );
+        // The refused record was in the middle of one batch of 5,000 records.
+        let log = agent.proc.log();
+        ensure!(
+            log.contains("splitting it to isolate") && log.contains("units=5001"),
+            "the agent did not split one 5,000-record batch:\n{}",
+            logarithm_tests::tail(&log, 30)
+        );
+        Ok(())
+    }
+    .await;
+    docker::remove(&docker, &id).await;
+    result
+}

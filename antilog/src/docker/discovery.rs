@@ -18,9 +18,9 @@ use tokio::task::{Id, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::follower::{self, Die, End, Shared, Signals};
-use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointStore, Entry};
 use crate::error::{Error, ErrorKind};
+use crate::retry::Retry;
 
 const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -54,7 +54,7 @@ pub async fn run(shared: Arc<Shared>, store: Arc<CheckpointStore>) -> Result<(),
     let existing = d.sync().await?;
     store.retain_existing(&existing);
     d.checkpoints.retain(|id, _| existing.contains(id));
-    let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    let mut backoff = Retry::new(RECONNECT_INITIAL, RECONNECT_MAX);
     'outer: loop {
         let opts = EventsOptions::<String> {
             since: Some(since.clone()),

@@ -30,11 +30,11 @@ use super::frames::{Assembler, Piece};
 use super::inspect::{inspect, Inspected};
 use super::raw::{RawBody, RawClient};
 use super::{classify, Failure};
-use crate::backoff::Backoff;
 use crate::checkpoint::{Entry, ExitMark, Position};
 use crate::filter::Filter;
 use crate::metrics::{FollowGuard, Metrics};
 use crate::pipeline::{Item, ItemKind};
+use crate::retry::Retry;
 
 /// How long to wait for the `die` event of a run that ended while we were not looking.
 const DIE_EVENT_WAIT: Duration = Duration::from_secs(2);
@@ -269,7 +269,7 @@ pub async fn follow(
 impl Follower {
     async fn main(&mut self) -> End {
         let mut filtered = false;
-        let mut retry = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut retry = Retry::new(RETRY_INITIAL, RETRY_MAX);
         loop {
             if self.shared.shutdown.is_cancelled() {
                 return End::Cancelled;

@@ -1,38 +1,60 @@
-//! Delivers the spool's batches to logarithmd, one at a time and in order, until each is
-//! acknowledged.
+//! Delivers the spool's batches to logarithmd until each is settled: acknowledged, or, for
+//! the parts logarithmd refuses for good, written to the dead-letter file.
 //!
-//! A batch counts as delivered only on a 2xx answer (an [`IngestAck`], sent by logarithmd
-//! after its commit); only then are the frame's checkpoint effects applied (see
-//! [`crate::checkpoint`]; the file follows within [`crate::checkpoint::WRITE_INTERVAL`]) and
-//! does the spool move past it. Failures never drop data:
-//! - transient (connection error, timeout, 408, 5xx, 429/503 with `Retry-After`): retry the
-//!   same bytes with exponential backoff and jitter (100 ms doubling to 30 s);
-//! - permanent (400, 401, 403, 413, other 4xx): log the server's message at error level and
-//!   retry at the longest interval, so fixing the server or token resumes delivery.
+//! # In flight
+//! Up to `max_in_flight_batches` batches are sent at once, but a batch holding data of a
+//! container with a batch still in flight waits for it (logarithmd stores a job's lines in
+//! the order they arrive, and live tails read by `seq`); batches spooled by older agents,
+//! whose containers are unknown, go alone. Batches are settled in spool order whatever
+//! order their answers come in: only then are a frame's checkpoint effects applied (see
+//! [`crate::checkpoint`]) and does the spool move past it.
 //!
-//! While a batch is retried nothing else is sent and the spool fills up; once it is full the
-//! pipeline stalls with bounded memory and disk instead of reordering or dropping.
+//! # Answers
+//! - 2xx (an [`IngestAck`], sent after logarithmd's commit): delivered.
+//! - transient (connection error, timeout, 408, 429, 5xx other than logarithmd's own
+//!   `internal` 500): the same bytes again after a delay from the retry schedule
+//!   (`ship_retry_initial` doubling to `ship_retry_max`, with jitter; at least
+//!   `Retry-After`).
+//! - refused for good (400, 413, and 500 `internal`, which logarithmd answers only for
+//!   errors that retrying does not fix): the batch is split in halves ([`super::split`])
+//!   and each half sent, recursively, until each refused part is a single record (or one
+//!   container's meta or exit); those go to the dead-letter file
+//!   ([`crate::dead_letter`]) and everything else is stored. One bad record never stalls
+//!   the node.
+//! - stop (401, 403, 404, 400 `unsupported_version`): the token, URL or server version is
+//!   wrong for every batch, so nothing is dropped: logged at error level and retried at
+//!   the longest interval, with the spool kept, until the operator fixes it.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backoff::Backoff;
-use crate::checkpoint::CheckpointStore;
-use crate::config::{Compression, Config};
-use crate::error::{Error, ErrorKind};
-use crate::metrics::{Metrics, ShipFailure};
-use crate::spool;
 use bytes::Bytes;
-use protocol::{Batch, ErrorBody, IngestAck};
+use futures::stream::{FuturesOrdered, StreamExt};
+use protocol::{Agent, Batch, ErrorBody, IngestAck};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+use super::split;
+use crate::checkpoint::CheckpointStore;
+use crate::codec;
+use crate::config::{Compression, Config};
+use crate::dead_letter::DeadLetter;
+use crate::error::{Error, ErrorKind};
+use crate::metrics::{Metrics, ShipFailure};
+use crate::retry::{Retry, Schedule};
+use crate::spool;
+
 /// Upper bound on an honoured `Retry-After`, so a bogus header cannot park the agent.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// Error bodies are read up to this size (they are small JSON documents).
 const ERROR_BODY_MAX: usize = 64 << 10;
+/// Most bytes a spooled body may decompress to when it is split (logarithmd's default
+/// decompressed-size cap).
+const SPLIT_MAX_JSON: u64 = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Shipper {
@@ -40,6 +62,9 @@ pub struct Shipper {
     url: String,
     auth: Option<HeaderValue>,
     metrics: Arc<Metrics>,
+    retry: Schedule,
+    max_in_flight: usize,
+    dead_letter: Arc<DeadLetter>,
 }
 
 /// How one attempt failed.
@@ -50,9 +75,19 @@ enum Failure {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// Retrying soon will not help; retry at the longest interval.
-    Permanent(String),
+    /// logarithmd refuses this batch for good: isolate the refused parts.
+    Refused { status: u16, reason: String },
+    /// No batch can get through (token, URL, version): retry at the longest interval.
+    Stop(String),
 }
+
+/// How sending one body ended.
+enum Settled {
+    Stored,
+    Refused { status: u16, reason: String },
+}
+
+type Delivery = Pin<Box<dyn Future<Output = (spool::segment::Frame, OwnedSemaphorePermit)> + Send>>;
 
 impl Shipper {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Shipper, Error> {
@@ -71,66 +106,240 @@ impl Shipper {
                 None
             }
         };
+        let dead_letter = Arc::new(DeadLetter::new(
+            &config.dead_letter_path(),
+            config.dead_letter_max_bytes,
+            metrics.clone(),
+        ));
         Ok(Shipper {
             client,
             url: config.ingest_url(),
             auth,
             metrics,
+            retry: Schedule {
+                initial: config.ship_retry_initial,
+                max: config.ship_retry_max,
+            },
+            max_in_flight: config.max_in_flight_batches.max(1),
+            dead_letter,
         })
     }
 
-    /// Ships the spool's batches until the spool is closed and everything in it delivered.
+    /// Ships the spool's batches until the spool is closed and everything in it settled.
     /// Each frame is the request body as spooled, with its own compression; once it is
-    /// acknowledged, its checkpoint effects are applied to `store`.
+    /// settled (in spool order), its checkpoint effects are applied to `store`.
     pub async fn run(self, spool: spool::Reader, store: Arc<CheckpointStore>) {
-        while let Some(frame) = spool.next().await {
-            if !frame.body.is_empty() {
-                let handed = Instant::now();
-                let records = frame.meta.records as usize;
-                self.deliver(frame.body.clone(), frame.meta.compression, records)
-                    .await;
-                self.metrics
-                    .batch_shipped(records, frame.meta.newest_ts, handed.elapsed());
+        let this = Arc::new(self);
+        // The reader runs ahead of the deliveries by up to `max_in_flight` frames.
+        let slots = Arc::new(Semaphore::new(this.max_in_flight));
+        let (tx, mut frames) = mpsc::channel(1);
+        let feeder = {
+            let spool = spool.clone();
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let Some(frame) = spool.next().await else {
+                        return;
+                    };
+                    if tx.send((frame, slot)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut in_flight: FuturesOrdered<Delivery> = FuturesOrdered::new();
+        // Containers with a batch in flight (how many each), and batches of unknown
+        // containers in flight.
+        let mut busy: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut exclusive = 0usize;
+        let mut waiting: Option<(spool::segment::Frame, OwnedSemaphorePermit)> = None;
+        let mut open = true;
+        loop {
+            if let Some((frame, _)) = &waiting {
+                let free = match &frame.keys {
+                    None => in_flight.is_empty(),
+                    Some(keys) => exclusive == 0 && keys.iter().all(|k| !busy.contains_key(k)),
+                };
+                if free {
+                    if let Some((frame, slot)) = waiting.take() {
+                        match &frame.keys {
+                            None => exclusive += 1,
+                            Some(keys) => {
+                                for k in keys {
+                                    *busy.entry(k.clone()).or_default() += 1;
+                                }
+                            }
+                        }
+                        let this = this.clone();
+                        this.metrics.batches_in_flight.inc();
+                        in_flight.push_back(Box::pin(async move {
+                            this.deliver_frame(&frame).await;
+                            (frame, slot)
+                        }));
+                    }
+                }
             }
-            // An empty body carries only effects: nothing to send.
-            acknowledged(&store, &frame);
-            spool.ack().await;
+            if !open && waiting.is_none() && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                next = frames.recv(), if open && waiting.is_none() => match next {
+                    Some(f) => waiting = Some(f),
+                    None => open = false,
+                },
+                Some((frame, slot)) = in_flight.next(), if !in_flight.is_empty() => {
+                    this.metrics.batches_in_flight.dec();
+                    match &frame.keys {
+                        None => exclusive -= 1,
+                        Some(keys) => {
+                            for k in keys {
+                                if let Some(n) = busy.get_mut(k) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        busy.remove(k);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    acknowledged(&store, &frame);
+                    spool.ack().await;
+                    drop(slot);
+                }
+            }
         }
+        let _ = feeder.await;
     }
 
-    /// Sends `body` until it is acknowledged.
-    async fn deliver(&self, body: Bytes, compression: Compression, records: usize) {
-        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+    /// Delivers one spooled frame until it is settled.
+    async fn deliver_frame(&self, frame: &spool::segment::Frame) {
+        // An empty body carries only effects: nothing to send.
+        if frame.body.is_empty() {
+            return;
+        }
+        let handed = Instant::now();
+        let records = frame.meta.records as usize;
+        let compression = frame.meta.compression;
+        match self.send(frame.body.clone(), compression).await {
+            Settled::Stored => {}
+            Settled::Refused { status, reason } => {
+                self.isolate(frame.body.clone(), compression, status, reason)
+                    .await;
+            }
+        }
+        self.metrics
+            .batch_shipped(records, frame.meta.newest_ts, handed.elapsed());
+    }
+
+    /// Sends `body` until it is acknowledged or refused for good.
+    async fn send(&self, body: Bytes, compression: Compression) -> Settled {
+        let mut retry = Retry::new(self.retry.initial, self.retry.max);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let delay = match self.attempt(body.clone(), compression).await {
                 Ok(ack) => {
                     tracing::debug!(
-                        records,
                         stored = ack.as_ref().map(|a| a.stored),
                         duplicates = ack.as_ref().map(|a| a.duplicates),
                         attempt,
                         "batch acknowledged"
                     );
-                    return;
+                    return Settled::Stored;
+                }
+                Err(Failure::Refused { status, reason }) => {
+                    return Settled::Refused { status, reason };
                 }
                 Err(Failure::Transient {
                     reason,
                     retry_after,
                 }) => {
-                    let d = backoff.next_delay();
+                    let d = retry.next_delay();
                     let d = retry_after.map_or(d, |r| r.min(RETRY_AFTER_MAX).max(d));
                     tracing::warn!(%reason, attempt, retry_in = ?d, "batch not delivered; retrying");
                     d
                 }
-                Err(Failure::Permanent(reason)) => {
-                    let d = backoff.max();
-                    tracing::error!(%reason, attempt, retry_in = ?d, "logarithmd rejected the batch; retrying at the longest interval");
+                Err(Failure::Stop(reason)) => {
+                    let d = retry.max();
+                    tracing::error!(%reason, attempt, retry_in = ?d, "logarithmd refuses every batch; keeping the spool and retrying at the longest interval");
                     d
                 }
             };
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Splits a refused batch until every refused part is one unit, sends the rest and
+    /// writes the refused parts to the dead-letter file.
+    async fn isolate(&self, body: Bytes, compression: Compression, status: u16, reason: String) {
+        let decoded =
+            tokio::task::spawn_blocking(move || codec::decode(&body, compression, SPLIT_MAX_JSON))
+                .await;
+        let batch = match decoded {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                self.metrics.dead_letter_entries.inc();
+                tracing::error!(error = %e, status, %reason, "logarithmd refused a batch that cannot be decoded to split it; dropped");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "batch decoding task failed");
+                return;
+            }
+        };
+        tracing::warn!(
+            status,
+            %reason,
+            units = split::units(&batch),
+            "logarithmd refused a batch for good: splitting it to isolate what it refuses"
+        );
+        // Parts still to send, in order; each one is known to be refused or not yet sent.
+        let mut todo: Vec<(Batch, Option<(u16, String)>)> = vec![(batch, Some((status, reason)))];
+        while let Some((part, refused)) = todo.pop() {
+            let refused = match refused {
+                Some(r) => Some(r),
+                None => match self.send_batch(&part, compression).await {
+                    Ok(Settled::Stored) => None,
+                    Ok(Settled::Refused { status, reason }) => Some((status, reason)),
+                    Err(e) => Some((0, format!("cannot encode the part: {e}"))),
+                },
+            };
+            let Some((status, reason)) = refused else {
+                continue;
+            };
+            match split::split(part.clone()) {
+                Some((left, right)) => {
+                    // Stack: the left half goes first.
+                    todo.push((right, None));
+                    todo.push((left, None));
+                }
+                None => self.dead_letter(part, status, reason).await,
+            }
+        }
+    }
+
+    async fn send_batch(&self, part: &Batch, compression: Compression) -> std::io::Result<Settled> {
+        let part = part.clone();
+        let body = tokio::task::spawn_blocking(move || codec::encode(&part, compression))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(self.send(body, compression).await)
+    }
+
+    async fn dead_letter(&self, part: Batch, status: u16, reason: String) {
+        let dl = self.dead_letter.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let agent: &Agent = &part.agent;
+            for seg in &part.segments {
+                dl.write(agent, seg, status, &reason);
+            }
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "dead-letter task failed");
         }
     }
 
@@ -144,7 +353,7 @@ impl Shipper {
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(enc) = compression.content_encoding() {
+        if let Some(enc) = codec::content_encoding(compression) {
             req = req.header(CONTENT_ENCODING, enc);
         }
         if let Some(auth) = &self.auth {
@@ -188,28 +397,49 @@ impl Shipper {
             .map(Duration::from_secs);
         self.metrics
             .ship_failed(ShipFailure::of_status(status.as_u16()));
-        let message = read_error(resp).await;
-        let reason = format!("HTTP {status}: {message}");
-        Err(match status {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Failure::Transient {
-                reason,
-                retry_after,
-            },
-            StatusCode::REQUEST_TIMEOUT => Failure::Transient {
-                reason,
-                retry_after: None,
-            },
-            s if s.is_server_error() => Failure::Transient {
-                reason,
-                retry_after: None,
-            },
-            _ => Failure::Permanent(reason),
-        })
+        let (code, message) = read_error(resp).await;
+        Err(classify(status, code.as_deref(), message, retry_after))
     }
 }
 
-/// Applies the checkpoint effects of a frame logarithmd acknowledged (in frame order: the
-/// shipper acknowledges frames one at a time).
+/// What an error answer means for the batch (see the module docs).
+fn classify(
+    status: StatusCode,
+    code: Option<&str>,
+    message: String,
+    retry_after: Option<Duration>,
+) -> Failure {
+    let reason = format!("HTTP {status}: {message}");
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+            Failure::Stop(reason)
+        }
+        StatusCode::BAD_REQUEST if code == Some("unsupported_version") => Failure::Stop(reason),
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Failure::Refused {
+            status: status.as_u16(),
+            reason,
+        },
+        // logarithmd's own 500 (code `internal`) is an error retrying does not fix; its
+        // transient failures are 503. A 500 from anything else (a proxy) may pass.
+        StatusCode::INTERNAL_SERVER_ERROR if code == Some("internal") => Failure::Refused {
+            status: status.as_u16(),
+            reason,
+        },
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Failure::Transient {
+            reason,
+            retry_after,
+        },
+        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => Failure::Transient {
+            reason,
+            retry_after: None,
+        },
+        // Other 4xx: nothing in the batch explains them; keep it and retry slowly.
+        _ => Failure::Stop(reason),
+    }
+}
+
+/// Applies the checkpoint effects of a frame that is settled (in frame order: the shipper
+/// settles frames in spool order).
 pub fn acknowledged(store: &CheckpointStore, frame: &spool::segment::Frame) {
     let effects = frame.effects.iter().map(|(id, e)| (&**id, e));
     if frame.replayed {
@@ -219,49 +449,23 @@ pub fn acknowledged(store: &CheckpointStore, frame: &spool::segment::Frame) {
     }
 }
 
-impl Compression {
-    fn content_encoding(self) -> Option<&'static str> {
-        match self {
-            Compression::Zstd => Some("zstd"),
-            Compression::Gzip => Some("gzip"),
-            Compression::None => None,
-        }
-    }
-}
-
-/// Serializes and compresses a batch (CPU-bound: called off the async threads).
-pub fn encode(batch: &Batch, compression: Compression) -> Result<Bytes, std::io::Error> {
-    let json = serde_json::to_vec(batch)?;
-    let body = match compression {
-        Compression::None => json,
-        Compression::Zstd => zstd::bulk::compress(&json, 3)?,
-        Compression::Gzip => {
-            use std::io::Write;
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(json.len() / 4),
-                flate2::Compression::fast(),
-            );
-            enc.write_all(&json)?;
-            enc.finish()?
-        }
-    };
-    Ok(Bytes::from(body))
-}
-
-/// The server's error message (its JSON `ErrorBody`, else the raw text), bounded.
-async fn read_error(mut resp: reqwest::Response) -> String {
+/// The server's error code and message (its JSON `ErrorBody`, else the raw text), bounded.
+async fn read_error(mut resp: reqwest::Response) -> (Option<String>, String) {
     let mut buf = Vec::new();
     while buf.len() < ERROR_BODY_MAX {
         match resp.chunk().await {
             Ok(Some(c)) => buf.extend_from_slice(&c[..c.len().min(ERROR_BODY_MAX - buf.len())]),
             Ok(None) => break,
-            Err(e) => return format!("(error body unreadable: {e})"),
+            Err(e) => return (None, format!("(error body unreadable: {e})")),
         }
     }
     match serde_json::from_slice::<ErrorBody>(&buf) {
-        Ok(b) => format!("{} ({})", b.error.message, b.error.code),
-        Err(_) if buf.is_empty() => "(empty body)".to_string(),
-        Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+        Ok(b) => (
+            Some(b.error.code.clone()),
+            format!("{} ({})", b.error.message, b.error.code),
+        ),
+        Err(_) if buf.is_empty() => (None, "(empty body)".to_string()),
+        Err(_) => (None, String::from_utf8_lossy(&buf).into_owned()),
     }
 }
 
@@ -278,27 +482,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::Agent;
-
-    #[test]
-    fn encodings_round_trip() {
-        let batch = Batch {
-            version: 1,
-            agent: Agent {
-                id: "a".into(),
-                node: "n".into(),
-            },
-            segments: vec![],
-        };
-        let json = serde_json::to_vec(&batch).unwrap();
-        assert_eq!(&encode(&batch, Compression::None).unwrap()[..], &json[..]);
-        let z = encode(&batch, Compression::Zstd).unwrap();
-        assert_eq!(zstd::decode_all(&z[..]).unwrap(), json);
-        let g = encode(&batch, Compression::Gzip).unwrap();
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&g[..]), &mut out).unwrap();
-        assert_eq!(out, json);
-    }
-}
+mod tests;

@@ -36,7 +36,7 @@
 
 pub mod segment;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -50,12 +50,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::checkpoint::Effect;
 use crate::config::Compression;
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Metrics;
 use crate::pipeline::OutBatch;
+use crate::retry::Retry;
 use segment::{Cursor, Damage, Frame, FrameMeta, ReadOutcome, HEADER_LEN};
 
 /// Unsynced bytes after which the writer syncs even while more batches are waiting.
@@ -339,7 +339,8 @@ pub fn open(
         shared,
         at: start,
         file: None,
-        pending: None,
+        pending: VecDeque::new(),
+        acked: start,
     };
     Ok((writer, reader))
 }
@@ -528,15 +529,19 @@ pub enum Next {
 }
 
 /// Reads frames in order from the oldest segment (synchronous side; see [`Reader`]).
+/// Several frames may be handed out before the first is acknowledged; acknowledgements
+/// come in the order the frames were handed out.
 #[derive(Debug)]
 pub struct SpoolReader {
     shared: Arc<Shared>,
-    /// Position of the next frame to deliver.
+    /// Position of the next frame to hand out.
     at: Cursor,
     /// The open segment `at` is in.
     file: Option<(u64, File)>,
-    /// End of the frame handed out and not yet acknowledged.
-    pending: Option<Cursor>,
+    /// Frames handed out and not yet acknowledged, oldest first: (start, end).
+    pending: VecDeque<(Cursor, Cursor)>,
+    /// Position of the oldest frame not acknowledged (what the ack file holds).
+    acked: Cursor,
 }
 
 impl SpoolReader {
@@ -544,7 +549,12 @@ impl SpoolReader {
         &self.shared
     }
 
-    /// The frame at the read position (the same one again until [`SpoolReader::ack`]).
+    /// Frames handed out and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next frame after those already handed out.
     pub fn try_next(&mut self) -> Result<Next, Error> {
         loop {
             let (seg, later, closed) = {
@@ -563,6 +573,8 @@ impl SpoolReader {
                                     segment: id,
                                     offset: HEADER_LEN,
                                 };
+                                drop(acc);
+                                self.settle();
                                 continue;
                             }
                             None if acc.closed => return Ok(Next::Closed),
@@ -581,10 +593,12 @@ impl SpoolReader {
                     .map_err(|e| io_err(format!("cannot read {}", self.path(id).display()), e))?;
                 match read {
                     ReadOutcome::Frame(mut frame, next) => {
-                        self.pending = Some(Cursor {
+                        let end = Cursor {
                             segment: id,
                             offset: next,
-                        });
+                        };
+                        self.pending.push_back((self.at, end));
+                        self.at = end;
                         frame.replayed = id < self.shared.session;
                         if self.shared.damaged.load(Ordering::Acquire) {
                             frame.effects.retain(|(_, e)| *e == Effect::Forget);
@@ -596,11 +610,11 @@ impl SpoolReader {
                         self.report(id, &damage, seg.durable);
                         self.shared.mark_damaged();
                         if later {
-                            self.finish_segment();
+                            self.next_segment();
                         } else {
                             // The segment being written: skip to where the writer is.
                             self.at.offset = seg.durable;
-                            self.save_ack();
+                            self.settle();
                         }
                         continue;
                     }
@@ -608,7 +622,7 @@ impl SpoolReader {
             }
             if later && seg.durable == seg.written {
                 // Read to its end and the writer has moved on.
-                self.finish_segment();
+                self.next_segment();
                 continue;
             }
             return Ok(if closed && !later {
@@ -619,19 +633,33 @@ impl SpoolReader {
         }
     }
 
-    /// Marks the frame last returned by [`SpoolReader::try_next`] as delivered.
+    /// Marks the oldest frame handed out by [`SpoolReader::try_next`] and not yet
+    /// acknowledged as delivered.
     pub fn ack(&mut self) {
-        let Some(next) = self.pending.take() else {
+        if self.pending.pop_front().is_none() {
             return;
-        };
-        self.at = next;
-        self.save_ack();
+        }
+        if self.pending.is_empty() && self.at_end_of_finished_segment() {
+            // Everything in it is delivered: delete it now, not at the next read.
+            self.next_segment();
+        } else {
+            self.settle();
+        }
         // Everything delivered counts as room (see `Shared::has_room`).
         self.shared.room.notify_one();
     }
 
     fn path(&self, id: u64) -> PathBuf {
         self.shared.dir.join(segment::segment_name(id))
+    }
+
+    /// Whether the read position is at the end of a segment the writer has left.
+    fn at_end_of_finished_segment(&self) -> bool {
+        let acc = self.shared.lock();
+        let later = acc.segments.range(self.at.segment + 1..).next().is_some();
+        acc.segments
+            .get(&self.at.segment)
+            .is_some_and(|s| later && s.durable == s.written && self.at.offset >= s.written)
     }
 
     fn open(&mut self, id: u64) -> Result<&File, Error> {
@@ -660,11 +688,10 @@ impl SpoolReader {
         );
     }
 
-    /// Deletes the segment at the read position (everything in it is delivered or
-    /// skipped) and moves to the next one.
-    fn finish_segment(&mut self) {
+    /// Moves the read position to the next segment (everything in this one was handed
+    /// out or skipped).
+    fn next_segment(&mut self) {
         let id = self.at.segment;
-        self.pending = None;
         if self.file.as_ref().is_some_and(|(i, _)| *i == id) {
             self.file = None;
         }
@@ -680,16 +707,41 @@ impl SpoolReader {
             segment: next,
             offset: HEADER_LEN,
         };
-        // The ack moves first: a crash in between leaves a segment that the next start
+        self.settle();
+    }
+
+    /// Moves the acknowledged position to the oldest frame not acknowledged (or the read
+    /// position) and deletes the segments before it.
+    fn settle(&mut self) {
+        let acked = self.pending.front().map_or(self.at, |(start, _)| *start);
+        if acked == self.acked {
+            return;
+        }
+        self.acked = acked;
+        // The ack moves first: a crash in between leaves segments that the next start
         // recognises as delivered.
         self.save_ack();
-        let path = self.path(id);
-        if let Err(e) = std::fs::remove_file(&path) {
-            warn!(file = %path.display(), error = %e, "cannot delete a delivered spool segment");
+        let done: Vec<u64> = {
+            let acc = self.shared.lock();
+            acc.segments
+                .range(..acked.segment)
+                .map(|(&i, _)| i)
+                .collect()
+        };
+        if done.is_empty() {
+            return;
+        }
+        for id in &done {
+            let path = self.path(*id);
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!(file = %path.display(), error = %e, "cannot delete a delivered spool segment");
+            }
         }
         let mut acc = self.shared.lock();
-        if let Some(s) = acc.segments.remove(&id) {
-            acc.bytes -= s.written;
+        for id in done {
+            if let Some(s) = acc.segments.remove(&id) {
+                acc.bytes -= s.written;
+            }
         }
         self.shared.publish(&acc);
         drop(acc);
@@ -697,8 +749,8 @@ impl SpoolReader {
     }
 
     fn save_ack(&self) {
-        self.shared.lock().ack = self.at;
-        if let Err(e) = segment::write_ack(&self.shared.dir, self.at) {
+        self.shared.lock().ack = self.acked;
+        if let Err(e) = segment::write_ack(&self.shared.dir, self.acked) {
             // Only costs resending delivered frames after a restart.
             warn!(dir = %self.shared.dir.display(), error = %e, "cannot write the spool ack file");
         }
@@ -728,7 +780,7 @@ impl Reader {
     /// The next frame to deliver, waiting for one; `None` once the writer is gone and
     /// everything was read.
     pub async fn next(&self) -> Option<Frame> {
-        let mut retry = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut retry = Retry::new(RETRY_INITIAL, RETRY_MAX);
         loop {
             let inner = self.inner.clone();
             let res = tokio::task::spawn_blocking(move || lock(&inner).try_next()).await;
@@ -780,7 +832,7 @@ async fn with_retry(
     what: &str,
     op: impl Fn(&mut SpoolWriter) -> Result<(), Error> + Send + Sync + Clone + 'static,
 ) -> bool {
-    let mut retry = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+    let mut retry = Retry::new(RETRY_INITIAL, RETRY_MAX);
     loop {
         let op = op.clone();
         match blocking(w, move |w| op(w)).await {
@@ -926,18 +978,25 @@ async fn encode_frame(out: OutBatch, compression: Compression) -> Result<Vec<u8>
             .flat_map(|s| s.records.iter().map(|r| r.ts))
             .max()
             .unwrap_or(0);
+        // The containers the batch holds data of, once each.
+        let mut keys: Vec<Arc<str>> = Vec::new();
+        for s in &batch.segments {
+            if !keys.iter().any(|k| **k == *s.container_id) {
+                keys.push(Arc::from(s.container_id.as_str()));
+            }
+        }
         let err = |e| Error::with_source(ErrorKind::Internal, "cannot encode batch", e);
         let body = if batch.segments.is_empty() {
             bytes::Bytes::new()
         } else {
-            crate::pipeline::shipper::encode(&batch, compression).map_err(err)?
+            crate::codec::encode(&batch, compression).map_err(err)?
         };
         let meta = FrameMeta {
             compression,
             records: u32::try_from(records).unwrap_or(u32::MAX),
             newest_ts,
         };
-        segment::encode_frame(&meta, &effects, &body).map_err(err)
+        segment::encode_frame(&meta, &effects, &keys, &body).map_err(err)
     })
     .await
     .map_err(|e| Error::with_source(ErrorKind::Internal, "batch encoder task failed", e))?

@@ -6,18 +6,20 @@
 //! ```text
 //! u32 LE  payload length
 //! u32 LE  CRC-32 (IEEE) of the payload
-//! payload: u8 format version (2) | u8 compression | u32 LE records | i64 LE newest ts
-//!          | u32 LE effects length | effects | body
+//! payload: u8 format version (3) | u8 compression | u32 LE records | i64 LE newest ts
+//!          | u32 LE effects length | effects | u32 LE keys length | keys | body
 //! ```
 //!
 //! where `effects` is the JSON array of the batch's checkpoint effects
 //! (`[[container_id, effect], ...]`, see [`crate::checkpoint::Effect`]), applied once
-//! logarithmd acknowledges the frame, and `body` is the exact HTTP request body (a
+//! logarithmd acknowledges the frame, `keys` the JSON array of the sources (container ids)
+//! the batch holds data of (the shipper keeps each source's batches in order while several
+//! are in flight), and `body` is the exact HTTP request body (a
 //! [`protocol::Batch`], compressed as the compression byte says), so a frame is sent again
 //! byte for byte, even after a restart with another `compression` setting. An empty body
 //! means there is nothing to send, only effects to apply (a batch holding only the removal
 //! of a container). Version 1 frames (no effects field) are still read, as frames without
-//! effects.
+//! effects, and version 2 frames (no keys) as frames whose sources are unknown.
 //!
 //! The ack file (`ack`) holds the position of the next frame to deliver: segment id, byte
 //! offset and a CRC-32 of both (20 bytes). Everything in this module is synchronous I/O.
@@ -43,9 +45,11 @@ pub const FRAME_HEADER_LEN: u64 = 8;
 const META_LEN: usize = 1 + 1 + 4 + 8;
 /// Frames without effects (still read).
 const FRAME_VERSION_1: u8 = 1;
-/// Frames with the effects' length and JSON after the meta header.
-const FRAME_VERSION: u8 = 2;
-/// The effects' length field (version 2).
+/// Frames with the effects' length and JSON after the meta header (still read).
+const FRAME_VERSION_2: u8 = 2;
+/// Frames with effects, then the keys' length and JSON.
+const FRAME_VERSION: u8 = 3;
+/// The length field of the effects and of the keys (versions 2 and 3).
 const EFFECTS_LEN_LEN: usize = 4;
 /// Longest payload accepted when reading; a larger length field is corruption.
 pub const MAX_PAYLOAD: u64 = 1 << 30;
@@ -81,6 +85,9 @@ pub struct Frame {
     pub meta: FrameMeta,
     /// What acknowledging the frame does to the checkpoint, in order.
     pub effects: Effects,
+    /// The sources (container ids) the body holds data of; `None` for frames written by
+    /// older agents (their order against other frames is then unknown).
+    pub keys: Option<Vec<Arc<str>>>,
     /// The request body; empty: nothing to send, only effects to apply.
     pub body: Bytes,
     /// Spooled before this start (set by the reader).
@@ -150,17 +157,41 @@ fn compression_of(code: u8) -> Option<Compression> {
 pub fn encode_frame(
     meta: &FrameMeta,
     effects: &[(Arc<str>, Effect)],
+    keys: &[Arc<str>],
     body: &[u8],
 ) -> std::io::Result<Vec<u8>> {
     let effects: Vec<(&str, &Effect)> = effects.iter().map(|(id, e)| (&**id, e)).collect();
     let effects = serde_json::to_vec(&effects)?;
     let effects_len = u32::try_from(effects.len())
         .map_err(|_| std::io::Error::other("checkpoint effects too large for a frame"))?;
+    let keys: Vec<&str> = keys.iter().map(|k| &**k).collect();
+    let keys = serde_json::to_vec(&keys)?;
+    let keys_len = u32::try_from(keys.len())
+        .map_err(|_| std::io::Error::other("frame keys too large for a frame"))?;
     Ok(encode_payload(
         FRAME_VERSION,
         meta,
-        &[&effects_len.to_le_bytes(), &effects, body],
+        &[
+            &effects_len.to_le_bytes(),
+            &effects,
+            &keys_len.to_le_bytes(),
+            &keys,
+            body,
+        ],
     ))
+}
+
+/// A version 2 frame (no keys), as older agents wrote them.
+#[cfg(test)]
+pub fn encode_frame_v2(meta: &FrameMeta, effects: &[(Arc<str>, Effect)], body: &[u8]) -> Vec<u8> {
+    let effects: Vec<(&str, &Effect)> = effects.iter().map(|(id, e)| (&**id, e)).collect();
+    let effects = serde_json::to_vec(&effects).unwrap_or_default();
+    let effects_len = effects.len() as u32;
+    encode_payload(
+        FRAME_VERSION_2,
+        meta,
+        &[&effects_len.to_le_bytes(), &effects, body],
+    )
 }
 
 fn encode_payload(version: u8, meta: &FrameMeta, parts: &[&[u8]]) -> Vec<u8> {
@@ -186,23 +217,39 @@ pub fn encode_frame_v1(meta: &FrameMeta, body: &[u8]) -> Vec<u8> {
     encode_payload(FRAME_VERSION_1, meta, &[body])
 }
 
-/// The effects and the offset of the body in a version 2 payload.
-fn decode_effects(payload: &[u8]) -> Result<(Effects, usize), String> {
-    let Some(len) = payload.get(META_LEN..META_LEN + EFFECTS_LEN_LEN) else {
-        return Err("frame too short for its effects length".into());
+/// The JSON field that starts at `at` with its u32 length, and the offset after it.
+fn length_prefixed<'a, T: serde::Deserialize<'a>>(
+    payload: &'a [u8],
+    at: usize,
+    what: &str,
+) -> Result<(T, usize), String> {
+    let Some(len) = payload.get(at..at + EFFECTS_LEN_LEN) else {
+        return Err(format!("frame too short for its {what} length"));
     };
     let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let start = META_LEN + EFFECTS_LEN_LEN;
+    let start = at + EFFECTS_LEN_LEN;
     let Some(json) = payload.get(start..start.saturating_add(len)) else {
-        return Err(format!("effects length {len} beyond the frame"));
+        return Err(format!("{what} length {len} beyond the frame"));
     };
-    let effects: Vec<(String, Effect)> =
-        serde_json::from_slice(json).map_err(|e| format!("unreadable effects: {e}"))?;
+    let v = serde_json::from_slice(json).map_err(|e| format!("unreadable {what}: {e}"))?;
+    Ok((v, start + len))
+}
+
+/// The effects and the offset after them in a version 2 or 3 payload.
+fn decode_effects(payload: &[u8]) -> Result<(Effects, usize), String> {
+    let (effects, end): (Vec<(String, Effect)>, usize) =
+        length_prefixed(payload, META_LEN, "effects")?;
     let effects = effects
         .into_iter()
         .map(|(id, e)| (Arc::from(id), e))
         .collect();
-    Ok((effects, start + len))
+    Ok((effects, end))
+}
+
+/// The keys and the offset of the body in a version 3 payload, from `at` (after effects).
+fn decode_keys(payload: &[u8], at: usize) -> Result<(Vec<Arc<str>>, usize), String> {
+    let (keys, end): (Vec<String>, usize) = length_prefixed(payload, at, "keys")?;
+    Ok((keys.into_iter().map(Arc::from).collect(), end))
 }
 
 /// Reads the frame at `offset`, using only bytes before `end`.
@@ -235,17 +282,16 @@ pub fn read_frame(file: &File, offset: u64, end: u64) -> std::io::Result<ReadOut
             "checksum mismatch".into(),
         )));
     }
-    let (effects, body_at) = match payload[0] {
-        FRAME_VERSION_1 => (Vec::new(), META_LEN),
-        FRAME_VERSION => match decode_effects(&payload) {
-            Ok(v) => v,
-            Err(why) => return Ok(ReadOutcome::Bad(Damage::Corrupt(why))),
-        },
-        v => {
-            return Ok(ReadOutcome::Bad(Damage::Corrupt(format!(
-                "unknown frame version {v}"
-            ))))
-        }
+    let decoded = match payload[0] {
+        FRAME_VERSION_1 => Ok((Vec::new(), None, META_LEN)),
+        FRAME_VERSION_2 => decode_effects(&payload).map(|(e, at)| (e, None, at)),
+        FRAME_VERSION => decode_effects(&payload)
+            .and_then(|(e, at)| decode_keys(&payload, at).map(|(k, at)| (e, Some(k), at))),
+        v => Err(format!("unknown frame version {v}")),
+    };
+    let (effects, keys, body_at) = match decoded {
+        Ok(v) => v,
+        Err(why) => return Ok(ReadOutcome::Bad(Damage::Corrupt(why))),
     };
     let Some(compression) = compression_of(payload[1]) else {
         return Ok(ReadOutcome::Bad(Damage::Corrupt(format!(
@@ -266,6 +312,7 @@ pub fn read_frame(file: &File, offset: u64, end: u64) -> std::io::Result<ReadOut
         Frame {
             meta,
             effects,
+            keys,
             body,
             replayed: false,
         },
@@ -408,8 +455,9 @@ mod tests {
         let path = dir.path().join("s");
         let effects: Effects = vec![("c1".into(), Effect::Meta), ("c2".into(), Effect::Forget)];
         let mut bytes = MAGIC.to_vec();
-        bytes.extend(encode_frame(&meta(), &effects, b"hello").unwrap());
-        bytes.extend(encode_frame(&meta(), &[], b"").unwrap());
+        let keys: Vec<Arc<str>> = vec!["c1".into()];
+        bytes.extend(encode_frame(&meta(), &effects, &keys, b"hello").unwrap());
+        bytes.extend(encode_frame(&meta(), &[], &[], b"").unwrap());
         std::fs::write(&path, &bytes).unwrap();
         let f = File::open(&path).unwrap();
         let len = bytes.len() as u64;
@@ -418,10 +466,12 @@ mod tests {
         };
         assert_eq!((a.meta, &a.body[..]), (meta(), &b"hello"[..]));
         assert_eq!(a.effects, effects);
+        assert_eq!(a.keys, Some(keys));
         let ReadOutcome::Frame(b, end) = read_frame(&f, next, len).unwrap() else {
             panic!("second frame")
         };
         assert!(b.body.is_empty() && b.effects.is_empty());
+        assert_eq!(b.keys, Some(vec![]));
         assert_eq!(end, len);
         assert!(matches!(
             read_frame(&f, end, len).unwrap(),
@@ -458,6 +508,25 @@ mod tests {
         };
         assert_eq!((a.meta, &a.body[..]), (meta(), &b"old body"[..]));
         assert!(a.effects.is_empty());
+        assert_eq!(a.keys, None);
+        assert_eq!(end, len);
+    }
+
+    #[test]
+    fn version_2_frames_are_read_without_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let effects: Effects = vec![("c1".into(), Effect::Meta)];
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(encode_frame_v2(&meta(), &effects, b"v2 body"));
+        std::fs::write(&path, &bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        let len = bytes.len() as u64;
+        let ReadOutcome::Frame(a, end) = read_frame(&f, HEADER_LEN, len).unwrap() else {
+            panic!("v2 frame")
+        };
+        assert_eq!((a.meta, &a.body[..]), (meta(), &b"v2 body"[..]));
+        assert_eq!((a.effects, a.keys), (effects, None));
         assert_eq!(end, len);
     }
 
