@@ -15,7 +15,8 @@
 //! - [`filter`]: include/exclude rules by label and name.
 //! - [`docker`]: Docker access: `discovery` (listing, events), `follower` (one container's
 //!   log, run after run), `frames` (timestamps, partial lines, TTY streams; pure),
-//!   `inspect` (metadata and run state).
+//!   `inspect` (metadata and run state), `logs` (the log reader: hyper over the Docker
+//!   socket, nanosecond `since`).
 //! - [`pipeline`]: `batcher` (items into batches), `shipper` (HTTP delivery: batches in
 //!   flight, retries, refused batches split) and `split` (halving a refused batch).
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
@@ -110,10 +111,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(checkpoint::run_writer(store.clone(), writer_stop.clone()));
 
-    let raw = docker::raw::RawClient::new(config.docker_host.as_deref(), &docker.client_version());
+    let logs =
+        docker::logs::LogClient::new(config.docker_host.as_deref(), &docker.client_version());
     let shared = Arc::new(docker::follower::Shared {
         docker,
-        raw,
+        logs,
         tx: item_tx,
         max_line_bytes: config.max_line_bytes,
         filter,

@@ -75,6 +75,9 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub lines_read: IntCounterVec,
     pub bytes_read: IntCounterVec,
+    /// `lines_read` and `bytes_read` for stdout and stderr, looked up once (counted per
+    /// line: a label lookup each time would cost a hash and a lock).
+    read_by_stream: [(IntCounter, IntCounter); 2],
     pub containers_followed: IntGauge,
     pub batches_shipped: IntCounter,
     pub records_shipped: IntCounter,
@@ -89,6 +92,7 @@ pub struct Metrics {
     pub dead_letter_entries: IntCounter,
     pub dead_letter_records: IntCounter,
     pub batches_in_flight: IntGauge,
+    pub log_gaps: IntCounter,
     /// Followers waiting for room in the pipeline now.
     waiting_senders: AtomicUsize,
     /// Newest timestamp (ns) of a record read / of an acknowledged record; the first
@@ -288,9 +292,28 @@ impl Metrics {
                  max_in_flight_batches).",
             ))?,
         )?;
+        let log_gaps = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "log_gaps_total",
+                "Resumes where Docker no longer held the last delivered line: the lines \
+                 between it and the first line still there were rotated away unread (each \
+                 reported on its job in logs_unavailable, with the time range).",
+            ))?,
+        )?;
         Ok(Metrics {
             registry,
             build_info,
+            read_by_stream: [
+                (
+                    lines_read.with_label_values(&["stdout"]),
+                    bytes_read.with_label_values(&["stdout"]),
+                ),
+                (
+                    lines_read.with_label_values(&["stderr"]),
+                    bytes_read.with_label_values(&["stderr"]),
+                ),
+            ],
             lines_read,
             bytes_read,
             containers_followed,
@@ -307,6 +330,7 @@ impl Metrics {
             dead_letter_entries,
             dead_letter_records,
             batches_in_flight,
+            log_gaps,
             waiting_senders: AtomicUsize::new(0),
             newest_read_ts: AtomicI64::new(0),
             newest_acked_ts: AtomicI64::new(0),
@@ -346,12 +370,9 @@ impl Metrics {
 
     /// A record was read from Docker and handed to the pipeline.
     pub fn record_read(&self, stream: Stream, bytes: usize, ts: i64) {
-        let s = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        };
-        self.lines_read.with_label_values(&[s]).inc();
-        self.bytes_read.with_label_values(&[s]).inc_by(bytes as u64);
+        let (lines, bytes_total) = &self.read_by_stream[usize::from(stream == Stream::Stderr)];
+        lines.inc();
+        bytes_total.inc_by(bytes as u64);
         self.newest_read_ts.fetch_max(ts, Ordering::AcqRel);
         let _ = self
             .first_read_ts

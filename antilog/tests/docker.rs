@@ -274,9 +274,15 @@ impl Containers {
 
     async fn create(&mut self, docker: &Docker, spec: Spec<'_>) -> String {
         let host_config = HostConfig {
-            log_config: spec.log_driver.map(|d| HostConfigLogConfig {
-                typ: Some(d.to_string()),
-                config: None,
+            log_config: (spec.log_driver.is_some() || spec.log_opts.is_some()).then(|| {
+                HostConfigLogConfig {
+                    typ: spec.log_driver.map(str::to_string),
+                    config: spec.log_opts.map(|o| {
+                        o.iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect()
+                    }),
+                }
             }),
             restart_policy: spec.restart_max.map(|n| RestartPolicy {
                 name: Some(RestartPolicyNameEnum::ON_FAILURE),
@@ -345,6 +351,8 @@ struct Spec<'a> {
     script: &'a str,
     tty: bool,
     log_driver: Option<&'a str>,
+    /// `--log-opt`s.
+    log_opts: Option<&'a [(&'a str, &'a str)]>,
     restart_max: Option<i64>,
 }
 
@@ -353,6 +361,7 @@ fn sh(script: &str) -> Spec<'_> {
         script,
         tty: false,
         log_driver: None,
+        log_opts: None,
         restart_max: None,
     }
 }
@@ -951,4 +960,68 @@ async fn unreadable_logs_and_restarts_are_reported() {
     );
     rx.check_segments(&restarted);
     agent.stop().await;
+}
+
+/// Docker deletes rotated json-file logs whether or not anyone read them. Lines rotated
+/// away while the agent is down are reported on the job (`logs_unavailable`, with the time
+/// range) instead of going missing silently, and every line Docker still holds is
+/// delivered once, in order, numbered on from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_rotated_away_while_the_agent_is_down_are_reported() {
+    let docker = docker().await;
+    let (rx, addr) = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cs = Containers::new("rotated");
+    let cfg = config(addr, dir.path(), &cs.include_rule());
+    let first = Agent::start(cfg.clone());
+    // 50 lines, a pause (the agent stops), then 3,000 lines of 40 bytes: about 120 KB,
+    // while Docker keeps at most 2 files of 10 KB.
+    let script = "i=1; while [ $i -le 50 ]; do echo \"line $i\"; i=$((i+1)); done; sleep 5; \
+                  i=51; while [ $i -le 3050 ]; do printf 'burst %029d\\n' $i; i=$((i+1)); done";
+    let opts: &[(&str, &str)] = &[("max-size", "10k"), ("max-file", "2")];
+    let id = cs
+        .run(
+            &docker,
+            Spec {
+                log_driver: Some("json-file"),
+                log_opts: Some(opts),
+                ..sh(script)
+            },
+        )
+        .await;
+    rx.wait_for("the first 50 lines", |r| r.records(&id).len() >= 50)
+        .await;
+    first.stop().await;
+    wait_exited(&docker, &id).await;
+    let kept = docker_lines(&docker, &id, usize::MAX).await;
+    assert!(
+        !kept.is_empty() && kept.len() < 3000,
+        "Docker kept {} lines",
+        kept.len()
+    );
+    let second = Agent::start(cfg);
+    rx.wait_for("the exit", |r| !r.exits(&id).is_empty()).await;
+    second.stop().await;
+    let records = rx.records(&id);
+    let texts: Vec<String> = records.values().map(text).collect();
+    let mut expected: Vec<String> = (1..=50).map(|i| format!("line {i}")).collect();
+    expected.extend(
+        kept.iter()
+            .map(|(_, l)| String::from_utf8_lossy(l).into_owned()),
+    );
+    assert_eq!(texts.len(), expected.len());
+    assert_eq!(texts, expected);
+    // Numbered on without a gap: seq counts lines read, not lines printed.
+    assert_eq!(
+        records.keys().copied().collect::<Vec<_>>(),
+        (1..=expected.len() as u64).collect::<Vec<_>>()
+    );
+    let gaps = rx.unavailable(&id);
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(
+        gaps[0].contains("rotated away before they were read"),
+        "{}",
+        gaps[0]
+    );
+    assert_eq!(rx.exits(&id)[0].last_seq, expected.len() as u64);
 }

@@ -7,8 +7,10 @@
 //!
 //! Resuming (after the stream broke, for the next run, or from a checkpoint) uses the
 //! [`Position`] of the last *cut*: a line boundary where no line was half read. Docker is
-//! asked for lines `since` the whole second of the position's timestamp; lines older than
-//! it, and the first `at_ts` lines at exactly it, are skipped; numbering restarts at
+//! asked for lines `since` the position's exact timestamp (nanoseconds, inclusive; whole
+//! seconds through bollard for endpoints [`LogClient`] cannot reach); lines older than it,
+//! and the first `at_ts` lines at exactly it, are skipped. So the read after a run's exit
+//! fetches only what came after the last cut, whatever the log's size; numbering restarts at
 //! `seq + 1` and records already sent (a long line sent in part before the break) are not
 //! sent again. This relies on Docker's timestamps not going backwards in its log, which
 //! holds except for rare sub-millisecond inversions between stdout and stderr.
@@ -28,7 +30,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::frames::{Assembler, Piece};
 use super::inspect::{inspect, Inspected};
-use super::raw::{RawBody, RawClient};
+use super::logs::{since_param, LogBody, LogClient};
 use super::{classify, Failure};
 use crate::checkpoint::{Entry, ExitMark, Position};
 use crate::filter::Filter;
@@ -53,8 +55,8 @@ const REPLAY_MEMORY: usize = 4096;
 #[derive(Debug)]
 pub struct Shared {
     pub docker: Docker,
-    /// Raw log reader for TTY containers, when the endpoint allows it.
-    pub raw: Option<RawClient>,
+    /// The log reader (nanosecond `since`), when the endpoint allows it; else bollard.
+    pub logs: Option<LogClient>,
     pub tx: mpsc::Sender<Item>,
     pub max_line_bytes: usize,
     pub filter: Filter,
@@ -117,9 +119,17 @@ enum StreamEnd {
 }
 
 /// Skipping of lines already delivered, when re-reading from a [`Position`].
+///
+/// A line older than the position is delivered, whenever it comes: Docker filters such
+/// lines itself when asked with the nanosecond `since`, except for the copies its follow
+/// stream sends around a json-file rotation. Before this floor, such a copy arriving
+/// after the stream had passed the position was taken for a new line: stored twice,
+/// under a new `seq` and out of order.
 #[derive(Debug, Clone, Copy)]
 struct Skip {
     active: bool,
+    /// Lines older than `ts` are skipped for the whole stream.
+    floor: bool,
     ts: i64,
     remaining: u32,
 }
@@ -128,17 +138,18 @@ impl Skip {
     fn from(pos: &Position) -> Skip {
         Skip {
             active: pos.at_ts > 0,
+            floor: pos.at_ts > 0,
             ts: pos.ts,
             remaining: pos.at_ts,
         }
     }
 
     fn should_skip(&mut self, ts: i64) -> bool {
+        if self.floor && ts < self.ts {
+            return true;
+        }
         if !self.active {
             return false;
-        }
-        if ts < self.ts {
-            return true;
         }
         if ts == self.ts && self.remaining > 0 {
             self.remaining -= 1;
@@ -185,6 +196,7 @@ impl Replays {
             );
             self.skip = Some(Skip {
                 active: true,
+                floor: true,
                 ts: self.newest,
                 remaining: self.at_newest,
             });
@@ -222,6 +234,9 @@ struct Follower {
     skip: Skip,
     /// Per stream (stdout, stderr): the current line is being skipped.
     skipping: [bool; 2],
+    /// The position this stream resumed from, until a line at or after it is read: if
+    /// Docker no longer has the line at the position, lines may have been lost.
+    resume_check: Option<Position>,
     /// Per stream: lines Docker sends twice.
     replays: [Replays; 2],
     /// Lines with a later timestamp are not this run's (see [`run_limit`]).
@@ -253,6 +268,7 @@ pub async fn follow(
         assembler: None,
         skip: Skip::from(&entry.pos),
         skipping: [false; 2],
+        resume_check: None,
         replays: Default::default(),
         limit_ts: None,
         followed: None,
@@ -602,28 +618,30 @@ impl Follower {
         self.tentative = self.pos;
         self.next_seq = self.pos.seq + 1;
         self.skip = Skip::from(&self.pos);
+        self.resume_check = (self.pos.at_ts > 0).then_some(self.pos);
         self.skipping = [false; 2];
         self.replays = Default::default();
         self.assembler = Some(Assembler::new(tty, self.shared.max_line_bytes));
-        let since = self.pos.since_secs();
-        debug!(since, from_seq = self.next_seq, follow, "reading log");
-        let mut source = match (tty, &self.shared.raw) {
-            (true, Some(raw)) => match raw
-                .logs(&self.id, since, follow)
+        let since = since_param(&self.pos);
+        debug!(%since, from_seq = self.next_seq, follow, "reading log");
+        let mut source = match &self.shared.logs {
+            Some(client) => match client
+                .logs(&self.id, &since, follow, tty)
                 .await
                 .inspect_err(|f| self.shared.metrics.docker_error(f))
             {
-                Ok(body) => Source::Raw(body),
+                Ok(body) => Source::Api(body),
                 Err(Failure::Permanent(reason)) => return StreamEnd::Unavailable(reason),
                 Err(Failure::NotFound) => return StreamEnd::Ended { received: false },
                 Err(Failure::Transient(reason)) => return StreamEnd::Broken(reason),
             },
-            _ => {
+            None => {
+                // bollard takes whole seconds: the skip drops the rest of that second.
                 let opts = LogsOptions::<String> {
                     follow,
                     stdout: true,
                     stderr: true,
-                    since,
+                    since: self.pos.since_secs(),
                     until: 0,
                     timestamps: true,
                     tail: "all".to_string(),
@@ -679,10 +697,40 @@ impl Follower {
         self.emit(&mut pieces).await
     }
 
+    /// Docker's log no longer holds the last delivered line (at `pos`), and the first line
+    /// it has is stamped `first_ts`: lines in between were rotated away before they were
+    /// read (a json-file log with `max-size` while the agent was down or behind). Docker
+    /// does not say how many: the job gets the time range in `logs_unavailable`.
+    async fn report_gap(&mut self, pos: &Position, first_ts: i64) -> bool {
+        let reason = format!(
+            "Docker's log no longer holds lines from {} to {}: rotated away before they were \
+             read, so lines in between may be lost",
+            rfc3339(pos.ts),
+            rfc3339(first_ts)
+        );
+        warn!(
+            last_delivered_seq = pos.seq,
+            %reason,
+            "lines may be lost to log rotation"
+        );
+        self.shared.metrics.log_gaps.inc();
+        self.send(ItemKind::Unavailable(reason)).await
+    }
+
     /// Numbers pieces into records and sends them.
     async fn emit(&mut self, pieces: &mut Vec<Piece>) -> bool {
         for p in pieces.drain(..) {
             let s = usize::from(p.stream == Stream::Stderr);
+            if p.first && self.resume_check.is_some_and(|pos| p.ts >= pos.ts) {
+                if let Some(pos) = self.resume_check.take() {
+                    if p.ts > pos.ts
+                        && self.skip.remaining == pos.at_ts
+                        && !self.report_gap(&pos, p.ts).await
+                    {
+                        return false;
+                    }
+                }
+            }
             if p.first {
                 let delivered = self.skip.should_skip(p.ts);
                 let later = self.limit_ts.is_some_and(|l| p.ts > l);
@@ -728,20 +776,28 @@ fn run_limit(info: &Inspected) -> Option<i64> {
         .then(|| info.finished_at.saturating_add(RESTART_BOUNDARY_NS))
 }
 
-/// Where a log is read from: bollard, or (TTY containers) the raw reader.
+fn rfc3339(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ns} ns"))
+}
+
+/// Where a log is read from: the API through hyper ([`LogClient`]), or bollard for
+/// endpoints it cannot reach.
 enum Source {
     Bollard(BoxStream<'static, Result<LogOutput, bollard::errors::Error>>),
-    Raw(RawBody),
+    Api(LogBody),
 }
 
 impl Source {
     async fn next(&mut self) -> Option<Result<LogOutput, Failure>> {
         match self {
             Source::Bollard(s) => s.next().await.map(|r| r.map_err(|e| classify(&e))),
-            Source::Raw(b) => b.next().await.map(|r| {
-                r.map(|message| LogOutput::Console { message })
-                    .map_err(|e| Failure::Transient(format!("reading the log failed: {e}")))
-            }),
+            Source::Api(b) => b.next().await,
         }
     }
 }
@@ -781,11 +837,16 @@ mod tests {
             at_ts: 2,
         };
         let mut s = Skip::from(&pos);
-        let got: Vec<bool> = [99, 100, 100, 100, 101, 99]
+        // The third line at 100 and 101 are new; a copy of a delivered line (99) that
+        // comes later is still skipped.
+        let got: Vec<bool> = [99, 100, 100, 100, 101, 99, 100, 102]
             .into_iter()
             .map(|ts| s.should_skip(ts))
             .collect();
-        assert_eq!(got, vec![true, true, true, false, false, false]);
+        assert_eq!(
+            got,
+            vec![true, true, true, false, false, true, false, false]
+        );
         let mut s = Skip::from(&Position::default());
         assert!(!s.should_skip(0));
     }

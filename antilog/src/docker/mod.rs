@@ -5,13 +5,14 @@
 //! - [`follower`]: reads one container's log, run after run, into pipeline items.
 //! - [`frames`]: pure parsing of Docker's log stream (timestamps, partials, TTY).
 //! - [`inspect`]: container inspection into [`protocol::ContainerMeta`] and run state.
-//! - [`raw`]: raw reader of TTY logs (bollard's decoder loses their unterminated end).
+//! - [`logs`]: the log reader (hyper; nanosecond `since`, raw TTY bytes, multiplexed
+//!   frames).
 
 pub mod discovery;
 pub mod follower;
 pub mod frames;
 pub mod inspect;
-pub mod raw;
+pub mod logs;
 
 use bollard::errors::Error as DockerError;
 use bollard::{Docker, API_DEFAULT_VERSION};

@@ -7,9 +7,14 @@
 //!    multi-row INSERTs (1,000 rows a statement on MariaDB, 100 on SQLite; one transaction
 //!    per 5,000 rows; on MariaDB 4 connections at once, like the 4 ingest senders), no
 //!    HTTP, no JSON, no dedup bookkeeping.
-//! 3. Agent: a container prints 1,000,000 lines of 100 bytes at full speed; antilog ships
-//!    them to logarithmd (SQLite); lines/s from container start to the last line stored, and
-//!    the agent's CPU seconds (utime + stime from /proc).
+//! 3. Agent, API source, live: a container prints 1,000,000 lines of 100 bytes at full
+//!    speed; antilog follows it through the Docker API and ships to logarithmd (SQLite);
+//!    lines/s from container start to the job being final with every line stored, the
+//!    agent's and dockerd's CPU seconds (utime + stime from /proc/<pid>/stat), the agent's
+//!    peak RSS (VmHWM) and the time from the container's exit to the job being final.
+//! 4. Agent, API source, catching up: the same container has finished before the agent
+//!    starts; lines/s from the agent's start to the job being final, same CPU and memory
+//!    figures.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -286,18 +291,62 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-async fn bench_agent() -> Result<(Figure, f64)> {
-    let db = Db::sqlite()?;
-    let daemon = Daemon::start(db.url()).await?;
-    let label = format!("bench-{:x}", logarithm_tests::rand_u64());
-    let agent = Agent::start(&daemon.base, &label)?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = agent.proc.pid().context("agent pid")?;
-    let cpu0 = cpu_seconds(pid)?;
+/// Peak resident memory of a process (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+/// dockerd's pid (the engine the bench's containers run on).
+fn dockerd_pid() -> Result<u32> {
+    for dir in std::fs::read_dir("/proc")? {
+        let dir = dir?;
+        let Ok(pid) = dir.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_to_string(dir.path().join("comm")).is_ok_and(|c| c.trim() == "dockerd") {
+            return Ok(pid);
+        }
+    }
+    bail!("no dockerd process found")
+}
+
+/// What one agent path cost.
+struct AgentRun {
+    figure: Figure,
+    agent_cpu: f64,
+    dockerd_cpu: f64,
+    peak_rss_mib: f64,
+    /// From the container's exit (Docker's FinishedAt) to the job seen final.
+    exit_to_final: Option<f64>,
+}
+
+impl AgentRun {
+    fn print_costs(&self) {
+        let per_m = 1e6 / self.figure.lines as f64;
+        println!(
+            "| {:<44} | {:>9.2} | {:>9.2} | {:>9.1} | {:>9} |",
+            self.figure.what,
+            self.agent_cpu * per_m,
+            self.dockerd_cpu * per_m,
+            self.peak_rss_mib,
+            self.exit_to_final
+                .map_or("-".to_string(), |s| format!("{s:.2}"))
+        );
+    }
+}
+
+fn bench_spec(label: &str) -> Spec {
     let payload = "x".repeat(LINE_BYTES);
-    let docker = docker::connect().await?;
-    let start = Instant::now();
-    let mut spec = Spec::new(&label, &format!("yes '{payload}' | head -n {LINES}"));
+    let mut spec = Spec::new(label, &format!("yes '{payload}' | head -n {LINES}"));
     // Docker deletes rotated log files whether or not anyone read them (this machine keeps
     // 3 × 10 MB); a container printing 170 MB at full speed would outrun any reader, so
     // the bench container keeps its whole log, as a production job's retention should.
@@ -306,22 +355,82 @@ async fn bench_agent() -> Result<(Figure, f64)> {
         ("max-size".into(), "1g".into()),
         ("max-file".into(), "1".into()),
     ];
-    let id = docker::run(&docker, &spec).await?;
+    spec
+}
+
+/// Docker's FinishedAt of a container, in ns since the epoch.
+async fn finished_at(docker: &bollard::Docker, id: &str) -> Result<i64> {
+    let info = docker.inspect_container(id, None).await?;
+    let at = info
+        .state
+        .and_then(|s| s.finished_at)
+        .context("FinishedAt")?;
+    docker::parse_ts(&at)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// `live`: the agent follows the container while it prints; else it starts once the
+/// container has finished (catching up).
+async fn bench_agent(live: bool) -> Result<AgentRun> {
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("bench-{:x}", logarithm_tests::rand_u64());
+    let docker = docker::connect().await?;
+    let dockerd = dockerd_pid()?;
+    let mut id = None;
+    if !live {
+        let c = docker::run(&docker, &bench_spec(&label)).await?;
+        docker::wait_exit(&docker, &c).await?;
+        id = Some(c);
+    }
+    let agent = Agent::start(&daemon.base, &label)?;
+    let pid = agent.proc.pid().context("agent pid")?;
+    if live {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let cpu0 = cpu_seconds(pid)?;
+    let d0 = cpu_seconds(dockerd)?;
+    let start = Instant::now();
+    let id = match id {
+        Some(id) => id,
+        None => docker::run(&docker, &bench_spec(&label)).await?,
+    };
     let job = daemon.wait_finished(&id, Duration::from_secs(900)).await?;
+    let final_seen = now_ns();
     let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid)? - cpu0;
+    let agent_cpu = cpu_seconds(pid)? - cpu0;
+    let dockerd_cpu = cpu_seconds(dockerd)? - d0;
+    let peak_rss_mib = peak_rss_mib(pid)?;
+    let exit_to_final = if live {
+        Some((final_seen - finished_at(&docker, &id).await?) as f64 / 1e9)
+    } else {
+        None
+    };
     docker::remove(&docker, &id).await;
     if job["line_count"] != LINES {
         bail!("agent bench stored {} lines", job["line_count"]);
     }
-    Ok((
-        Figure {
-            what: "container → antilog → logarithmd → SQLite".into(),
+    let what = if live {
+        "container → antilog (API, live) → SQLite"
+    } else {
+        "finished container → antilog (API) → SQLite"
+    };
+    Ok(AgentRun {
+        figure: Figure {
+            what: what.into(),
             secs,
             lines: LINES,
         },
-        cpu,
-    ))
+        agent_cpu,
+        dockerd_cpu,
+        peak_rss_mib,
+        exit_to_final,
+    })
 }
 
 #[tokio::main]
@@ -339,11 +448,17 @@ async fn main() -> Result<()> {
     let server = logarithm_tests::mysql_server_url()?;
     raw_mysql(&server).await?.print();
     bench_ingest(&Db::mysql().await?, "MariaDB").await?.print();
-    let (fig, cpu) = bench_agent().await?;
-    fig.print();
+    let live = bench_agent(true).await?;
+    live.figure.print();
+    let caught_up = bench_agent(false).await?;
+    caught_up.figure.print();
     println!(
-        "\nagent CPU: {cpu:.2} s for {LINES} lines ({:.0} lines per CPU second)",
-        LINES as f64 / cpu
+        "\n| agent path                                   | antilog CPU-s/M lines | dockerd CPU-s/M lines | antilog VmHWM MiB | exit → final s |"
     );
+    println!(
+        "|----------------------------------------------|-----------|-----------|-----------|-----------|"
+    );
+    live.print_costs();
+    caught_up.print_costs();
     Ok(())
 }
