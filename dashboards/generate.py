@@ -52,6 +52,7 @@ class Dash:
                             "targets": tg, "fieldConfig": {"defaults": defaults, "overrides": []},
                             "options": options})
         self.nid += 1; self.x += w; self.rowh = max(self.rowh, h)
+    links = []
     def write(self, fname):
         d = {"uid": self.uid, "title": self.title, "description": self.desc, "tags": self.tags,
              "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1,
@@ -61,7 +62,7 @@ class Dash:
                                        "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
                                        "name": "Annotations & Alerts", "type": "dashboard"}]},
              "links": [{"title": "Logarithm", "type": "dashboards", "tags": ["logarithm"],
-                        "asDropdown": True, "includeVars": True, "keepTime": True}],
+                        "asDropdown": True, "includeVars": True, "keepTime": True}] + self.links,
              "templating": {"list": self.variables}, "panels": self.panels}
         with open(os.path.join(OUT, fname), "w") as f:
             json.dump(d, f, indent=2); f.write("\n")
@@ -204,6 +205,9 @@ d.panel("Job duration by result (p90)", "90th percentile run time of finished jo
         [(q(0.9, "logarithmd_job_duration_seconds", I, "le, result"), "{{result}}")], unit="s", w=8)
 d.panel("Mean job duration", "Mean run time of finished jobs, by result.",
         [(f'sum by (result) (rate(logarithmd_job_duration_seconds_sum{{{I}}}[{RI}])) / sum by (result) (rate(logarithmd_job_duration_seconds_count{{{I}}}[{RI}]))', "{{result}}")], unit="s", w=8)
+d.links = [{"title": "Job logs", "type": "link", "icon": "doc", "tooltip": "Logs of the jobs (Loki data source on logarithmd)",
+            "url": "/d/logarithm-job-logs/logarithm-job-logs", "keepTime": True, "includeVars": False,
+            "asDropdown": False, "targetBlank": False, "tags": []}]
 d.write("logarithm-jobs.json")
 
 # ---------------- webhooks ----------------
@@ -233,3 +237,48 @@ d.panel("Pending deliveries", "Notifications queued or between retries.",
 d.panel("Jobs finished /s", "Finished jobs: the events webhooks report.",
         [(f'sum by (result) (rate(logarithmd_jobs_finished_total{{{I}}}[{RI}]))', "{{result}}")], unit="ops", w=8)
 d.write("logarithm-webhooks.json")
+
+# ---------------- job logs (Loki data source: logarithmd's /loki/api/v1) ----------------
+LOKI = {"type": "loki", "uid": "${DS_LOKI}"}
+def var_loki_ds():
+    return {"name": "DS_LOKI", "label": "Logs data source", "type": "datasource",
+            "query": "loki", "current": {}, "hide": 0, "refresh": 1, "regex": "",
+            "includeAll": False, "multi": False, "options": [], "skipUrlSync": False}
+def var_loki(name, label, q):
+    # Grafana's Loki variable query: label_values([selector,] label); "All" is .+ so the
+    # selector stays a valid LogQL matcher.
+    return {"name": name, "label": label, "type": "query", "datasource": LOKI, "definition": q,
+            "query": {"query": q, "refId": "LokiVariableQueryEditor-VariableQuery"},
+            "refresh": 2, "multi": True, "includeAll": True, "allValue": ".+",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "sort": 1, "regex": "", "hide": 0, "options": [], "skipUrlSync": False}
+SEL = 'flow=~"$flow", run=~"$run", job=~"$job"'
+d = Dash("logarithm-job-logs", "Logarithm job logs",
+         "Log lines of flow jobs, read from logarithmd through its Loki-compatible API. Pick a flow, run and job.",
+         ["logarithm"],
+         [var_loki_ds(),
+          var_loki("flow", "Flow", "label_values(flow)"),
+          var_loki("run", "Run", 'label_values({flow=~"$flow"}, run)'),
+          var_loki("job", "Job", 'label_values({flow=~"$flow", run=~"$run"}, job)'),
+          {"name": "search", "label": "Line contains", "type": "textbox", "query": "",
+           "current": {"text": "", "value": ""}, "hide": 0, "options": [], "skipUrlSync": False}])
+d.panels.append({"id": 1, "type": "logs", "title": "Job logs",
+                 "description": "Every stored line of the selected jobs (stdout and stderr), newest first; filter with \"Line contains\".",
+                 "datasource": LOKI, "gridPos": {"h": 22, "w": 24, "x": 0, "y": 0},
+                 "targets": [{"refId": "A", "datasource": LOKI, "expr": "{" + SEL + '} |= "$search"',
+                              "queryType": "range", "editorMode": "code", "maxLines": 1000}],
+                 "options": {"showTime": True, "showLabels": False, "showCommonLabels": False,
+                             "wrapLogMessage": True, "prettifyLogMessage": False,
+                             "enableLogDetails": True, "dedupStrategy": "none",
+                             "sortOrder": "Descending"}})
+d.panels.append({"id": 2, "type": "logs", "title": "Errors",
+                 "description": "Lines of the selected jobs that mention error or fail (any case).",
+                 "datasource": LOKI, "gridPos": {"h": 10, "w": 24, "x": 0, "y": 22},
+                 "targets": [{"refId": "A", "datasource": LOKI,
+                              "expr": "{" + SEL + '} |~ "(?i)error|fail"',
+                              "queryType": "range", "editorMode": "code", "maxLines": 1000}],
+                 "options": {"showTime": True, "showLabels": True, "showCommonLabels": False,
+                             "wrapLogMessage": True, "prettifyLogMessage": False,
+                             "enableLogDetails": True, "dedupStrategy": "none",
+                             "sortOrder": "Descending"}})
+d.write("logarithm-job-logs.json")

@@ -62,6 +62,14 @@ pub struct Config {
     /// Lines a log query scans at most to find matches for `contains`/`regex` in one call.
     #[serde(default = "default_max_scan_lines")]
     pub max_scan_lines: usize,
+    /// Longest time range a Loki query (`/loki/api/v1/…`) may cover when it names no flow,
+    /// run, job or job_id with `=`; broader queries are answered 400.
+    #[serde(default = "default_loki_max_range", with = "humantime_serde")]
+    pub loki_max_range: Duration,
+    /// Jobs a Loki query may examine (those its selector's flow/run/stage/action/job/status
+    /// equality matchers leave); past it the query is answered 400, never in part.
+    #[serde(default = "default_loki_max_jobs")]
+    pub loki_max_jobs: usize,
     /// A plaintext admin secret from `--admin-token` / `LOGARITHMD_ADMIN_TOKEN` only (never
     /// read from the file); hashed at start into a token named `admin` with scope `admin`.
     #[serde(skip)]
@@ -99,6 +107,8 @@ impl Default for Config {
             request_timeout: default_request_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             max_scan_lines: default_max_scan_lines(),
+            loki_max_range: default_loki_max_range(),
+            loki_max_jobs: default_loki_max_jobs(),
             admin_token: None,
             public_url: None,
             webhooks: crate::webhooks::WebhooksConfig::default(),
@@ -121,6 +131,9 @@ impl Config {
         }
         if self.ingest_tokens.iter().any(|t| t.is_empty()) {
             return Err("ingest_tokens must not contain an empty token".into());
+        }
+        if self.loki_max_jobs == 0 || self.loki_max_range.is_zero() {
+            return Err("loki_max_jobs and loki_max_range must be positive".into());
         }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err("admin_token must not be empty".into());
@@ -206,4 +219,10 @@ fn default_shutdown_timeout() -> Duration {
 }
 fn default_max_scan_lines() -> usize {
     200_000
+}
+fn default_loki_max_range() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_loki_max_jobs() -> usize {
+    1000
 }

@@ -10,7 +10,8 @@
 //! - [`cout`]: the `[COUT]` line parser.
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
-//!   commit), `query` (jobs and logs), `error` (the one HTTP error type), health.
+//!   commit), `query` (jobs and logs), `loki` (Loki's read API for Grafana), `error`
+//!   (the one HTTP error type), health.
 //! - [`live`]: the live hub: committed lines and run saves pushed to followers (SSE,
 //!   `follow=true`), with a cheap catch-up read for other replicas' commits.
 //! - [`notify`]: in-process job events (the typed subscriber interface the flow engine

@@ -363,6 +363,46 @@ async fn every_route_answers_each_scope_as_documented() {
             S::BAD_REQUEST,
         ),
         (
+            "GET",
+            "/loki/api/v1/query?query=vector(1)%2Bvector(1)".into(),
+            vec![],
+            Some(Scope::Read),
+            ok,
+            ok,
+        ),
+        (
+            "GET",
+            "/loki/api/v1/query_range?query=%7Bflow%3D%22scopes.flow%22%7D&start=0".into(),
+            vec![],
+            Some(Scope::Read),
+            ok,
+            ok,
+        ),
+        (
+            "GET",
+            "/loki/api/v1/labels".into(),
+            vec![],
+            Some(Scope::Read),
+            ok,
+            ok,
+        ),
+        (
+            "GET",
+            "/loki/api/v1/label/flow/values".into(),
+            vec![],
+            Some(Scope::Read),
+            ok,
+            ok,
+        ),
+        (
+            "GET",
+            "/loki/api/v1/series?match%5B%5D=%7Bflow%3D%22scopes.flow%22%7D".into(),
+            vec![],
+            Some(Scope::Read),
+            ok,
+            ok,
+        ),
+        (
             "DELETE",
             "/api/v1/webhooks/77".into(),
             vec![],
@@ -415,6 +455,16 @@ async fn every_route_answers_each_scope_as_documented() {
         }
     }
     assert_eq!(checked, routes.len() * callers.len());
+
+    // Through the Loki API, a flow-limited reader sees no line of a flow it may not read.
+    let q =
+        "/loki/api/v1/query_range?query=%7Bflow%3D%22scopes.flow%22%7D&start=0&direction=forward";
+    let (_, b) = call(&app, "GET", q, Some(READ), vec![]).await;
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["data"]["result"][0]["values"][0][1], "line 1", "{b}");
+    let (_, b) = call(&app, "GET", q, Some(LIMITED), vec![]).await;
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["data"]["result"], json!([]), "{b}");
 
     // What a reader sees, and what only an admin sees.
     let (_, b) = call(&app, "GET", "/api/v1/jobs", Some(READ), vec![]).await;

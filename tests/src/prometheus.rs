@@ -428,6 +428,9 @@ pub mod dashboards {
     /// and query variable (never a hard-coded uid), current schema, the required variables,
     /// and every variable a query uses defined.
     pub fn check(dash: &Value) -> Vec<String> {
+        if is_loki(dash) {
+            return check_loki(dash);
+        }
         let mut problems = Vec::new();
         let title = dash["title"].as_str().unwrap_or("?");
         if dash["uid"].as_str().unwrap_or("").is_empty() {
@@ -513,6 +516,93 @@ pub mod dashboards {
         if queries == 0 {
             problems.push("no queries".into());
         }
+        problems
+            .into_iter()
+            .map(|p| format!("{title}: {p}"))
+            .collect()
+    }
+
+    /// The Loki datasource reference of the logs dashboards.
+    pub const LOKI_UID: &str = "${DS_LOKI}";
+
+    /// Whether a dashboard reads logs (Loki data source on logarithmd) rather than metrics.
+    pub fn is_loki(dash: &Value) -> bool {
+        variables(dash).iter().any(|v| v["name"] == "DS_LOKI")
+    }
+
+    /// Problems with a logs dashboard: a `DS_LOKI` datasource variable of type loki used by
+    /// every panel, target and query variable; `flow`, `run` and `job` variables (the
+    /// selection the logs panels follow); logs panels with a LogQL stream selector; unique
+    /// panel ids; every variable used defined.
+    pub fn check_loki(dash: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        let title = dash["title"].as_str().unwrap_or("?");
+        if dash["uid"].as_str().unwrap_or("").is_empty() {
+            problems.push("no uid".into());
+        }
+        if dash["schemaVersion"].as_u64().unwrap_or(0) < MIN_SCHEMA_VERSION {
+            problems.push("schemaVersion is too old".into());
+        }
+        let vars = variables(dash);
+        let names: Vec<&str> = vars.iter().filter_map(|v| v["name"].as_str()).collect();
+        match vars.iter().find(|v| v["name"] == "DS_LOKI") {
+            Some(v) if v["type"] == "datasource" && v["query"] == "loki" => {}
+            _ => problems.push("no `DS_LOKI` datasource variable of type loki".into()),
+        }
+        for required in ["flow", "run", "job"] {
+            if !names.contains(&required) {
+                problems.push(format!("no `{required}` variable"));
+            }
+        }
+        let ds_ok = |ds: &Value| ds["uid"] == LOKI_UID && ds["type"] == "loki";
+        for v in &vars {
+            if v["type"] == "query" && !ds_ok(&v["datasource"]) {
+                problems.push(format!(
+                    "variable {} has datasource {}",
+                    v["name"], v["datasource"]
+                ));
+            }
+        }
+        let mut ids = BTreeMap::new();
+        let mut logs_panels = 0;
+        for p in panels(dash) {
+            let pt = p["title"].as_str().unwrap_or("?");
+            if let Some(prev) = p["id"]
+                .as_u64()
+                .and_then(|id| ids.insert(id, pt.to_owned()))
+            {
+                problems.push(format!("panel id used by {prev:?} and {pt:?}"));
+            }
+            if p["type"] == "logs" {
+                logs_panels += 1;
+            }
+            if !ds_ok(&p["datasource"]) {
+                problems.push(format!("panel {pt:?} datasource {}", p["datasource"]));
+            }
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().unwrap_or("");
+                if !ds_ok(&t["datasource"]) || !expr.trim_start().starts_with('{') {
+                    problems.push(format!(
+                        "panel {pt:?} target {}: not a LogQL log query on DS_LOKI",
+                        t["refId"]
+                    ));
+                }
+                for used in used_variables(expr) {
+                    if !used.starts_with("__") && !names.contains(&used.as_str()) {
+                        problems.push(format!("panel {pt:?} uses undefined ${used}"));
+                    }
+                }
+            }
+        }
+        if logs_panels == 0 {
+            problems.push("no logs panel".into());
+        }
+        walk_datasources(dash, &mut |ds| {
+            let uid = ds["uid"].as_str().unwrap_or("");
+            if !(uid == LOKI_UID || uid == "-- Grafana --" || ds.is_null()) {
+                problems.push(format!("hard-coded datasource uid {uid:?}"));
+            }
+        });
         problems
             .into_iter()
             .map(|p| format!("{title}: {p}"))

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod flows;
 pub mod ingest;
+pub mod loki;
 pub mod metrics;
 pub mod query;
 pub mod stream;
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::webhooks::api::routes())
         .merge(flows::routes())
         .merge(stream::routes())
+        .merge(loki::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(
