@@ -122,8 +122,9 @@ async fn run_follow_of_the_example_flow_exits_0() -> Result<()> {
     let db = Db::sqlite()?;
     let label = format!("cli-{:012x}", rand_u64() & 0xffff_ffff_ffff);
     let config = format!(
-        "admin_token = \"{ADMIN}\"\n[engine]\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\n\
-         extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n"
+        "{}[engine]\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\n\
+         extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n",
+        logarithm_tests::token_toml("admin", ADMIN, &["admin"])
     );
     let daemon = Daemon::start_with(db.url(), &config).await?;
     let agent = Agent::start(&daemon.base, &label)?;
@@ -137,12 +138,14 @@ async fn run_follow_of_the_example_flow_exits_0() -> Result<()> {
     .await?;
     ensure!(code == 2 && out.is_empty(), "{code} {out} {err}");
     ensure!(
-        err.trim() == "logarithm: missing or invalid bearer token (HTTP 401 Unauthorized)",
+        err.trim()
+            == "logarithm: the bearer token is not valid; this route needs a token with \
+                scope `admin` (HTTP 401 Unauthorized)",
         "{err}"
     );
     let (code, _, err) = cli(&daemon, Some("wrong-token"), &["webhooks", "ls"]).await?;
     ensure!(
-        code == 2 && err.contains("missing or invalid bearer token"),
+        code == 2 && err.contains("the bearer token is not valid"),
         "{code} {err}"
     );
 
