@@ -10,6 +10,7 @@
 //! - [`args`]: the command line (clap derive, `LOGARITHM_URL` / `LOGARITHM_TOKEN`).
 //! - [`client`]: the one HTTP client, bearer token, server error messages.
 //! - [`output`]: tables, colours, JSON.
+//! - [`sse`]: the Server-Sent Events reader `logs -f` uses.
 //! - [`commands`]: one module per group of subcommands.
 //! - [`run`]: dispatches a parsed command line.
 
@@ -17,6 +18,7 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod output;
+pub mod sse;
 
 use args::{Cli, Command, FlowsCommand, WebhooksCommand};
 use commands::{flows, jobs, logs, runs, webhooks};

@@ -85,6 +85,19 @@ async fn logs_follow_prints_every_line_once_and_exits_1_for_a_failing_job() -> R
             tail(&stdout, 20)
         );
         ensure!(code == 1, "exit {code}, stderr: {stderr}");
+        // Following a finished job: its lines, filtered here, then its verdict.
+        let (code, stdout, _) = cli(
+            &daemon,
+            None,
+            &[
+                "logs", "-f", &job_id, "--stream", "stderr", "--grep", "err-29",
+            ],
+        )
+        .await?;
+        ensure!(
+            code == 1 && stdout == "err-291\nerr-294\nerr-297\n",
+            "{code} {stdout}"
+        );
         // Filters and timestamps, after the fact.
         let (code, stdout, _) = cli(
             &daemon,

@@ -1,5 +1,5 @@
-//! `logarithm logs JOB [-f]`: a job's log as raw bytes, optionally followed until the job
-//! ends (then the exit status is the job's).
+//! `logarithm logs JOB [-f]`: a job's log as raw bytes, optionally followed live over
+//! logarithmd's SSE stream until the job ends (then the exit status is the job's).
 
 use std::io::Write;
 use std::time::Duration;
@@ -11,12 +11,15 @@ use serde_json::Value;
 
 use crate::args::LogsArgs;
 use crate::client::{enc, query, Client, Error, Result};
-use crate::Outcome;
+use crate::{sse, Outcome};
 
-/// How often `-f --timestamps` looks for new lines.
-const POLL: Duration = Duration::from_millis(250);
+/// How long `-f` waits before reconnecting a dropped stream.
+const RECONNECT: Duration = Duration::from_secs(1);
 
 pub async fn logs(client: &Client, a: &LogsArgs) -> Result<Outcome> {
+    if a.follow {
+        return follow(client, a).await;
+    }
     let path = format!("/api/v1/jobs/{}/logs", enc(&a.job));
     let mut filters: Vec<(&str, String)> = Vec::new();
     if let Some(s) = a.stream {
@@ -29,27 +32,110 @@ pub async fn logs(client: &Client, a: &LogsArgs) -> Result<Outcome> {
         filters.push(("regex", r.clone()));
     }
     if a.timestamps {
-        json_pages(client, &path, &filters, a.follow).await?;
+        json_pages(client, &path, &filters).await?;
     } else {
-        let mut q = filters.clone();
-        if a.follow {
-            q.push(("follow", "true".into()));
+        raw(client, &format!("{path}{}", query(&filters))).await?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// Consecutive failed (re)connections `-f` tolerates before giving up.
+const MAX_RECONNECTS: u32 = 10;
+
+/// `-f`: the job's SSE stream (`/logs/stream`), each line printed as it is committed,
+/// until the `end` event, whose job status is the outcome. A dropped stream is resumed
+/// after the last line printed (`after`), so no line is printed twice or skipped.
+async fn follow(client: &Client, a: &LogsArgs) -> Result<Outcome> {
+    let filter = match (&a.grep, &a.regex) {
+        (Some(g), _) => Some(regex::escape(g)),
+        (None, Some(r)) => Some(r.clone()),
+        (None, None) => None,
+    }
+    .map(|p| {
+        regex::bytes::RegexBuilder::new(&p)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| Error::Invalid(format!("--regex: {e}")))
+    })
+    .transpose()?;
+    let mut after = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let mut q: Vec<(&str, String)> = vec![("after", after.to_string())];
+        if let Some(s) = a.stream {
+            q.push(("stream", s.as_str().to_owned()));
         }
-        raw(client, &format!("{path}{}", query(&q))).await?;
-    }
-    if !a.follow {
-        return Ok(Outcome::Success);
-    }
-    let job = client
-        .get_json(&format!("/api/v1/jobs/{}", enc(&a.job)))
-        .await?;
-    match job["status"].as_str() {
-        Some("success") => Ok(Outcome::Success),
-        Some("failure") => Ok(Outcome::Failure),
-        other => Err(Error::Invalid(format!(
-            "the log stream ended while the job is {}",
-            other.unwrap_or("unknown")
-        ))),
+        let path = format!("/api/v1/jobs/{}/logs/stream{}", enc(&a.job), query(&q));
+        let req = client
+            .request(Method::GET, &path)
+            .header(ACCEPT, "text/event-stream");
+        let mut resp = match client.send(req).await {
+            Ok(r) => r,
+            // The server's answer (404, 401, …) is final; only a lost connection is retried.
+            Err(e @ Error::Server { .. }) => return Err(e),
+            Err(e) if failures >= MAX_RECONNECTS => return Err(e),
+            Err(_) => {
+                failures += 1;
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
+        };
+        let mut parser = sse::Parser::default();
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) | Err(_) => break,
+            };
+            failures = 0;
+            let mut out = Vec::new();
+            for ev in parser.push(&chunk).map_err(Error::Invalid)? {
+                match ev.event.as_str() {
+                    "line" => {
+                        let l: Value = serde_json::from_str(&ev.data).map_err(|e| {
+                            Error::Invalid(format!("the server sent an invalid line event: {e}"))
+                        })?;
+                        after = l["last_seq"].as_u64().unwrap_or(after);
+                        let bytes = line_bytes(&l)?;
+                        if filter.as_ref().is_some_and(|re| !re.is_match(&bytes)) {
+                            continue;
+                        }
+                        if a.timestamps {
+                            out.extend_from_slice(stamp(&l["ts"]).as_bytes());
+                            out.push(b' ');
+                        }
+                        out.extend_from_slice(&bytes);
+                        out.push(b'\n');
+                    }
+                    "end" => {
+                        let mut stdout = std::io::stdout().lock();
+                        write(&mut stdout, &out)?;
+                        flush(&mut stdout)?;
+                        let job: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+                        return match job["status"].as_str() {
+                            Some("success") => Ok(Outcome::Success),
+                            Some("failure") => Ok(Outcome::Failure),
+                            other => Err(Error::Invalid(format!(
+                                "the job ended with status {}",
+                                other.unwrap_or("unknown")
+                            ))),
+                        };
+                    }
+                    // `error` (a storage failure): reconnect after the last line.
+                    _ => {}
+                }
+            }
+            let mut stdout = std::io::stdout().lock();
+            write(&mut stdout, &out)?;
+            flush(&mut stdout)?;
+        }
+        // Closed without `end` (logarithmd restarting, a proxy): resume after `after`.
+        failures += 1;
+        if failures > MAX_RECONNECTS {
+            return Err(Error::Invalid(
+                "the log stream kept closing before the job ended".into(),
+            ));
+        }
+        tokio::time::sleep(RECONNECT).await;
     }
 }
 
@@ -76,17 +162,9 @@ async fn raw(client: &Client, path_and_query: &str) -> Result<()> {
     }
 }
 
-/// Pages of JSON lines, printed with their timestamps; with `follow`, polls until the job
-/// has ended and every line is printed.
-async fn json_pages(
-    client: &Client,
-    path: &str,
-    filters: &[(&str, String)],
-    follow: bool,
-) -> Result<()> {
+/// Pages of JSON lines, printed with their timestamps.
+async fn json_pages(client: &Client, path: &str, filters: &[(&str, String)]) -> Result<()> {
     let mut after = 0u64;
-    let mut final_seen = false;
-    let job_path = path.trim_end_matches("/logs").to_owned();
     loop {
         let mut q = filters.to_vec();
         q.push(("after", after.to_string()));
@@ -104,19 +182,8 @@ async fn json_pages(
         flush(&mut stdout)?;
         drop(stdout);
         after = page["next_after"].as_u64().unwrap_or(after);
-        if page["more"] == true {
-            continue;
-        }
-        if !follow || final_seen {
+        if page["more"] != true {
             return Ok(());
-        }
-        // A job's last lines commit with its exit: once it is final, one more pass reads
-        // them all.
-        let job = client.get_json(&job_path).await?;
-        if job["status"].as_str().is_some_and(|s| s != "running") {
-            final_seen = true;
-        } else {
-            tokio::time::sleep(POLL).await;
         }
     }
 }
