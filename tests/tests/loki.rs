@@ -740,6 +740,40 @@ async fn tail_delivers_new_lines_within_a_second() -> Result<()> {
     );
     ensure!(live["streams"][0]["stream"]["run"] == "2", "{live}");
     eprintln!("tail delivered a new line {elapsed:?} after ingest was sent");
+    // A job of the run that starts after the tail began is followed from its first line.
+    let ts2 = now_ns();
+    let new_container = cid("d", rand_u64());
+    let batch = json!({"version": 1, "agent": {"id": "loki-test", "node": "n1"}, "segments": [{
+        "container_id": new_container,
+        "meta": {"name": "c-d", "image": "i", "created_at": ts2 - S, "started_at": ts2 - S,
+                 "labels": {"io.containerops.flow": f.flow, "io.containerops.run": "2",
+                            "io.containerops.job": "job-d"}},
+        "records": [{"seq": 1, "ts": ts2, "stream": "stderr", "text": "d-0 new job"}]
+    }]});
+    let sent = std::time::Instant::now();
+    let resp = d
+        .http
+        .post(format!("{}/api/v1/ingest", d.base))
+        .bearer_auth(TOKEN)
+        .json(&batch)
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "ingest {}", resp.status());
+    let live = next_text(
+        tokio::time::timeout(Duration::from_secs(1), ws.next())
+            .await
+            .context("no line of the new job within 1 s")?,
+    )?;
+    eprintln!(
+        "tail delivered a new job's line {:?} after ingest was sent",
+        sent.elapsed()
+    );
+    ensure!(
+        live["streams"][0]["values"] == json!([[ts2.to_string(), "d-0 new job"]]),
+        "{live}"
+    );
+    ensure!(live["streams"][0]["stream"]["job"] == "job-d", "{live}");
+    ensure!(live["streams"][0]["stream"]["stream"] == "stderr", "{live}");
     // Nothing is sent twice.
     let again = tokio::time::timeout(Duration::from_millis(800), ws.next()).await;
     ensure!(again.is_err(), "unexpected message {again:?}");

@@ -53,6 +53,35 @@ pub fn check_bounds(
     Ok(())
 }
 
+/// The job with the streams of it the selector keeps, if it was alive in `[start, end)`
+/// and `caller` may read it.
+pub fn judge(q: &LogQuery, caller: &Caller, job: Job, start: i64, end: i64) -> Option<Selected> {
+    if job.created_at >= end
+        || job.finished_at.is_some_and(|f| f < start)
+        || !caller.may_read_flow(job.flow.as_deref())
+    {
+        return None;
+    }
+    let labels = labels::job_labels(&job);
+    let streams: Vec<Stream> = [Stream::Stdout, Stream::Stderr]
+        .into_iter()
+        .filter(|s| {
+            q.selects(|name| {
+                if name == "stream" {
+                    Some(s.as_str())
+                } else {
+                    labels.get(name).map(String::as_str)
+                }
+            })
+        })
+        .collect();
+    (!streams.is_empty()).then_some(Selected {
+        job,
+        labels,
+        streams,
+    })
+}
+
 /// The jobs and streams `matchers` select among the jobs alive in `[start, end)` that
 /// `caller` may read (a flow-limited read token sees only its flows' jobs).
 pub async fn select(
@@ -67,34 +96,7 @@ pub async fn select(
         filters: Vec::new(),
     };
     let mut out = Vec::new();
-    let mut keep = |job: Job| {
-        if job.created_at >= end
-            || job.finished_at.is_some_and(|f| f < start)
-            || !caller.may_read_flow(job.flow.as_deref())
-        {
-            return;
-        }
-        let labels = labels::job_labels(&job);
-        let streams: Vec<Stream> = [Stream::Stdout, Stream::Stderr]
-            .into_iter()
-            .filter(|s| {
-                q.selects(|name| {
-                    if name == "stream" {
-                        Some(s.as_str())
-                    } else {
-                        labels.get(name).map(String::as_str)
-                    }
-                })
-            })
-            .collect();
-        if !streams.is_empty() {
-            out.push(Selected {
-                job,
-                labels,
-                streams,
-            });
-        }
-    };
+    let mut keep = |job: Job| out.extend(judge(&q, caller, job, start, end));
     if let Some(id) = q.equality("job_id") {
         if let Some(job) = id.parse::<i64>().ok().filter(|n| *n > 0) {
             let found = state

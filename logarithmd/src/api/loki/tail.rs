@@ -1,35 +1,46 @@
-//! `GET /loki/api/v1/tail` over WebSocket: Explore's live tail.
+//! `GET /loki/api/v1/tail` over WebSocket: Explore's live tail, on the live hub
+//! ([`crate::live`]).
 //!
-//! On connect it sends the last `limit` lines since `start` (default: an hour ago), then
-//! every [`POLL`] the new lines of the selected jobs (jobs that start later included), each
-//! message in Loki's tail shape `{"streams": [...], "dropped_entries": []}`. The selected
-//! jobs are listed again on every poll, within `loki_max_jobs`; a storage error or a
-//! selector that grows past the bound closes the socket with the reason.
+//! On connect it sends the last `limit` lines since `start` (default: an hour ago), oldest
+//! first; then it follows every selected job with a [`crate::live::JobFollower`] from the
+//! last record the backlog read, so lines are pushed as their batch commits, each once.
+//! Jobs that start later join: at once when this process commits their start (the
+//! in-process job events), and within [`DISCOVER`] when another replica does. Messages are
+//! Loki's tail shape `{"streams": [...], "dropped_entries": []}`, at most
+//! [`MAX_LINES_PER_MESSAGE`] lines each. A tail follows at most `loki_max_jobs` jobs; past
+//! that, or on a storage error, the socket closes with the reason.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use protocol::Stream;
 use serde_json::json;
+use storage::EventKind;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::labels;
 use super::logql::{self, LogQuery};
 use super::params::{Direction, LokiResult, Params, DEFAULT_RANGE_NS};
 use super::query::{find_lines, streams_json, Found, StreamValues};
-use super::select;
-use crate::api::query::LineReader;
+use super::select::{self, Selected};
 use crate::api::AppState;
 use crate::auth::{Authorized, Caller, Read};
+use crate::live::{FollowEvent, LogicalLine};
+use crate::notify::RecvError;
 use crate::webhooks::dispatcher::now_ns;
 
-/// How often the tail looks for new lines.
-pub const POLL: Duration = Duration::from_millis(250);
+/// How often the tail looks in storage for selected jobs another replica started.
+pub const DISCOVER: Duration = Duration::from_secs(2);
 /// Lines sent per message at most; the rest follow in the next message.
 const MAX_LINES_PER_MESSAGE: usize = 1000;
+/// Lines the followers may hold for the socket before they wait (backpressure).
+const FEED_CAPACITY: usize = 4096;
 
 /// Upgrades to a WebSocket after checking the parameters (so a bad query is a plain 400).
 pub async fn tail(
@@ -48,12 +59,7 @@ pub async fn tail(
     Ok(ws.on_upgrade(move |socket| run(state, caller, socket, q, start, limit)))
 }
 
-/// Where the tail stands in one job.
-struct Cursor {
-    after: u64,
-    labels: std::collections::BTreeMap<String, String>,
-    streams: Vec<Stream>,
-}
+type Sink = SplitSink<WebSocket, Message>;
 
 async fn run(
     state: AppState,
@@ -65,16 +71,22 @@ async fn run(
 ) {
     let (mut tx, mut rx) = socket.split();
     // The client only ever closes (or pings, which axum answers).
-    let closed = tokio::spawn(async move {
+    let mut closed = tokio::spawn(async move {
         while let Some(Ok(msg)) = rx.next().await {
             if matches!(msg, Message::Close(_)) {
                 break;
             }
         }
     });
-    let reason = follow(&state, &caller, &mut tx, &q, start, limit, &closed)
-        .await
-        .err();
+    let tail = Tail {
+        state: &state,
+        caller: &caller,
+        q: &q,
+        start,
+        jobs: HashMap::new(),
+        followers: JoinSet::new(),
+    };
+    let reason = tail.follow(&mut tx, limit, &mut closed).await.err();
     closed.abort();
     if let Some(reason) = reason {
         tracing::warn!(%reason, "Loki tail ended");
@@ -87,123 +99,223 @@ async fn run(
     }
 }
 
-/// Sends what is there, then new lines, until the client goes away.
-async fn follow(
-    state: &AppState,
-    caller: &Caller,
-    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
-    q: &LogQuery,
+/// What the follower tasks hand the socket.
+enum Fed {
+    Line(i64, LogicalLine),
+    Failed(String),
+}
+
+/// One tail's state: the followed jobs' labels and streams, and their follower tasks
+/// (aborted when the tail ends).
+struct Tail<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    q: &'a LogQuery,
     start: i64,
-    limit: usize,
-    closed: &tokio::task::JoinHandle<()>,
-) -> Result<(), String> {
-    let now = now_ns();
-    // The backlog: the last `limit` lines, oldest first.
-    let selected = select::select(state, caller, &q.matchers, start, now)
+    jobs: HashMap<i64, (BTreeMap<String, String>, Vec<Stream>)>,
+    followers: JoinSet<()>,
+}
+
+impl Tail<'_> {
+    /// Sends the backlog, then pushed lines, until the client goes away.
+    async fn follow(
+        mut self,
+        tx: &mut Sink,
+        limit: usize,
+        closed: &mut JoinHandle<()>,
+    ) -> Result<(), String> {
+        let now = now_ns();
+        let (feed_tx, mut feed) = mpsc::channel::<Fed>(FEED_CAPACITY);
+        let selected = select::select(self.state, self.caller, &self.q.matchers, self.start, now)
+            .await
+            .map_err(|e| e.message)?;
+        let ids: Vec<(i64, Vec<Stream>)> = selected
+            .iter()
+            .map(|s| (s.job.id, s.streams.clone()))
+            .collect();
+        for s in &selected {
+            self.jobs
+                .insert(s.job.id, (s.labels.clone(), s.streams.clone()));
+        }
+        let mut backlog = find_lines(
+            self.state,
+            self.q,
+            selected,
+            self.start,
+            i64::MAX,
+            limit,
+            Direction::Backward,
+        )
         .await
         .map_err(|e| e.message)?;
-    let mut cursors: HashMap<i64, Cursor> = selected
-        .iter()
-        .map(|s| {
-            (
-                s.job.id,
-                Cursor {
-                    after: 0,
-                    labels: s.labels.clone(),
-                    streams: s.streams.clone(),
+        let positions: HashMap<i64, u64> = backlog.positions.iter().copied().collect();
+        // Found newest first (to keep the last `limit`); a tail sends oldest first.
+        for (_, values) in &mut backlog.streams {
+            values.reverse();
+        }
+        send(tx, backlog).await?;
+        for (id, streams) in ids {
+            let after = positions.get(&id).copied().unwrap_or(0);
+            self.spawn_follower(&feed_tx, id, after, &streams);
+        }
+        let mut events = Some(self.state.events.subscribe());
+        let mut discover = tokio::time::interval(DISCOVER);
+        discover.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut *closed => return Ok(()),
+                fed = feed.recv() => {
+                    let Some(first) = fed else { return Ok(()) };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_LINES_PER_MESSAGE {
+                        match feed.try_recv() {
+                            Ok(f) => batch.push(f),
+                            Err(_) => break,
+                        }
+                    }
+                    let found = self.message(batch)?;
+                    send(tx, found).await?;
+                }
+                ev = next_event(&mut events) => match ev {
+                    Ok(ev) if ev.kind == EventKind::JobStarted => {
+                        self.join(&feed_tx, ev.job.clone(), now)?;
+                    }
+                    Ok(_) => {}
+                    // Missed job starts are found by the next discovery.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => events = None,
                 },
-            )
-        })
-        .collect();
-    let backlog = find_lines(
-        state,
-        q,
-        selected,
-        start,
-        i64::MAX,
-        limit,
-        Direction::Backward,
-    )
-    .await
-    .map_err(|e| e.message)?;
-    for (id, after) in &backlog.positions {
-        if let Some(c) = cursors.get_mut(id) {
-            c.after = *after;
+                _ = discover.tick() => {
+                    let found = select::select(self.state, self.caller, &self.q.matchers, now, i64::MAX)
+                        .await
+                        .map_err(|e| e.message)?;
+                    for s in found {
+                        if !self.jobs.contains_key(&s.job.id) {
+                            self.add(&feed_tx, s)?;
+                        }
+                    }
+                }
+            }
         }
     }
-    send(tx, backward_to_forward(backlog)).await?;
-    let mut tick = tokio::time::interval(POLL);
-    loop {
-        tick.tick().await;
-        if closed.is_finished() {
+
+    /// A job that started while tailing: followed from its first line if selected.
+    fn join(
+        &mut self,
+        feed: &mpsc::Sender<Fed>,
+        job: storage::Job,
+        since: i64,
+    ) -> Result<(), String> {
+        if self.jobs.contains_key(&job.id) {
             return Ok(());
         }
-        // Jobs alive since the tail began, new ones included.
-        for s in select::select(state, caller, &q.matchers, now, i64::MAX)
-            .await
-            .map_err(|e| e.message)?
-        {
-            cursors.entry(s.job.id).or_insert(Cursor {
-                after: 0,
-                labels: s.labels,
-                streams: s.streams,
-            });
+        match select::judge(self.q, self.caller, job, since, i64::MAX) {
+            Some(s) => self.add(feed, s),
+            None => Ok(()),
         }
-        let mut streams: Vec<StreamValues> = Vec::new();
-        let mut sent = 0usize;
-        for (id, c) in cursors.iter_mut() {
-            let only = match c.streams.as_slice() {
-                [one] => Some(*one),
-                _ => None,
-            };
-            let mut reader = LineReader::new(state.storage.clone(), *id, c.after, only);
-            let mut by_stream: HashMap<Stream, Vec<(i64, String)>> = HashMap::new();
-            while sent < MAX_LINES_PER_MESSAGE {
-                let Some(l) = reader.next_line().await.map_err(|e| e.to_string())? else {
-                    break;
-                };
-                c.after = l.last_seq;
-                if l.ts < start || !q.keeps(&l.line) {
-                    continue;
+    }
+
+    fn add(&mut self, feed: &mpsc::Sender<Fed>, s: Selected) -> Result<(), String> {
+        let max = self.state.config.loki_max_jobs;
+        if self.jobs.len() >= max {
+            return Err(format!(
+                "the tail would follow more than loki_max_jobs ({max}) jobs: narrow the selector"
+            ));
+        }
+        self.spawn_follower(feed, s.job.id, 0, &s.streams);
+        self.jobs.insert(s.job.id, (s.labels, s.streams));
+        Ok(())
+    }
+
+    /// Follows one job from after `after`, feeding its lines to the socket.
+    fn spawn_follower(
+        &mut self,
+        feed: &mpsc::Sender<Fed>,
+        job: i64,
+        after: u64,
+        streams: &[Stream],
+    ) {
+        let only = match streams {
+            [one] => Some(*one),
+            _ => None,
+        };
+        let live = self.state.live.clone();
+        let feed = feed.clone();
+        self.followers.spawn(async move {
+            let mut f = match live.follow_job(job, after, only).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = feed.send(Fed::Failed(e.to_string())).await;
+                    return;
                 }
-                sent += 1;
-                by_stream
-                    .entry(l.stream)
-                    .or_default()
-                    .push((l.ts, String::from_utf8_lossy(&l.line).into_owned()));
+            };
+            loop {
+                match f.next().await {
+                    Ok(Some(FollowEvent::Line(l))) => {
+                        if feed.send(Fed::Line(job, l)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(FollowEvent::End(_))) | Ok(None) => return,
+                    Err(e) => {
+                        let _ = feed.send(Fed::Failed(e.to_string())).await;
+                        return;
+                    }
+                }
             }
-            for (st, values) in by_stream {
-                streams.push((labels::with_stream(c.labels.clone(), st), values));
+        });
+    }
+
+    /// Pushed lines as one message: filtered, grouped by stream in arrival order.
+    fn message(&self, batch: Vec<Fed>) -> Result<Found, String> {
+        let mut order: Vec<(i64, Stream)> = Vec::new();
+        let mut values: HashMap<(i64, Stream), Vec<(i64, String)>> = HashMap::new();
+        let mut returned = 0;
+        for fed in batch {
+            let (job, l) = match fed {
+                Fed::Line(job, l) => (job, l),
+                Fed::Failed(e) => return Err(e),
+            };
+            if l.ts < self.start || !self.q.keeps(&l.line) {
+                continue;
             }
+            let key = (job, l.stream);
+            let v = values.entry(key).or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            });
+            v.push((l.ts, String::from_utf8_lossy(&l.line).into_owned()));
+            returned += 1;
         }
-        if !streams.is_empty() {
-            send(
-                tx,
-                Found {
-                    streams,
-                    scanned: 0,
-                    returned: sent,
-                    positions: Vec::new(),
-                },
-            )
-            .await?;
-        }
+        let streams: Vec<StreamValues> = order
+            .into_iter()
+            .filter_map(|key| {
+                let (labels, _) = self.jobs.get(&key.0)?;
+                let v = values.remove(&key)?;
+                Some((labels::with_stream(labels.clone(), key.1), v))
+            })
+            .collect();
+        Ok(Found {
+            streams,
+            scanned: 0,
+            returned,
+            positions: Vec::new(),
+        })
     }
 }
 
-/// The backlog was found newest first (to keep the last `limit`); a tail sends it oldest
-/// first.
-fn backward_to_forward(mut f: Found) -> Found {
-    for (_, values) in &mut f.streams {
-        values.reverse();
+/// The next job event, or never once the event hub is gone.
+async fn next_event(
+    events: &mut Option<crate::notify::JobEventStream>,
+) -> Result<std::sync::Arc<storage::JobEvent>, RecvError> {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
     }
-    f
 }
 
-async fn send(
-    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
-    found: Found,
-) -> Result<(), String> {
+async fn send(tx: &mut Sink, found: Found) -> Result<(), String> {
     if found.streams.is_empty() {
         return Ok(());
     }
