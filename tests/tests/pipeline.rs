@@ -750,3 +750,64 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// issue 9, `docker run --rm` on the API source: 50 containers print three lines and exit
+/// at once, and Docker removes each right away, racing the agent's log read. Every
+/// container gets a final job: with its three lines, or with `logs_unavailable` saying
+/// why they are missing (never a silent loss, never a missing job). Prints how many
+/// survived in full.
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_containers_are_stored_or_reported_lost_on_the_api_source() -> Result<()> {
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("rm-{:x}", logarithm_tests::rand_u64());
+    let agent = Agent::start(&daemon.base, &label)?;
+    logarithm_tests::wait_until(Duration::from_secs(60), "the agent's listing", || async {
+        Ok(agent.proc.log().contains("listed containers").then_some(()))
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--rm", "--label"])
+            .arg(format!("logarithm.test={label}"))
+            .args([logarithm_tests::TEST_IMAGE, "sh", "-c"])
+            .arg(format!("echo one {i}; echo two {i}; echo three {i}"))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "docker run --rm: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(String::from_utf8(out.stdout)?.trim().to_owned());
+    }
+    let (mut full, mut reported) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        let job = daemon.wait_finished(id, Duration::from_secs(120)).await?;
+        ensure!(job["exit_code"] == 0, "container {i}: {job}");
+        let lines = daemon
+            .all_lines(job["id"].as_str().context("job id")?)
+            .await?;
+        let texts: Vec<String> = lines
+            .iter()
+            .map(|l| Ok(String::from_utf8(line_bytes(l)?)?))
+            .collect::<Result<_>>()?;
+        let want = vec![format!("one {i}"), format!("two {i}"), format!("three {i}")];
+        if texts == want {
+            full += 1;
+        } else {
+            ensure!(
+                want.starts_with(&texts) && job["logs_unavailable"].is_string(),
+                "container {i}: {} of 3 lines stored and no loss reported: {job}",
+                texts.len()
+            );
+            reported += 1;
+        }
+    }
+    ensure!(full + reported == 50);
+    println!(
+        "--rm on the API source: {full} of 50 containers stored in full, {reported} with \
+         their loss reported (logs_unavailable)"
+    );
+    Ok(())
+}

@@ -64,6 +64,7 @@ pub async fn run(shared: Arc<Shared>, store: Arc<CheckpointStore>) -> Result<(),
                 (
                     "event".to_string(),
                     vec![
+                        "create".to_string(),
                         "start".to_string(),
                         "die".to_string(),
                         "destroy".to_string(),
@@ -198,7 +199,9 @@ impl Discovery {
         let action = msg.action.unwrap_or_default();
         debug!(container_id = %super::short_id(&id), %action, "docker event");
         match action.as_str() {
-            "start" | "die" => {
+            // From `create` on, the follower knows the container (its meta), so a `--rm`
+            // container removed before its log could be read still gets a job that says so.
+            "create" | "start" | "die" => {
                 if let Some(tx) = self.followers.get(id.as_str()) {
                     if action == "die" {
                         let exit_code = actor

@@ -66,6 +66,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
+/// `logs_unavailable` of a container removed before its log could be read.
+const REMOVED_UNREAD: &str = "the container was removed before its log could be read \
+     (docker run --rm of a container that exited at once)";
+
 /// Finished runs read at the same time.
 pub const CATCH_UP_CONCURRENCY: usize = 8;
 
@@ -243,6 +247,8 @@ struct Follower {
     limit_ts: Option<i64>,
     /// Counts the container as followed once the filter has accepted it.
     followed: Option<FollowGuard>,
+    /// The meta of a container seen created and not yet started.
+    seen: Option<protocol::ContainerMeta>,
 }
 
 /// Follows container `id` until it is removed or `shared.shutdown` is cancelled.
@@ -272,6 +278,7 @@ pub async fn follow(
         replays: Default::default(),
         limit_ts: None,
         followed: None,
+        seen: None,
     };
     let end = f.main().await;
     if end == End::Gone {
@@ -296,6 +303,13 @@ impl Follower {
             {
                 Ok(i) => i,
                 Err(Failure::NotFound) => {
+                    if self.run.is_none() {
+                        if let Some(meta) = self.seen.take() {
+                            if !self.removed_unread(meta).await {
+                                return End::Cancelled;
+                            }
+                        }
+                    }
                     return if self.close_run(None).await {
                         End::Gone
                     } else {
@@ -329,6 +343,7 @@ impl Follower {
             }
             if !info.has_run {
                 // Created, never started: nothing to read until it starts.
+                self.seen = Some(info.meta.clone());
                 if !self.wait(None).await {
                     return End::Cancelled;
                 }
@@ -632,6 +647,11 @@ impl Follower {
             {
                 Ok(body) => Source::Api(body),
                 Err(Failure::Permanent(reason)) => return StreamEnd::Unavailable(reason),
+                // Gone between the inspect and the log request (`docker run --rm` of a
+                // container that exited at once): whatever it printed cannot be read.
+                Err(Failure::NotFound) if follow => {
+                    return StreamEnd::Unavailable(REMOVED_UNREAD.to_string())
+                }
                 Err(Failure::NotFound) => return StreamEnd::Ended { received: false },
                 Err(Failure::Transient(reason)) => return StreamEnd::Broken(reason),
             },
@@ -695,6 +715,31 @@ impl Follower {
             }
         }
         self.emit(&mut pieces).await
+    }
+
+    /// The container was seen created, then removed before a run could be read (a
+    /// `docker run --rm` that exits at once): if it ran (its `die` event came), its job
+    /// gets the meta, the reason and the exit, instead of no job at all.
+    async fn removed_unread(&mut self, mut meta: protocol::ContainerMeta) -> bool {
+        let Some(die) = self.die_after(meta.created_at).await else {
+            debug!("removed without having run");
+            return true;
+        };
+        if meta.started_at == 0 {
+            meta.started_at = meta.created_at;
+        }
+        warn!("container removed before its log could be read");
+        let exit = ContainerExit {
+            exit_code: die.exit_code.unwrap_or(-1),
+            finished_at: die.time_ns,
+            last_seq: self.next_seq - 1,
+            restart_count: 0,
+        };
+        self.send(ItemKind::Meta(meta)).await
+            && self
+                .send(ItemKind::Unavailable(REMOVED_UNREAD.to_string()))
+                .await
+            && self.send(ItemKind::Exit(exit)).await
     }
 
     /// Docker's log no longer holds the last delivered line (at `pos`), and the first line
