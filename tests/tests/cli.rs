@@ -236,5 +236,30 @@ async fn run_follow_of_the_example_flow_exits_0() -> Result<()> {
         code == 2 && err.contains("no job 12345") && err.contains("404"),
         "{code} {err}"
     );
+    // Steering a finished run: the server's 409 message, exit 2 (and the run is unchanged).
+    for verb in ["approve", "reject", "cancel"] {
+        let (code, out, err) =
+            cli(&daemon, Some(ADMIN), &[verb, run_id, "--reason", "test"]).await?;
+        ensure!(
+            code == 2 && out.is_empty() && err.contains("(HTTP 409 Conflict)"),
+            "{verb}: {code} {out} {err}"
+        );
+    }
+    let (code, out, _) = cli(&daemon, None, &["runs", "--json"]).await?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(code == 0 && v["runs"][0]["status"] == "success", "{out}");
+    // Webhooks with the admin token: an empty table, and a 404 for an unknown subscription.
+    let (code, out, err) = cli(&daemon, Some(ADMIN), &["webhooks", "ls"]).await?;
+    ensure!(
+        code == 0 && out.lines().count() == 1 && out.starts_with("ID"),
+        "{code} {out} {err}"
+    );
+    let (code, _, err) = cli(&daemon, Some(ADMIN), &["webhooks", "deliveries", "77"]).await?;
+    ensure!(code == 2 && err.contains("404"), "{code} {err}");
+    let (code, _, err) = cli(&daemon, Some(ADMIN), &["webhooks", "redeliver", "77", "1"]).await?;
+    ensure!(code == 2 && err.contains("404"), "{code} {err}");
+    // A usage error is exit 2 too.
+    let (code, _, err) = cli(&daemon, None, &["logs"]).await?;
+    ensure!(code == 2 && err.contains("Usage"), "{code} {err}");
     Ok(())
 }
