@@ -36,9 +36,26 @@ pub struct Global {
     /// Colours: auto (only when printing to a terminal and NO_COLOR is unset), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
     pub color: ColorChoice,
-    /// PEM file of a CA to trust for https:// URLs (in addition to the system's roots).
+    /// PEM file with the CA certificate(s) logarithmd's certificate must chain to (https://).
+    /// When set, only these are trusted, not the system roots (as antilog's `tls.ca_file`).
     #[arg(long, env = "LOGARITHM_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
+    /// PEM file with a client certificate (chain) to present: mutual TLS, with --client-key.
+    #[arg(
+        long,
+        env = "LOGARITHM_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file with the client certificate's private key.
+    #[arg(
+        long,
+        env = "LOGARITHM_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

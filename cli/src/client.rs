@@ -49,17 +49,39 @@ impl Client {
             )));
         }
         let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("logarithm-cli/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &g.ca_file {
-            let pem = std::fs::read(path).map_err(|source| Error::Io {
-                context: format!("reading {}", path.display()),
-                source,
+            let certs = reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| {
+                Error::Invalid(format!(
+                    "{} holds no valid PEM certificate: {e}",
+                    path.display()
+                ))
             })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                Error::Invalid(format!("{} is not a PEM certificate: {e}", path.display()))
+            if certs.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&g.client_cert, &g.client_key) {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend_from_slice(&read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::Invalid(format!(
+                    "{} and {} are not a PEM certificate and private key: {e}",
+                    cert.display(),
+                    key.display()
+                ))
             })?;
-            builder = builder.add_root_certificate(cert);
+            builder = builder.identity(identity);
         }
         let http = builder
             .build()
@@ -114,6 +136,13 @@ impl Client {
             source,
         })
     }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })
 }
 
 /// The message of `{"error": {"message": …}}` (logarithmd) or `{"message": …}` (the Loki

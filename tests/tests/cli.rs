@@ -258,6 +258,17 @@ async fn run_follow_of_the_example_flow_exits_0() -> Result<()> {
     ensure!(code == 2 && err.contains("404"), "{code} {err}");
     let (code, _, err) = cli(&daemon, Some(ADMIN), &["webhooks", "redeliver", "77", "1"]).await?;
     ensure!(code == 2 && err.contains("404"), "{code} {err}");
+    // TLS settings are checked before any request. (No handshake is tested here: this
+    // test's logarithmd serves plain HTTP.)
+    let (code, _, err) = cli(&daemon, None, &["jobs", "--client-cert", example]).await?;
+    ensure!(code == 2 && err.contains("--client-key"), "{code} {err}");
+    let (code, _, err) = cli(&daemon, None, &["jobs", "--ca-file", "/nonexistent/ca.pem"]).await?;
+    ensure!(
+        code == 2 && err.contains("reading /nonexistent/ca.pem"),
+        "{code} {err}"
+    );
+    let (code, _, err) = cli(&daemon, None, &["jobs", "--ca-file", example]).await?;
+    ensure!(code == 2 && err.contains("holds no"), "{code} {err}");
     // A usage error is exit 2 too.
     let (code, _, err) = cli(&daemon, None, &["logs"]).await?;
     ensure!(code == 2 && err.contains("Usage"), "{code} {err}");
