@@ -122,6 +122,10 @@ pub struct Config {
     /// string disables it.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: String,
+    /// TLS to logarithmd (`[tls]`: `ca_file` pins the CA, `client_cert` + `client_key`
+    /// for mutual TLS); used when `server_url` is `https://`.
+    #[serde(default)]
+    pub tls: crate::http_client::ClientTls,
 }
 
 fn default_server_url() -> String {
@@ -217,6 +221,7 @@ impl Default for Config {
             ship_retry_max: default_ship_retry_max(),
             dead_letter_max_bytes: default_dead_letter_max_bytes(),
             metrics_listen: default_metrics_listen(),
+            tls: crate::http_client::ClientTls::default(),
         }
     }
 }
@@ -251,6 +256,9 @@ impl Config {
     /// Checks values serde cannot (regexes and label rules are checked by the filter).
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::new(ErrorKind::Config, m));
+        if let Err(m) = self.tls.validate() {
+            return bad(m);
+        }
         let url = self.server_url.trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 8 {
             return bad(format!(

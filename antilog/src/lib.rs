@@ -17,6 +17,8 @@
 //!   log, run after run), `frames` (timestamps, partial lines, TTY streams; pure),
 //!   `inspect` (metadata and run state), `logs` (the log reader: hyper over the Docker
 //!   socket, nanosecond `since`).
+//! - [`http_client`]: the one HTTP client to logarithmd (timeouts, TLS: pinned CA, client
+//!   certificate).
 //! - [`pipeline`]: `batcher` (items into batches), `shipper` (HTTP delivery: batches in
 //!   flight, retries, refused batches split) and `split` (halving a refused batch).
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
@@ -36,6 +38,7 @@ pub mod dead_letter;
 pub mod docker;
 pub mod error;
 pub mod filter;
+pub mod http_client;
 pub mod metrics;
 pub mod pipeline;
 pub mod retry;

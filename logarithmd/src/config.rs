@@ -87,6 +87,9 @@ pub struct Config {
     /// Live follow: SSE streams and `follow=true` (`[live]`).
     #[serde(default)]
     pub live: crate::live::LiveSettings,
+    /// HTTPS (`[tls]`: `cert`, `key`, optional `client_ca` for mutual TLS). Absent: HTTP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             webhooks: crate::webhooks::WebhooksConfig::default(),
             engine: crate::flows::EngineSettings::default(),
             live: crate::live::LiveSettings::default(),
+            tls: None,
         }
     }
 }

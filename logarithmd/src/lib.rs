@@ -16,6 +16,8 @@
 //!   `follow=true`), with a cheap catch-up read for other replicas' commits.
 //! - [`notify`]: in-process job events (the typed subscriber interface the flow engine
 //!   uses), published after each commit.
+//! - [`tls`]: HTTPS with rustls (certificate re-read on SIGHUP, optional client
+//!   certificates).
 //! - [`webhooks`]: signed, durable, retried webhook deliveries (outbox, dispatcher, API).
 //! - [`flows`]: the flow engine (`engine` crate) wired to storage, job events and
 //!   `flow.finished` webhooks; its routes are `api::flows`.
@@ -30,11 +32,15 @@ pub mod flows;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod tls;
 pub mod webhooks;
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -55,18 +61,25 @@ pub enum Error {
     Serve(std::io::Error),
     #[error(transparent)]
     Webhooks(#[from] webhooks::dispatcher::BuildError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Opens storage (applying migrations), binds the listener, and serves until `shutdown` is
-/// cancelled; in-flight requests then get `config.shutdown_timeout` to finish.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+/// cancelled; in-flight requests then get `config.shutdown_timeout` to finish. Each
+/// notification of `reload` (SIGHUP in `main`) re-reads the TLS certificate and key.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> Result<(), Error> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Listen {
             addr: config.listen,
             source,
         })?;
-    serve(config, listener, shutdown).await
+    serve_reloadable(config, listener, shutdown, reload).await
 }
 
 /// Like [`run`], on a listener the caller bound (tests bind `127.0.0.1:0`).
@@ -75,7 +88,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    serve_reloadable(config, listener, shutdown, Arc::new(Notify::new())).await
+}
+
+/// Like [`serve`], re-reading the TLS files whenever `reload` is notified.
+pub async fn serve_reloadable(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
+    let tls = match &config.tls {
+        Some(t) => Some(tls::TlsFiles::load(t.clone())?),
+        None => None,
+    };
     let mut sc = storage::StorageConfig::new(config.storage_url.clone());
     sc.max_connections = config.storage_connections;
     let store = storage::open(&sc).await?;
@@ -88,10 +115,11 @@ pub async fn serve(
     }
     webhooks::sync_config_subscriptions(&*store, &config.webhooks).await?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(%addr, storage = store.backend(), "logarithmd listening");
+    tracing::info!(%addr, storage = store.backend(), tls = tls.is_some(), "logarithmd listening");
     let drain = config.shutdown_timeout;
     let public_url = match &config.public_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
+        None if tls.is_some() => format!("https://{addr}"),
         None => format!("http://{addr}"),
     };
     let webhooks_config = config.webhooks.clone();
@@ -123,11 +151,20 @@ pub async fn serve(
     let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
     let live = state.live.clone();
     let app = api::router(state);
+    tokio::spawn(reload_on_notify(tls.clone(), reload, shutdown.clone()));
     let token = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        token.cancelled().await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let stop = async move { token.cancelled().await };
+    let server = match tls {
+        Some(files) => {
+            let listener = tls::TlsListener::new(listener, files).map_err(Error::Serve)?;
+            let server = axum::serve(listener, app).with_graceful_shutdown(stop);
+            tokio::spawn(async move { server.await })
+        }
+        None => {
+            let server = axum::serve(listener, app).with_graceful_shutdown(stop);
+            tokio::spawn(async move { server.await })
+        }
+    };
     shutdown.cancelled().await;
     // Live streams never end by themselves: end them so draining does not wait for them.
     live.close();
@@ -150,6 +187,30 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!("in-flight requests did not finish before the deadline");
             Ok(())
+        }
+    }
+}
+
+/// Re-reads the TLS files on each notification until shutdown; a failed reload keeps the
+/// certificate in use.
+async fn reload_on_notify(
+    tls: Option<tls::TlsFiles>,
+    reload: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = reload.notified() => {}
+        }
+        match &tls {
+            Some(files) => match files.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use")
+                }
+            },
+            None => tracing::info!("reload requested; nothing to reload (no [tls])"),
         }
     }
 }

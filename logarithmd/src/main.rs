@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Parser;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Logarithm's central daemon.
@@ -116,7 +119,20 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("signal received");
         signal_token.cancel();
     });
-    logarithmd::run(config, token).await?;
+    let reload = Arc::new(Notify::new());
+    #[cfg(unix)]
+    {
+        let reload = reload.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the TLS certificate");
+                reload.notify_one();
+            }
+        });
+    }
+    logarithmd::run(config, token, reload).await?;
     Ok(())
 }
 

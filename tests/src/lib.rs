@@ -15,6 +15,7 @@
 
 pub mod docker;
 pub mod mariadb;
+pub mod pki;
 pub mod prometheus;
 
 use std::path::PathBuf;
@@ -312,6 +313,29 @@ impl Daemon {
 
     /// Like [`Daemon::start_with`], on `127.0.0.1:port`.
     pub async fn start_on(storage_url: &str, port: u16, extra_toml: &str) -> Result<Daemon> {
+        let base = format!("http://127.0.0.1:{port}");
+        Self::launch(storage_url, port, extra_toml, base, reqwest::Client::new()).await
+    }
+
+    /// Like [`Daemon::start_with`] for a configuration with `[tls]`: the API is
+    /// `https://127.0.0.1:port`, reached through `http` (which trusts the right CA).
+    pub async fn start_https(
+        storage_url: &str,
+        extra_toml: &str,
+        http: reqwest::Client,
+    ) -> Result<Daemon> {
+        let port = free_port()?;
+        let base = format!("https://127.0.0.1:{port}");
+        Self::launch(storage_url, port, extra_toml, base, http).await
+    }
+
+    async fn launch(
+        storage_url: &str,
+        port: u16,
+        extra_toml: &str,
+        base: String,
+        http: reqwest::Client,
+    ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         if !extra_toml.is_empty() {
             std::fs::write(dir.path().join("logarithmd.toml"), extra_toml)?;
@@ -320,8 +344,8 @@ impl Daemon {
         let proc = Proc::spawn(cmd, dir.path().join("logarithmd.log"))?;
         let d = Daemon {
             proc,
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            base,
+            http,
             storage_url: storage_url.to_owned(),
             port,
             dir,

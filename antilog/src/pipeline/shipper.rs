@@ -91,12 +91,7 @@ type Delivery = Pin<Box<dyn Future<Output = (spool::segment::Frame, OwnedSemapho
 
 impl Shipper {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Shipper, Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .user_agent(concat!("antilog/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::with_source(ErrorKind::Http, "cannot build HTTP client", e))?;
+        let client = crate::http_client::build(config)?;
         let auth = match config.effective_token() {
             Some(t) => Some(HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| {
                 Error::with_source(ErrorKind::Config, "token is not a valid header value", e)
