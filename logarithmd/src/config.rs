@@ -87,6 +87,9 @@ pub struct Config {
     /// Live follow: SSE streams and `follow=true` (`[live]`).
     #[serde(default)]
     pub live: crate::live::LiveSettings,
+    /// Secret masks applied to every job's lines before storage (`[masking]`).
+    #[serde(default)]
+    pub masking: crate::masking::MaskingConfig,
     /// HTTPS (`[tls]`: `cert`, `key`, optional `client_ca` for mutual TLS). Absent: HTTP.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -118,6 +121,7 @@ impl Default for Config {
             engine: crate::flows::EngineSettings::default(),
             live: crate::live::LiveSettings::default(),
             tls: None,
+            masking: crate::masking::MaskingConfig::default(),
         }
     }
 }
@@ -143,6 +147,7 @@ impl Config {
             return Err("admin_token must not be empty".into());
         }
         self.authenticator()?;
+        crate::masking::Masker::from_config(&self.masking)?;
         if let Some(u) = &self.public_url {
             match reqwest::Url::parse(u) {
                 Ok(p) if matches!(p.scheme(), "http" | "https") => {}

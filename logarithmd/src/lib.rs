@@ -8,6 +8,7 @@
 //!   route uses to require a scope.
 //! - [`config`]: the configuration file's schema and defaults.
 //! - [`cout`]: the `[COUT]` line parser.
+//! - [`masking`]: global secret masks (`***`) applied at ingest, before storage.
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit), `query` (jobs and logs), `loki` (Loki's read API for Grafana), `error`
@@ -30,6 +31,7 @@ pub mod config;
 pub mod cout;
 pub mod flows;
 pub mod live;
+pub mod masking;
 pub mod metrics;
 pub mod notify;
 pub mod tls;

@@ -104,11 +104,15 @@ async fn ingest_batch(
     // blocking pool so it never stalls the async workers serving other requests.
     let limit = state.config.max_decompressed_bytes;
     let headers_owned = headers.clone();
+    let masker = state.masker.clone();
     let (records, write) = tokio::task::spawn_blocking(move || -> ApiResult<(u64, WriteBatch)> {
         let json = decompress(&headers_owned, raw, limit)?;
         let batch = parse_batch(&json)?;
         let records = batch.segments.iter().map(|s| s.records.len() as u64).sum();
-        Ok((records, to_write_batch(batch)?))
+        let mut write = to_write_batch(batch)?;
+        // Before storage: the database never holds a masked value.
+        masker.mask_batch(&mut write);
+        Ok((records, write))
     })
     .await
     .map_err(|e| ApiError::internal("decoding an ingest batch panicked", &e))??;

@@ -49,6 +49,8 @@ pub struct AppState {
     pub live: Live,
     /// Tokens and scopes: every route's access check (see [`crate::auth`]).
     pub auth: Arc<Authenticator>,
+    /// Secret masks applied to every batch before it is stored (see [`crate::masking`]).
+    pub masker: Arc<crate::masking::Masker>,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -58,12 +60,14 @@ impl FromRef<AppState> for Arc<Authenticator> {
 }
 
 impl AppState {
-    /// Panics if the configuration's tokens are invalid: call [`Config::validate`] first
+    /// Panics if the configuration's tokens or masks are invalid: call [`Config::validate`] first
     /// (`serve` does).
     pub fn new(storage: Arc<dyn Storage>, config: Config) -> AppState {
         let auth = config
             .authenticator()
             .expect("tokens are checked by Config::validate before the state is built");
+        let masker = crate::masking::Masker::from_config(&config.masking)
+            .expect("masks are checked by Config::validate before the state is built");
         let gate = IngestGate::new(
             config.ingest_concurrency,
             config.ingest_queue,
@@ -85,6 +89,7 @@ impl AppState {
             webhook_wake: Arc::new(Notify::new()),
             flows: crate::flows::EngineHandle::default(),
             auth: Arc::new(auth),
+            masker: Arc::new(masker),
         }
     }
 
