@@ -62,6 +62,10 @@ pub struct Config {
     /// Lines a log query scans at most to find matches for `contains`/`regex` in one call.
     #[serde(default = "default_max_scan_lines")]
     pub max_scan_lines: usize,
+    /// Line bytes one JSON page of `GET /api/v1/jobs/{id}/logs` carries at most (the line
+    /// that crosses it ends the page, with `more: true`).
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: usize,
     /// Longest time range a Loki query (`/loki/api/v1/…`) may cover when it names no flow,
     /// run, job or job_id with `=`; broader queries are answered 400.
     #[serde(default = "default_loki_max_range", with = "humantime_serde")]
@@ -113,6 +117,7 @@ impl Default for Config {
             request_timeout: default_request_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             max_scan_lines: default_max_scan_lines(),
+            max_page_bytes: default_max_page_bytes(),
             loki_max_range: default_loki_max_range(),
             loki_max_jobs: default_loki_max_jobs(),
             admin_token: None,
@@ -225,6 +230,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_page_bytes() -> usize {
+    4 << 20
 }
 fn default_max_scan_lines() -> usize {
     200_000

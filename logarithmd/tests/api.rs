@@ -10,6 +10,10 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 async fn app() -> axum::Router {
+    app_with(Config::default().max_page_bytes).await
+}
+
+async fn app_with(max_page_bytes: usize) -> axum::Router {
     let store = storage::open(&storage::StorageConfig::new("sqlite::memory:"))
         .await
         .unwrap();
@@ -17,6 +21,7 @@ async fn app() -> axum::Router {
         ingest_tokens: vec!["t0k".into()],
         anonymous_read: true,
         max_scan_lines: 50,
+        max_page_bytes,
         ..Config::default()
     };
     router(AppState::new(store, config))
@@ -296,4 +301,36 @@ async fn follow_streams_new_lines_until_the_job_finishes() {
 
     let (s, body) = get(&app, &format!("/api/v1/jobs/{id}/logs?follow=true")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_json_page_stops_at_its_byte_budget() {
+    let app = app_with(25).await;
+    let records: Vec<Value> = (1..=5).map(|i| record(i, "stdout", "0123456789")).collect();
+    let batch = json!({
+        "version": 1,
+        "agent": {"id": "a", "node": "n"},
+        "segments": [{"container_id": CID,
+                      "meta": {"name": "b", "image": "i", "labels": {}, "created_at": 1, "started_at": 2},
+                      "records": records}]
+    });
+    let (s, _) = ingest(&app, batch).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, page) = get(&app, "/api/v1/jobs").await;
+    let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
+    // 10 + 10 < 25, the third line crosses the budget and ends the page.
+    let (s, page) = get(&app, &format!("/api/v1/jobs/{id}/logs")).await;
+    assert_eq!(s, StatusCode::OK);
+    let seqs: Vec<u64> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(page["more"], true);
+    assert_eq!(page["next_after"], 3);
+    let (_, page) = get(&app, &format!("/api/v1/jobs/{id}/logs?after=3")).await;
+    assert_eq!(page["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(page["more"], false);
 }

@@ -473,9 +473,15 @@ pub async fn job_logs(
         ));
     }
     let limit = params.limit.unwrap_or(DEFAULT_LINE_PAGE);
-    let page = read_page(reader, &params, limit, state.config.max_scan_lines)
-        .await
-        .map_err(|e| ApiError::storage("reading log lines failed", &e))?;
+    let page = read_page(
+        reader,
+        &params,
+        limit,
+        state.config.max_scan_lines,
+        state.config.max_page_bytes,
+    )
+    .await
+    .map_err(|e| ApiError::storage("reading log lines failed", &e))?;
     Ok(Json(LinePage {
         job_id: job.id.to_string(),
         ..page
@@ -483,17 +489,22 @@ pub async fn job_logs(
     .into_response())
 }
 
+/// Reads one JSON page: at most `limit` lines, `max_scan` lines scanned, and about
+/// `max_bytes` of line content (the line that crosses it is the page's last; a page always
+/// has at least one line when one matches).
 async fn read_page(
     mut reader: LineReader,
     params: &LogParams,
     limit: usize,
     max_scan: usize,
+    max_bytes: usize,
 ) -> storage::Result<LinePage> {
     let mut lines = Vec::new();
     let mut next_after = params.after;
     let mut scanned = 0usize;
+    let mut bytes = 0usize;
     let mut more = true;
-    while lines.len() < limit && scanned < max_scan {
+    while lines.len() < limit && scanned < max_scan && bytes < max_bytes {
         let Some(l) = reader.next_line().await? else {
             more = false;
             break;
@@ -507,6 +518,7 @@ async fn read_page(
         {
             continue;
         }
+        bytes += l.line.len();
         let r = protocol::Record::new(l.seq, l.ts, l.stream, l.line, false);
         lines.push(LineView {
             seq: l.seq,
