@@ -14,7 +14,7 @@
 //! are removed, unannounced finished runs are announced. The same reconciliation runs
 //! periodically and after missed notices.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Completions of Docker calls waiting for the driver (each call's task waits when full).
 const INTERNAL_CAPACITY: usize = 1024;
+
+mod hooks;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Flow;
@@ -40,6 +42,8 @@ pub struct EngineConfig {
     /// How often every waiting job is checked against the runner and the verdict lookup
     /// (a safety net: verdicts normally arrive as notices).
     pub reconcile_every: Duration,
+    /// Budgets of pre and post scripts.
+    pub scripts: crate::script::Limits,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +51,7 @@ impl Default for EngineConfig {
         EngineConfig {
             stop_grace: Duration::from_secs(10),
             reconcile_every: Duration::from_secs(15),
+            scripts: crate::script::Limits::default(),
         }
     }
 }
@@ -149,6 +154,7 @@ impl Engine {
             removing: HashSet::new(),
             stopping: HashSet::new(),
             announcing: HashSet::new(),
+            posting: HashSet::new(),
         };
         driver.reconcile(true).await;
         let task = tokio::spawn(driver.run(req_rx, int_rx, shutdown));
@@ -164,7 +170,18 @@ impl Engine {
     /// Parses, checks and registers a flow (replacing one of the same name). Nothing is
     /// registered when the file has a problem.
     pub async fn register_flow(&self, source: &str) -> Result<StoredFlow> {
-        let flow = Flow::from_yaml(source)?;
+        self.register_flow_with_files(source, &BTreeMap::new())
+            .await
+    }
+
+    /// [`Engine::register_flow`] with the files its scripts name (`file:`), by path
+    /// relative to the flow file; their text is kept with the flow.
+    pub async fn register_flow_with_files(
+        &self,
+        source: &str,
+        files: &BTreeMap<String, String>,
+    ) -> Result<StoredFlow> {
+        let flow = Flow::from_yaml_with_files(source, files)?;
         let t = now();
         let name = flow.name();
         let created_at = match self.store.get_flow(&name).await? {
@@ -273,6 +290,8 @@ struct Driver {
     /// a hanging Docker must not pile up calls).
     stopping: HashSet<String>,
     announcing: HashSet<String>,
+    /// Verdicts whose post script runs.
+    posting: HashSet<(String, JobKey)>,
 }
 
 impl Driver {
@@ -398,14 +417,29 @@ impl Driver {
     fn execute(&mut self, id: &str, cmds: Vec<Command>) {
         for cmd in cmds {
             match cmd {
-                Command::StartJob { job, spec } => {
+                Command::StartJob { job, mut spec } => {
                     if !self.starting.insert((id.to_owned(), job)) {
                         continue;
                     }
+                    let pre = self
+                        .runs
+                        .get(id)
+                        .and_then(|slot| hooks::pre_task(&slot.run, job, self.config.scripts));
                     let runner = self.runner.clone();
                     let tx = self.internal_tx.clone();
                     let run = id.to_owned();
                     tokio::spawn(async move {
+                        if let Some(pre) = pre {
+                            match pre.run(spec.env.clone()).await {
+                                Ok(env) => spec.env = env,
+                                Err(reason) => {
+                                    tracing::info!(run = %run, job = %spec.name, reason = %reason, "pre script failed the job");
+                                    let event = Event::Refused { job, reason };
+                                    let _ = tx.send(Internal::Event { run, event }).await;
+                                    return;
+                                }
+                            }
+                        }
                         let event = match runner.start(&spec).await {
                             Ok(container_id) => {
                                 tracing::info!(run = %run, job = %spec.name, container_id = %container_id, "job started");
@@ -498,8 +532,13 @@ impl Driver {
         match msg {
             Internal::Event { run, event } => {
                 match &event {
-                    Event::Launched { job, .. } | Event::LaunchFailed { job, .. } => {
+                    Event::Launched { job, .. }
+                    | Event::LaunchFailed { job, .. }
+                    | Event::Refused { job, .. } => {
                         self.starting.remove(&(run.clone(), *job));
+                    }
+                    Event::Verdict(v) => {
+                        self.posting.remove(&(run.clone(), v.job));
                     }
                     Event::Removed { job } => {
                         self.removing.remove(&(run.clone(), *job));
@@ -541,6 +580,28 @@ impl Driver {
             return;
         };
         let run = r.run.clone();
+        if let Some(post) = hooks::post_task(&slot.run, job, &r, self.config.scripts) {
+            if !self.posting.insert((run.clone(), job)) {
+                return;
+            }
+            let log = match self
+                .results
+                .log_tail(&r.container_id, post.log_lines())
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(run = %run, container_id = %r.container_id, error = %e, "cannot read the log tail for a post script");
+                    Vec::new()
+                }
+            };
+            let tx = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let event = Event::Verdict(post.run(job, r, log).await);
+                let _ = tx.send(Internal::Event { run, event }).await;
+            });
+            return;
+        }
         let event = Event::Verdict(Verdict {
             job,
             container_id: r.container_id,
@@ -549,6 +610,7 @@ impl Driver {
             exit_code: r.exit_code,
             outputs: r.outputs,
             finished_at: r.finished_at,
+            overridden: None,
         });
         if let Err(e) = self.apply(&run, event).await {
             tracing::warn!(run = %run, error = %e, "verdict not applied");

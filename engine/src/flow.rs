@@ -16,6 +16,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
 
+mod checks;
+pub mod labels;
+pub mod script;
+
+pub use labels::Labels;
+pub use script::Script;
+
 /// Longest name of a flow, stage, action or job (a Kubernetes label value holds 63).
 pub const NAME_MAX: usize = 63;
 
@@ -41,6 +48,9 @@ pub struct Flow {
     /// Environment every job gets (`- KEY: value`), below the job's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub environments: Vec<BTreeMap<String, Scalar>>,
+    /// Labels of every job's container, below the stage's and the job's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
     /// Stages, run in order: a `start` first, an `end` last.
     pub stages: Vec<Stage>,
 }
@@ -60,6 +70,12 @@ pub struct Stage {
     /// Upper bound on the stage (for a `pause` stage: on the wait for a decision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
+    /// `false`: the stage is skipped (`skipped`), and so are its jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// Labels of the stage's job containers, above the flow's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
     /// Actions of a `normal` stage (the other kinds have none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<Action>,
@@ -68,6 +84,10 @@ pub struct Stage {
 impl Stage {
     pub fn sequencing(&self) -> Sequencing {
         self.sequencing.unwrap_or(Sequencing::Sequence)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.unwrap_or(true)
     }
 }
 
@@ -133,6 +153,18 @@ pub struct Job {
     /// `ENV_NAME`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<BTreeMap<String, String>>,
+    /// `false`: the job is skipped (`skipped`); the action goes on with the next job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// Labels of the job's container, above the flow's and the stage's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    /// Lua run before the container starts: may change the environment or fail the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<Script>,
+    /// Lua run on the verdict: may rewrite outputs or override the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<Script>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +222,10 @@ impl Subscription {
 }
 
 impl Job {
+    pub fn is_active(&self) -> bool {
+        self.active.unwrap_or(true)
+    }
+
     /// The job's subscriptions, parsed (a validated flow has only valid ones).
     pub fn parsed_subscriptions(&self) -> Vec<Subscription> {
         self.subscriptions
@@ -220,7 +256,16 @@ impl Flow {
 
     /// Parses and checks a flow file. Every problem found is reported.
     pub fn from_yaml(source: &str) -> Result<Flow, FlowErrors> {
-        let flow: Flow = serde_yaml::from_str(source).map_err(|e| {
+        Flow::from_yaml_with_files(source, &BTreeMap::new())
+    }
+
+    /// Parses and checks a flow file sent with the files its scripts name (`file:`), by
+    /// path relative to the flow file.
+    pub fn from_yaml_with_files(
+        source: &str,
+        files: &BTreeMap<String, String>,
+    ) -> Result<Flow, FlowErrors> {
+        let mut flow: Flow = serde_yaml::from_str(source).map_err(|e| {
             let (line, column) = match e.location() {
                 Some(l) => (Some(l.line()), Some(l.column())),
                 None => (None, None),
@@ -232,7 +277,9 @@ impl Flow {
                 message: e.to_string(),
             }])
         })?;
-        let errors = flow.check(source);
+        let mut errors = flow.attach_files(source, files);
+        errors.extend(flow.check(source));
+        errors.extend(flow.check_job_model(source));
         if errors.is_empty() {
             Ok(flow)
         } else {
@@ -496,14 +543,14 @@ fn valid_name(s: &str, allow_dot: bool) -> bool {
         && !s.ends_with(['.', '-', '_'])
 }
 
-fn valid_env(s: &str) -> bool {
+pub(crate) fn valid_env(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// 1-based number of the first line containing `needle`.
-fn find_line(source: &str, needle: &str) -> Option<usize> {
+pub(crate) fn find_line(source: &str, needle: &str) -> Option<usize> {
     source
         .lines()
         .position(|l| l.contains(needle))

@@ -7,14 +7,16 @@
 //!
 //! # Layout
 //! - [`flow`]: the flow file (YAML) as serde types, and its checks (errors name the line
-//!   and the field).
+//!   and the field); `flow/labels.rs`, `flow/script.rs` and `flow/checks.rs` hold the
+//!   labels and scripts of jobs.
 //! - [`run`]: the pure run state machine: state + event → new state + commands.
 //! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (kube, a Pod per
 //!   job).
 //! - [`results`]: [`JobResults`], the one interface verdicts arrive through.
+//! - [`script`]: the Lua sandbox that runs a job's `pre` and `post` scripts under budgets.
 //! - [`store`]: [`RunStore`], persistence of flows and runs, and an in-memory store.
 //! - [`engine`]: the async driver: timers, persistence after each transition, resume of
-//!   in-flight runs at start.
+//!   in-flight runs at start; `engine/hooks.rs` runs the scripts around a job.
 //! - [`error`]: [`Error`] with an [`ErrorKind`].
 
 pub mod engine;
@@ -23,6 +25,7 @@ pub mod flow;
 pub mod results;
 pub mod run;
 pub mod runner;
+pub mod script;
 pub mod store;
 
 pub use engine::{Engine, EngineConfig, LogRunEvents, RunEvents};

@@ -58,6 +58,10 @@ pub trait JobResults: Send + 'static {
     /// The committed verdict of a container, if there is one yet (for resuming after a
     /// restart and after [`Notice::Lagged`]).
     async fn lookup(&self, container_id: &str) -> Result<Option<JobResult>>;
+
+    /// The last `lines` lines of a container's log, oldest first, for its job's post
+    /// script. Sources without logs give none.
+    async fn log_tail(&self, container_id: &str, lines: usize) -> Result<Vec<String>>;
 }
 
 /// Verdicts fed by hand through a [`ResultsFeed`].
@@ -136,5 +140,10 @@ impl JobResults for ChannelResults {
             .lock()
             .map_err(|_| Error::new(ErrorKind::Internal, "results lock poisoned"))?;
         Ok(known.get(container_id).cloned())
+    }
+
+    /// Verdicts fed by hand come without logs.
+    async fn log_tail(&self, _container_id: &str, _lines: usize) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
 }

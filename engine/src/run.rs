@@ -43,11 +43,18 @@ pub enum Status {
     Failure,
     Timeout,
     Cancelled,
+    /// Not run: `active: false` on it or on its stage.
+    Skipped,
 }
 
 impl Status {
     pub fn is_final(self) -> bool {
         !matches!(self, Status::Pending | Status::Running)
+    }
+
+    /// Ended without failing: what lets the next job, action or stage go on.
+    pub fn is_ok(self) -> bool {
+        matches!(self, Status::Success | Status::Skipped)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +65,7 @@ impl Status {
             Status::Failure => "failure",
             Status::Timeout => "timeout",
             Status::Cancelled => "cancelled",
+            Status::Skipped => "skipped",
         }
     }
 
@@ -69,6 +77,7 @@ impl Status {
             Status::Failure,
             Status::Timeout,
             Status::Cancelled,
+            Status::Skipped,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -94,6 +103,13 @@ pub struct Run {
     pub flow: Flow,
     /// The run's `CO_DATA`, when given at start; it replaces CO_DATA for every job.
     pub co_data: Option<String>,
+    /// What started the run.
+    #[serde(default)]
+    pub cause: Cause,
+    /// Environment values every job gets, above the flow's and the job's own (a webhook
+    /// trigger's mapping).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     pub status: Status,
     pub reason: Option<String>,
     pub created_at: Nanos,
@@ -106,6 +122,34 @@ pub struct Run {
     /// announces it again.
     #[serde(default)]
     pub announced: bool,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Cause {
+    /// `POST /api/v1/flows/{name}/runs`.
+    #[default]
+    Manual,
+    /// A `cron` trigger, for its tick at `tick` (nanoseconds).
+    Cron { schedule: String, tick: Nanos },
+    /// A `webhook` trigger, with the sender's delivery id (`X-GitHub-Delivery`,
+    /// `webhook-id`) and event.
+    Webhook {
+        delivery: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+    },
+}
+
+impl Cause {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cause::Manual => "manual",
+            Cause::Cron { .. } => "cron",
+            Cause::Webhook { .. } => "webhook",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +191,10 @@ pub struct JobRun {
     pub exited: bool,
     /// The container was removed.
     pub removed: bool,
+    /// The verdict logarithmd decided, when the job's post script overrode it
+    /// (`success: exit code 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden: Option<String>,
 }
 
 /// Something that happened to a run.
@@ -158,6 +206,8 @@ pub enum Event {
     Launched { job: JobKey, container_id: String },
     /// The runner could not start it.
     LaunchFailed { job: JobKey, error: String },
+    /// The job's pre script failed it: no container was started.
+    Refused { job: JobKey, reason: String },
     /// logarithmd's verdict on a job's container.
     Verdict(Verdict),
     /// The container was removed.
@@ -182,6 +232,8 @@ pub struct Verdict {
     pub exit_code: Option<i64>,
     pub outputs: BTreeMap<String, String>,
     pub finished_at: Option<Nanos>,
+    /// logarithmd's verdict, when the job's post script replaced it.
+    pub overridden: Option<String>,
 }
 
 /// What the driver must do.
@@ -280,6 +332,7 @@ impl Run {
                                 outputs: BTreeMap::new(),
                                 exited: false,
                                 removed: false,
+                                overridden: None,
                             })
                             .collect(),
                     })
@@ -291,6 +344,8 @@ impl Run {
             flow_name: flow.name(),
             flow,
             co_data,
+            cause: Cause::Manual,
+            env: BTreeMap::new(),
             status: Status::Pending,
             reason: None,
             created_at: now,
@@ -450,6 +505,15 @@ impl Run {
                     j.finished_at = Some(now);
                 }
             }
+            Event::Refused { job, reason } => {
+                let j = self.job_mut(job)?;
+                j.removed = true;
+                if j.status == Status::Running {
+                    j.status = Status::Failure;
+                    j.reason = Some(reason);
+                    j.finished_at = Some(now);
+                }
+            }
             Event::Verdict(v) => self.verdict(v, now, &mut cmds)?,
             Event::Removed { job } => self.job_mut(job)?.removed = true,
             Event::Approve { by } => {
@@ -515,6 +579,7 @@ impl Run {
         j.exited = true;
         j.exit_code = v.exit_code;
         j.outputs.extend(v.outputs);
+        j.overridden = v.overridden;
         if j.status == Status::Running {
             j.status = if v.success {
                 Status::Success
@@ -670,7 +735,7 @@ impl Run {
             let ended = self
                 .stages
                 .iter()
-                .find(|s| s.status.is_final() && s.status != Status::Success)
+                .find(|s| s.status.is_final() && !s.status.is_ok())
                 .map(|s| {
                     let why = s.reason.clone().unwrap_or_default();
                     (s.status, format!("stage {}: {why}", s.name))
@@ -689,6 +754,10 @@ impl Run {
                 s.status = Status::Running;
                 s.started_at = Some(now);
                 s.deadline = timeout.map(|t| after(now, t.0));
+                if !self.flow.stages[si].is_active() {
+                    s.skip("inactive (active: false)", now);
+                    continue;
+                }
                 if matches!(s.kind, StageKind::Start | StageKind::End) {
                     s.status = Status::Success;
                     s.finished_at = Some(now);
@@ -713,13 +782,13 @@ impl Run {
         let parallel = self.flow.stages[si].sequencing() == crate::flow::Sequencing::Parallel;
         for ai in 0..self.stages[si].actions.len() {
             if self.stages[si].actions[ai].status.is_final() {
-                if self.stages[si].actions[ai].status == Status::Success {
+                if self.stages[si].actions[ai].status.is_ok() {
                     continue;
                 }
                 break;
             }
             self.advance_action(si, ai, now, cmds);
-            if !parallel && self.stages[si].actions[ai].status != Status::Success {
+            if !parallel && !self.stages[si].actions[ai].status.is_ok() {
                 break;
             }
         }
@@ -727,7 +796,7 @@ impl Run {
         let failed = self.stages[si]
             .actions
             .iter()
-            .find(|a| a.status.is_final() && a.status != Status::Success)
+            .find(|a| a.status.is_final() && !a.status.is_ok())
             .map(|a| {
                 (
                     a.name.clone(),
@@ -751,11 +820,7 @@ impl Run {
             s.status = status;
             s.reason = Some(format!("action {name}: {reason}"));
             s.finished_at = Some(now);
-        } else if self.stages[si]
-            .actions
-            .iter()
-            .all(|a| a.status == Status::Success)
-        {
+        } else if self.stages[si].actions.iter().all(|a| a.status.is_ok()) {
             let s = &mut self.stages[si];
             s.status = Status::Success;
             s.finished_at = Some(now);
@@ -772,7 +837,7 @@ impl Run {
         }
         loop {
             let a = &self.stages[si].actions[ai];
-            let Some(ji) = a.jobs.iter().position(|j| j.status != Status::Success) else {
+            let Some(ji) = a.jobs.iter().position(|j| !j.status.is_ok()) else {
                 let a = &mut self.stages[si].actions[ai];
                 a.status = Status::Success;
                 a.finished_at = Some(now);
@@ -803,11 +868,15 @@ impl Run {
     }
 
     fn start_job(&mut self, key: JobKey, now: Nanos, cmds: &mut Vec<Command>) {
+        let flow_job = self.flow.job(key.stage, key.action, key.job);
+        let timeout = flow_job.and_then(|j| j.timeout);
+        if flow_job.is_some_and(|j| !j.is_active()) {
+            if let Ok(j) = self.job_mut(key) {
+                j.skip("inactive (active: false)", now);
+            }
+            return;
+        }
         let spec = self.job_spec(key);
-        let timeout = self
-            .flow
-            .job(key.stage, key.action, key.job)
-            .and_then(|j| j.timeout);
         let Ok(j) = self.job_mut(key) else { return };
         j.status = Status::Running;
         j.started_at = Some(now);
@@ -841,14 +910,20 @@ impl Run {
         let action = &stage.actions[key.action];
         let mut env = env_map(&self.flow.environments);
         env.extend(env_map(&flow_job.environments));
+        env.extend(self.env.clone());
         for sub in flow_job.parsed_subscriptions() {
-            let value = self
+            let upstream = self
                 .key_of(&sub.stage, &sub.action, &sub.job)
-                .and_then(|k| self.job(k))
-                .and_then(|j| j.outputs.get(&sub.key));
-            match value {
+                .and_then(|k| self.job(k));
+            match upstream.and_then(|j| j.outputs.get(&sub.key)) {
                 Some(v) => {
                     env.insert(sub.env.clone(), v.clone());
+                }
+                None if upstream.is_some_and(|j| j.status == Status::Skipped) => {
+                    return Err(format!(
+                        "subscription {}: the upstream job was skipped",
+                        sub.source()
+                    ))
                 }
                 None => {
                     return Err(format!(
@@ -863,7 +938,10 @@ impl Run {
             env.insert(CO_DATA.to_owned(), d.clone());
         }
         let job = &action.jobs[key.job];
-        let labels = BTreeMap::from([
+        let flow_stage = &self.flow.stages[key.stage];
+        let mut labels =
+            crate::flow::labels::merge([&self.flow.labels, &flow_stage.labels, &flow_job.labels]);
+        labels.extend([
             (protocol::LABEL_FLOW.to_owned(), self.flow_name.clone()),
             (protocol::LABEL_RUN.to_owned(), self.id.clone()),
             (protocol::LABEL_STAGE.to_owned(), stage.name.clone()),
@@ -887,9 +965,37 @@ impl Run {
     }
 }
 
+impl StageRun {
+    /// Marks the stage and everything in it `skipped`.
+    fn skip(&mut self, reason: &str, now: Nanos) {
+        self.status = Status::Skipped;
+        self.reason = Some(reason.to_owned());
+        self.finished_at = Some(now);
+        for a in &mut self.actions {
+            a.status = Status::Skipped;
+            a.reason = Some(format!("stage {reason}"));
+            for j in &mut a.jobs {
+                j.skip(&format!("stage {reason}"), now);
+            }
+        }
+    }
+}
+
+impl JobRun {
+    /// Marks a job that never started `skipped` (it has no container to wait for).
+    fn skip(&mut self, reason: &str, now: Nanos) {
+        self.status = Status::Skipped;
+        self.reason = Some(reason.to_owned());
+        self.finished_at = Some(now);
+        self.removed = true;
+    }
+}
+
 fn fmt_duration(d: Duration) -> String {
     humantime_serde::re::humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_job_model;

@@ -135,6 +135,7 @@ async fn harness(runner: Arc<FakeRunner>, store: Arc<MemoryRunStore>) -> Harness
     let config = EngineConfig {
         stop_grace: Duration::from_secs(1),
         reconcile_every: Duration::from_millis(200),
+        ..EngineConfig::default()
     };
     let started = Engine::start(
         config,

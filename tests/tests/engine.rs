@@ -400,6 +400,9 @@ stages:
 // ---------------------------------------------------------------------------------------
 // Tests.
 
+/// Issue #14: scripts, labels, `active`.
+mod job_model;
+
 /// Issue #5: start; a parallel stage whose output a later job receives; a pause approved
 /// through the API; a sequence whose second job fails so the third never runs; the run
 /// fails; every status, the order in time, every job's full log, and a signed

@@ -226,3 +226,106 @@ fn sizes_and_durations() {
     assert_eq!(t.ok(), Some(Timeout(Duration::from_secs(90))));
     assert!(serde_yaml::from_str::<Timeout>("0").is_err());
 }
+
+const SCRIPTED: &str = "\
+uri: a/scripted
+labels: {team: core}
+stages:
+  - type: start
+    name: start
+  - type: normal
+    name: s
+    actions:
+      - name: a
+        jobs:
+          - type: component
+            name: j
+            endpoint: img
+            pre: |
+              env.A = \"1\"
+              if env.B then
+                env.C = 2
+            post: {file: checks/post.lua}
+  - type: end
+    name: end
+";
+
+#[test]
+fn a_lua_syntax_error_names_the_flow_line() {
+    let files = BTreeMap::from([("checks/post.lua".to_owned(), "outputs.X = 1\n".to_owned())]);
+    let errs = match Flow::from_yaml_with_files(SCRIPTED, &files) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.0,
+    };
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    // The script's line 4 (the end of the text: `end` expected) is the flow's line 18.
+    assert_eq!(errs[0].line, Some(18));
+    assert_eq!(errs[0].path, "stages[1].actions[0].jobs[0].pre");
+    assert!(
+        errs[0].message.starts_with("Lua syntax error: "),
+        "{}",
+        errs[0].message
+    );
+    assert!(
+        errs[0].message.contains("'end' expected"),
+        "{}",
+        errs[0].message
+    );
+}
+
+#[test]
+fn script_files_are_attached_or_named_when_missing() {
+    let fixed = SCRIPTED.replace("    env.C = 2\n", "    env.C = 2\n              end\n");
+    let files = BTreeMap::from([("checks/post.lua".to_owned(), "outputs.X = 1\n".to_owned())]);
+    let flow = Flow::from_yaml_with_files(&fixed, &files).map_err(|e| e.to_string());
+    let post = flow
+        .as_ref()
+        .ok()
+        .and_then(|f| f.job(1, 0, 0))
+        .and_then(|j| j.post.clone());
+    assert_eq!(
+        post,
+        Some(Script {
+            file: Some("checks/post.lua".into()),
+            source: "outputs.X = 1\n".into()
+        })
+    );
+    let errs = errors(&fixed);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, Some(19));
+    assert_eq!(
+        errs[0].message,
+        "script file \"checks/post.lua\" was not sent with the flow (register it with its files)"
+    );
+    let bad = BTreeMap::from([("checks/post.lua".to_owned(), "outputs.X = \n".to_owned())]);
+    let errs = match Flow::from_yaml_with_files(&fixed, &bad) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.0,
+    };
+    assert_eq!(errs[0].line, Some(19));
+    assert!(
+        errs[0]
+            .message
+            .starts_with("Lua syntax error in checks/post.lua line 2:"),
+        "{}",
+        errs[0].message
+    );
+    let escape = fixed.replace("checks/post.lua", "../post.lua");
+    assert!(errors(&escape)[0]
+        .message
+        .contains("must be a relative path"));
+}
+
+#[test]
+fn bad_labels_name_their_line() {
+    let yaml = MINIMAL.replace(
+        "            outputs: [OUT]",
+        "            outputs: [OUT]\n            labels: {io.containerops.run: x, ok: \"has space\"}",
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs.iter().all(|e| e.line == Some(14)), "{errs:?}");
+    assert!(errs
+        .iter()
+        .all(|e| e.path == "stages[1].actions[0].jobs[0].labels"));
+}

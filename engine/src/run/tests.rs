@@ -49,9 +49,9 @@ stages:
     name: end
 "#;
 
-const S: Nanos = 1_000_000_000;
+pub(super) const S: Nanos = 1_000_000_000;
 
-fn run_of(yaml: &str, co_data: Option<&str>) -> Run {
+pub(super) fn run_of(yaml: &str, co_data: Option<&str>) -> Run {
     let flow = match Flow::from_yaml(yaml) {
         Ok(f) => f,
         Err(e) => panic!("test flow is invalid: {e}"),
@@ -59,11 +59,11 @@ fn run_of(yaml: &str, co_data: Option<&str>) -> Run {
     Run::new("r1".into(), flow, co_data.map(str::to_owned), 0)
 }
 
-fn key(stage: usize, action: usize, job: usize) -> JobKey {
+pub(super) fn key(stage: usize, action: usize, job: usize) -> JobKey {
     JobKey { stage, action, job }
 }
 
-fn started(cmds: &[Command]) -> Vec<(JobKey, JobSpec)> {
+pub(super) fn started(cmds: &[Command]) -> Vec<(JobKey, JobSpec)> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::StartJob { job, spec } => Some((*job, (**spec).clone())),
@@ -81,7 +81,12 @@ fn stops(cmds: &[Command]) -> Vec<String> {
         .collect()
 }
 
-fn verdict(job: JobKey, container: &str, success: bool, outputs: &[(&str, &str)]) -> Event {
+pub(super) fn verdict(
+    job: JobKey,
+    container: &str,
+    success: bool,
+    outputs: &[(&str, &str)],
+) -> Event {
     Event::Verdict(Verdict {
         job,
         container_id: container.into(),
@@ -97,17 +102,18 @@ fn verdict(job: JobKey, container: &str, success: bool, outputs: &[(&str, &str)]
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         finished_at: None,
+        overridden: None,
     })
 }
 
-fn launched(job: JobKey, container: &str) -> Event {
+pub(super) fn launched(job: JobKey, container: &str) -> Event {
     Event::Launched {
         job,
         container_id: container.into(),
     }
 }
 
-fn ok(run: &mut Run, event: Event, now: Nanos) -> Vec<Command> {
+pub(super) fn ok(run: &mut Run, event: Event, now: Nanos) -> Vec<Command> {
     match run.apply(event, now) {
         Ok(c) => c,
         Err(e) => panic!("event refused: {e}"),

@@ -57,7 +57,17 @@ fn engine_error(context: &str, e: &engine::Error) -> ApiError {
     }
 }
 
-/// `POST /api/v1/flows`: the body is the flow file (YAML). 201 when new, 200 when it
+/// `POST /api/v1/flows` with `Content-Type: application/json`: the flow file and the files
+/// its scripts name (`pre: {file: …}`), by path relative to the flow file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterFlow {
+    flow: String,
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/flows`: the body is the flow file (YAML), or JSON `{"flow", "files"}`. 201 when new, 200 when it
 /// replaced a flow of the same name; 400 naming every problem (line and field), and then
 /// nothing is registered.
 async fn register_flow(
@@ -66,10 +76,23 @@ async fn register_flow(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let engine = engine_of(&state)?;
-    let source = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::bad_request("invalid", "the flow file must be UTF-8 text"))?;
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let req = if json {
+        serde_json::from_slice::<RegisterFlow>(&body)
+            .map_err(|e| ApiError::bad_request("invalid", format!("invalid JSON body: {e}")))?
+    } else {
+        let source = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_request("invalid", "the flow file must be UTF-8 text"))?;
+        RegisterFlow {
+            flow: source.to_owned(),
+            files: Default::default(),
+        }
+    };
     let flow = engine
-        .register_flow(source)
+        .register_flow_with_files(&req.flow, &req.files)
         .await
         .map_err(|e| engine_error("cannot register a flow", &e))?;
     let status = if flow.created_at == flow.updated_at {

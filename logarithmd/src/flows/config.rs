@@ -24,6 +24,18 @@ pub struct EngineSettings {
     /// verdicts normally arrive at once, in-process).
     #[serde(default = "default_reconcile_every", with = "humantime_serde")]
     pub reconcile_every: Duration,
+    /// Lua VM instructions one pre or post script may run; past that the job fails.
+    #[serde(default = "default_script_instructions")]
+    pub script_instructions: u64,
+    /// Wall-clock time one pre or post script may take; past that the job fails.
+    #[serde(default = "default_script_time", with = "humantime_serde")]
+    pub script_time: Duration,
+    /// Memory one pre or post script may allocate (`32Mi`); past that the job fails.
+    #[serde(default = "default_script_memory")]
+    pub script_memory: String,
+    /// Lines of the job's log a post script gets (the last ones).
+    #[serde(default = "default_script_log_lines")]
+    pub script_log_lines: usize,
 }
 
 impl Default for EngineSettings {
@@ -33,6 +45,10 @@ impl Default for EngineSettings {
             extra_labels: BTreeMap::new(),
             stop_grace: default_stop_grace(),
             reconcile_every: default_reconcile_every(),
+            script_instructions: default_script_instructions(),
+            script_time: default_script_time(),
+            script_memory: default_script_memory(),
+            script_log_lines: default_script_log_lines(),
         }
     }
 }
@@ -55,6 +71,24 @@ impl EngineSettings {
         if self.reconcile_every < Duration::from_millis(100) {
             return Err("engine.reconcile_every must be at least 100ms".into());
         }
+        match engine::flow::parse_memory(&self.script_memory) {
+            Some(m) if m >= 1 << 20 => {}
+            _ => {
+                return Err(format!(
+                    "engine.script_memory: {:?} is not a size of at least 1Mi",
+                    self.script_memory
+                ))
+            }
+        }
+        if self.script_instructions < 10_000 || self.script_time.is_zero() {
+            return Err(
+                "engine.script_instructions must be at least 10000 and engine.script_time positive"
+                    .into(),
+            );
+        }
+        if self.script_log_lines > 10_000 {
+            return Err("engine.script_log_lines must be at most 10000".into());
+        }
         Ok(())
     }
 
@@ -62,12 +96,32 @@ impl EngineSettings {
         engine::EngineConfig {
             stop_grace: self.stop_grace,
             reconcile_every: self.reconcile_every,
+            scripts: engine::script::Limits {
+                instructions: self.script_instructions,
+                time: self.script_time,
+                memory: engine::flow::parse_memory(&self.script_memory)
+                    .and_then(|m| usize::try_from(m).ok())
+                    .unwrap_or(32 << 20),
+                log_lines: self.script_log_lines,
+            },
         }
     }
 }
 
 fn default_enabled() -> bool {
     true
+}
+fn default_script_instructions() -> u64 {
+    engine::script::Limits::default().instructions
+}
+fn default_script_time() -> Duration {
+    engine::script::Limits::default().time
+}
+fn default_script_memory() -> String {
+    "32Mi".into()
+}
+fn default_script_log_lines() -> usize {
+    engine::script::Limits::default().log_lines
 }
 fn default_stop_grace() -> Duration {
     Duration::from_secs(10)

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use engine::{JobResult, JobResults, Notice, Result};
-use storage::{Job, JobStatus, Storage};
+use storage::{Job, JobStatus, LineQuery, Storage};
 
 use super::engine_error;
 use crate::notify::{EventKind, JobEventStream, RecvError};
@@ -73,5 +73,32 @@ impl JobResults for EventResults {
             .filter(|j| j.container_id == container_id)
             .as_ref()
             .and_then(result_of))
+    }
+
+    async fn log_tail(&self, container_id: &str, lines: usize) -> Result<Vec<String>> {
+        let id = storage::job_id_for_container(container_id);
+        let job = self
+            .storage
+            .get_job(id)
+            .await
+            .map_err(|e| engine_error("cannot look up the job", e))?;
+        let Some(job) = job.filter(|j| j.container_id == container_id) else {
+            return Ok(Vec::new());
+        };
+        let limit = u32::try_from(lines).unwrap_or(u32::MAX);
+        let stored = self
+            .storage
+            .read_lines(&LineQuery {
+                job_id: id,
+                after_seq: job.last_seq.saturating_sub(u64::from(limit)),
+                limit,
+                stream: None,
+            })
+            .await
+            .map_err(|e| engine_error("cannot read the job's log", e))?;
+        Ok(stored
+            .into_iter()
+            .map(|l| String::from_utf8_lossy(&l.line).into_owned())
+            .collect())
     }
 }

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use engine::flow::Labels;
 use engine::flow::StageKind;
-use engine::run::{JobRun, JobSummary, RunSummary};
+use engine::run::{Cause, JobRun, JobSummary, RunSummary};
 use engine::{Run, Status, StoredFlow};
 use serde::Serialize;
 
@@ -13,6 +14,10 @@ use crate::api::query::rfc3339;
 
 fn time(ns: Option<i64>) -> Option<String> {
     ns.map(rfc3339)
+}
+
+fn labels(l: &Labels) -> BTreeMap<String, String> {
+    engine::flow::labels::merge([l])
 }
 
 /// A registered flow.
@@ -69,6 +74,13 @@ pub struct RunView {
     pub status: Status,
     pub reason: Option<String>,
     pub co_data: Option<String>,
+    /// What started the run: `{"kind": "manual"}`, `{"kind": "cron", …}` or
+    /// `{"kind": "webhook", "delivery": …}`.
+    pub cause: Cause,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -83,6 +95,8 @@ pub struct StageView {
     pub kind: StageKind,
     pub status: Status,
     pub reason: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub actions: Vec<ActionView>,
@@ -111,6 +125,11 @@ pub struct JobView {
     pub job_id: Option<String>,
     pub logs_url: Option<String>,
     pub outputs: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// logarithmd's verdict, when the job's post script overrode it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overridden: Option<String>,
 }
 
 /// Storage's job id and logs path of a container.
@@ -128,7 +147,7 @@ fn job_links(container_id: Option<&str>, base: &str) -> (Option<String>, Option<
 }
 
 impl JobView {
-    fn new(j: &JobRun) -> JobView {
+    fn new(j: &JobRun, flow_job: Option<&engine::flow::Job>) -> JobView {
         let (job_id, logs_url) = job_links(j.container_id.as_deref(), "");
         JobView {
             name: j.name.clone(),
@@ -141,6 +160,8 @@ impl JobView {
             job_id,
             logs_url,
             outputs: j.outputs.clone(),
+            labels: flow_job.map(|f| labels(&f.labels)).unwrap_or_default(),
+            overridden: j.overridden.clone(),
         }
     }
 }
@@ -162,6 +183,9 @@ impl RunView {
             status: r.status,
             reason: r.reason.clone(),
             co_data: r.co_data.clone(),
+            cause: r.cause.clone(),
+            env: r.env.clone(),
+            labels: labels(&r.flow.labels),
             created_at: rfc3339(r.created_at),
             started_at: time(r.started_at),
             finished_at: time(r.finished_at),
@@ -169,23 +193,36 @@ impl RunView {
             stages: r
                 .stages
                 .iter()
-                .map(|s| StageView {
+                .enumerate()
+                .map(|(si, s)| StageView {
                     name: s.name.clone(),
                     kind: s.kind,
                     status: s.status,
                     reason: s.reason.clone(),
+                    labels: r
+                        .flow
+                        .stages
+                        .get(si)
+                        .map(|f| labels(&f.labels))
+                        .unwrap_or_default(),
                     started_at: time(s.started_at),
                     finished_at: time(s.finished_at),
                     actions: s
                         .actions
                         .iter()
-                        .map(|a| ActionView {
+                        .enumerate()
+                        .map(|(ai, a)| ActionView {
                             name: a.name.clone(),
                             status: a.status,
                             reason: a.reason.clone(),
                             started_at: time(a.started_at),
                             finished_at: time(a.finished_at),
-                            jobs: a.jobs.iter().map(JobView::new).collect(),
+                            jobs: a
+                                .jobs
+                                .iter()
+                                .enumerate()
+                                .map(|(ji, j)| JobView::new(j, r.flow.job(si, ai, ji)))
+                                .collect(),
                         })
                         .collect(),
                 })

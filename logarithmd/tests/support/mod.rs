@@ -52,6 +52,7 @@ pub async fn start_engine(
         EngineConfig {
             stop_grace: Duration::from_secs(1),
             reconcile_every: Duration::from_secs(60),
+            ..EngineConfig::default()
         },
         runner.clone(),
         Arc::new(store::DocumentRunStore::new(state.storage.clone())),
