@@ -30,7 +30,7 @@ mod hooks;
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Flow;
 use crate::results::{JobResult, JobResults, Notice};
-use crate::run::{Command, Event, JobKey, Nanos, Run, RunSummary, Status, Verdict};
+use crate::run::{Cause, Command, Event, JobKey, Nanos, Run, RunSummary, Status, Verdict};
 use crate::runner::{ContainerState, JobRunner};
 use crate::store::{RunQuery, RunStore, StoredFlow};
 
@@ -84,10 +84,25 @@ pub fn now() -> Nanos {
         .unwrap_or(0)
 }
 
+/// How a run starts, besides its flow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Replaces CO_DATA for every job.
+    pub co_data: Option<String>,
+    /// Environment values every job gets, above the flow's and the job's own.
+    pub env: BTreeMap<String, String>,
+    /// What started it.
+    pub cause: Cause,
+    /// The run's id (a trigger derives it from its event, so an event starts one run
+    /// across replicas); random when `None`. A run with this id that exists already is a
+    /// [`ErrorKind::Conflict`].
+    pub id: Option<String>,
+}
+
 enum Request {
     StartRun {
         flow: String,
-        co_data: Option<String>,
+        opts: RunOptions,
         reply: oneshot::Sender<Result<Run>>,
     },
     Event {
@@ -217,9 +232,18 @@ impl Engine {
 
     /// Starts a run of a registered flow; `co_data` replaces CO_DATA for every job.
     pub async fn start_run(&self, flow: &str, co_data: Option<String>) -> Result<Run> {
+        let opts = RunOptions {
+            co_data,
+            ..RunOptions::default()
+        };
+        self.start_run_with(flow, opts).await
+    }
+
+    /// Starts a run of a registered flow with its cause, environment and id.
+    pub async fn start_run_with(&self, flow: &str, opts: RunOptions) -> Result<Run> {
         self.ask(|reply| Request::StartRun {
             flow: flow.to_owned(),
-            co_data,
+            opts,
             reply,
         })
         .await
@@ -343,12 +367,8 @@ impl Driver {
 
     async fn request(&mut self, req: Request) {
         match req {
-            Request::StartRun {
-                flow,
-                co_data,
-                reply,
-            } => {
-                let r = self.start_run(&flow, co_data).await;
+            Request::StartRun { flow, opts, reply } => {
+                let r = self.start_run(&flow, opts).await;
                 let _ = reply.send(r);
             }
             Request::Event { run, event, reply } => {
@@ -368,14 +388,21 @@ impl Driver {
         }
     }
 
-    async fn start_run(&mut self, flow: &str, co_data: Option<String>) -> Result<Run> {
+    async fn start_run(&mut self, flow: &str, opts: RunOptions) -> Result<Run> {
         let stored = self
             .store
             .get_flow(flow)
             .await?
             .ok_or_else(|| Error::not_found(format!("no flow {flow}")))?;
-        let id = format!("{:016x}", rand::random::<u64>());
-        let mut run = Run::new(id.clone(), stored.flow, co_data, now());
+        let id = opts
+            .id
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        if self.runs.contains_key(&id) {
+            return Err(Error::conflict(format!("run {id} exists already")));
+        }
+        let mut run = Run::new(id.clone(), stored.flow, opts.co_data, now());
+        run.cause = opts.cause;
+        run.env = opts.env;
         let cmds = run.apply(Event::Start, now())?;
         // A run that cannot be saved is not started.
         let version = self.store.put_run(&run, 0).await?;

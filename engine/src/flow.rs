@@ -19,9 +19,11 @@ use crate::error::Error;
 mod checks;
 pub mod labels;
 pub mod script;
+pub mod trigger;
 
 pub use labels::Labels;
 pub use script::Script;
+pub use trigger::{Trigger, TriggerKind};
 
 /// Longest name of a flow, stage, action or job (a Kubernetes label value holds 63).
 pub const NAME_MAX: usize = 63;
@@ -51,6 +53,9 @@ pub struct Flow {
     /// Labels of every job's container, below the stage's and the job's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+    /// What starts runs besides the API: `cron` schedules and `webhook`s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
     /// Stages, run in order: a `start` first, an `end` last.
     pub stages: Vec<Stage>,
 }

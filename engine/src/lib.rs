@@ -17,8 +17,10 @@
 //! - [`store`]: [`RunStore`], persistence of flows and runs, and an in-memory store.
 //! - [`engine`]: the async driver: timers, persistence after each transition, resume of
 //!   in-flight runs at start; `engine/hooks.rs` runs the scripts around a job.
+//! - [`cron`]: the scheduler of `cron` triggers (one run per tick across replicas).
 //! - [`error`]: [`Error`] with an [`ErrorKind`].
 
+pub mod cron;
 pub mod engine;
 pub mod error;
 pub mod flow;
@@ -28,7 +30,7 @@ pub mod runner;
 pub mod script;
 pub mod store;
 
-pub use engine::{Engine, EngineConfig, LogRunEvents, RunEvents};
+pub use engine::{Engine, EngineConfig, LogRunEvents, RunEvents, RunOptions};
 pub use error::{Error, ErrorKind, Result};
 pub use flow::Flow;
 pub use results::{ChannelResults, JobResult, JobResults, Notice, ResultsFeed};

@@ -49,10 +49,16 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Result<Setup> {
+        Setup::start_with("").await
+    }
+
+    /// With more `[engine]` settings (`extra` is appended to that section).
+    async fn start_with(extra: &str) -> Result<Setup> {
         let db = Db::mysql().await?;
         let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
         let label = format!("engine-{tag}");
-        let daemon = Daemon::start_with(db.url(), &daemon_config(&label)).await?;
+        let config = format!("{}{extra}", daemon_config(&label));
+        let daemon = Daemon::start_with(db.url(), &config).await?;
         let agent = Agent::start(&daemon.base, &label)?;
         Ok(Setup {
             daemon,
@@ -401,7 +407,11 @@ stages:
 // Tests.
 
 /// Issue #14: scripts, labels, `active`.
+#[path = "engine/job_model.rs"]
 mod job_model;
+/// Issue #14: webhook and cron triggers.
+#[path = "engine/triggers.rs"]
+mod triggers;
 
 /// Issue #5: start; a parallel stage whose output a later job receives; a pause approved
 /// through the API; a sequence whose second job fails so the third never runs; the run

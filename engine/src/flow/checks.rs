@@ -104,6 +104,18 @@ impl Flow {
                 }
             }
         }
+        let triggers_at = find_line_from(source, 1, "triggers:");
+        let mut from = triggers_at.unwrap_or(1);
+        for (i, t) in self.triggers.iter().enumerate() {
+            // Each trigger begins at its `- type:` line (or the `type:` of its mapping).
+            let at = find_line_from(source, from, "type:").or(triggers_at);
+            if let Some(l) = at {
+                from = l + 1;
+            }
+            for m in t.check() {
+                errs.push(error(at, format!("triggers[{i}]"), m));
+            }
+        }
         let mut copy = self.clone();
         for (path, line, script) in copy.scripts_mut(source) {
             let phase = if path.ends_with(".pre") {

@@ -329,3 +329,42 @@ fn bad_labels_name_their_line() {
         .iter()
         .all(|e| e.path == "stages[1].actions[0].jobs[0].labels"));
 }
+
+#[test]
+fn triggers_are_checked_and_name_their_line() {
+    let yaml = MINIMAL.replace(
+        "stages:\n",
+        "triggers:\n  - type: cron\n    schedule: \"0 3 * * *\"\n    timezone: Mars/Olympus\n  - type: webhook\n    schedule: \"* * * * *\"\nstages:\n",
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_eq!(errs[0].line, Some(3));
+    assert_eq!(errs[0].path, "triggers[0]");
+    assert!(
+        errs[0]
+            .message
+            .contains("unknown time zone \"Mars/Olympus\""),
+        "{}",
+        errs[0].message
+    );
+    assert!(
+        errs.iter()
+            .skip(1)
+            .all(|e| e.line == Some(6) && e.path == "triggers[1]"),
+        "{errs:?}"
+    );
+    let unknown = MINIMAL.replace("stages:\n", "triggers:\n  - type: pigeon\nstages:\n");
+    let errs = errors(&unknown);
+    assert_eq!(errs[0].line, Some(3), "{errs:?}");
+    assert!(
+        errs[0].message.contains("unknown variant `pigeon`"),
+        "{}",
+        errs[0].message
+    );
+    let ok = MINIMAL.replace(
+        "stages:\n",
+        "triggers:\n  - type: cron\n    schedule: \"0 3 * * *\"\n    timezone: Europe/Berlin\n    missed: run_once\n  - type: webhook\n    secret: gh\n    mapping: {CO_DATA: head_commit.id}\nstages:\n",
+    );
+    let flow = Flow::from_yaml(&ok).map_err(|e| e.to_string());
+    assert_eq!(flow.map(|f| f.triggers.len()), Ok(2));
+}

@@ -27,6 +27,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/flows", post(register_flow).get(list_flows))
         .route("/api/v1/flows/{name}", get(get_flow))
         .route("/api/v1/flows/{name}/runs", post(start_run))
+        .route(
+            "/api/v1/flows/{name}/trigger",
+            post(crate::api::trigger::trigger),
+        )
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(get_run))
         .route("/api/v1/runs/{id}/approve", post(approve))
@@ -34,7 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/runs/{id}/cancel", post(cancel))
 }
 
-fn engine_of(state: &AppState) -> ApiResult<&Engine> {
+pub(crate) fn engine_of(state: &AppState) -> ApiResult<&Engine> {
     state.flows.get().ok_or_else(|| {
         ApiError::overloaded(
             "the flow engine is not running (disabled, Docker unreachable, or starting)",
@@ -44,7 +48,7 @@ fn engine_of(state: &AppState) -> ApiResult<&Engine> {
 }
 
 /// Maps an engine failure: the kind decides the status.
-fn engine_error(context: &str, e: &engine::Error) -> ApiError {
+pub(crate) fn engine_error(context: &str, e: &engine::Error) -> ApiError {
     match e.kind() {
         ErrorKind::Invalid => ApiError::bad_request("invalid", e.message()),
         ErrorKind::NotFound => ApiError::not_found(e.message()),

@@ -7,6 +7,7 @@ pub mod loki;
 pub mod metrics;
 pub mod query;
 pub mod stream;
+pub mod trigger;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -36,6 +36,16 @@ pub struct EngineSettings {
     /// Lines of the job's log a post script gets (the last ones).
     #[serde(default = "default_script_log_lines")]
     pub script_log_lines: usize,
+    /// How often the cron scheduler looks for due `cron` triggers.
+    #[serde(default = "default_cron_poll", with = "humantime_serde")]
+    pub cron_poll: Duration,
+    /// Secrets of webhook triggers, by the name a flow's trigger gives (`secret: github`).
+    #[serde(default)]
+    pub trigger_secrets: BTreeMap<String, String>,
+    /// For tests: the cron scheduler reads the time from this file (Unix seconds or RFC
+    /// 3339) instead of the system clock.
+    #[serde(default)]
+    pub clock_file: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineSettings {
@@ -49,6 +59,9 @@ impl Default for EngineSettings {
             script_time: default_script_time(),
             script_memory: default_script_memory(),
             script_log_lines: default_script_log_lines(),
+            cron_poll: default_cron_poll(),
+            clock_file: None,
+            trigger_secrets: BTreeMap::new(),
         }
     }
 }
@@ -86,6 +99,9 @@ impl EngineSettings {
                     .into(),
             );
         }
+        if self.cron_poll < Duration::from_millis(100) {
+            return Err("engine.cron_poll must be at least 100ms".into());
+        }
         if self.script_log_lines > 10_000 {
             return Err("engine.script_log_lines must be at most 10000".into());
         }
@@ -110,6 +126,9 @@ impl EngineSettings {
 
 fn default_enabled() -> bool {
     true
+}
+fn default_cron_poll() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_script_instructions() -> u64 {
     engine::script::Limits::default().instructions

@@ -9,15 +9,18 @@
 //!   webhook delivery with one line per job;
 //! - [`runner::LabelledRunner`]: the Docker runner, adding the configured extra labels.
 //!
-//! [`run`] starts it under the shutdown token; until it is up (or when it is disabled, or
+//! [`run`] starts it, and the scheduler of its `cron` triggers (`engine::cron`), under the
+//! shutdown token; until it is up (or when it is disabled, or
 //! Docker is unreachable) the flow routes (`api::flows`) answer 503.
 //!
 //! # Layout
 //! - [`config`]: the `[engine]` section.
+//! - [`clock`]: the time the cron scheduler reads (the system's, or a file's in tests).
 //! - [`store`], [`results`], [`announce`], [`runner`]: the adapters above.
 //! - [`view`]: the JSON shapes of flows and runs, shared by the API and `flow.finished`.
 
 pub mod announce;
+pub mod clock;
 pub mod config;
 pub mod results;
 pub mod runner;
@@ -149,6 +152,16 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
         match started {
             Ok((engine, task)) => {
                 tracing::info!(runner = runner.kind(), "flow engine started");
+                let clock: Arc<dyn engine::cron::Clock> = match &w.settings.clock_file {
+                    Some(path) => Arc::new(clock::FileClock::new(path.clone())),
+                    None => Arc::new(engine::cron::SystemClock),
+                };
+                tokio::spawn(engine::cron::run(
+                    engine.clone(),
+                    clock,
+                    w.settings.cron_poll,
+                    shutdown.clone(),
+                ));
                 if !w.handle.set(engine) {
                     tracing::error!("a flow engine was already running; this one is not served");
                 }

@@ -68,6 +68,22 @@ pub fn verify(secret: &str, msg_id: &str, timestamp: i64, body: &[u8], header: &
     })
 }
 
+/// Whether a GitHub `X-Hub-Signature-256` header (`sha256=<hex HMAC-SHA256(secret,
+/// body)>`) signs `body`, compared in constant time. Used by webhook triggers.
+pub fn verify_hub_signature(secret: &str, body: &[u8], header: &str) -> bool {
+    let Some(sig) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(sig) else {
+        return false;
+    };
+    let Ok(mut mac) = HmacSha256::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +98,28 @@ mod tests {
         let sig = sign(secret, id, ts, body);
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         assert!(verify(secret, id, ts, body, &format!("v1,bm90IGl0 {sig}")));
+    }
+
+    #[test]
+    fn github_reference_vector() {
+        // GitHub's documented example ("Validating webhook deliveries").
+        let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(verify_hub_signature(
+            "It's a Secret to Everybody",
+            b"Hello, World!",
+            header
+        ));
+        assert!(!verify_hub_signature(
+            "It's a Secret to Everybody",
+            b"Hello, World?",
+            header
+        ));
+        assert!(!verify_hub_signature("other", b"Hello, World!", header));
+        assert!(!verify_hub_signature(
+            "It's a Secret to Everybody",
+            b"Hello, World!",
+            "sha1=00"
+        ));
     }
 
     #[test]

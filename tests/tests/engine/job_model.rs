@@ -168,11 +168,16 @@ async fn pre_and_post_scripts_labels_and_skipped_stages() -> Result<()> {
 }
 
 /// A pre script that loops forever and a post script that allocates without bound each
-/// fail their job within the budget, with a reason naming it; logarithmd stays healthy
+/// fail their job within the budget, with a reason naming it (budgets set in `[engine]`); logarithmd stays healthy
 /// and runs the next flow. A Lua syntax error is refused at registration, naming the line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Result<()> {
-    let s = Setup::start().await?;
+    // Budgets below the defaults, so the instruction budget (not the time budget) stops
+    // the loop even in a slow debug build, and the memory limit stops the allocation.
+    let s = Setup::start_with(
+        "script_instructions = 2000000\nscript_time = \"30s\"\nscript_memory = \"8Mi\"\n",
+    )
+    .await?;
     let d = &s.daemon;
     let flow = register(d, &runaway_flow(&s.tag)).await?;
     let id = start_run(d, &flow, None).await?;
@@ -189,7 +194,7 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
     assert_eq!(looped["status"], "failure", "{looped}");
     assert_eq!(
         looped["reason"],
-        "pre script exceeded its budget of 50000000 instructions"
+        "pre script exceeded its budget of 2000000 instructions"
     );
     assert_eq!(looped["container_id"], Value::Null, "no container started");
     let alloc = job(&run, "scripts", "alloc", "alloc");
@@ -198,10 +203,7 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
         Some("failure") => {
             assert_eq!(
                 alloc["reason"],
-                format!(
-                    "post script exceeded its memory limit of {} bytes",
-                    32 << 20
-                )
+                format!("post script exceeded its memory limit of {} bytes", 8 << 20)
             );
             assert_eq!(alloc["overridden"], "success: exit code 0");
         }
@@ -222,10 +224,7 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
     assert_eq!(alloc["status"], "failure", "{alloc}");
     assert_eq!(
         alloc["reason"],
-        format!(
-            "post script exceeded its memory limit of {} bytes",
-            32 << 20
-        )
+        format!("post script exceeded its memory limit of {} bytes", 8 << 20)
     );
     assert_eq!(job(&run, "scripts", "loop", "loop")["status"], "success");
 
@@ -244,5 +243,14 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
         "{msg}"
     );
     assert!(msg.contains("'end' expected"), "{msg}");
+
+    let unknown = one_job_flow(&format!("trig-{}", s.tag), "true", None, false).replace(
+        "stages:\n",
+        "triggers:\n  - type: cron\n    schedule: \"* * * * *\"\n  - type: carrier-pigeon\nstages:\n",
+    );
+    let (st, v) = post(d, "/api/v1/flows", Some(Body::Text(&unknown))).await?;
+    assert_eq!(st, 400, "{v}");
+    let msg = v["error"]["message"].as_str().context("message")?;
+    assert!(msg.starts_with("invalid flow: line 5: triggers[1].type: unknown variant `carrier-pigeon`, expected `cron` or `webhook`"), "{msg}");
     Ok(())
 }

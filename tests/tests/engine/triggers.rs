@@ -1,0 +1,242 @@
+//! Issue #14 triggers end to end: a signed GitHub push webhook starts a run with the
+//! commit in `CO_DATA` (a bad signature starts nothing), and a cron trigger fires exactly
+//! once with two logarithmd on one database, their clock moved through a file
+//! (`[engine] clock_file`).
+
+use super::*;
+
+const HOOK_SECRET: &str = "It's a Secret to Everybody";
+
+fn hub_signature(body: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+async fn deliver(
+    d: &Daemon,
+    flow: &str,
+    delivery: &str,
+    body: &Value,
+    signature: Option<&str>,
+) -> Result<(u16, Value)> {
+    let bytes = serde_json::to_vec(body)?;
+    let sig = signature.map_or_else(|| hub_signature(&bytes), str::to_owned);
+    let r = d
+        .http
+        .post(format!("{}/api/v1/flows/{flow}/trigger", d.base))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sig)
+        .body(bytes)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let text = r.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+async fn runs_of(d: &Daemon, flow: &str) -> Result<Vec<Value>> {
+    let (st, v) = d.get_json(&format!("/api/v1/runs?flow={flow}")).await?;
+    ensure!(st == 200, "listing runs answered {st}: {v}");
+    Ok(v["runs"].as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_github_push_starts_a_run_and_a_bad_signature_nothing() -> Result<()> {
+    let s = Setup::start_with(&format!(
+        "trigger_secrets = {{ github = \"{HOOK_SECRET}\" }}\n"
+    ))
+    .await?;
+    let d = &s.daemon;
+    let yaml = format!(
+        r#"uri: logarithm/e2e/hook-{tag}
+triggers:
+  - type: webhook
+    secret: github
+    events: [push]
+    branches: [main]
+    mapping:
+      CO_DATA: after
+      PUSHER: pusher.name
+stages:
+  - type: start
+    name: start
+  - type: normal
+    name: work
+    actions:
+      - name: act
+        jobs:
+          - type: component
+            name: job
+            endpoint: {IMAGE}
+            timeout: 60
+            command: ["sh", "-c", "echo \"commit=$CO_DATA pusher=$PUSHER\""]
+  - type: end
+    name: end
+"#,
+        tag = s.tag
+    );
+    let flow = register(d, &yaml).await?;
+    let sha = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+    let push = json!({
+        "ref": "refs/heads/main", "before": "0000000000000000000000000000000000000000",
+        "after": sha, "pusher": {"name": "octocat"},
+        "repository": {"full_name": "octo/hello"}, "head_commit": {"id": sha}
+    });
+
+    // A bad signature: 401, nothing starts.
+    let (st, v) = deliver(d, &flow, "bad-1", &push, Some("sha256=00ff")).await?;
+    assert_eq!(st, 401, "{v}");
+    let (st, v) = deliver(d, &flow, "bad-2", &push, Some("")).await?;
+    assert_eq!(st, 401, "{v}");
+    // A push to another branch: declined.
+    let mut dev = push.clone();
+    dev["ref"] = json!("refs/heads/dev");
+    let (st, v) = deliver(d, &flow, "dev-1", &dev, None).await?;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["started"], false);
+    assert_eq!(
+        v["reason"],
+        "branch \"dev\" is not one of the trigger's branches"
+    );
+    assert!(runs_of(d, &flow).await?.is_empty());
+
+    let (st, v) = deliver(
+        d,
+        &flow,
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        &push,
+        None,
+    )
+    .await?;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().context("run id")?.to_owned();
+    assert_eq!(
+        v["cause"],
+        json!({"kind": "webhook", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "event": "push"})
+    );
+    assert_eq!(v["co_data"], sha);
+    assert_eq!(v["env"], json!({"PUSHER": "octocat"}));
+    let run = wait_run(
+        &s,
+        &id,
+        "webhook run ends",
+        Duration::from_secs(60),
+        is_final,
+    )
+    .await?;
+    assert_eq!(run["status"], "success", "{run}");
+    let lines = log_of(d, job(&run, "work", "act", "job")).await?;
+    assert_eq!(lines, vec![format!("commit={sha} pusher=octocat")]);
+
+    // GitHub redelivers with the same delivery id: no second run.
+    let (st, v) = deliver(
+        d,
+        &flow,
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        &push,
+        None,
+    )
+    .await?;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["started"], false);
+    assert_eq!(v["run"], id.as_str());
+    let runs = runs_of(d, &flow).await?;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_tick_starts_one_run_across_two_replicas() -> Result<()> {
+    let db = Db::mysql().await?;
+    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let label = format!("engine-{tag}");
+    let clock_dir = tempfile::tempdir()?;
+    let clock = clock_dir.path().join("now");
+    std::fs::write(&clock, "2030-01-15T02:59:58Z")?;
+    let config = format!(
+        "{}cron_poll = \"200ms\"\nclock_file = \"{}\"\n",
+        daemon_config(&label),
+        clock.display()
+    );
+    let a = Daemon::start_with(db.url(), &config).await?;
+    let b = Daemon::start_with(db.url(), &config).await?;
+    let agent = Agent::start(&a.base, &label)?;
+    let yaml = format!(
+        r#"uri: logarithm/e2e/cron-{tag}
+triggers:
+  - type: cron
+    schedule: "0 4 * * *"
+    timezone: Europe/Berlin
+    co_data: nightly
+stages:
+  - type: start
+    name: start
+  - type: normal
+    name: work
+    actions:
+      - name: act
+        jobs:
+          - type: component
+            name: job
+            endpoint: {IMAGE}
+            timeout: 60
+            command: ["sh", "-c", "echo \"cron $CO_DATA\""]
+  - type: end
+    name: end
+"#
+    );
+    let flow = register(&a, &yaml).await?;
+    // Both replicas poll at least once before the tick.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(runs_of(&a, &flow).await?.is_empty());
+    // 04:00 in Berlin (winter) is 03:00 UTC.
+    std::fs::write(&clock, "2030-01-15T03:00:02Z")?;
+    let first = wait_until(Duration::from_secs(20), "a cron run", || async {
+        let runs = runs_of(&a, &flow).await?;
+        Ok((!runs.is_empty()).then_some(runs))
+    })
+    .await?;
+    // Several more polls of both replicas: still one run.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let runs = runs_of(&b, &flow).await?;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["id"], first[0]["id"]);
+    let tick = parse_ts("2030-01-15T03:00:00Z")?;
+    assert_eq!(
+        runs[0]["cause"],
+        json!({"kind": "cron", "schedule": "0 4 * * *", "tick": tick})
+    );
+    let s = Setup {
+        daemon: a,
+        agent,
+        _db: db,
+        tag,
+    };
+    let id = runs[0]["id"].as_str().context("run id")?.to_owned();
+    let run = wait_run(&s, &id, "cron run ends", Duration::from_secs(60), is_final).await?;
+    assert_eq!(
+        run["status"],
+        "success",
+        "{run}\n{}",
+        tail(&b.proc.log(), 30)
+    );
+    assert_eq!(
+        log_of(&s.daemon, job(&run, "work", "act", "job")).await?,
+        vec!["cron nightly"]
+    );
+    Ok(())
+}
