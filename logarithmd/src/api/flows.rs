@@ -6,7 +6,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -77,6 +77,7 @@ struct RegisterFlow {
 async fn register_flow(
     State(state): State<AppState>,
     _admin: Authorized<Admin>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let engine = engine_of(&state)?;
