@@ -30,6 +30,8 @@ const FORMAT_VERSION: u32 = 1;
 /// line up to `seq` is complete, `ts` is the largest line timestamp so far and `at_ts` how
 /// many of those lines carry exactly `ts`. Resuming = asking Docker for lines `since`
 /// `floor(ts)` seconds and skipping lines older than `ts` and the first `at_ts` at `ts`.
+/// A file source also records where in which file the position lies (`file`), and resumes
+/// there exactly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// Last `seq` of the last complete line (0: nothing yet).
@@ -38,6 +40,23 @@ pub struct Position {
     pub ts: i64,
     /// Lines seen with exactly `ts` (0: no line yet).
     pub at_ts: u32,
+    /// The file and byte offset right after that line, when read from a log file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FilePos>,
+}
+
+/// A byte offset in one log file, the file known by identity rather than by name (see
+/// [`crate::files::identity`]): rotation renames files, and an inode number can be reused
+/// by a new file, which the fingerprint of its first bytes tells apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePos {
+    pub dev: u64,
+    pub ino: u64,
+    /// CRC-32 of the first `fp_len` bytes of the file.
+    pub fp: u32,
+    pub fp_len: u32,
+    /// Bytes of the file consumed (a line boundary).
+    pub offset: u64,
 }
 
 impl Position {
@@ -320,6 +339,7 @@ mod tests {
             seq: 7,
             ts: 9,
             at_ts: 1,
+            file: None,
         };
         let mark = ExitMark {
             restart_count: 0,
@@ -365,6 +385,13 @@ mod tests {
                 seq: 3,
                 ts: -4,
                 at_ts: 2,
+                file: Some(FilePos {
+                    dev: 1,
+                    ino: 2,
+                    fp: 3,
+                    fp_len: 4,
+                    offset: 5,
+                }),
             }),
             Effect::Meta,
             Effect::Exit(ExitMark {

@@ -25,9 +25,31 @@ pub enum Compression {
     None,
 }
 
+/// Where container log lines are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// `docker-files` when `<docker_root>/containers` is readable, else `docker-api`.
+    #[default]
+    Auto,
+    /// Docker's logs API for every container.
+    DockerApi,
+    /// The `json-file` log files under `<docker_root>` for containers with that log
+    /// driver (the API for discovery, metadata and exits; other drivers stay on the API).
+    DockerFiles,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where log lines are read from: `auto`, `docker-api` or `docker-files`.
+    #[serde(default)]
+    pub source: Source,
+    /// Docker's data root (`docker info` shows it as `Docker Root Dir`); `auto` checks that
+    /// `<docker_root>/containers` is readable. The files themselves are read at the path
+    /// Docker reports for each container (`LogPath`).
+    #[serde(default = "default_docker_root")]
+    pub docker_root: PathBuf,
     /// Base URL of logarithmd; batches go to `{server_url}/api/v1/ingest`.
     #[serde(default = "default_server_url")]
     pub server_url: String,
@@ -142,6 +164,9 @@ fn default_agent_id() -> String {
     use rand::Rng;
     format!("antilog-{:016x}", rand::thread_rng().gen::<u64>())
 }
+fn default_docker_root() -> PathBuf {
+    PathBuf::from("/var/lib/docker")
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data/antilog")
 }
@@ -194,6 +219,8 @@ fn default_metrics_listen() -> String {
 impl Default for Config {
     fn default() -> Config {
         Config {
+            source: Source::default(),
+            docker_root: default_docker_root(),
             server_url: default_server_url(),
             token: None,
             node_name: default_node_name(),
@@ -329,6 +356,17 @@ impl Config {
         })
     }
 
+    /// The source `auto` stands for on this machine (other values are returned as they are).
+    pub fn effective_source(&self) -> Source {
+        match self.source {
+            Source::Auto if std::fs::read_dir(self.docker_root.join("containers")).is_ok() => {
+                Source::DockerFiles
+            }
+            Source::Auto => Source::DockerApi,
+            other => other,
+        }
+    }
+
     /// The spool's directory: `spool_dir`, else `<data_dir>/spool`.
     pub fn spool_path(&self) -> PathBuf {
         self.spool_dir
@@ -363,6 +401,8 @@ mod tests {
         assert_eq!(c.batch_max_age, Duration::from_millis(200));
         assert_eq!(c.max_line_bytes, 1 << 20);
         assert_eq!(c.compression, Compression::Zstd);
+        assert_eq!(c.source, Source::Auto);
+        assert_eq!(c.docker_root, PathBuf::from("/var/lib/docker"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.data_dir, PathBuf::from("./data/antilog"));
         assert_eq!(c.spool_path(), PathBuf::from("./data/antilog/spool"));
@@ -390,12 +430,20 @@ mod tests {
             batch_max_age = "1s"
             compression = "gzip"
             include_labels = ["ci=true"]
+            source = "docker-files"
             "#,
         )
         .unwrap();
         assert_eq!(c.ingest_url(), "http://logs:7300/api/v1/ingest");
         assert_eq!(c.batch_max_age, Duration::from_secs(1));
         assert_eq!(c.compression, Compression::Gzip);
+        assert_eq!(c.effective_source(), Source::DockerFiles);
+        let auto = Config {
+            docker_root: PathBuf::from("/nonexistent"),
+            ..Config::default()
+        };
+        assert_eq!(auto.effective_source(), Source::DockerApi);
+        assert!(Config::from_toml("source = \"journald\"").is_err());
         assert_eq!(c.effective_token().as_deref(), Some("t"));
         let err = Config::from_toml("servr_url = \"x\"").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);

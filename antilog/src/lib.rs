@@ -23,7 +23,10 @@
 //!   flight, retries, refused batches split) and `split` (halving a refused batch).
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
 //!   (`segment`: checksummed frames and the ack file).
-//! - [`checkpoint`]: acknowledged progress per container, persisted atomically.
+//! - [`files`]: reading log files (`tailer` across rotations, `identity` of a file,
+//!   `json_file` records) for the `docker-files` source.
+//! - [`checkpoint`]: acknowledged progress per container (and per log file), persisted
+//!   atomically.
 //! - [`retry`]: the retry policy (exponential backoff with jitter, from `backon`).
 //! - [`codec`]: the ingest body (a batch as compressed JSON), encoded for the spool and
 //!   decoded by the shipper to split a refused batch.
@@ -37,6 +40,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod docker;
 pub mod error;
+pub mod files;
 pub mod filter;
 pub mod http_client;
 pub mod metrics;
@@ -86,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         node = %config.node_name,
         agent_id = %config.agent_id,
         server = %config.server_url,
+        source = ?config.effective_source(),
         "antilog starting"
     );
 
@@ -127,6 +132,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             docker::follower::CATCH_UP_CONCURRENCY,
         )),
         metrics,
+        docker_files: config.effective_source() == config::Source::DockerFiles,
     });
     // Returns once shutdown is requested and every follower has stopped; with it go the
     // last senders of the item channel, which lets the batcher flush and finish.

@@ -69,6 +69,9 @@ impl ShipFailure {
     }
 }
 
+/// The `event` label values of `antilog_file_events_total`.
+pub const FILE_EVENTS: [&str; 3] = ["malformed", "truncated", "lost"];
+
 /// Every metric antilog exports.
 pub struct Metrics {
     registry: Registry,
@@ -93,6 +96,7 @@ pub struct Metrics {
     pub dead_letter_records: IntCounter,
     pub batches_in_flight: IntGauge,
     pub log_gaps: IntCounter,
+    pub file_events: IntCounterVec,
     /// Followers waiting for room in the pipeline now.
     waiting_senders: AtomicUsize,
     /// Newest timestamp (ns) of a record read / of an acknowledged record; the first
@@ -301,6 +305,22 @@ impl Metrics {
                  reported on its job in logs_unavailable, with the time range).",
             ))?,
         )?;
+        let file_events = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "file_events_total",
+                    "Irregularities met reading log files, by event (malformed: a line that \
+                     is not a record of the format, kept nowhere; truncated: a file shrank \
+                     and was read again from its start; lost: files rotated away before \
+                     they were read, so lines may be missing - also recorded on the job).",
+                ),
+                &["event"],
+            )?,
+        )?;
+        for k in FILE_EVENTS {
+            file_events.with_label_values(&[k]);
+        }
         Ok(Metrics {
             registry,
             build_info,
@@ -331,6 +351,7 @@ impl Metrics {
             dead_letter_records,
             batches_in_flight,
             log_gaps,
+            file_events,
             waiting_senders: AtomicUsize::new(0),
             newest_read_ts: AtomicI64::new(0),
             newest_acked_ts: AtomicI64::new(0),
@@ -403,6 +424,13 @@ impl Metrics {
             Failure::Permanent(_) => "permanent",
         };
         self.docker_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// `n` file irregularities of one of [`FILE_EVENTS`].
+    pub fn file_event(&self, event: &str, n: u64) {
+        if n > 0 {
+            self.file_events.with_label_values(&[event]).inc_by(n);
+        }
     }
 
     /// Marks a follower as waiting for room in the pipeline until the guard drops.

@@ -15,7 +15,10 @@
 //! sent again. This relies on Docker's timestamps not going backwards in its log, which
 //! holds except for rare sub-millisecond inversions between stdout and stderr.
 
+mod files;
+
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +35,7 @@ use super::frames::{Assembler, Piece};
 use super::inspect::{inspect, Inspected};
 use super::logs::{since_param, LogBody, LogClient};
 use super::{classify, Failure};
-use crate::checkpoint::{Entry, ExitMark, Position};
+use crate::checkpoint::{Entry, ExitMark, FilePos, Position};
 use crate::filter::Filter;
 use crate::metrics::{FollowGuard, Metrics};
 use crate::pipeline::{Item, ItemKind};
@@ -64,6 +67,8 @@ pub struct Shared {
     /// Bounds concurrent reads of finished runs ([`CATCH_UP_CONCURRENCY`]).
     pub catch_up: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
+    /// Read `json-file` containers from their log files (source `docker-files`).
+    pub docker_files: bool,
 }
 
 /// `logs_unavailable` of a container removed before its log could be read.
@@ -249,6 +254,12 @@ struct Follower {
     followed: Option<FollowGuard>,
     /// The meta of a container seen created and not yet started.
     seen: Option<protocol::ContainerMeta>,
+    /// The run's log file, when it is read from the file (`docker-files`).
+    log_file: Option<PathBuf>,
+    /// Reading the file failed for good (permissions): use the API.
+    file_failed: bool,
+    /// Where in the log file the message being assembled ends (file reads only).
+    file_pos: Option<FilePos>,
 }
 
 /// Follows container `id` until it is removed or `shared.shutdown` is cancelled.
@@ -279,6 +290,9 @@ pub async fn follow(
         limit_ts: None,
         followed: None,
         seen: None,
+        log_file: None,
+        file_failed: false,
+        file_pos: None,
     };
     let end = f.main().await;
     if end == End::Gone {
@@ -352,6 +366,7 @@ impl Follower {
             if !self.enter_run(&info).await {
                 return End::Cancelled;
             }
+            self.log_file = self.file_of(&info);
             let Some(run) = self.run.as_mut() else {
                 continue;
             };
@@ -629,6 +644,10 @@ impl Follower {
     /// Reads the log from the last cut until the stream ends (with `follow`, until the run
     /// ends or the stream breaks; without, until what Docker has now is read).
     async fn stream(&mut self, tty: bool, follow: bool) -> StreamEnd {
+        if let Some(path) = self.log_file.clone() {
+            return self.stream_file(path, tty, follow).await;
+        }
+        self.file_pos = None;
         // Restart from the last cut: what was read after it is read again.
         self.tentative = self.pos;
         self.next_seq = self.pos.seq + 1;
@@ -791,6 +810,7 @@ impl Follower {
             if p.last {
                 self.tentative.line_done(seq, p.ts);
                 if p.cut {
+                    self.tentative.file = self.file_pos;
                     self.pos = self.tentative;
                     cut = Some(self.pos);
                 }
@@ -880,6 +900,7 @@ mod tests {
             seq: 9,
             ts: 100,
             at_ts: 2,
+            file: None,
         };
         let mut s = Skip::from(&pos);
         // The third line at 100 and 101 are new; a copy of a delivered line (99) that

@@ -322,6 +322,12 @@ impl MuxAssembler {
                 (self.last_ts, frame)
             }
         };
+        self.push_message(stream, ts, rest, out);
+    }
+
+    /// One Docker message already split from its timestamp (a json-file record):
+    /// `rest` is its content, with its `\n` if it has one.
+    pub fn push_message(&mut self, stream: Stream, ts: i64, rest: &[u8], out: &mut Vec<Piece>) {
         self.last_ts = ts;
         // A message without '\n' is a partial only if Docker's buffer was full: the
         // `local` driver returns the last piece of a split line without '\n' (json-file
@@ -522,6 +528,23 @@ impl TtyAssembler {
         }
     }
 
+    /// One message already split from its timestamp (a json-file record of a TTY
+    /// container): `content` with its `\n` if it has one. A message without `\n` shorter
+    /// than Docker's buffer leaves its line open, as in the raw stream.
+    pub fn push_message(&mut self, ts: i64, content: &[u8], out: &mut Vec<Piece>) {
+        if !self.ts_buf.is_empty() {
+            self.malformed += 1;
+            self.ts_buf.clear();
+        }
+        self.last_ts = ts;
+        self.state = TtyState::Content { ts, len: 0 };
+        self.push_chunk(content, out);
+        if matches!(self.state, TtyState::Content { .. }) && content.last() != Some(&b'\n') {
+            // The next message brings its own timestamp.
+            self.state = TtyState::Timestamp;
+        }
+    }
+
     /// What looked like a timestamp is not one: keep its bytes as content of a message
     /// stamped with the previous timestamp, so no byte is lost.
     fn malformed_prefix(&mut self, with_space: bool, out: &mut Vec<Piece>) {
@@ -586,6 +609,14 @@ impl Assembler {
         match self {
             Assembler::Mux(a) => a.flush(out),
             Assembler::Tty(a) => a.flush(out),
+        }
+    }
+
+    /// One message already split from its timestamp (see the assemblers' `push_message`).
+    pub fn push_message(&mut self, stream: Stream, ts: i64, content: &[u8], out: &mut Vec<Piece>) {
+        match self {
+            Assembler::Mux(a) => a.push_message(stream, ts, content, out),
+            Assembler::Tty(a) => a.push_message(ts, content, out),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Inspected {
     pub finished_at: i64,
     /// Waiting to be restarted by its restart policy.
     pub restarting: bool,
+    /// Where the log driver writes (`json-file`: the file's path on the host), if anywhere.
+    pub log_path: String,
 }
 
 /// Docker's zero time (`0001-01-01T00:00:00Z`) and anything unparsable become 0.
@@ -35,6 +37,7 @@ fn time_ns(s: Option<&str>) -> i64 {
 
 pub fn from_response(r: ContainerInspectResponse) -> Inspected {
     let state = r.state.unwrap_or_default();
+    let log_path = r.log_path.unwrap_or_default();
     let config = r.config.unwrap_or_default();
     let log_driver = r
         .host_config
@@ -72,6 +75,7 @@ pub fn from_response(r: ContainerInspectResponse) -> Inspected {
         exit_code: state.exit_code.unwrap_or(0),
         finished_at: time_ns(state.finished_at.as_deref()),
         restarting,
+        log_path,
     }
 }
 

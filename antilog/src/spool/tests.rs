@@ -80,6 +80,7 @@ fn cut(seq: u64) -> Effect {
         seq,
         ts: seq as i64,
         at_ts: 1,
+        file: None,
     })
 }
 
@@ -422,6 +423,7 @@ fn out_batch(id: &Arc<str>, seqs: std::ops::RangeInclusive<u64>, line_len: usize
                 seq: last,
                 ts: last as i64,
                 at_ts: 1,
+                file: None,
             }),
         )],
     }

@@ -1,0 +1,196 @@
+//! The follower's file path (source `docker-files`): a `json-file` container's log is read
+//! from its files with a [`Tailer`] instead of Docker's logs stream. Records go through
+//! the same assembler, numbering, skipping and cuts as the API's, so what is shipped is
+//! the same, byte for byte; cuts also carry the file position, and resuming from one
+//! starts exactly there (no timestamp scan).
+//!
+//! Following ends when the run's `die` event was seen before a read that found nothing
+//! new: Docker closes the log before it announces `die`, so the file is complete then.
+//! Without events (a broken event stream), the container is inspected every
+//! [`IDLE_INSPECT`] while its file is idle.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::{Follower, Skip, StreamEnd};
+use crate::docker::frames::Assembler;
+use crate::docker::inspect::{inspect, Inspected};
+use crate::files::json_file;
+use crate::files::tailer::{Event, Layout, Start, Tailer};
+use crate::pipeline::ItemKind;
+
+/// First wait at the end of a file; doubles while nothing arrives, up to [`POLL_MAX`].
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(250);
+/// How often an idle running container is inspected, in case its `die` event was missed.
+const IDLE_INSPECT: Duration = Duration::from_secs(10);
+
+enum Step {
+    Line(Option<json_file::Message>, crate::checkpoint::FilePos),
+    Eof,
+    Gap(String),
+}
+
+impl Follower {
+    /// The file to read this run's log from, if it is read from a file.
+    pub(super) fn file_of(&self, info: &Inspected) -> Option<PathBuf> {
+        (self.shared.docker_files
+            && !self.file_failed
+            && info.meta.log_driver == "json-file"
+            && !info.log_path.is_empty())
+        .then(|| PathBuf::from(&info.log_path))
+    }
+
+    /// Whether the current run's `die` was announced.
+    fn run_died(&self) -> bool {
+        let Some(started) = self.run.as_ref().map(|r| r.started_at) else {
+            return true;
+        };
+        self.signals
+            .borrow()
+            .die
+            .is_some_and(|d| d.time_ns >= started)
+    }
+
+    /// Like the API's stream: from the last cut, to the end of what is written (`follow`:
+    /// until the run ended).
+    pub(super) async fn stream_file(
+        &mut self,
+        path: PathBuf,
+        tty: bool,
+        follow: bool,
+    ) -> StreamEnd {
+        self.tentative = self.pos;
+        self.next_seq = self.pos.seq + 1;
+        self.skipping = [false; 2];
+        self.replays = Default::default();
+        self.assembler = Some(Assembler::new(tty, self.shared.max_line_bytes));
+        self.file_pos = None;
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            self.file_failed = true;
+            return StreamEnd::Broken(format!("bad log path {}", path.display()));
+        };
+        let layout = Layout::Numbered {
+            name: name.to_string(),
+        };
+        let (mut tailer, start) = match Tailer::open(dir, layout, self.pos.file) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                warn!(path = %path.display(), error = %e, "cannot read the log file; using the Docker API for this container");
+                self.file_failed = true;
+                self.log_file = None;
+                return StreamEnd::Broken(e.to_string());
+            }
+            Err(e) => return StreamEnd::Broken(format!("opening {}: {e}", path.display())),
+        };
+        debug!(?start, from_seq = self.next_seq, follow, "reading log file");
+        self.skip = match start {
+            // Exactly after the last delivered line: nothing to skip.
+            Start::Exact => Skip {
+                active: false,
+                floor: false,
+                ts: 0,
+                remaining: 0,
+            },
+            Start::Beginning | Start::Lost => Skip::from(&self.pos),
+        };
+        // A position without a file (written by the API source) is checked by timestamp
+        // as the API source does; a lost file is reported below.
+        self.resume_check = (start == Start::Beginning && self.pos.at_ts > 0).then_some(self.pos);
+        if start == Start::Lost {
+            let reason = format!(
+                "log file rotated away before it was read: lines after seq {} may be missing",
+                self.pos.seq
+            );
+            if !self.report_loss(reason).await {
+                return StreamEnd::Cancelled;
+            }
+        }
+        let mut content = Vec::new();
+        let mut pieces = Vec::new();
+        let mut received = false;
+        let mut poll = POLL_MIN;
+        let mut idle_since = Instant::now();
+        let mut reported = (0, 0);
+        loop {
+            if self.shared.shutdown.is_cancelled() {
+                return StreamEnd::Cancelled;
+            }
+            let died = self.run_died();
+            let step = match tailer.next_event() {
+                Ok(Event::Line { line, pos }) => {
+                    Step::Line(json_file::parse(line, &mut content), pos)
+                }
+                Ok(Event::Eof) => Step::Eof,
+                Ok(Event::Gap(reason)) => Step::Gap(reason),
+                Err(e) => return StreamEnd::Broken(format!("reading {}: {e}", path.display())),
+            };
+            match step {
+                Step::Line(Some(m), pos) => {
+                    received = true;
+                    self.file_pos = Some(pos);
+                    if let Some(a) = self.assembler.as_mut() {
+                        a.push_message(m.stream, m.ts, &content, &mut pieces);
+                    }
+                    if !self.emit(&mut pieces).await {
+                        return StreamEnd::Cancelled;
+                    }
+                }
+                Step::Line(None, _) => {
+                    tailer.malformed += 1;
+                }
+                Step::Gap(reason) => {
+                    if !self.report_loss(reason).await {
+                        return StreamEnd::Cancelled;
+                    }
+                }
+                Step::Eof => {
+                    let now = (tailer.malformed, tailer.truncations);
+                    self.shared
+                        .metrics
+                        .file_event("malformed", now.0 - reported.0);
+                    self.shared
+                        .metrics
+                        .file_event("truncated", now.1 - reported.1);
+                    reported = now;
+                    if !follow || died {
+                        return StreamEnd::Ended { received };
+                    }
+                    if received {
+                        poll = POLL_MIN;
+                        idle_since = Instant::now();
+                        received = false;
+                    }
+                    tokio::select! {
+                        _ = self.shared.shutdown.cancelled() => return StreamEnd::Cancelled,
+                        r = self.signals.changed(), if self.signals_open => {
+                            if r.is_err() {
+                                self.signals_open = false;
+                            }
+                        }
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    poll = (poll * 2).min(POLL_MAX);
+                    if idle_since.elapsed() >= IDLE_INSPECT {
+                        idle_since = Instant::now();
+                        if let Ok(i) = inspect(&self.shared.docker, &self.id).await {
+                            if !i.running {
+                                return StreamEnd::Ended { received: true };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records that lines may be missing: on the job, and in the metric.
+    async fn report_loss(&mut self, reason: String) -> bool {
+        warn!(%reason, "log lines lost to rotation");
+        self.shared.metrics.file_event("lost", 1);
+        self.send(ItemKind::Unavailable(reason)).await
+    }
+}

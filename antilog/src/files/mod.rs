@@ -1,0 +1,16 @@
+//! Reading container logs from the files the container runtime writes, instead of through
+//! the Docker API: the bytes come from the file, Docker's API is only asked for
+//! discovery, metadata, exit codes and events.
+//!
+//! - [`identity`]: a file's identity (device, inode, fingerprint of its first bytes).
+//! - [`tailer`]: one log's chain of files read as one stream of lines across rotations,
+//!   with exact positions (identity + offset) for checkpoints.
+//! - [`json_file`]: Docker's `json-file` record format.
+//!
+//! The Docker follower ([`crate::docker::follower`]) reads a `json-file` container through
+//! these when the source is `docker-files` (see [`crate::config::Source`]); containers
+//! with another log driver stay on the API, container by container.
+
+pub mod identity;
+pub mod json_file;
+pub mod tailer;
