@@ -132,7 +132,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             docker::follower::CATCH_UP_CONCURRENCY,
         )),
         metrics,
-        docker_files: config.effective_source() == config::Source::DockerFiles,
+        files_root: (config.effective_source() == config::Source::DockerFiles)
+            .then(|| config.docker_root.clone()),
     });
     // Returns once shutdown is requested and every follower has stopped; with it go the
     // last senders of the item channel, which lets the batcher flush and finish.

@@ -37,6 +37,8 @@ pub struct Spec {
     /// Log driver options (`--log-opt`), e.g. a larger `max-size`.
     pub log_opts: Vec<(String, String)>,
     pub tty: bool,
+    /// `docker run --rm`: Docker removes the container as soon as it exits.
+    pub auto_remove: bool,
 }
 
 impl Spec {
@@ -48,6 +50,7 @@ impl Spec {
             log_driver: None,
             log_opts: Vec::new(),
             tty: false,
+            auto_remove: false,
         }
     }
 }
@@ -64,6 +67,7 @@ pub async fn run(docker: &Docker, spec: &Spec) -> Result<String> {
                     .then(|| spec.log_opts.iter().cloned().collect()),
             }
         }),
+        auto_remove: spec.auto_remove.then_some(true),
         ..Default::default()
     };
     let name = format!("lgtest-{:012x}", crate::rand_u64() & 0xffff_ffff_ffff);

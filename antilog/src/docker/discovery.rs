@@ -1,7 +1,8 @@
 //! Finds containers and keeps one follower per container.
 //!
 //! At start (and after the event stream reconnects) all containers are listed, running or
-//! not; Docker's events (`start`, `die`, `destroy`) then announce new runs and removals.
+//! not; Docker's events (`create`, `start`, `die`, `destroy`) then announce new containers,
+//! runs and removals.
 //! The event stream is opened with `since` just before the listing, so nothing started in
 //! between is missed, and reopened with backoff from the last event's time if it breaks.
 
@@ -200,7 +201,9 @@ impl Discovery {
         debug!(container_id = %super::short_id(&id), %action, "docker event");
         match action.as_str() {
             // From `create` on, the follower knows the container (its meta), so a `--rm`
-            // container removed before its log could be read still gets a job that says so.
+            // container removed before its log could be read still gets a job that says so;
+            // on docker-files its log file is opened as soon as it starts and read even
+            // after the removal (see `follower::files`).
             "create" | "start" | "die" => {
                 if let Some(tx) = self.followers.get(id.as_str()) {
                     if action == "die" {

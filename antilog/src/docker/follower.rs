@@ -67,8 +67,9 @@ pub struct Shared {
     /// Bounds concurrent reads of finished runs ([`CATCH_UP_CONCURRENCY`]).
     pub catch_up: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
-    /// Read `json-file` containers from their log files (source `docker-files`).
-    pub docker_files: bool,
+    /// Source `docker-files`: read `json-file` containers from their log files; Docker's
+    /// data root (`docker_root`).
+    pub files_root: Option<PathBuf>,
 }
 
 /// `logs_unavailable` of a container removed before its log could be read.
@@ -260,6 +261,11 @@ struct Follower {
     file_failed: bool,
     /// Where in the log file the message being assembled ends (file reads only).
     file_pos: Option<FilePos>,
+    /// The log file opened as soon as the container started, before it was inspected
+    /// (see `files::open_early`).
+    early: Option<(crate::files::tailer::Tailer, crate::files::tailer::Start)>,
+    /// What the container looked like before it first started.
+    created: Option<Inspected>,
 }
 
 /// Follows container `id` until it is removed or `shared.shutdown` is cancelled.
@@ -293,6 +299,8 @@ pub async fn follow(
         log_file: None,
         file_failed: false,
         file_pos: None,
+        early: None,
+        created: None,
     };
     let end = f.main().await;
     if end == End::Gone {
@@ -317,6 +325,11 @@ impl Follower {
             {
                 Ok(i) => i,
                 Err(Failure::NotFound) => {
+                    // On docker-files, a log file opened in time is read (the run is then
+                    // known); otherwise the job says the log could not be read.
+                    if !self.read_removed().await {
+                        return End::Cancelled;
+                    }
                     if self.run.is_none() {
                         if let Some(meta) = self.seen.take() {
                             if !self.removed_unread(meta).await {
@@ -361,6 +374,10 @@ impl Follower {
                 if !self.wait(None).await {
                     return End::Cancelled;
                 }
+                // Most likely started: open its log file before anything else, so a `--rm`
+                // container that is gone by the time it is inspected is still read.
+                self.open_early(&info);
+                self.created = Some(info);
                 continue;
             }
             if !self.enter_run(&info).await {

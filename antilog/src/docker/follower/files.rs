@@ -36,11 +36,69 @@ enum Step {
 impl Follower {
     /// The file to read this run's log from, if it is read from a file.
     pub(super) fn file_of(&self, info: &Inspected) -> Option<PathBuf> {
-        (self.shared.docker_files
-            && !self.file_failed
-            && info.meta.log_driver == "json-file"
-            && !info.log_path.is_empty())
-        .then(|| PathBuf::from(&info.log_path))
+        let root = self.shared.files_root.as_ref()?;
+        if self.file_failed || info.meta.log_driver != "json-file" {
+            return None;
+        }
+        Some(if info.log_path.is_empty() {
+            // Docker sets LogPath when the container starts; the path is always this.
+            root.join("containers")
+                .join(&*self.id)
+                .join(format!("{}-json.log", self.id))
+        } else {
+            PathBuf::from(&info.log_path)
+        })
+    }
+
+    /// Opens the log of a container that was just started (woken from "created"), so its
+    /// files are held open even if Docker removes the container (`--rm`) before it is
+    /// inspected again.
+    pub(super) fn open_early(&mut self, created: &Inspected) {
+        if self.early.is_some() || self.pos.seq != 0 {
+            return;
+        }
+        let Some(path) = self.file_of(created) else {
+            return;
+        };
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return;
+        };
+        let layout = Layout::Numbered {
+            name: name.to_string(),
+        };
+        match Tailer::open(dir, layout, None) {
+            Ok(t) => self.early = Some(t),
+            Err(e) => debug!(error = %e, "cannot open the log file yet"),
+        }
+    }
+
+    /// The container was removed before it was seen running (`docker run --rm` of a short
+    /// job): if its log file was opened in time, read it as the run it was, with the
+    /// metadata from before it started; the exit comes from its `die` event. False when
+    /// shutting down.
+    pub(super) async fn read_removed(&mut self) -> bool {
+        if self.run.is_some() || self.early.is_none() {
+            return true;
+        }
+        let Some(mut info) = self.created.take() else {
+            return true;
+        };
+        info.has_run = true;
+        info.running = false;
+        info.run_key = "removed before inspection".into();
+        // Its start time was never seen; the creation stands in (and lets any die event of
+        // this container count as the run's end).
+        info.meta.started_at = info.meta.created_at;
+        debug!("container removed before it was seen running; reading its log file");
+        if !self.enter_run(&info).await {
+            return false;
+        }
+        self.log_file = self.file_of(&info);
+        !matches!(
+            self.stream(info.meta.tty, false).await,
+            StreamEnd::Cancelled
+        )
     }
 
     /// Whether the current run's `die` was announced.
@@ -76,7 +134,11 @@ impl Follower {
         let layout = Layout::Numbered {
             name: name.to_string(),
         };
-        let (mut tailer, start) = match Tailer::open(dir, layout, self.pos.file) {
+        let opened = match self.early.take() {
+            Some(t) => Ok(t),
+            None => Tailer::open(dir, layout, self.pos.file),
+        };
+        let (mut tailer, start) = match opened {
             Ok(v) => v,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 warn!(path = %path.display(), error = %e, "cannot read the log file; using the Docker API for this container");
