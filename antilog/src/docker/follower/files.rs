@@ -27,6 +27,10 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 /// How often an idle running container is inspected, in case its `die` event was missed.
 const IDLE_INSPECT: Duration = Duration::from_secs(10);
 
+/// How far numbering jumps after lines were lost at a resume: more records than the spool
+/// and a checkpoint interval can hold.
+pub const SEQ_JUMP: u64 = 1 << 32;
+
 enum Step {
     Line(Option<json_file::Message>, crate::checkpoint::FilePos),
     Eof,
@@ -167,6 +171,12 @@ impl Follower {
                 "log file rotated away before it was read: lines after seq {} may be missing",
                 self.pos.seq
             );
+            // Lines after the checkpoint may have been delivered before the restart (the
+            // checkpoint is written a moment after the acknowledgement) and the spool may
+            // still resend some; those seqs carry lines that are no longer in the files.
+            // Numbering jumps past anything that can have been handed out, so a line read
+            // now never takes the seq (and the deduplication) of another.
+            self.next_seq = self.pos.seq + SEQ_JUMP + 1;
             if !self.report_loss(reason).await {
                 return StreamEnd::Cancelled;
             }
