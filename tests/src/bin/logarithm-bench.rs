@@ -15,6 +15,10 @@
 //! 4. Agent, API source, catching up: the same container has finished before the agent
 //!    starts; lines/s from the agent's start to the job being final, same CPU and memory
 //!    figures.
+//! 5. 3. and 4. again on the file source (`docker-files`: the json-file log read from its
+//!    files), and, as ceilings from the same run, the time `cat` takes to read that log
+//!    file (page cache warm) and each path's rate as a share of logarithmd's own SQLite
+//!    ingest rate (1.).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -327,6 +331,8 @@ struct AgentRun {
     peak_rss_mib: f64,
     /// From the container's exit (Docker's FinishedAt) to the job seen final.
     exit_to_final: Option<f64>,
+    /// Catching up: seconds `cat` takes to read the container's log file.
+    cat_secs: Option<f64>,
 }
 
 impl AgentRun {
@@ -375,8 +381,8 @@ fn now_ns() -> i64 {
 }
 
 /// `live`: the agent follows the container while it prints; else it starts once the
-/// container has finished (catching up).
-async fn bench_agent(live: bool) -> Result<AgentRun> {
+/// container has finished (catching up). `source`: antilog's `source` setting.
+async fn bench_agent(live: bool, source: &str) -> Result<AgentRun> {
     let db = Db::sqlite()?;
     let daemon = Daemon::start(db.url()).await?;
     let label = format!("bench-{:x}", logarithm_tests::rand_u64());
@@ -388,7 +394,14 @@ async fn bench_agent(live: bool) -> Result<AgentRun> {
         docker::wait_exit(&docker, &c).await?;
         id = Some(c);
     }
-    let agent = Agent::start(&daemon.base, &label)?;
+    let data = tempfile::tempdir()?;
+    let agent = Agent::start_with(
+        &daemon.base,
+        &label,
+        tempfile::tempdir()?,
+        data.path().join("data"),
+        &format!("source = \"{source}\"\n"),
+    )?;
     let pid = agent.proc.pid().context("agent pid")?;
     if live {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -411,18 +424,23 @@ async fn bench_agent(live: bool) -> Result<AgentRun> {
     } else {
         None
     };
+    let cat_secs = if live {
+        None
+    } else {
+        Some(cat(&docker, &id).await?)
+    };
     docker::remove(&docker, &id).await;
     if job["line_count"] != LINES {
         bail!("agent bench stored {} lines", job["line_count"]);
     }
     let what = if live {
-        "container → antilog (API, live) → SQLite"
+        format!("container → antilog ({source}, live) → SQLite")
     } else {
-        "finished container → antilog (API) → SQLite"
+        format!("finished container → antilog ({source}) → SQLite")
     };
     Ok(AgentRun {
         figure: Figure {
-            what: what.into(),
+            what,
             secs,
             lines: LINES,
         },
@@ -430,7 +448,26 @@ async fn bench_agent(live: bool) -> Result<AgentRun> {
         dockerd_cpu,
         peak_rss_mib,
         exit_to_final,
+        cat_secs,
     })
+}
+
+/// Seconds `cat` takes to read a container's log file (page cache warm: just read).
+async fn cat(docker: &bollard::Docker, id: &str) -> Result<f64> {
+    let path = docker
+        .inspect_container(id, None)
+        .await?
+        .log_path
+        .context("LogPath")?;
+    let t = Instant::now();
+    let status = std::process::Command::new("cat")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("cat {path} failed");
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 #[tokio::main]
@@ -444,21 +481,42 @@ async fn main() -> Result<()> {
     );
     std::io::stdout().flush()?;
     raw_sqlite()?.print();
-    bench_ingest(&Db::sqlite()?, "SQLite").await?.print();
+    let sqlite_ingest = bench_ingest(&Db::sqlite()?, "SQLite").await?;
+    sqlite_ingest.print();
     let server = logarithm_tests::mysql_server_url()?;
     raw_mysql(&server).await?.print();
     bench_ingest(&Db::mysql().await?, "MariaDB").await?.print();
-    let live = bench_agent(true).await?;
-    live.figure.print();
-    let caught_up = bench_agent(false).await?;
-    caught_up.figure.print();
+    let mut runs = Vec::new();
+    for source in ["docker-api", "docker-files"] {
+        for live in [true, false] {
+            let run = bench_agent(live, source).await?;
+            run.figure.print();
+            runs.push(run);
+        }
+    }
     println!(
         "\n| agent path                                   | antilog CPU-s/M lines | dockerd CPU-s/M lines | antilog VmHWM MiB | exit → final s |"
     );
     println!(
         "|----------------------------------------------|-----------|-----------|-----------|-----------|"
     );
-    live.print_costs();
-    caught_up.print_costs();
+    for run in &runs {
+        run.print_costs();
+    }
+    let ingest_rate = sqlite_ingest.lines as f64 / sqlite_ingest.secs;
+    println!();
+    for run in &runs {
+        println!(
+            "{}: {:.0} % of logarithmd's own SQLite ingest rate",
+            run.figure.what,
+            100.0 * (run.figure.lines as f64 / run.figure.secs) / ingest_rate
+        );
+    }
+    for run in runs.iter().filter_map(|r| r.cat_secs.map(|c| (r, c))) {
+        println!(
+            "cat of the log file read by \"{}\": {:.2} s",
+            run.0.figure.what, run.1
+        );
+    }
     Ok(())
 }
