@@ -321,7 +321,7 @@ const RM_BIG: usize = 5;
 /// What became of one `--rm` container's log.
 #[derive(Debug)]
 struct RmJob {
-    /// Lines stored (always the first ones printed, exactly: checked).
+    /// Lines stored (printed ones, in order, none twice: checked).
     stored: usize,
     printed: usize,
     /// The job says its logs were (partly) unavailable.
@@ -331,7 +331,7 @@ struct RmJob {
 }
 
 /// Starts 50 `--rm` containers that print 3 lines and exit at once, and 5 that print
-/// 20,000; checks that what each job stored is exactly the start of what it printed.
+/// 20,000; checks that each job stored only lines it printed, in order, none twice.
 async fn rm_containers(source: &str) -> Result<Vec<RmJob>> {
     let docker = docker::connect().await?;
     let db = Db::sqlite()?;
@@ -380,9 +380,10 @@ async fn rm_containers(source: &str) -> Result<Vec<RmJob>> {
             .map(|l| l["text"].as_str().unwrap_or_default().to_owned())
             .collect();
         let want = rm_lines(i);
+        let mut printed = want.iter();
         ensure!(
-            want.starts_with(&stored),
-            "container {i}: stored lines differ from the printed ones: {job}\nagent log:\n{}",
+            stored.iter().all(|l| printed.any(|p| p == l)),
+            "container {i}: stored lines are not printed ones in order: {job}\nagent log:\n{}",
             tail(&agent.proc.log(), 20)
         );
         ensure!(
@@ -415,8 +416,8 @@ async fn rm_containers_keep_every_line_on_the_file_source() -> Result<()> {
 }
 
 /// The same on the API source, for comparison (figures only: Docker answers 409 for a
-/// container marked for removal, and a follow stream can end early): what each job stored
-/// is still exactly the start of what was printed.
+/// container marked for removal, and a follow stream can end early): each job stored only
+/// lines it printed, in order, none twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn rm_containers_on_the_api_source_are_measured() -> Result<()> {
     let r = rm_containers("docker-api").await?;
