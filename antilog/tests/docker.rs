@@ -972,7 +972,11 @@ async fn lines_rotated_away_while_the_agent_is_down_are_reported() {
     let (rx, addr) = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cs = Containers::new("rotated");
-    let cfg = config(addr, dir.path(), &cs.include_rule());
+    // The API source's resume (tests/tests/files.rs covers the file source's).
+    let cfg = Config {
+        source: antilog::config::Source::DockerApi,
+        ..config(addr, dir.path(), &cs.include_rule())
+    };
     let first = Agent::start(cfg.clone());
     // 50 lines, a pause (the agent stops), then 3,000 lines of 40 bytes: about 120 KB,
     // while Docker keeps at most 2 files of 10 KB.

@@ -292,6 +292,7 @@ mod tests {
             seq: 3,
             ts: 1_700_000_000_000_000_042,
             at_ts: 2,
+            file: None,
         };
         assert_eq!(since_param(&pos), "1700000000.000000042");
     }

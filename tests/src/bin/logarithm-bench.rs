@@ -15,10 +15,10 @@
 //! 4. Agent, API source, catching up: the same container has finished before the agent
 //!    starts; lines/s from the agent's start to the job being final, same CPU and memory
 //!    figures.
-//! 5. 3. and 4. again on the file source (`docker-files`: the json-file log read from its
-//!    files), and, as ceilings from the same run, the time `cat` takes to read that log
-//!    file (page cache warm) and each path's rate as a share of logarithmd's own SQLite
-//!    ingest rate (1.).
+//! 5. The same two agent paths on the file source (`docker-files`: the json-file log read
+//!    from its files), and, as ceilings from the same run, the time `cat` takes to read
+//!    that log file (page cache warm) and each path's rate as a share of logarithmd's own
+//!    SQLite ingest rate (section 1).
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -91,6 +91,7 @@ fn cut(seq: u64) -> Effect {
         seq,
         ts: seq as i64,
         at_ts: 1,
+        file: None,
     })
 }
 
