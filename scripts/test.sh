@@ -29,6 +29,8 @@ fi
 scripts/test-image.sh
 
 step "starting a throwaway MariaDB"
+# The storage conformance suite fails instead of testing SQLite alone when MariaDB is missing.
+export LOGARITHM_TEST_REQUIRE_MYSQL=1
 eval "$(scripts/mariadb.sh start)"
 trap 'scripts/mariadb.sh stop "$MARIADB_DIR"' EXIT
 echo "MariaDB at $LOGARITHM_TEST_MYSQL_URL (datadir $MARIADB_DIR)"

@@ -12,6 +12,8 @@
 //! - [`ContainerMeta`], [`ContainerExit`]: lifecycle events.
 //! - [`IngestAck`], [`ErrorBody`]: what logarithmd answers.
 //! - constants: versions, paths, headers, limits.
+//! - [`now_ns`]: the wall clock as the protocol counts time (ns since the Unix epoch), the
+//!   one definition every crate uses.
 //!
 //! # Ordering and `seq`
 //! `seq` numbers a container's log records gaplessly from 1, in the order Docker recorded
@@ -21,9 +23,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+/// Now, as nanoseconds since the Unix epoch: how every timestamp in the protocol and in
+/// storage counts time. 0 if the clock is before the epoch; saturates in the year 2262.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -5,11 +5,10 @@
 //!
 //! A write names the version it read ([`DocumentPut::expected`]): it succeeds only if the
 //! stored version is still that one, so two writers never overwrite each other's changes
-//! silently. A conflict is an answer, not an error: [`crate::Storage::put_document`]
+//! silently. A conflict is an answer, not an error: [`crate::DocumentStore::put_document`]
 //! returns `Ok(None)`.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::shared::Param;
 
 /// Longest namespace.
 pub const NAMESPACE_MAX: usize = 64;
@@ -108,91 +107,4 @@ pub(crate) fn validate_get(namespace: &str, id: &str) -> Result<()> {
 
 pub(crate) fn validate_query(q: &DocumentQuery) -> Result<()> {
     check_key(&q.namespace, "-")
-}
-
-/// Columns in the order [`RawDocument`] is read.
-pub(crate) const DOC_COLUMNS: &str = "namespace, id, version, active, body, created_at, updated_at";
-
-/// Parameters: namespace, id.
-pub(crate) fn select_one_sql() -> String {
-    format!("SELECT {DOC_COLUMNS} FROM documents WHERE namespace = ? AND id = ?")
-}
-
-/// Parameters from [`insert_params`].
-pub(crate) const DOC_INSERT: &str = "INSERT INTO documents (namespace, id, version, active, \
-     body, created_at, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)";
-
-pub(crate) fn insert_params(put: &DocumentPut, now: i64) -> Vec<Param> {
-    vec![
-        put.namespace.as_str().into(),
-        put.id.as_str().into(),
-        i64::from(put.active).into(),
-        put.body.as_str().into(),
-        now.into(),
-        now.into(),
-    ]
-}
-
-/// The compare-and-set: matches only the version read. Parameters from [`update_params`].
-pub(crate) const DOC_UPDATE: &str = "UPDATE documents SET version = version + 1, active = ?, \
-     body = ?, updated_at = ? WHERE namespace = ? AND id = ? AND version = ?";
-
-pub(crate) fn update_params(put: &DocumentPut, version: u64, now: i64) -> Vec<Param> {
-    vec![
-        i64::from(put.active).into(),
-        put.body.as_str().into(),
-        now.into(),
-        put.namespace.as_str().into(),
-        put.id.as_str().into(),
-        i64::try_from(version).unwrap_or(i64::MAX).into(),
-    ]
-}
-
-/// `SELECT` for a query, with its parameters.
-pub(crate) fn list_sql(q: &DocumentQuery) -> (String, Vec<Param>) {
-    let mut sql = format!("SELECT {DOC_COLUMNS} FROM documents WHERE namespace = ?");
-    let mut params: Vec<Param> = vec![q.namespace.as_str().into()];
-    if q.active_only {
-        sql.push_str(" AND active = 1");
-    }
-    sql.push_str(" ORDER BY created_at DESC, id DESC");
-    if q.limit > 0 {
-        sql.push_str(" LIMIT ?");
-        params.push(i64::from(q.limit).into());
-    }
-    (sql, params)
-}
-
-/// A documents row as read, before its values are checked.
-#[derive(Debug)]
-pub(crate) struct RawDocument {
-    pub namespace: String,
-    pub id: String,
-    pub version: i64,
-    pub active: i64,
-    pub body: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-impl TryFrom<RawDocument> for Document {
-    type Error = Error;
-
-    fn try_from(r: RawDocument) -> Result<Document> {
-        let version = u64::try_from(r.version).map_err(|_| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!("document {}/{}: version {}", r.namespace, r.id, r.version),
-            )
-        })?;
-        Ok(Document {
-            namespace: r.namespace,
-            id: r.id,
-            version,
-            active: r.active != 0,
-            body: r.body,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
-    }
 }

@@ -1,4 +1,6 @@
-//! What storage writes and reads: jobs (one per container), their log lines and outputs.
+//! What storage writes and reads: jobs (one per container), their log lines and outputs,
+//! and the events a committed write announces ([`JobEvent`]), which the webhook outbox
+//! builds on (this module depends on no other module of the crate).
 //!
 //! The verdict rule ([`decide`]) lives here because storage applies it inside the same
 //! transaction that records a container's exit, so a job's result is never half-written.
@@ -196,6 +198,67 @@ pub enum TransitionKind {
     Finished,
 }
 
+/// What happened, as subscribers name it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum EventKind {
+    /// A job (container) started, or started again after a restart.
+    #[serde(rename = "job.started")]
+    JobStarted,
+    /// A job reached its verdict.
+    #[serde(rename = "job.finished")]
+    JobFinished,
+    /// A flow run finished (announced through [`crate::WebhookStore::enqueue_event`]).
+    #[serde(rename = "flow.finished")]
+    FlowFinished,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 3] = [
+        EventKind::JobStarted,
+        EventKind::JobFinished,
+        EventKind::FlowFinished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::JobStarted => "job.started",
+            EventKind::JobFinished => "job.finished",
+            EventKind::FlowFinished => "flow.finished",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<TransitionKind> for EventKind {
+    fn from(k: TransitionKind) -> EventKind {
+        match k {
+            TransitionKind::Started => EventKind::JobStarted,
+            TransitionKind::Finished => EventKind::JobFinished,
+        }
+    }
+}
+
+/// An event of a committed write, with the job as that write left it (for `job.started`,
+/// as it was when it started; outputs only on `job.finished`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEvent {
+    pub kind: EventKind,
+    pub job: Job,
+    /// Commit time, ns since the Unix epoch.
+    pub at: i64,
+}
+
 /// What a committed write did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -207,7 +270,7 @@ pub struct ApplyOutcome {
     pub transitions: Vec<Transition>,
     /// The same changes with the job as committed, for notifications. Webhook deliveries
     /// for them were written in the same transaction.
-    pub events: Vec<crate::webhooks::JobEvent>,
+    pub events: Vec<JobEvent>,
 }
 
 /// A stored job. Deserialize reads back the snapshots webhook deliveries keep.
@@ -323,5 +386,17 @@ mod tests {
         assert_eq!(a, job_id_for_container("abc"));
         assert!(a > 0);
         assert_ne!(a, job_id_for_container("abd"));
+    }
+
+    #[test]
+    fn event_names_round_trip() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+        assert_eq!(EventKind::parse("job.exploded"), None);
     }
 }

@@ -50,7 +50,7 @@ impl RunEvents for WebhookRunEvents {
             ]
             .into(),
             data_json,
-            at: s.finished_at.unwrap_or_else(engine::engine::now),
+            at: s.finished_at.unwrap_or_else(protocol::now_ns),
         };
         let added = self
             .storage

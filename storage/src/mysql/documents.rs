@@ -1,55 +1,32 @@
-//! The MySQL-protocol side of documents: schema version 3 and the get, compare-and-set put
-//! and list operations. Portable across TiDB 7.5+, MariaDB 10.11 and MySQL 8: the
-//! compare-and-set is an `UPDATE … WHERE version = ?` (every one of them evaluates the
+//! MySQL protocol: documents ([`DocumentStore`]): get, compare-and-set put and list.
+//! Portable across TiDB 7.5+, MariaDB 10.11 and MySQL 8: the compare-and-set is an `UPDATE … WHERE version = ?` (every one of them evaluates the
 //! latest committed row), and a new document is an `INSERT … ON DUPLICATE KEY UPDATE` that
 //! changes nothing when another writer created it first.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
+use protocol::now_ns;
 
-use crate::documents::{self as docs, Document, DocumentPut, DocumentQuery, Expected, RawDocument};
+use super::{positional, MysqlStorage};
+use crate::documents::{
+    validate_get, validate_put, validate_query, Document, DocumentPut, DocumentQuery, Expected,
+};
 use crate::error::Result;
-use crate::mysql::{positional, take};
+use crate::sql::documents as docs;
+use crate::DocumentStore;
 
-/// Schema version 3: documents (see `docs/storage.md`). The key `(namespace, id)` leads
-/// with the application's namespace and id (run ids are random), clustered on TiDB.
-pub(crate) const MIGRATION_3: &[&str] = &["CREATE TABLE IF NOT EXISTS documents (
-        namespace VARCHAR(64) NOT NULL,
-        id VARCHAR(255) NOT NULL,
-        version BIGINT NOT NULL,
-        active TINYINT NOT NULL,
-        body MEDIUMTEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL,
-        PRIMARY KEY (namespace, id) /*T![clustered_index] CLUSTERED */,
-        KEY idx_documents_active (namespace, active),
-        KEY idx_documents_created (namespace, created_at, id)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"];
-
-fn raw_document(mut r: Row) -> Result<Document> {
-    Document::try_from(RawDocument {
-        namespace: take(&mut r, 0)?,
-        id: take(&mut r, 1)?,
-        version: take(&mut r, 2)?,
-        active: take(&mut r, 3)?,
-        body: take(&mut r, 4)?,
-        created_at: take(&mut r, 5)?,
-        updated_at: take(&mut r, 6)?,
-    })
-}
-
-pub(crate) async fn get(conn: &mut Conn, namespace: &str, id: &str) -> Result<Option<Document>> {
+async fn get(conn: &mut Conn, namespace: &str, id: &str) -> Result<Option<Document>> {
     let row: Option<Row> = conn
         .exec_first(
             docs::select_one_sql(),
             positional(vec![namespace.into(), id.into()]),
         )
         .await?;
-    row.map(raw_document).transpose()
+    row.map(|mut r| docs::read_document(&mut r)).transpose()
 }
 
 /// Writes without a transaction: each statement is its own compare-and-set.
-pub(crate) async fn put(conn: &mut Conn, put: &DocumentPut, now: i64) -> Result<Option<u64>> {
+async fn put_in(conn: &mut Conn, put: &DocumentPut, now: i64) -> Result<Option<u64>> {
     // `Any` may race another writer between reading the version and writing; a few rounds
     // settle it (each round either writes or sees a newer version).
     for _ in 0..5 {
@@ -98,8 +75,40 @@ async fn current_version(conn: &mut Conn, put: &DocumentPut) -> Result<Option<u6
     Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
-pub(crate) async fn list(conn: &mut Conn, q: &DocumentQuery) -> Result<Vec<Document>> {
+async fn list(conn: &mut Conn, q: &DocumentQuery) -> Result<Vec<Document>> {
     let (sql, params) = docs::list_sql(q);
     let rows: Vec<Row> = conn.exec(sql, positional(params)).await?;
-    rows.into_iter().map(raw_document).collect()
+    rows.into_iter()
+        .map(|mut r| docs::read_document(&mut r))
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl DocumentStore for MysqlStorage {
+    async fn get_document(&self, namespace: &str, id: &str) -> Result<Option<Document>> {
+        validate_get(namespace, id)?;
+        self.bounded("get_document", async {
+            let mut conn = self.conn().await?;
+            get(&mut conn, namespace, id).await
+        })
+        .await
+    }
+
+    async fn put_document(&self, put: &DocumentPut) -> Result<Option<u64>> {
+        validate_put(put)?;
+        self.bounded("put_document", async {
+            let mut conn = self.conn().await?;
+            put_in(&mut conn, put, now_ns()).await
+        })
+        .await
+    }
+
+    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>> {
+        validate_query(query)?;
+        self.bounded("list_documents", async {
+            let mut conn = self.conn().await?;
+            list(&mut conn, query).await
+        })
+        .await
+    }
 }

@@ -1,119 +1,27 @@
-//! The MySQL-protocol side of webhooks: schema version 2 and the subscription, outbox,
-//! claim and attempt operations. Portable across TiDB 7.5+, MariaDB 10.11 and MySQL 8: no
-//! `SKIP LOCKED` (TiDB lacks it); claims are compare-and-set `UPDATE`s, which every one of
-//! them evaluates against the latest committed row.
+//! MySQL protocol: webhook subscriptions, the delivery outbox, claims, attempts and
+//! announced events ([`WebhookStore`]). Portable across TiDB 7.5+, MariaDB 10.11 and
+//! MySQL 8: no `SKIP LOCKED` (TiDB lacks it); claims are compare-and-set `UPDATE`s, which
+//! every one of them evaluates against the latest committed row.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Transaction, TxOpts};
+use protocol::now_ns;
 
+use super::{positional, MysqlStorage};
 use crate::error::Result;
-use crate::mysql::{positional, take};
-use crate::shared::Param;
+use crate::model::JobEvent;
+use crate::sql::outbox::{event_deliveries, job_deliveries};
+use crate::sql::webhooks::{self as wh, read_subscription, Upsert};
+use crate::sql::Param;
+use crate::webhook_events::{validate as validate_event, EventWrite};
 use crate::webhooks::{
-    self as wh, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery,
-    DeliveryHistory, DeliveryId, JobEvent, RawAttempt, RawDelivery, RawSubscription, Subscription,
-    SubscriptionId, SubscriptionSpec, Upsert,
+    validate_claim, validate_spec, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery,
+    Delivery, DeliveryHistory, DeliveryId, Subscription, SubscriptionId, SubscriptionSpec,
 };
-
-/// Schema version 2: subscriptions, the delivery outbox and its attempts (see
-/// `docs/storage.md`). Keys lead with random 64-bit ids; the due-index
-/// `(status, next_attempt_at)` is small (pending rows only matter) and read by polls.
-pub(crate) const MIGRATION_2: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS webhook_subscriptions (
-        id BIGINT NOT NULL,
-        name VARCHAR(255) NULL,
-        source VARCHAR(16) NOT NULL,
-        url VARCHAR(2048) NOT NULL,
-        secret VARCHAR(1024) NOT NULL,
-        events VARCHAR(255) NOT NULL,
-        filters_json TEXT NOT NULL,
-        enabled TINYINT NOT NULL,
-        disabled_reason VARCHAR(1024) NULL,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL,
-        PRIMARY KEY (id) /*T![clustered_index] CLUSTERED */
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS webhook_deliveries (
-        id BIGINT NOT NULL,
-        subscription_id BIGINT NOT NULL,
-        event VARCHAR(32) NOT NULL,
-        job_id BIGINT NOT NULL,
-        job_json MEDIUMTEXT NOT NULL,
-        status VARCHAR(16) NOT NULL,
-        attempts INT NOT NULL DEFAULT 0,
-        created_at BIGINT NOT NULL,
-        window_start BIGINT NOT NULL,
-        next_attempt_at BIGINT NOT NULL,
-        lease_owner VARCHAR(64) NULL,
-        lease_until BIGINT NOT NULL DEFAULT 0,
-        last_status_code INT NULL,
-        last_error VARCHAR(1024) NULL,
-        completed_at BIGINT NULL,
-        PRIMARY KEY (id) /*T![clustered_index] CLUSTERED */,
-        KEY idx_webhook_deliveries_due (status, next_attempt_at),
-        KEY idx_webhook_deliveries_subscription (subscription_id, created_at)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS webhook_attempts (
-        delivery_id BIGINT NOT NULL,
-        attempt INT NOT NULL,
-        subscription_id BIGINT NOT NULL,
-        owner VARCHAR(64) NOT NULL,
-        started_at BIGINT NOT NULL,
-        latency_ms BIGINT NOT NULL,
-        status_code INT NULL,
-        error VARCHAR(1024) NULL,
-        PRIMARY KEY (delivery_id, attempt) /*T![clustered_index] CLUSTERED */,
-        KEY idx_webhook_attempts_subscription (subscription_id)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-];
-
-fn raw_subscription(mut r: Row) -> Result<Subscription> {
-    Subscription::try_from(RawSubscription {
-        id: take(&mut r, 0)?,
-        name: take(&mut r, 1)?,
-        source: take(&mut r, 2)?,
-        url: take(&mut r, 3)?,
-        secret: take(&mut r, 4)?,
-        events: take(&mut r, 5)?,
-        filters_json: take(&mut r, 6)?,
-        enabled: take(&mut r, 7)?,
-        disabled_reason: take(&mut r, 8)?,
-        created_at: take(&mut r, 9)?,
-        updated_at: take(&mut r, 10)?,
-    })
-}
-
-fn raw_delivery(r: &mut Row) -> Result<Delivery> {
-    Delivery::try_from(RawDelivery {
-        id: take(r, 0)?,
-        subscription_id: take(r, 1)?,
-        event: take(r, 2)?,
-        job_json: take(r, 3)?,
-        status: take(r, 4)?,
-        attempts: take(r, 5)?,
-        created_at: take(r, 6)?,
-        window_start: take(r, 7)?,
-        next_attempt_at: take(r, 8)?,
-        last_status_code: take(r, 9)?,
-        last_error: take(r, 10)?,
-        completed_at: take(r, 11)?,
-    })
-}
-
-fn raw_attempt(mut r: Row) -> Result<RawAttempt> {
-    Ok(RawAttempt {
-        delivery_id: take(&mut r, 0)?,
-        attempt: take(&mut r, 1)?,
-        owner: take(&mut r, 2)?,
-        started_at: take(&mut r, 3)?,
-        latency_ms: take(&mut r, 4)?,
-        status_code: take(&mut r, 5)?,
-        error: take(&mut r, 6)?,
-    })
-}
+use crate::WebhookStore;
 
 /// Inside `apply`'s transaction: one delivery per event and matching enabled subscription.
-pub(crate) async fn insert_deliveries(tx: &mut Transaction<'_>, events: &[JobEvent]) -> Result<()> {
+pub(super) async fn insert_deliveries(tx: &mut Transaction<'_>, events: &[JobEvent]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
@@ -121,35 +29,23 @@ pub(crate) async fn insert_deliveries(tx: &mut Transaction<'_>, events: &[JobEve
     if subs.is_empty() {
         return Ok(());
     }
-    for row in wh::deliveries_for(events, &subs) {
+    for row in job_deliveries(events, &subs) {
         tx.exec_drop(wh::DELIVERY_INSERT, positional(row)).await?;
     }
     Ok(())
 }
 
 /// All subscriptions (oldest first), the one with `id`, or only the enabled ones.
-pub(crate) async fn list_subscriptions<Q: Queryable>(
+async fn list_subscriptions<Q: Queryable>(
     q: &mut Q,
     id: Option<SubscriptionId>,
     enabled_only: bool,
 ) -> Result<Vec<Subscription>> {
-    let mut conds = Vec::new();
-    let mut params: Vec<Param> = Vec::new();
-    if let Some(id) = id {
-        conds.push("id = ?");
-        params.push(id.into());
-    }
-    if enabled_only {
-        conds.push("enabled = 1");
-    }
-    let mut sql = format!("SELECT {} FROM webhook_subscriptions", wh::SUB_COLUMNS);
-    if !conds.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conds.join(" AND "));
-    }
-    sql.push_str(" ORDER BY created_at, id");
+    let (sql, params) = wh::list_subscriptions_sql(id, enabled_only);
     let rows: Vec<Row> = q.exec(sql, positional(params)).await?;
-    rows.into_iter().map(raw_subscription).collect()
+    rows.into_iter()
+        .map(|mut r| read_subscription(&mut r))
+        .collect()
 }
 
 /// Commits `result`'s transaction, or rolls it back and returns the error.
@@ -167,7 +63,7 @@ async fn finish<T>(tx: Transaction<'_>, result: Result<T>) -> Result<T> {
     }
 }
 
-pub(crate) async fn upsert_subscription(
+async fn upsert_subscription(
     conn: &mut Conn,
     spec: &SubscriptionSpec,
     now: i64,
@@ -188,7 +84,9 @@ async fn upsert_in(
         wh::SUB_COLUMNS
     );
     let existing: Option<Row> = tx.exec_first(sql, (spec.id,)).await?;
-    let existing = existing.map(raw_subscription).transpose()?;
+    let existing = existing
+        .map(|mut r| read_subscription(&mut r))
+        .transpose()?;
     match wh::upsert_rule(existing, spec, now) {
         Upsert::Insert(s) => {
             // A concurrent insert of the same id between our SELECT and INSERT leaves the
@@ -207,7 +105,7 @@ async fn upsert_in(
     }
 }
 
-pub(crate) async fn delete_subscription(conn: &mut Conn, id: SubscriptionId) -> Result<bool> {
+async fn delete_subscription(conn: &mut Conn, id: SubscriptionId) -> Result<bool> {
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
     let result = async {
         tx.exec_drop(
@@ -230,20 +128,17 @@ pub(crate) async fn delete_subscription(conn: &mut Conn, id: SubscriptionId) -> 
 
 /// Reads due candidates without locking, then claims each with an autocommit
 /// compare-and-set; a candidate another process claimed first matches no row.
-pub(crate) async fn claim(conn: &mut Conn, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+async fn claim(conn: &mut Conn, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
     let rows: Vec<Row> = conn
         .exec(
             wh::CLAIM_CANDIDATES,
             (req.now, req.now, i64::from(req.limit)),
         )
         .await?;
-    let mut candidates = Vec::with_capacity(rows.len());
-    for mut r in rows {
-        let d = raw_delivery(&mut r)?;
-        let url: String = take(&mut r, 12)?;
-        let secret: String = take(&mut r, 13)?;
-        candidates.push((d, url, secret));
-    }
+    let candidates = rows
+        .into_iter()
+        .map(|mut r| wh::read_candidate(&mut r))
+        .collect::<Result<Vec<_>>>()?;
     let mut claimed = Vec::new();
     for (mut delivery, url, secret) in candidates {
         conn.exec_drop(
@@ -265,11 +160,7 @@ pub(crate) async fn claim(conn: &mut Conn, req: &ClaimRequest) -> Result<Vec<Cla
     Ok(claimed)
 }
 
-pub(crate) async fn complete_attempt(
-    conn: &mut Conn,
-    rec: &AttemptRecord,
-    now: i64,
-) -> Result<bool> {
+async fn complete_attempt(conn: &mut Conn, rec: &AttemptRecord, now: i64) -> Result<bool> {
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
     let result = async {
         // The UPDATE first: it takes the row's exclusive lock before INSERT … SELECT reads it.
@@ -300,7 +191,7 @@ pub(crate) async fn complete_attempt(
     finish(tx, result).await
 }
 
-pub(crate) async fn list_deliveries(
+async fn list_deliveries(
     conn: &mut Conn,
     subscription: SubscriptionId,
     limit: u32,
@@ -308,10 +199,10 @@ pub(crate) async fn list_deliveries(
     let rows: Vec<Row> = conn
         .exec(wh::list_deliveries_sql(), (subscription, i64::from(limit)))
         .await?;
-    let mut deliveries = Vec::with_capacity(rows.len());
-    for mut r in rows {
-        deliveries.push(raw_delivery(&mut r)?);
-    }
+    let deliveries = rows
+        .into_iter()
+        .map(|mut r| wh::read_delivery(&mut r))
+        .collect::<Result<Vec<_>>>()?;
     if deliveries.is_empty() {
         return Ok(Vec::new());
     }
@@ -321,12 +212,12 @@ pub(crate) async fn list_deliveries(
         .await?;
     let attempts = rows
         .into_iter()
-        .map(raw_attempt)
+        .map(|mut r| wh::read_attempt(&mut r))
         .collect::<Result<Vec<_>>>()?;
     wh::histories(deliveries, attempts)
 }
 
-pub(crate) async fn redeliver(
+async fn redeliver(
     conn: &mut Conn,
     subscription: SubscriptionId,
     delivery: DeliveryId,
@@ -341,5 +232,116 @@ pub(crate) async fn redeliver(
         wh::DELIVERY_COLUMNS
     );
     let row: Option<Row> = conn.exec_first(sql, (delivery, subscription)).await?;
-    row.map(|mut r| raw_delivery(&mut r)).transpose()
+    row.map(|mut r| wh::read_delivery(&mut r)).transpose()
+}
+
+/// Writes the deliveries of an announced event in one transaction; returns how many were
+/// new.
+async fn enqueue(conn: &mut Conn, ev: &EventWrite) -> Result<u64> {
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let subs = list_subscriptions(&mut tx, None, true).await?;
+    let mut added = 0;
+    let sql = format!("{} ON DUPLICATE KEY UPDATE id = id", wh::DELIVERY_INSERT);
+    for row in event_deliveries(ev, &subs) {
+        tx.exec_drop(sql.as_str(), positional(row)).await?;
+        added += tx.affected_rows();
+    }
+    tx.commit().await?;
+    Ok(added)
+}
+
+#[async_trait::async_trait]
+impl WebhookStore for MysqlStorage {
+    async fn upsert_subscription(&self, spec: &SubscriptionSpec) -> Result<Subscription> {
+        validate_spec(spec)?;
+        self.bounded("upsert_subscription", async {
+            let mut conn = self.conn().await?;
+            upsert_subscription(&mut conn, spec, now_ns()).await
+        })
+        .await
+    }
+
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        self.bounded("list_subscriptions", async {
+            let mut conn = self.conn().await?;
+            list_subscriptions(&mut conn, None, false).await
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, id: SubscriptionId) -> Result<Option<Subscription>> {
+        self.bounded("get_subscription", async {
+            let mut conn = self.conn().await?;
+            Ok(list_subscriptions(&mut conn, Some(id), false).await?.pop())
+        })
+        .await
+    }
+
+    async fn delete_subscription(&self, id: SubscriptionId) -> Result<bool> {
+        self.bounded("delete_subscription", async {
+            let mut conn = self.conn().await?;
+            delete_subscription(&mut conn, id).await
+        })
+        .await
+    }
+
+    async fn claim_deliveries(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+        validate_claim(req)?;
+        self.bounded("claim_deliveries", async {
+            let mut conn = self.conn().await?;
+            claim(&mut conn, req).await
+        })
+        .await
+    }
+
+    async fn complete_attempt(&self, rec: &AttemptRecord) -> Result<bool> {
+        self.bounded("complete_attempt", async {
+            let mut conn = self.conn().await?;
+            complete_attempt(&mut conn, rec, now_ns()).await
+        })
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+    ) -> Result<Vec<DeliveryHistory>> {
+        self.bounded("list_deliveries", async {
+            let mut conn = self.conn().await?;
+            list_deliveries(&mut conn, subscription, limit).await
+        })
+        .await
+    }
+
+    async fn redeliver(
+        &self,
+        subscription: SubscriptionId,
+        delivery: DeliveryId,
+        now: i64,
+    ) -> Result<Option<Delivery>> {
+        self.bounded("redeliver", async {
+            let mut conn = self.conn().await?;
+            redeliver(&mut conn, subscription, delivery, now).await
+        })
+        .await
+    }
+
+    async fn count_pending_deliveries(&self) -> Result<u64> {
+        self.bounded("count_pending_deliveries", async {
+            let mut conn = self.conn().await?;
+            let n: Option<u64> = conn.query_first(wh::DELIVERY_COUNT_PENDING).await?;
+            Ok(n.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn enqueue_event(&self, event: &EventWrite) -> Result<u64> {
+        validate_event(event)?;
+        self.bounded("enqueue_event", async {
+            let mut conn = self.conn().await?;
+            enqueue(&mut conn, event).await
+        })
+        .await
+    }
 }
