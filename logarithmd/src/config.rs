@@ -66,6 +66,10 @@ pub struct Config {
     /// that crosses it ends the page, with `more: true`).
     #[serde(default = "default_max_page_bytes")]
     pub max_page_bytes: usize,
+    /// Live follows (`follow=true`, SSE streams) one token may have open at once; beyond,
+    /// 429 with `Retry-After`. Callers without a token share one count.
+    #[serde(default = "default_max_follows_per_token")]
+    pub max_follows_per_token: usize,
     /// Longest time range a Loki query (`/loki/api/v1/…`) may cover when it names no flow,
     /// run, job or job_id with `=`; broader queries are answered 400.
     #[serde(default = "default_loki_max_range", with = "humantime_serde")]
@@ -118,6 +122,7 @@ impl Default for Config {
             shutdown_timeout: default_shutdown_timeout(),
             max_scan_lines: default_max_scan_lines(),
             max_page_bytes: default_max_page_bytes(),
+            max_follows_per_token: default_max_follows_per_token(),
             loki_max_range: default_loki_max_range(),
             loki_max_jobs: default_loki_max_jobs(),
             admin_token: None,
@@ -230,6 +235,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_follows_per_token() -> usize {
+    256
 }
 fn default_max_page_bytes() -> usize {
     4 << 20

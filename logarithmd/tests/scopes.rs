@@ -566,3 +566,50 @@ async fn anonymous_read_is_explicit_and_never_admin() {
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test]
+async fn follows_are_capped_per_token_with_429() {
+    let store = storage::open(&storage::StorageConfig::new("sqlite::memory:"))
+        .await
+        .unwrap();
+    let config = Config {
+        tokens: tokens(),
+        max_follows_per_token: 1,
+        ..Config::default()
+    };
+    let app = router(AppState::new(store, config));
+    let container = "f0110123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/v1/ingest",
+        Some(INGEST),
+        batch(container, &json!({}), 1),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let job_id = storage::job_id_for_container(container);
+    let open = |token: &'static str| {
+        let app = app.clone();
+        async move {
+            app.oneshot(
+                Request::get(format!("/api/v1/jobs/{job_id}/logs/stream"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // The job runs: the first stream stays open while it is held.
+    let first = open(READ).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = open(READ).await;
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.headers()["retry-after"], "5");
+    // Another token has its own count; closing the first frees the slot.
+    assert_eq!(open(ADMIN).await.status(), StatusCode::OK);
+    drop(first);
+    assert_eq!(open(READ).await.status(), StatusCode::OK);
+}

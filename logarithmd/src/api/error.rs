@@ -54,6 +54,16 @@ impl ApiError {
         }
     }
 
+    /// 429 with `Retry-After`: the caller holds too much at once.
+    pub fn too_many(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_requests",
+            message: message.into(),
+            retry_after: Some(retry_after_secs),
+        }
+    }
+
     /// 500: the details are logged here, the client sees a generic message.
     pub fn internal(context: &str, err: &dyn std::error::Error) -> ApiError {
         tracing::error!(error = %err, "{context}");

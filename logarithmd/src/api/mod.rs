@@ -50,6 +50,8 @@ pub struct AppState {
     pub live: Live,
     /// Tokens and scopes: every route's access check (see [`crate::auth`]).
     pub auth: Arc<Authenticator>,
+    /// Open follows per token (see [`crate::auth::follows`]).
+    pub follows: Arc<crate::auth::follows::FollowLimiter>,
     /// Secret masks applied to every batch before it is stored (see [`crate::masking`]).
     pub masker: Arc<crate::masking::Masker>,
 }
@@ -67,6 +69,7 @@ impl AppState {
         let auth = config
             .authenticator()
             .expect("tokens are checked by Config::validate before the state is built");
+        let follows = crate::auth::follows::FollowLimiter::new(config.max_follows_per_token);
         let masker = crate::masking::Masker::from_config(&config.masking)
             .expect("masks are checked by Config::validate before the state is built");
         let gate = IngestGate::new(
@@ -91,6 +94,7 @@ impl AppState {
             flows: crate::flows::EngineHandle::default(),
             auth: Arc::new(auth),
             masker: Arc::new(masker),
+            follows,
         }
     }
 

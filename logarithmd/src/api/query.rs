@@ -451,16 +451,16 @@ pub async fn job_logs(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/plain"));
     if wants_text && params.follow {
+        let slot = state.follows.acquire(&auth.caller)?;
         let follower = state
             .live
             .follow_job(job.id, params.after, params.stream)
             .await
             .map_err(super::stream::follow_error)?
             .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-        return Ok(super::stream::follow_text(
-            follower,
-            params.filter,
-            params.limit,
+        return Ok(crate::auth::follows::hold(
+            super::stream::follow_text(follower, params.filter, params.limit),
+            slot,
         ));
     }
     if wants_text {

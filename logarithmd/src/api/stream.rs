@@ -173,6 +173,7 @@ async fn job_stream(
     let job_id = load_job(state.storage.as_ref(), &auth.caller, &id)
         .await?
         .id;
+    let slot = state.follows.acquire(&auth.caller)?;
     let follower = state
         .live
         .follow_job(job_id, after, stream_filter)
@@ -200,7 +201,7 @@ async fn job_stream(
             }
         }
     });
-    Ok(sse(&state, events))
+    Ok(crate::auth::follows::hold(sse(&state, events), slot))
 }
 
 /// `GET /api/v1/runs/{id}/stream`
@@ -217,6 +218,7 @@ async fn run_stream(
         .map_err(follow_error)?
         .filter(|f| auth.caller.may_read_flow(f.flow()))
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let slot = state.follows.acquire(&auth.caller)?;
     let caller = auth.caller;
     let events = stream::unfold(Some((follower, caller)), |f| async move {
         let (mut f, caller) = f?;
@@ -236,7 +238,7 @@ async fn run_stream(
             }
         }
     });
-    Ok(sse(&state, events))
+    Ok(crate::auth::follows::hold(sse(&state, events), slot))
 }
 
 /// Where a `follow=true` download stands.

@@ -17,7 +17,9 @@
 //!
 //! # Layout
 //! - [`token`]: the `[[tokens]]` configuration, hashing, `hash-token`.
+//! - [`follows`]: concurrent follows per token (429 beyond the cap).
 
+pub mod follows;
 pub mod token;
 
 use std::marker::PhantomData;
