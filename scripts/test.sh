@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine of this kind: installs what the tests need
-# from Debian's packages (MariaDB, static busybox, Prometheus), checks the Docker engine, builds the
+# from Debian's packages (MariaDB, static busybox, Prometheus, Chromium), checks the Docker engine, builds the
 # offline test image, starts a throwaway MariaDB, then runs formatting and lint checks and
 # every test in the workspace against real Docker, MariaDB and SQLite.
 set -euo pipefail
@@ -13,6 +13,8 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(ma
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 # Prometheus and promtool: the observability tests scrape the daemons with a real one.
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+# Chromium and its WebDriver: the web UI tests (tests/tests/ui.rs) drive a real browser.
+{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive

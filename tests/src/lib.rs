@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`bin_path`]: finds the built binaries (scripts/test.sh builds them first).
 //! - [`Daemon`], [`Agent`]: child processes, killed on drop.
+//! - [`browser`]: a headless Chromium over WebDriver, with screenshots as artefacts.
 //! - [`Db`]: a fresh database per test, on the MariaDB named by `LOGARITHM_TEST_MYSQL_URL`,
 //!   or a SQLite file.
 //! - [`docker`]: running test containers from the offline image and reading Docker's own
@@ -13,6 +14,7 @@
 //! - [`mariadb`]: a MariaDB server of one test's own, to kill and start again.
 //! - [`wait_until`]: polling with a deadline.
 
+pub mod browser;
 pub mod docker;
 pub mod mariadb;
 pub mod pki;
@@ -222,7 +224,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log_path: PathBuf) -> Result<Proc> {
+    pub(crate) fn spawn(mut cmd: Command, log_path: PathBuf) -> Result<Proc> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

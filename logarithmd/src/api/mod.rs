@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod query;
 pub mod stream;
 pub mod trigger;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .merge(flows::routes())
         .merge(stream::routes())
         .merge(loki::routes())
+        .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(

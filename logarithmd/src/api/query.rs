@@ -273,6 +273,8 @@ struct LogParams {
     filter: Option<Regex>,
     /// Live tail: keep the download open and send new lines until the job finishes.
     follow: bool,
+    /// `format=text`: the raw log, as with `Accept: text/plain` (for plain links).
+    text: bool,
 }
 
 fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
@@ -284,6 +286,7 @@ fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
         stream: None,
         filter: None,
         follow: false,
+        text: false,
     };
     let build = |pattern: &str| {
         RegexBuilder::new(pattern)
@@ -325,6 +328,18 @@ fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
                         return Err(ApiError::bad_request(
                             "invalid_query",
                             "follow must be true or false",
+                        ))
+                    }
+                }
+            }
+            "format" => {
+                p.text = match v.as_str() {
+                    "text" => true,
+                    "json" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "invalid_query",
+                            "format must be text or json",
                         ))
                     }
                 }
@@ -449,7 +464,8 @@ pub async fn job_logs(
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/plain"));
+        .is_some_and(|v| v.contains("text/plain"))
+        || params.text;
     if wants_text && params.follow {
         let slot = state.follows.acquire(&auth.caller)?;
         let follower = state

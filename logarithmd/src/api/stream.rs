@@ -75,7 +75,7 @@ impl LineEvent {
 
 pub(super) fn follow_error(e: FollowError) -> ApiError {
     match e {
-        FollowError::Full(full) => ApiError::overloaded(&full.to_string(), 5),
+        FollowError::Full(full) => ApiError::overloaded(full.to_string(), 5),
         FollowError::Storage(e) => ApiError::storage("starting a live follow failed", &e),
         FollowError::Engine(e) => ApiError::internal("starting a live follow failed", &e),
     }
@@ -189,7 +189,7 @@ async fn job_stream(
             }
             Ok(Some(FollowEvent::End(job))) => {
                 let id = job.last_seq;
-                Some((json_event("end", id, &JobView::from_job(job)), None))
+                Some((json_event("end", id, &JobView::from_job(*job)), None))
             }
             Ok(None) => None,
             Err(e) => {

@@ -57,6 +57,9 @@ struct Entry<M> {
     followers: usize,
 }
 
+/// A new membership, and the channel's weak handle when this join created it.
+pub type Joined<K, M> = (Membership<K, M>, Option<Weak<Channel<M>>>);
+
 /// A follower's membership: its receiver, and on drop it leaves (the last one out removes
 /// the channel, which also stops its watcher).
 pub struct Membership<K: Eq + Hash + Clone, M> {
@@ -98,10 +101,7 @@ impl<K: Eq + Hash + Clone, M> Channels<K, M> {
 
     /// Joins `key`'s channel, creating it if needed. The bool says whether it was created
     /// (the caller then starts its watcher with the weak handle).
-    pub fn join(
-        self: &Arc<Self>,
-        key: &K,
-    ) -> Result<(Membership<K, M>, Option<Weak<Channel<M>>>), Full> {
+    pub fn join(self: &Arc<Self>, key: &K) -> Result<Joined<K, M>, Full> {
         let mut inner = self.lock();
         if inner.followers >= self.max_followers {
             return Err(Full(self.max_followers));

@@ -36,7 +36,7 @@ pub enum FollowEvent {
     /// The next line (in seq order, each once).
     Line(LogicalLine),
     /// The job finished, as committed; every line of it was yielded before this.
-    End(Job),
+    End(Box<Job>),
 }
 
 /// Follows one job. Dropping it leaves the job's channel.
@@ -55,7 +55,7 @@ pub struct JobFollower {
     /// Storage may hold records after `cursor` that were not pushed: read them first.
     must_read: bool,
     /// The job's end, once seen; yielded after one last read.
-    finished: Option<Job>,
+    finished: Option<Box<Job>>,
     done: bool,
 }
 
@@ -85,7 +85,7 @@ impl JobFollower {
 
     /// Marks the job as already finished (the caller saw it final after joining).
     pub(super) fn finished_already(&mut self, job: Job) {
-        self.finished = Some(job);
+        self.finished = Some(Box::new(job));
     }
 
     /// The job followed.

@@ -18,7 +18,7 @@ pub enum JobNews {
     /// Storage holds records up to `last_seq` (committed elsewhere): read what you lack.
     Stored { last_seq: u64 },
     /// The job reached a final status, as committed; its lines are all stored.
-    Finished(Job),
+    Finished(Box<Job>),
 }
 
 /// Records the watcher reads per round trip, and round trips per tick at most.
@@ -83,7 +83,7 @@ impl JobHub {
         for ev in events {
             if ev.kind == EventKind::JobFinished {
                 if let Some(ch) = self.channels.get(&ev.job.id) {
-                    ch.send(Arc::new(JobNews::Finished(ev.job.clone())));
+                    ch.send(Arc::new(JobNews::Finished(Box::new(ev.job.clone()))));
                 }
             }
         }
@@ -164,7 +164,7 @@ async fn watch(
         }
         if job.status.is_final() && !finished {
             finished = true;
-            ch.send(Arc::new(JobNews::Finished(job)));
+            ch.send(Arc::new(JobNews::Finished(Box::new(job))));
         } else if !job.status.is_final() {
             // A restarted container runs again; its next end is news again.
             finished = false;
