@@ -208,6 +208,9 @@ async fn every_route_answers_each_scope_as_documented() {
     let nf = S::NOT_FOUND;
     let routes: Vec<Route> = vec![
         ("GET", "/healthz".into(), vec![], None, ok, ok),
+        // The web UI's static files: no data, so no scope (the page calls the API).
+        ("GET", "/".into(), vec![], None, ok, ok),
+        ("GET", "/ui/main.js".into(), vec![], None, ok, ok),
         ("GET", "/readyz".into(), vec![], None, ok, ok),
         ("GET", "/metrics".into(), vec![], None, ok, ok),
         (

@@ -48,7 +48,8 @@ export async function call(path, { method = "GET", body, admin = false } = {}) {
   for (let attempt = 0; ; attempt++) {
     const h = headers(kind, body === undefined ? {} : { "Content-Type": "application/json" });
     const r = await fetch(path, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
-    if ((r.status === 401 || r.status === 403) && attempt === 0) {
+    // Refused: ask for a token (again, if the one kept was wrong), a few times at most.
+    if ((r.status === 401 || r.status === 403) && attempt < 3) {
       sessionStorage.removeItem(KEYS[kind]);
       if (askToken(kind)) continue;
     }

@@ -298,6 +298,8 @@ pub struct Daemon {
     /// What [`Daemon::start_again`] starts it with.
     storage_url: String,
     port: u16,
+    /// Whether it reads without a token (`--anonymous-read`, the default for tests).
+    anonymous_read: bool,
     dir: tempfile::TempDir,
 }
 
@@ -316,7 +318,15 @@ impl Daemon {
     /// Like [`Daemon::start_with`], on `127.0.0.1:port`.
     pub async fn start_on(storage_url: &str, port: u16, extra_toml: &str) -> Result<Daemon> {
         let base = format!("http://127.0.0.1:{port}");
-        Self::launch(storage_url, port, extra_toml, base, reqwest::Client::new()).await
+        Self::launch(
+            storage_url,
+            port,
+            extra_toml,
+            base,
+            reqwest::Client::new(),
+            true,
+        )
+        .await
     }
 
     /// Like [`Daemon::start_with`] for a configuration with `[tls]`: the API is
@@ -328,7 +338,22 @@ impl Daemon {
     ) -> Result<Daemon> {
         let port = free_port()?;
         let base = format!("https://127.0.0.1:{port}");
-        Self::launch(storage_url, port, extra_toml, base, http).await
+        Self::launch(storage_url, port, extra_toml, base, http, true).await
+    }
+
+    /// Like [`Daemon::start_with`], but reading needs a token (no `--anonymous-read`).
+    pub async fn start_private(storage_url: &str, extra_toml: &str) -> Result<Daemon> {
+        let port = free_port()?;
+        let base = format!("http://127.0.0.1:{port}");
+        Self::launch(
+            storage_url,
+            port,
+            extra_toml,
+            base,
+            reqwest::Client::new(),
+            false,
+        )
+        .await
     }
 
     async fn launch(
@@ -337,12 +362,13 @@ impl Daemon {
         extra_toml: &str,
         base: String,
         http: reqwest::Client,
+        anonymous_read: bool,
     ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         if !extra_toml.is_empty() {
             std::fs::write(dir.path().join("logarithmd.toml"), extra_toml)?;
         }
-        let cmd = daemon_command(dir.path(), port, storage_url)?;
+        let cmd = daemon_command(dir.path(), port, storage_url, anonymous_read)?;
         let proc = Proc::spawn(cmd, dir.path().join("logarithmd.log"))?;
         let d = Daemon {
             proc,
@@ -350,6 +376,7 @@ impl Daemon {
             http,
             storage_url: storage_url.to_owned(),
             port,
+            anonymous_read,
             dir,
         };
         d.wait_ready().await?;
@@ -361,7 +388,12 @@ impl Daemon {
     /// is ready: agents retrying against the old address reach the new process.
     pub async fn start_again(&mut self) -> Result<()> {
         self.proc.kill();
-        let cmd = daemon_command(self.dir.path(), self.port, &self.storage_url)?;
+        let cmd = daemon_command(
+            self.dir.path(),
+            self.port,
+            &self.storage_url,
+            self.anonymous_read,
+        )?;
         self.proc = Proc::spawn(cmd, self.dir.path().join("logarithmd.log"))?;
         self.wait_ready().await
     }
@@ -459,7 +491,12 @@ impl Daemon {
 
 /// logarithmd's command line: `dir/logarithmd.toml` (when present), `127.0.0.1:port`,
 /// `storage_url` and [`TOKEN`].
-fn daemon_command(dir: &std::path::Path, port: u16, storage_url: &str) -> Result<Command> {
+fn daemon_command(
+    dir: &std::path::Path,
+    port: u16,
+    storage_url: &str,
+    anonymous_read: bool,
+) -> Result<Command> {
     let mut cmd = Command::new(bin_path("logarithmd")?);
     let config = dir.join("logarithmd.toml");
     if config.exists() {
@@ -471,9 +508,11 @@ fn daemon_command(dir: &std::path::Path, port: u16, storage_url: &str) -> Result
         .arg(storage_url)
         .arg("--ingest-token")
         .arg(TOKEN)
-        // The tests read without a token, as the README's local run does.
-        .arg("--anonymous-read")
         .env("RUST_LOG", "info,logarithmd=debug");
+    if anonymous_read {
+        // The tests read without a token, as the README's local run does.
+        cmd.arg("--anonymous-read");
+    }
     Ok(cmd)
 }
 

@@ -9,20 +9,26 @@ use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use logarithm_tests::browser::Browser;
 use logarithm_tests::docker::{self, Spec};
-use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db, TOKEN};
+use logarithm_tests::{rand_u64, tail, token_toml, wait_until, Agent, Daemon, Db, TOKEN};
 use serde_json::{json, Value};
 
-const ADMIN: &str = "ui-admin-token";
+const ADMIN: &str = "ui-admin-token-0123456789";
+const READER: &str = "ui-read-token-0123456789";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A daemon on a fresh SQLite file, with short live timings.
-async fn daemon(extra: &str) -> Result<(Daemon, Db)> {
-    let db = Db::sqlite()?;
-    let d = Daemon::start_with(
-        db.url(),
-        &format!("admin_token = \"{ADMIN}\"\n{extra}[live]\nheartbeat = \"2s\"\n"),
+/// logarithmd's configuration for these tests: the admin token, short live timings, and
+/// `sections` (TOML tables such as `[engine]`).
+fn config(sections: &str) -> String {
+    format!(
+        "{}[live]\nheartbeat = \"2s\"\n{sections}",
+        token_toml("admin", ADMIN, &["admin"])
     )
-    .await?;
+}
+
+/// A daemon on a fresh SQLite file (reads open, as in the README's local run).
+async fn daemon(sections: &str) -> Result<(Daemon, Db)> {
+    let db = Db::sqlite()?;
+    let d = Daemon::start_with(db.url(), &config(sections)).await?;
     Ok((d, db))
 }
 
@@ -605,4 +611,76 @@ async fn approve_a_paused_run_and_watch_it_finish() -> Result<()> {
         json!(0)
     );
     Ok(())
+}
+
+/// Reads need a token: the page asks for it once, keeps it for the session (other pages
+/// and the live follow use it without asking again), and a wrong one is asked for again.
+#[tokio::test]
+async fn the_page_asks_for_a_read_token_once() -> Result<()> {
+    let db = Db::sqlite()?;
+    let toml = format!(
+        "{}{}",
+        token_toml("admin", ADMIN, &["admin"]),
+        token_toml("reader", READER, &["read"])
+    );
+    let d = Daemon::start_private(db.url(), &toml).await?;
+    let cid = container_id();
+    let lines = |r: std::ops::RangeInclusive<u64>| -> Vec<(u64, String)> {
+        r.map(|i| (i, format!("secret line {i}"))).collect()
+    };
+    ingest(&d, &cid, &lines(1..=5), None).await?;
+    let (status, _) = d.get_json("/api/v1/jobs").await?;
+    assert_eq!(status, 401, "reads need a token here");
+    let id = storage_job_id(&cid);
+    let b = Browser::start().await?;
+    b.goto(&format!("{}/?job={id}", d.base)).await?;
+    let prompt = wait_until(WAIT, "the read token prompt", || async {
+        b.alert_text().await
+    })
+    .await?;
+    assert!(prompt.contains("Reading needs a token"), "{prompt}");
+    b.answer_prompt("not-the-token").await?;
+    // A wrong token answers 401 again: asked once more.
+    wait_until(WAIT, "the prompt again", || async { b.alert_text().await }).await?;
+    b.answer_prompt(READER).await?;
+    b.wait_js("row 5", WAIT, &row_text(5)).await?;
+    b.wait_js(
+        "live",
+        WAIT,
+        "return document.querySelector('#log-state').textContent === 'live'",
+    )
+    .await?;
+    ingest(&d, &cid, &lines(6..=8), Some(0)).await?;
+    b.wait_js("the live lines and the verdict", WAIT, "return document.querySelector('#verdict').textContent.startsWith('success') && document.querySelector('.row[data-seq=\"8\"]')").await?;
+    b.screenshot("08-read-token").await?;
+    b.click("nav a[data-view=jobs]").await?;
+    b.wait_js(
+        "the jobs list",
+        WAIT,
+        "return document.querySelector('#jobs-table')",
+    )
+    .await?;
+    assert_eq!(b.alert_text().await?, None, "asked once per session");
+    let stored = b
+        .exec(
+            "return sessionStorage.getItem('logarithm.read_token') + '|' + localStorage.length",
+            vec![],
+        )
+        .await?;
+    assert_eq!(
+        stored,
+        json!(format!("{READER}|0")),
+        "kept in sessionStorage only"
+    );
+    Ok(())
+}
+
+/// logarithmd's job id of a container: SHA-256 of the id, first 8 bytes, made positive.
+fn storage_job_id(container: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(container.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    let id = (u64::from_be_bytes(b) & (i64::MAX as u64)).max(1);
+    id.to_string()
 }
