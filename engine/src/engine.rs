@@ -13,10 +13,13 @@
 //! the engine was down get their verdict by lookup, unremoved containers of finished jobs
 //! are removed, unannounced finished runs are announced. The same reconciliation runs
 //! periodically and after missed notices.
+//!
+//! Several engines may share one store (logarithmd replicas): each run is driven by the
+//! one that owns it, and runs of a dead engine are taken over ([`crate::lease`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -29,6 +32,7 @@ mod hooks;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Flow;
+use crate::lease::{self, Liveness};
 use crate::results::{JobResult, JobResults, Notice};
 use crate::run::{Cause, Command, Event, JobKey, Nanos, Run, RunSummary, Status, Verdict};
 use crate::runner::{ContainerState, JobRunner};
@@ -44,6 +48,12 @@ pub struct EngineConfig {
     pub reconcile_every: Duration,
     /// Budgets of pre and post scripts.
     pub scripts: crate::script::Limits,
+    /// This engine's replica id, the owner it writes into the runs it drives
+    /// ([`lease::replica_id`] by default: unique per process).
+    pub replica: String,
+    /// How long another engine's heartbeat may stand still before its runs are taken over.
+    /// Heartbeats and takeover checks happen every fifth of it.
+    pub lease_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +62,8 @@ impl Default for EngineConfig {
             stop_grace: Duration::from_secs(10),
             reconcile_every: Duration::from_secs(15),
             scripts: crate::script::Limits::default(),
+            replica: lease::replica_id(),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -152,18 +164,17 @@ impl Engine {
         let (req_tx, req_rx) = mpsc::channel(64);
         // Bounded: only tasks the driver spawned send here, and they wait when it is full.
         let (int_tx, int_rx) = mpsc::channel(INTERNAL_CAPACITY);
-        let mut runs = HashMap::new();
-        for (run, version) in store.active_runs().await? {
-            tracing::info!(run = %run.id, flow = %run.flow_name, status = run.status.as_str(), "resuming flow run");
-            runs.insert(run.id.clone(), Slot::new(run, version));
-        }
+        let beat = store.beat(&config.replica, 0).await?;
+        tracing::info!(replica = %config.replica, "flow engine registered");
         let mut driver = Driver {
+            liveness: Liveness::new(config.lease_ttl),
+            beat,
             config,
             runner,
             store: store.clone(),
             results,
             events,
-            runs,
+            runs: HashMap::new(),
             internal_tx: int_tx,
             starting: HashSet::new(),
             removing: HashSet::new(),
@@ -171,7 +182,10 @@ impl Engine {
             announcing: HashSet::new(),
             posting: HashSet::new(),
         };
-        driver.reconcile(true).await;
+        // Runs of no one, of retired replicas, or of this one's id before a restart; the
+        // runs of replicas seen alive wait until their heartbeat stands still.
+        driver.observe().await;
+        driver.claim_orphans().await;
         let task = tokio::spawn(driver.run(req_rx, int_rx, shutdown));
         Ok((
             Engine {
@@ -301,6 +315,10 @@ impl Slot {
 
 struct Driver {
     config: EngineConfig,
+    /// The version of this replica's heartbeat.
+    beat: u64,
+    /// The other replicas' heartbeats as seen from here.
+    liveness: Liveness,
     runner: Arc<dyn JobRunner>,
     store: Arc<dyn RunStore>,
     results: Box<dyn JobResults>,
@@ -328,6 +346,9 @@ impl Driver {
         let mut reconcile = tokio::time::interval(self.config.reconcile_every);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reconcile.tick().await;
+        let mut lease = tokio::time::interval(self.config.lease_ttl / 5);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        lease.tick().await;
         let mut results_open = true;
         loop {
             let sleep = self.next_deadline().map(|d| {
@@ -350,11 +371,16 @@ impl Driver {
                     self.tick().await
                 }
                 _ = reconcile.tick() => self.reconcile(false).await,
+                _ = lease.tick() => self.lease_tick().await,
             }
+        }
+        // Others (or this engine's next start) take its runs over at once.
+        if let Err(e) = self.store.retire(&self.config.replica, self.beat).await {
+            tracing::warn!(error = %e, "cannot retire this replica's heartbeat; its runs are taken over after the lease ttl");
         }
         tracing::info!(
             active = self.runs.len(),
-            "flow engine stopped; active runs resume at next start"
+            "flow engine stopped; active runs resume at next start or on another replica"
         );
     }
 
@@ -372,17 +398,19 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Request::Event { run, event, reply } => {
-                let r = match self.runs.contains_key(&run) {
-                    true => self.apply(&run, event).await,
-                    false => match self.store.get_run(&run).await {
-                        Ok(Some((r, _))) => Err(Error::conflict(format!(
-                            "run {run} is already {}",
-                            r.status.as_str()
-                        ))),
-                        Ok(None) => Err(Error::not_found(format!("no run {run}"))),
-                        Err(e) => Err(e),
-                    },
-                };
+                let mut r = Err(Error::conflict(format!("run {run} is busy; try again")));
+                // Twice: the first apply may find that another replica took the run.
+                for _ in 0..2 {
+                    r = match self.runs.contains_key(&run) {
+                        true => self.apply(&run, event.clone()).await,
+                        false => self.claim_for_request(&run, event.clone()).await,
+                    };
+                    let lost = matches!(&r, Err(e) if e.kind() == ErrorKind::Conflict)
+                        && !self.runs.contains_key(&run);
+                    if !lost {
+                        break;
+                    }
+                }
                 let _ = reply.send(r);
             }
         }
@@ -403,6 +431,7 @@ impl Driver {
         let mut run = Run::new(id.clone(), stored.flow, opts.co_data, now());
         run.cause = opts.cause;
         run.env = opts.env;
+        run.owner = Some(self.config.replica.clone());
         let cmds = run.apply(Event::Start, now())?;
         // A run that cannot be saved is not started.
         let version = self.store.put_run(&run, 0).await?;
@@ -423,7 +452,13 @@ impl Driver {
         let cmds = next.apply(event, now())?;
         if next != slot.run || slot.dirty {
             slot.run = next;
-            save(&*self.store, slot).await;
+            if save(&*self.store, slot, &self.config.replica).await == Saved::Lost {
+                // Another replica drives it now: nothing of this transition is carried out.
+                self.runs.remove(id);
+                return Err(Error::conflict(format!(
+                    "run {id} is driven by another replica now"
+                )));
+            }
         }
         let run = slot.run.clone();
         self.execute(id, cmds);
@@ -588,7 +623,9 @@ impl Driver {
                 self.announcing.remove(&run);
                 if let Some(slot) = self.runs.get_mut(&run) {
                     slot.run.announced = true;
-                    save(&*self.store, slot).await;
+                    if save(&*self.store, slot, &self.config.replica).await == Saved::Lost {
+                        self.runs.remove(&run);
+                    }
                 }
                 self.retire(&run);
             }
@@ -664,11 +701,20 @@ impl Driver {
     async fn reconcile(&mut self, resume: bool) {
         let ids: Vec<String> = self.runs.keys().cloned().collect();
         for id in ids {
+            self.reconcile_run(&id, resume).await;
+        }
+    }
+
+    /// [`Driver::reconcile`] for one run.
+    async fn reconcile_run(&mut self, id: &str, resume: bool) {
+        let id = id.to_owned();
+        {
             let Some(slot) = self.runs.get_mut(&id) else {
-                continue;
+                return;
             };
-            if slot.dirty {
-                save(&*self.store, slot).await;
+            if slot.dirty && save(&*self.store, slot, &self.config.replica).await == Saved::Lost {
+                self.runs.remove(&id);
+                return;
             }
             let run = slot.run.clone();
             let mut cmds = Vec::new();
@@ -749,6 +795,140 @@ impl Driver {
     }
 }
 
+/// Leases: heartbeats, takeover of dead replicas' runs, claims on request.
+impl Driver {
+    /// Lists the heartbeats into [`Liveness`].
+    async fn observe(&mut self) {
+        match self.store.heartbeats().await {
+            Ok(beats) => self.liveness.observe(&beats, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the replicas' heartbeats"),
+        }
+    }
+
+    /// Beats, retires replicas found dead, and takes over their runs.
+    async fn lease_tick(&mut self) {
+        match self.store.beat(&self.config.replica, self.beat).await {
+            Ok(v) => self.beat = v,
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                // Found dead by another replica (this one stalled past its lease): its runs
+                // may be driven elsewhere already. Start over under a new id.
+                let old = std::mem::replace(&mut self.config.replica, lease::replica_id());
+                tracing::warn!(replica = %old, new_replica = %self.config.replica, dropped = self.runs.len(), "this replica's lease was retired by another; dropping its runs and registering again");
+                self.runs.clear();
+                self.starting.clear();
+                self.removing.clear();
+                self.announcing.clear();
+                match self.store.beat(&self.config.replica, 0).await {
+                    Ok(v) => self.beat = v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot register this replica again");
+                        self.beat = 0;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew this replica's heartbeat");
+                if self.beat == 0 {
+                    return;
+                }
+            }
+        }
+        self.observe().await;
+        let dead: Vec<(String, u64)> = self
+            .liveness
+            .dead(Instant::now())
+            .into_iter()
+            .filter(|(r, _)| *r != self.config.replica)
+            .collect();
+        for (replica, version) in &dead {
+            tracing::warn!(replica = %replica, "replica's heartbeat stood still for the lease ttl: taking over its runs");
+            if let Err(e) = self.store.retire(replica, *version).await {
+                tracing::warn!(replica = %replica, error = %e, "cannot retire a dead replica's heartbeat");
+            }
+        }
+        if !dead.is_empty() {
+            // One that beat at the last moment shows up alive again.
+            self.observe().await;
+        }
+        self.claim_orphans().await;
+    }
+
+    /// Claims the stored active runs that no live replica drives.
+    async fn claim_orphans(&mut self) {
+        let active = match self.store.active_runs().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list active runs for takeover");
+                return;
+            }
+        };
+        let t = Instant::now();
+        for (run, version) in active {
+            if self.runs.contains_key(&run.id) {
+                continue;
+            }
+            let orphan = match run.owner.as_deref() {
+                None => true,
+                Some(o) if o == self.config.replica => true,
+                Some(o) => !self.liveness.is_live(o, t),
+            };
+            if orphan {
+                self.claim(run, version).await;
+            }
+        }
+    }
+
+    /// Makes this replica the run's owner (compare-and-set) and reconciles it as after a
+    /// restart. `false` when another replica changed the run first.
+    async fn claim(&mut self, mut run: Run, version: u64) -> bool {
+        let from = run.owner.take();
+        run.owner = Some(self.config.replica.clone());
+        match self.store.put_run(&run, version).await {
+            Ok(v) => {
+                tracing::info!(run = %run.id, flow = %run.flow_name, status = run.status.as_str(), from = from.as_deref().unwrap_or("-"), "driving flow run");
+                let id = run.id.clone();
+                self.runs.insert(id.clone(), Slot::new(run, v));
+                self.reconcile_run(&id, true).await;
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                tracing::debug!(run = %run.id, "flow run claimed or changed by another replica first");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(run = %run.id, error = %e, "cannot claim flow run");
+                false
+            }
+        }
+    }
+
+    /// A request for a run this replica does not drive: claim it, then apply.
+    async fn claim_for_request(&mut self, id: &str, event: Event) -> Result<Run> {
+        let (run, version) = self
+            .store
+            .get_run(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+        if run.status.is_final() || !run.is_active() {
+            return Err(Error::conflict(format!(
+                "run {id} is already {}",
+                run.status.as_str()
+            )));
+        }
+        if !self.claim(run, version).await {
+            return Err(Error::conflict(format!(
+                "run {id} changed on another replica meanwhile; try again"
+            )));
+        }
+        // The claim's reconciliation may have ended or retired it.
+        if !self.runs.contains_key(id) {
+            return Err(Error::conflict(format!("run {id} has ended")));
+        }
+        self.apply(id, event).await
+    }
+}
+
 impl Driver {
     /// Jobs of `run` that were being started when the engine stopped, and were ended
     /// meanwhile: attach their containers (which the state machine then stops), or mark
@@ -785,27 +965,46 @@ impl Driver {
     }
 }
 
+/// What a save came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Saved {
+    Saved,
+    /// Not saved (storage failed); the next transition or reconciliation tries again.
+    Failed,
+    /// Another replica owns the run now: it must be dropped here.
+    Lost,
+}
+
 /// Saves a run, tracking failures so the next attempt saves it again. A conflict means
-/// another engine changed the run: reload its version and keep ours (this engine owns the
-/// runs it drives).
-async fn save(store: &dyn RunStore, slot: &mut Slot) {
+/// another engine changed the run: if that one owns it now, the run is lost to this one;
+/// otherwise (a write of ours raced one of our own) ours is saved over it.
+async fn save(store: &dyn RunStore, slot: &mut Slot, replica: &str) -> Saved {
     match store.put_run(&slot.run, slot.version).await {
         Ok(v) => {
             slot.version = v;
             slot.dirty = false;
+            Saved::Saved
         }
         Err(e) if e.kind() == ErrorKind::Conflict => {
-            tracing::warn!(run = %slot.run.id, error = %e, "run changed in the store under us; overwriting with ours");
             match store.get_run(&slot.run.id).await {
-                Ok(Some((_, v))) => slot.version = v,
+                Ok(Some((stored, v))) => {
+                    if stored.owner.as_deref() != Some(replica) {
+                        tracing::info!(run = %slot.run.id, owner = stored.owner.as_deref().unwrap_or("-"), "flow run taken over by another replica; dropping it here");
+                        return Saved::Lost;
+                    }
+                    tracing::warn!(run = %slot.run.id, error = %e, "run changed in the store under us; saving ours over it");
+                    slot.version = v;
+                }
                 Ok(None) => slot.version = 0,
                 Err(_) => {}
             }
             slot.dirty = true;
+            Saved::Failed
         }
         Err(e) => {
             tracing::error!(run = %slot.run.id, error = %e, "cannot save run state; will retry");
             slot.dirty = true;
+            Saved::Failed
         }
     }
 }

@@ -18,12 +18,15 @@
 //! - [`engine`]: the async driver: timers, persistence after each transition, resume of
 //!   in-flight runs at start; `engine/hooks.rs` runs the scripts around a job.
 //! - [`cron`]: the scheduler of `cron` triggers (one run per tick across replicas).
+//! - [`lease`]: several engines on one store: run owners, heartbeats, takeover of a dead
+//!   replica's runs.
 //! - [`error`]: [`Error`] with an [`ErrorKind`].
 
 pub mod cron;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod lease;
 pub mod results;
 pub mod run;
 pub mod runner;

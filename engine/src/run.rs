@@ -122,6 +122,10 @@ pub struct Run {
     /// announces it again.
     #[serde(default)]
     pub announced: bool,
+    /// The replica (engine) that drives the run; see [`crate::lease`]. `None` in runs
+    /// stored before replicas had leases: the first engine to see them claims them.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// What started a run.
@@ -354,6 +358,7 @@ impl Run {
             deadline: None,
             stages,
             announced: false,
+            owner: None,
         }
     }
 

@@ -5,6 +5,9 @@
 //! Runs are saved with a version for compare-and-set: [`RunStore::put_run`] succeeds only
 //! if the stored version is the one the caller read, so two engines can never overwrite
 //! each other's transitions silently.
+//!
+//! The store also keeps the replicas' heartbeats ([`crate::lease`]): an engine that shares
+//! the store with others registers, bumps and at last retires its own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Flow;
+use crate::lease::Heartbeat;
 use crate::run::{Nanos, Run, Status};
 
 /// A registered flow: its file as given and the parsed definition.
@@ -58,6 +62,18 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Runs the engine still has work for ([`Run::is_active`]), for resuming at start.
     async fn active_runs(&self) -> Result<Vec<(Run, u64)>>;
+
+    /// Bumps `replica`'s heartbeat from `version` (0: registers it) and returns the new
+    /// version. Fails with [`ErrorKind::Conflict`] when it is no longer at `version`
+    /// (another replica found it dead and retired it).
+    async fn beat(&self, replica: &str, version: u64) -> Result<u64>;
+
+    /// The heartbeats of the replicas not retired.
+    async fn heartbeats(&self) -> Result<Vec<Heartbeat>>;
+
+    /// Retires `replica`'s heartbeat if it is still at `version` (it stopped, or stood
+    /// still for the lease's ttl); a later beat of it then fails with a conflict.
+    async fn retire(&self, replica: &str, version: u64) -> Result<()>;
 }
 
 /// Flows and runs in memory (lost with the process).
@@ -65,6 +81,8 @@ pub trait RunStore: Send + Sync + 'static {
 pub struct MemoryRunStore {
     flows: Mutex<HashMap<String, StoredFlow>>,
     runs: Mutex<HashMap<String, (Run, u64)>>,
+    /// Replica → (version, retired).
+    beats: Mutex<HashMap<String, (u64, bool)>>,
 }
 
 impl MemoryRunStore {
@@ -145,5 +163,45 @@ impl RunStore for MemoryRunStore {
             .filter(|(r, _)| r.is_active())
             .cloned()
             .collect())
+    }
+
+    async fn beat(&self, replica: &str, version: u64) -> Result<u64> {
+        let mut beats = self.beats.lock().map_err(poisoned)?;
+        let current = beats.get(replica).copied();
+        let next = match current {
+            None if version == 0 => 1,
+            Some((v, false)) if v == version => v + 1,
+            _ => {
+                return Err(Error::conflict(format!(
+                    "heartbeat of {replica} is not at version {version} (retired?)"
+                )))
+            }
+        };
+        beats.insert(replica.to_owned(), (next, false));
+        Ok(next)
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<Heartbeat>> {
+        Ok(self
+            .beats
+            .lock()
+            .map_err(poisoned)?
+            .iter()
+            .filter(|(_, (_, retired))| !retired)
+            .map(|(r, (v, _))| Heartbeat {
+                replica: r.clone(),
+                version: *v,
+            })
+            .collect())
+    }
+
+    async fn retire(&self, replica: &str, version: u64) -> Result<()> {
+        let mut beats = self.beats.lock().map_err(poisoned)?;
+        if let Some(b) = beats.get_mut(replica) {
+            if b.0 == version && !b.1 {
+                *b = (version + 1, true);
+            }
+        }
+        Ok(())
     }
 }

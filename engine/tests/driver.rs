@@ -135,6 +135,7 @@ async fn harness(runner: Arc<FakeRunner>, store: Arc<MemoryRunStore>) -> Harness
     let config = EngineConfig {
         stop_grace: Duration::from_secs(1),
         reconcile_every: Duration::from_millis(200),
+        lease_ttl: Duration::from_secs(1),
         ..EngineConfig::default()
     };
     let started = Engine::start(
@@ -429,4 +430,86 @@ async fn a_new_engine_resumes_a_run_whose_verdict_came_while_it_was_down() {
     // Started once each: the resumed engine re-attached instead of starting again.
     assert_eq!(h.runner.with(|s| s.started.len()), 2);
     h.stop().await;
+}
+
+/// Two engines on one store, as two logarithmd replicas: the one driving a run dies (its
+/// task aborted, so it never retires its heartbeat); after the lease ttl the other takes the
+/// run over, re-attaches the running container instead of starting another, and drives the
+/// run on from the verdicts it gets.
+#[tokio::test]
+async fn a_dead_replicas_run_is_taken_over_and_no_container_starts_twice() {
+    let runner = Arc::new(FakeRunner::default());
+    let store = Arc::new(MemoryRunStore::new());
+    let a = harness(runner.clone(), store.clone()).await;
+    let b = harness(runner.clone(), store.clone()).await;
+    let flow = a.engine.register_flow(&demo()).await.map(|f| f.name);
+    let Ok(flow) = flow else { panic!("{flow:?}") };
+    let run = a.engine.start_run(&flow, None).await;
+    let Ok(run) = run else { panic!("{run:?}") };
+    let owner_a = run.owner.clone();
+    assert!(owner_a.is_some());
+    let (first, _) = a.wait_started("build.compile.version").await;
+
+    a.task.abort();
+    let taken = b
+        .run_until(&run.id, "taken over by b", |r| {
+            r.owner.is_some() && r.owner != owner_a
+        })
+        .await;
+    assert_eq!(taken.status, Status::Running);
+    b.finish("build.compile.version", true, &[("VERSION", "9")])
+        .await;
+    b.wait_started("build.lint.lint").await;
+    runner.with(|s| {
+        assert_eq!(s.started.iter().filter(|c| **c == first).count(), 1);
+        assert_eq!(
+            s.started.iter().filter(|c| c.contains("lint")).count(),
+            1,
+            "{:?}",
+            s.started
+        );
+    });
+    b.stop().await;
+}
+
+/// A cancel that reaches the replica not driving the run: that replica claims the run and
+/// cancels it; the old owner's next save is refused, so it drops the run and its late
+/// verdict changes nothing.
+#[tokio::test]
+async fn a_request_on_another_replica_moves_the_run_there() {
+    let runner = Arc::new(FakeRunner::default());
+    let store = Arc::new(MemoryRunStore::new());
+    let a = harness(runner.clone(), store.clone()).await;
+    let b = harness(runner.clone(), store.clone()).await;
+    let flow = a.engine.register_flow(&demo()).await.map(|f| f.name);
+    let Ok(flow) = flow else { panic!("{flow:?}") };
+    let run = a.engine.start_run(&flow, None).await;
+    let Ok(run) = run else { panic!("{run:?}") };
+    let (c, spec) = a.wait_started("build.compile.version").await;
+
+    let cancelled = b.engine.cancel(&run.id, Some("from b".into())).await;
+    let Ok(cancelled) = cancelled else {
+        panic!("{cancelled:?}")
+    };
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert!(cancelled.owner.is_some() && cancelled.owner != run.owner);
+    // The late verdict on the old owner: its save is refused.
+    a.feed.send(result(&c, &spec, true, &[]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Ok(Some((now, _))) = store.get_run(&run.id).await else {
+        panic!("run gone")
+    };
+    assert_eq!(now.status, Status::Cancelled);
+    assert_eq!(now.owner, cancelled.owner);
+    // Both jobs of the parallel build stage, each stopped once.
+    runner.with(|s| {
+        let mut stopped = s.stopped.clone();
+        stopped.sort();
+        let mut started = s.started.clone();
+        started.sort();
+        assert_eq!(stopped, started);
+        assert!(stopped.contains(&c));
+    });
+    a.stop().await;
+    b.stop().await;
 }

@@ -33,7 +33,7 @@ fn daemon_config(label: &str) -> String {
         "{}\
          [webhooks]\npoll_interval = \"100ms\"\nrequest_timeout = \"2s\"\nlease = \"4s\"\n\
          retry_initial = \"200ms\"\nretry_max_delay = \"800ms\"\n\
-         [engine]\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\n\
+         [engine]\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\nlease_ttl = \"3s\"\n\
          extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n",
         logarithm_tests::token_toml("admin", ADMIN, &["admin"])
     )

@@ -46,6 +46,16 @@ pub struct EngineSettings {
     /// 3339) instead of the system clock.
     #[serde(default)]
     pub clock_file: Option<std::path::PathBuf>,
+    /// This replica's id, written as the owner of the runs it drives. Empty (the default):
+    /// the host name (the Pod's name on Kubernetes) and a random suffix, new at every start.
+    /// Replicas on one database must never share one.
+    #[serde(default)]
+    pub replica_id: String,
+    /// How long a replica's heartbeat may stand still before the other replicas take over
+    /// its flow runs (after a SIGKILL or a lost node; a replica that shuts down hands its
+    /// runs over at once). Heartbeats and takeover checks run every fifth of it.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for EngineSettings {
@@ -62,6 +72,8 @@ impl Default for EngineSettings {
             cron_poll: default_cron_poll(),
             clock_file: None,
             trigger_secrets: BTreeMap::new(),
+            replica_id: String::new(),
+            lease_ttl: default_lease_ttl(),
         }
     }
 }
@@ -80,6 +92,12 @@ impl EngineSettings {
                     "engine.extra_labels: the value of {k:?} is too long"
                 ));
             }
+        }
+        if self.replica_id.len() > 200 {
+            return Err("engine.replica_id is longer than 200 bytes".into());
+        }
+        if self.lease_ttl < Duration::from_millis(500) {
+            return Err("engine.lease_ttl must be at least 500ms".into());
         }
         if self.reconcile_every < Duration::from_millis(100) {
             return Err("engine.reconcile_every must be at least 100ms".into());
@@ -109,7 +127,7 @@ impl EngineSettings {
     }
 
     pub fn engine_config(&self) -> engine::EngineConfig {
-        engine::EngineConfig {
+        let mut c = engine::EngineConfig {
             stop_grace: self.stop_grace,
             reconcile_every: self.reconcile_every,
             scripts: engine::script::Limits {
@@ -120,7 +138,13 @@ impl EngineSettings {
                     .unwrap_or(32 << 20),
                 log_lines: self.script_log_lines,
             },
+            lease_ttl: self.lease_ttl,
+            ..engine::EngineConfig::default()
+        };
+        if !self.replica_id.is_empty() {
+            c.replica = self.replica_id.clone();
         }
+        c
     }
 }
 
@@ -146,5 +170,8 @@ fn default_stop_grace() -> Duration {
     Duration::from_secs(10)
 }
 fn default_reconcile_every() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_lease_ttl() -> Duration {
     Duration::from_secs(15)
 }

@@ -1,9 +1,12 @@
 //! [`RunStore`] over storage's generic documents: flows in namespace `flows` (keyed by
 //! name), runs in namespace `runs` (keyed by id, `active` while the engine has work for
-//! them). Bodies are JSON of the engine's own types.
+//! them). Bodies are JSON of the engine's own types. The replicas' heartbeats
+//! ([`engine::lease`]) are documents in namespace `replicas`, keyed by replica id,
+//! `active` until retired; a beat is a compare-and-set that bumps the version.
 
 use std::sync::Arc;
 
+use engine::lease::Heartbeat;
 use engine::{Error, Result, Run, RunQuery, RunStore, StoredFlow};
 use storage::{DocumentPut, DocumentQuery, Expected, Storage};
 
@@ -14,6 +17,10 @@ use crate::live::RunHub;
 pub const FLOWS: &str = "flows";
 /// Namespace of runs.
 pub const RUNS: &str = "runs";
+/// Namespace of the replicas' heartbeats.
+pub const REPLICAS: &str = "replicas";
+/// Heartbeats a listing reads at most (live replicas; retired ones are not listed).
+const REPLICAS_MAX: u32 = 1000;
 
 pub struct DocumentRunStore {
     storage: Arc<dyn Storage>,
@@ -203,6 +210,54 @@ impl RunStore for DocumentRunStore {
                 }
             })
             .collect())
+    }
+
+    async fn beat(&self, replica: &str, version: u64) -> Result<u64> {
+        let put = DocumentPut {
+            namespace: REPLICAS.into(),
+            id: replica.to_owned(),
+            active: true,
+            body: "{}".into(),
+            expected: match version {
+                0 => Expected::Absent,
+                v => Expected::Version(v),
+            },
+        };
+        match self.storage.put_document(&put).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(Error::conflict(format!(
+                "the heartbeat of replica {replica} is no longer at version {version}"
+            ))),
+            Err(e) => Err(engine_error("cannot write the heartbeat", e)),
+        }
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<Heartbeat>> {
+        Ok(self
+            .list(REPLICAS, true, REPLICAS_MAX)
+            .await?
+            .into_iter()
+            .map(|d| Heartbeat {
+                replica: d.id,
+                version: d.version,
+            })
+            .collect())
+    }
+
+    async fn retire(&self, replica: &str, version: u64) -> Result<()> {
+        let put = DocumentPut {
+            namespace: REPLICAS.into(),
+            id: replica.to_owned(),
+            active: false,
+            body: "{}".into(),
+            expected: Expected::Version(version),
+        };
+        // A conflict: it beat meanwhile (alive after all) or was retired already.
+        self.storage
+            .put_document(&put)
+            .await
+            .map(|_| ())
+            .map_err(|e| engine_error("cannot retire the heartbeat", e))
     }
 }
 
