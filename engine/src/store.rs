@@ -63,8 +63,8 @@ pub trait RunStore: Send + Sync + 'static {
     /// Runs the engine still has work for ([`Run::is_active`]), for resuming at start.
     async fn active_runs(&self) -> Result<Vec<(Run, u64)>>;
 
-    /// Bumps `replica`'s heartbeat from `version` (0: registers it) and returns the new
-    /// version. Fails with [`ErrorKind::Conflict`] when it is no longer at `version`
+    /// Bumps `replica`'s heartbeat from `version` (0: registers it, again if it was
+    /// retired) and returns the new version. Fails with [`ErrorKind::Conflict`] when it is no longer at `version`
     /// (another replica found it dead and retired it).
     async fn beat(&self, replica: &str, version: u64) -> Result<u64>;
 
@@ -170,6 +170,7 @@ impl RunStore for MemoryRunStore {
         let current = beats.get(replica).copied();
         let next = match current {
             None if version == 0 => 1,
+            Some((v, _)) if version == 0 => v + 1,
             Some((v, false)) if v == version => v + 1,
             _ => {
                 return Err(Error::conflict(format!(

@@ -218,8 +218,10 @@ impl RunStore for DocumentRunStore {
             id: replica.to_owned(),
             active: true,
             body: "{}".into(),
+            // Registering (again, under a configured id after a restart) takes the record
+            // whatever it holds.
             expected: match version {
-                0 => Expected::Absent,
+                0 => Expected::Any,
                 v => Expected::Version(v),
             },
         };
