@@ -15,6 +15,9 @@ dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 # Chromium and its WebDriver: the web UI tests (tests/tests/ui.rs) drive a real browser.
 { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+# debootstrap makes the container images' base; a virtualenv holds the manifest validators.
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]} from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive
@@ -44,11 +47,18 @@ step "promtool: alert rules"
 promtool check rules dashboards/alerts.yml
 promtool test rules dashboards/alerts_test.yml
 
+step "Kubernetes manifests: kustomize, OpenAPI schemas of 1.29 and 1.33, Prometheus objects"
+scripts/validate-manifests.sh
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "building the binaries the end-to-end tests start"
 cargo build --workspace --bins --locked
+
+step "container images: offline build (debug binaries), --help, /readyz from the image"
+scripts/build-images.sh --profile debug --tag test --no-cargo
+scripts/test-images.sh test
 
 step "cargo test"
 cargo test --workspace --locked -- --test-threads="${LOGARITHM_TEST_THREADS:-2}"
