@@ -499,3 +499,86 @@ async fn api_failures_map_to_transient_or_permanent_kinds() {
     let err = nowhere.state("co-x").await.err().map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::Unavailable));
 }
+
+/// RBAC: every request the runner sends in all its operations is one of
+/// `kubernetes::API_CALLS`, and the Role deploy/kubernetes/base/rbac.yaml gives
+/// logarithmd's service account in the job namespace covers each of them.
+#[tokio::test]
+async fn rbac_covers_every_api_call_the_runner_makes() {
+    use engine::runner::kubernetes::API_CALLS;
+    let (m, runner) = mock_api().await;
+    let s = spec("00000000000000aa", "rbac");
+    let outcome = async {
+        let id = runner.start(&s).await?;
+        runner.start(&s).await?;
+        runner.state(&id).await?;
+        runner.find_run(&s.run).await?;
+        runner.stop(&id, Duration::from_secs(1)).await?;
+        runner.remove(&id).await
+    }
+    .await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let mut made: Vec<(&str, &str)> = requests(&m)
+        .iter()
+        .map(|r| {
+            let collection = r.path == format!("/api/v1/namespaces/{NS}/pods");
+            let verb = match (r.method.as_str(), collection) {
+                ("POST", true) => "create",
+                ("GET", true) if r.query.get("watch").is_some_and(|w| w == "true") => "watch",
+                ("GET", true) => "list",
+                ("GET", false) => "get",
+                ("DELETE", false) => "delete",
+                other => panic!("unexpected request {other:?} {}", r.path),
+            };
+            ("pods", verb)
+        })
+        .collect();
+    made.sort_unstable();
+    made.dedup();
+    let mut declared = API_CALLS.to_vec();
+    declared.sort_unstable();
+    assert_eq!(
+        made, declared,
+        "API_CALLS must list exactly what the runner sends"
+    );
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/base/rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let role = find("Role", "logarithm-engine");
+    let binding = find("RoleBinding", "logarithm-engine");
+    let job_ns = role["metadata"]["namespace"].clone();
+    assert_eq!(job_ns, "logarithm-jobs");
+    assert_eq!(binding["metadata"]["namespace"], job_ns);
+    assert_eq!(binding["roleRef"]["name"], "logarithm-engine");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "logarithmd", "namespace": "logarithm"}])
+    );
+    let has = |v: &Value, s: &str| v.as_array().is_some_and(|a| a.iter().any(|x| x == s));
+    for (resource, verb) in API_CALLS {
+        let covered = role["rules"].as_array().is_some_and(|rules| {
+            rules.iter().any(|r| {
+                has(&r["apiGroups"], "") && has(&r["resources"], resource) && has(&r["verbs"], verb)
+            })
+        });
+        assert!(covered, "the Role does not grant {verb} on {resource}");
+    }
+    // antilog reads Pod metadata on its node: get, list, watch, cluster-wide, nothing more.
+    let agent = find("ClusterRole", "logarithm-antilog");
+    assert_eq!(
+        agent["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+    );
+}

@@ -14,7 +14,7 @@ use bollard::container::{
 };
 use bollard::errors::Error as DockerError;
 use bollard::image::CreateImageOptions;
-use bollard::models::HostConfig;
+use bollard::models::{ContainerStateStatusEnum, HostConfig};
 use bollard::Docker;
 use futures::StreamExt;
 
@@ -116,8 +116,9 @@ impl DockerRunner {
     }
 
     /// The existing container with this job's name, if it is this job's (same run and job
-    /// labels): a start repeated after a restart.
-    async fn existing(&self, spec: &JobSpec) -> Result<Option<String>> {
+    /// labels): a start repeated after a restart or a takeover. With it, whether it was
+    /// ever started: one that ran and exited must not be started a second time.
+    async fn existing(&self, spec: &JobSpec) -> Result<Option<(String, bool)>> {
         let info = match self
             .docker
             .inspect_container(&spec.name, None::<InspectContainerOptions>)
@@ -128,17 +129,46 @@ impl DockerRunner {
             Err(e) => return Err(docker_error("cannot inspect container", e)),
         };
         let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
-        let ours = spec
-            .labels
-            .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v));
+        let ours = spec.is_same_job(|k| labels.get(k).map(String::as_str));
         if !ours {
             return Err(Error::conflict(format!(
                 "a container named {} exists and belongs to another job",
                 spec.name
             )));
         }
-        Ok(info.id)
+        let started = info
+            .state
+            .and_then(|st| st.status)
+            .is_some_and(|st| st != ContainerStateStatusEnum::CREATED);
+        Ok(info.id.map(|id| (id, started)))
+    }
+}
+
+impl DockerRunner {
+    /// The name is taken: a repeated start, or another engine (a replica that took the run
+    /// over, or the one it was taken from) creating the same job at this moment. Docker
+    /// reserves the name before the container can be inspected, so the container is looked
+    /// for a few times before the start fails.
+    async fn created_elsewhere(
+        &self,
+        spec: &JobSpec,
+        conflict: DockerError,
+    ) -> Result<(String, bool)> {
+        for attempt in 0..20 {
+            if let Some(found) = self.existing(spec).await? {
+                return Ok(found);
+            }
+            if attempt % 5 == 4 {
+                // Gone meanwhile (removed): the name may be free again.
+                match self.create(spec).await {
+                    Ok(id) => return Ok((id, false)),
+                    Err(e) if status_of(&e) == Some(409) => {}
+                    Err(e) => return Err(docker_error("cannot create container", e)),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(docker_error("cannot create container", conflict))
     }
 }
 
@@ -152,9 +182,12 @@ impl JobRunner for DockerRunner {
     async fn start(&self, spec: &JobSpec) -> Result<String> {
         let id = match self.create(spec).await {
             Ok(id) => id,
-            Err(e) if status_of(&e) == Some(409) => match self.existing(spec).await? {
-                Some(id) => id,
-                None => return Err(docker_error("cannot create container", e)),
+            Err(e) if status_of(&e) == Some(409) => match self.created_elsewhere(spec, e).await? {
+                (id, true) => {
+                    tracing::info!(container_id = %id, "container exists and was started: a repeated start");
+                    return Ok(id);
+                }
+                (id, false) => id,
             },
             Err(e) if status_of(&e) == Some(404) => {
                 tracing::info!("image missing: pulling it");

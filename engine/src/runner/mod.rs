@@ -41,6 +41,18 @@ pub struct JobSpec {
     pub memory: Option<Memory>,
 }
 
+impl JobSpec {
+    /// Whether a container (or Pod) with these labels is this job's: the same
+    /// `io.containerops.*` labels. Other labels (logarithmd's `extra_labels`) may differ:
+    /// the replica that repeats a start after a takeover or a restart may add others.
+    pub fn is_same_job<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("io.containerops."))
+            .all(|(k, v)| label(k) == Some(v.as_str()))
+    }
+}
+
 /// What a runner knows of a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerState {

@@ -5,6 +5,76 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Where flow jobs run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerKind {
+    /// A container per job on the local Docker engine.
+    #[default]
+    Docker,
+    /// A Pod per job through the Kubernetes API server (`[engine.kubernetes]`).
+    Kubernetes,
+}
+
+/// The Kubernetes runner (`runner = "kubernetes"`). The API server and credentials come
+/// from the in-cluster service account, or `KUBECONFIG` / `~/.kube/config` outside a
+/// cluster. The service account logarithmd runs as needs pods create, delete, get, list
+/// and watch in `namespace` (deploy/kubernetes/base/rbac.yaml).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// Namespace the job Pods go to. Default: the configuration's (in a cluster, the one
+    /// logarithmd runs in).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Service account of the job Pods. Default: the namespace's `default`, with no API
+    /// token mounted.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Secrets (in the job namespace) the kubelet pulls job images with.
+    #[serde(default)]
+    pub image_pull_secrets: Vec<String>,
+    /// Node labels a job Pod's node must have.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl KubernetesSettings {
+    pub fn pod_options(&self) -> engine::runner::kubernetes::PodOptions {
+        engine::runner::kubernetes::PodOptions {
+            service_account: self.service_account.clone(),
+            image_pull_secrets: self.image_pull_secrets.clone(),
+            node_selector: self.node_selector.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let dns_label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+        };
+        if let Some(ns) = &self.namespace {
+            if !dns_label(ns) {
+                return Err(format!(
+                    "engine.kubernetes.namespace: {ns:?} is not a namespace name"
+                ));
+            }
+        }
+        for s in self.service_account.iter().chain(&self.image_pull_secrets) {
+            if s.is_empty() || s.len() > 253 {
+                return Err(format!(
+                    "engine.kubernetes: {s:?} is not a service account or secret name"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The flow engine. See docs/configuration.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -13,8 +83,14 @@ pub struct EngineSettings {
     /// cannot be reached at start, a warning is logged and the flow routes answer 503.
     #[serde(default = "default_enabled")]
     pub enabled: bool,
-    /// Labels every job container gets besides its `io.containerops.*` ones (for example so
-    /// an agent's `include_labels` selects them).
+    /// Where jobs run: `docker` (the default) or `kubernetes`.
+    #[serde(default)]
+    pub runner: RunnerKind,
+    /// The Kubernetes runner's settings.
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
+    /// Labels every job container (or Pod) gets besides its `io.containerops.*` ones (for
+    /// example so an agent's `include_labels` selects them).
     #[serde(default)]
     pub extra_labels: BTreeMap<String, String>,
     /// How long a stopped job container (timeout, cancel) gets between SIGTERM and SIGKILL.
@@ -62,6 +138,8 @@ impl Default for EngineSettings {
     fn default() -> EngineSettings {
         EngineSettings {
             enabled: default_enabled(),
+            runner: RunnerKind::default(),
+            kubernetes: KubernetesSettings::default(),
             extra_labels: BTreeMap::new(),
             stop_grace: default_stop_grace(),
             reconcile_every: default_reconcile_every(),
@@ -81,6 +159,7 @@ impl Default for EngineSettings {
 impl EngineSettings {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), String> {
+        self.kubernetes.validate()?;
         for (k, v) in &self.extra_labels {
             if k.is_empty() || k.starts_with("io.containerops.") {
                 return Err(format!(

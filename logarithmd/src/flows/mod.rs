@@ -7,11 +7,12 @@
 //!   job events (`notify`), with storage as the lookup for missed ones;
 //! - [`announce::WebhookRunEvents`]: a finished run becomes a durable `flow.finished`
 //!   webhook delivery with one line per job;
-//! - [`runner::LabelledRunner`]: the Docker runner, adding the configured extra labels.
+//! - [`runner::LabelledRunner`]: the Docker or Kubernetes runner (`[engine] runner`),
+//!   adding the configured extra labels.
 //!
 //! [`run`] starts it, and the scheduler of its `cron` triggers (`engine::cron`), under the
 //! shutdown token; until it is up (or when it is disabled, or
-//! Docker is unreachable) the flow routes (`api::flows`) answer 503.
+//! its runner is unreachable) the flow routes (`api::flows`) answer 503.
 //!
 //! # Layout
 //! - [`config`]: the `[engine]` section.
@@ -32,11 +33,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use engine::runner::docker::DockerRunner;
+use engine::runner::kubernetes::KubernetesRunner;
 use engine::{Engine, JobRunner};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use config::EngineSettings;
+pub use config::{EngineSettings, RunnerKind};
 
 /// The running engine, once it is up. Cheap to clone.
 #[derive(Clone, Default)]
@@ -100,28 +102,28 @@ pub struct Wiring {
     pub runs_live: Arc<crate::live::RunHub>,
 }
 
-/// Connects to Docker, starts the engine (retrying while storage is unavailable), makes it
+/// Connects to the runner (Docker or Kubernetes), starts the engine (retrying while storage is unavailable), makes it
 /// reachable through the handle, and drives it until `shutdown`. Returns at once when the
-/// engine is disabled or Docker cannot be reached (flow routes then answer 503).
+/// engine is disabled or its runner cannot be reached (flow routes then answer 503).
 pub async fn run(w: Wiring, shutdown: CancellationToken) {
     let _settled = Settled(&w.handle);
     if !w.settings.enabled {
         tracing::info!("flow engine disabled ([engine] enabled = false)");
         return;
     }
-    let docker = tokio::select! {
+    let inner = tokio::select! {
         _ = shutdown.cancelled() => return,
-        r = DockerRunner::connect() => r,
+        r = connect(&w.settings) => r,
     };
-    let docker = match docker {
-        Ok(d) => d,
+    let inner = match inner {
+        Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "flow engine not started: Docker is unreachable; flow routes answer 503");
+            tracing::warn!(runner = ?w.settings.runner, error = %e, "flow engine not started: its runner is unreachable; flow routes answer 503");
             return;
         }
     };
     let runner: Arc<dyn JobRunner> = Arc::new(runner::LabelledRunner::new(
-        Arc::new(docker),
+        inner,
         w.settings.extra_labels.clone(),
     ));
     let store = Arc::new(
@@ -184,6 +186,21 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// The configured runner: the local Docker engine, or the Kubernetes API server.
+async fn connect(settings: &EngineSettings) -> engine::Result<Arc<dyn JobRunner>> {
+    Ok(match settings.runner {
+        RunnerKind::Docker => Arc::new(DockerRunner::connect().await?),
+        RunnerKind::Kubernetes => {
+            let k = &settings.kubernetes;
+            let r = KubernetesRunner::infer(k.namespace.as_deref())
+                .await?
+                .with_options(k.pod_options());
+            tracing::info!(namespace = r.namespace(), "jobs run as Kubernetes Pods");
+            Arc::new(r)
+        }
+    })
 }
 
 /// Maps a storage failure to the engine's kinds: transient stays transient.

@@ -11,7 +11,7 @@
 
 pub mod pod;
 
-pub use pod::{pod_for, pod_name};
+pub use pod::{pod_for, pod_name, PodOptions};
 
 use std::time::Duration;
 
@@ -22,11 +22,23 @@ use kube::{Client, Config};
 use super::{ContainerState, Found, JobRunner, JobSpec};
 use crate::error::{Error, ErrorKind, Result};
 
+/// Every Kubernetes API call the runner makes, as RBAC names it: `(resource, verb)` on the
+/// core API group, in the runner's namespace. deploy/kubernetes/base/rbac.yaml grants
+/// these (and `watch`) to logarithmd; engine/tests/kubernetes_runner.rs checks that the
+/// runner sends nothing else and that the Role covers every one.
+pub const API_CALLS: &[(&str, &str)] = &[
+    ("pods", "create"),
+    ("pods", "get"),
+    ("pods", "list"),
+    ("pods", "delete"),
+];
+
 /// The Kubernetes runner: Pods in one namespace.
 #[derive(Clone)]
 pub struct KubernetesRunner {
     pods: Api<Pod>,
     namespace: String,
+    options: PodOptions,
 }
 
 impl std::fmt::Debug for KubernetesRunner {
@@ -116,7 +128,14 @@ impl KubernetesRunner {
         KubernetesRunner {
             pods: Api::namespaced(client, &namespace),
             namespace,
+            options: PodOptions::default(),
         }
+    }
+
+    /// Every job Pod gets these options.
+    pub fn with_options(mut self, options: PodOptions) -> KubernetesRunner {
+        self.options = options;
+        self
     }
 
     /// Connects as `kubectl` would (`KUBECONFIG` or `~/.kube/config`, else the in-cluster
@@ -154,10 +173,7 @@ impl KubernetesRunner {
             Err(e) => return Err(kube_error(format!("cannot read pod {name}"), e)),
         };
         let labels = pod.metadata.labels.unwrap_or_default();
-        let ours = spec
-            .labels
-            .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v));
+        let ours = spec.is_same_job(|k| labels.get(k).map(String::as_str));
         if !ours {
             return Err(Error::conflict(format!(
                 "a pod named {name} exists in namespace {} and belongs to another job",
@@ -185,7 +201,8 @@ impl JobRunner for KubernetesRunner {
 
     #[tracing::instrument(skip(self, spec), fields(pod = %spec.name, image = %spec.image, namespace = %self.namespace))]
     async fn start(&self, spec: &JobSpec) -> Result<String> {
-        let pod = pod_for(spec, &self.namespace);
+        let mut pod = pod_for(spec, &self.namespace);
+        self.options.apply(&mut pod);
         let name = pod_name(spec);
         match self.pods.create(&PostParams::default(), &pod).await {
             Ok(created) => Ok(created.metadata.name.unwrap_or(name)),

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, LocalObjectReference, Pod, PodSpec, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -40,6 +42,43 @@ pub fn pod_name(spec: &JobSpec) -> String {
         name.push_str(&suffix);
     }
     name
+}
+
+/// What every job Pod gets besides its job's own settings (logarithmd's
+/// `[engine.kubernetes]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodOptions {
+    /// The Pod's service account. None: the namespace's `default`, and no API token is
+    /// mounted (jobs do not talk to the API server unless given an account for it).
+    pub service_account: Option<String>,
+    /// Secrets the kubelet pulls the job images with.
+    pub image_pull_secrets: Vec<String>,
+    /// Nodes the jobs may run on.
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl PodOptions {
+    /// Adds the options to a Pod made by [`pod_for`].
+    pub fn apply(&self, pod: &mut Pod) {
+        let Some(spec) = pod.spec.as_mut() else {
+            return;
+        };
+        match &self.service_account {
+            Some(sa) => spec.service_account_name = Some(sa.clone()),
+            None => spec.automount_service_account_token = Some(false),
+        }
+        if !self.image_pull_secrets.is_empty() {
+            spec.image_pull_secrets = Some(
+                self.image_pull_secrets
+                    .iter()
+                    .map(|name| LocalObjectReference { name: name.clone() })
+                    .collect(),
+            );
+        }
+        if !self.node_selector.is_empty() {
+            spec.node_selector = Some(self.node_selector.clone());
+        }
+    }
 }
 
 /// The Pod that runs the job.
@@ -162,6 +201,32 @@ mod tests {
                     }],
                 },
             })
+        );
+    }
+
+    #[test]
+    fn options_set_account_pull_secrets_and_node_selector() {
+        let mut pod = pod_for(&spec("co-x"), "ci");
+        PodOptions::default().apply(&mut pod);
+        let json = serde_json::to_value(&pod).unwrap_or_default();
+        assert_eq!(json["spec"]["automountServiceAccountToken"], false);
+        let mut pod = pod_for(&spec("co-x"), "ci");
+        PodOptions {
+            service_account: Some("jobs".into()),
+            image_pull_secrets: vec!["regcred".into()],
+            node_selector: BTreeMap::from([("pool".to_owned(), "ci".to_owned())]),
+        }
+        .apply(&mut pod);
+        let json = serde_json::to_value(&pod).unwrap_or_default();
+        assert_eq!(json["spec"]["serviceAccountName"], "jobs");
+        assert_eq!(json["spec"].get("automountServiceAccountToken"), None);
+        assert_eq!(
+            json["spec"]["imagePullSecrets"],
+            serde_json::json!([{"name": "regcred"}])
+        );
+        assert_eq!(
+            json["spec"]["nodeSelector"],
+            serde_json::json!({"pool": "ci"})
         );
     }
 
