@@ -452,7 +452,7 @@ impl Driver {
         let cmds = next.apply(event, now())?;
         if next != slot.run || slot.dirty {
             slot.run = next;
-            if save(&*self.store, slot, &self.config.replica).await == Saved::Lost {
+            if save(&*self.store, slot, &self.config.replica).await == SaveOutcome::Lost {
                 // Another replica drives it now: nothing of this transition is carried out.
                 self.runs.remove(id);
                 return Err(Error::conflict(format!(
@@ -623,7 +623,7 @@ impl Driver {
                 self.announcing.remove(&run);
                 if let Some(slot) = self.runs.get_mut(&run) {
                     slot.run.announced = true;
-                    if save(&*self.store, slot, &self.config.replica).await == Saved::Lost {
+                    if save(&*self.store, slot, &self.config.replica).await == SaveOutcome::Lost {
                         self.runs.remove(&run);
                     }
                 }
@@ -712,7 +712,7 @@ impl Driver {
             let Some(slot) = self.runs.get_mut(&id) else {
                 return;
             };
-            if slot.dirty && save(&*self.store, slot, &self.config.replica).await == Saved::Lost {
+            if slot.dirty && save(&*self.store, slot, &self.config.replica).await == SaveOutcome::Lost {
                 self.runs.remove(&id);
                 return;
             }
@@ -967,8 +967,8 @@ impl Driver {
 
 /// What a save came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Saved {
-    Saved,
+enum SaveOutcome {
+    Done,
     /// Not saved (storage failed); the next transition or reconciliation tries again.
     Failed,
     /// Another replica owns the run now: it must be dropped here.
@@ -978,19 +978,19 @@ enum Saved {
 /// Saves a run, tracking failures so the next attempt saves it again. A conflict means
 /// another engine changed the run: if that one owns it now, the run is lost to this one;
 /// otherwise (a write of ours raced one of our own) ours is saved over it.
-async fn save(store: &dyn RunStore, slot: &mut Slot, replica: &str) -> Saved {
+async fn save(store: &dyn RunStore, slot: &mut Slot, replica: &str) -> SaveOutcome {
     match store.put_run(&slot.run, slot.version).await {
         Ok(v) => {
             slot.version = v;
             slot.dirty = false;
-            Saved::Saved
+            SaveOutcome::Done
         }
         Err(e) if e.kind() == ErrorKind::Conflict => {
             match store.get_run(&slot.run.id).await {
                 Ok(Some((stored, v))) => {
                     if stored.owner.as_deref() != Some(replica) {
                         tracing::info!(run = %slot.run.id, owner = stored.owner.as_deref().unwrap_or("-"), "flow run taken over by another replica; dropping it here");
-                        return Saved::Lost;
+                        return SaveOutcome::Lost;
                     }
                     tracing::warn!(run = %slot.run.id, error = %e, "run changed in the store under us; saving ours over it");
                     slot.version = v;
@@ -999,12 +999,12 @@ async fn save(store: &dyn RunStore, slot: &mut Slot, replica: &str) -> Saved {
                 Err(_) => {}
             }
             slot.dirty = true;
-            Saved::Failed
+            SaveOutcome::Failed
         }
         Err(e) => {
             tracing::error!(run = %slot.run.id, error = %e, "cannot save run state; will retry");
             slot.dirty = true;
-            Saved::Failed
+            SaveOutcome::Failed
         }
     }
 }

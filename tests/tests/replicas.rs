@@ -30,12 +30,13 @@ const RUNS: usize = 20;
 
 fn config(tag: &str, replica: usize, label: &str) -> String {
     format!(
-        "admin_token = \"{ADMIN}\"\n\
+        "{}\
          [webhooks]\npoll_interval = \"100ms\"\nrequest_timeout = \"2s\"\nlease = \"4s\"\n\
          retry_initial = \"200ms\"\nretry_max_delay = \"800ms\"\n\
          [engine]\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\nlease_ttl = \"3s\"\n\
          replica_id = \"r{replica}-{tag}\"\n\
-         extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n"
+         extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n",
+        logarithm_tests::token_toml("admin", ADMIN, &["admin"])
     )
 }
 
