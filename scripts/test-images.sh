@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the images scripts/build-images.sh made (tag: $1, default dev): both binaries
 # answer --help, both run as the unprivileged user with their OCI labels, and logarithmd
-# started from its image (SQLite in its data directory, no Docker) serves /readyz.
+# started from its image with deploy/kubernetes's logarithmd.toml (SQLite in its data
+# directory, no cluster: the Kubernetes runner stays off, flow routes answer 503) serves
+# /readyz.
 set -euo pipefail
 tag="${1:-dev}"
 fail() { echo "error: $*" >&2; exit 1; }
@@ -19,8 +21,15 @@ done
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 name="logarithm-image-check-$$"
-docker run -d --name "$name" -p "127.0.0.1:$port:7300" "logarithm/logarithmd:$tag" >/dev/null
-trap 'docker rm -f "$name" >/dev/null 2>&1 || true' EXIT
+conf=$(mktemp -d)
+trap 'docker rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$conf"' EXIT
+# The block under `logarithmd.toml: |`, unindented.
+awk '/^  logarithmd.toml: \|/ {on=1; next} on && /^    / {print substr($0, 5); next} on && /^$/ {print; next} on {exit}' \
+  "$(dirname "$0")/../deploy/kubernetes/base/logarithmd-config.yaml" > "$conf/logarithmd.toml"
+grep -q '^runner = "kubernetes"' "$conf/logarithmd.toml" || fail "no logarithmd.toml in the ConfigMap"
+chmod 0755 "$conf"; chmod 0644 "$conf/logarithmd.toml"
+docker run -d --name "$name" -p "127.0.0.1:$port:7300" -v "$conf:/etc/logarithm:ro" \
+  "logarithm/logarithmd:$tag" --config /etc/logarithm/logarithmd.toml >/dev/null
 for _ in $(seq 1 120); do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)
   [ "$code" = 200 ] && break
