@@ -712,7 +712,9 @@ impl Driver {
             let Some(slot) = self.runs.get_mut(&id) else {
                 return;
             };
-            if slot.dirty && save(&*self.store, slot, &self.config.replica).await == SaveOutcome::Lost {
+            if slot.dirty
+                && save(&*self.store, slot, &self.config.replica).await == SaveOutcome::Lost
+            {
                 self.runs.remove(&id);
                 return;
             }
@@ -886,7 +888,7 @@ impl Driver {
         run.owner = Some(self.config.replica.clone());
         match self.store.put_run(&run, version).await {
             Ok(v) => {
-                tracing::info!(run = %run.id, flow = %run.flow_name, status = run.status.as_str(), from = from.as_deref().unwrap_or("-"), "driving flow run");
+                tracing::info!(run = %run.id, flow = %run.flow_name, status = run.status.as_str(), from = from.as_deref().unwrap_or("-"), "resuming flow run");
                 let id = run.id.clone();
                 self.runs.insert(id.clone(), Slot::new(run, v));
                 self.reconcile_run(&id, true).await;
