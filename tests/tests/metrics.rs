@@ -98,7 +98,7 @@ fn alert_rules_pass_promtool() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(out.status.success(), "promtool check rules failed:\n{text}");
-    ensure!(text.contains("SUCCESS: 9 rules found"), "{text}");
+    ensure!(text.contains("SUCCESS: 10 rules found"), "{text}");
     // The rules' unit tests: each alert fires on its condition, with its labels and text.
     let out = std::process::Command::new(prom::tool("promtool")?)
         .current_dir(prom::dashboards_dir())
@@ -373,7 +373,7 @@ async fn observe(
                 .iter()
                 .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
                 .collect();
-            ensure!(rules.len() >= 9, "{} rules loaded", rules.len());
+            ensure!(rules.len() >= 10, "{} rules loaded", rules.len());
             if let Some(bad) = rules.iter().find(|r| r["health"] == "err") {
                 anyhow::bail!("rule {} fails: {}", bad["name"], bad["lastError"]);
             }
