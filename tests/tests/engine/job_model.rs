@@ -226,7 +226,13 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
         alloc["reason"],
         format!("post script exceeded its memory limit of {} bytes", 8 << 20)
     );
-    assert_eq!(job(&run, "scripts", "loop", "loop")["status"], "success");
+    // The parallel job (no script now) either finished before alloc's post script failed
+    // the stage, or was cancelled by that failure: both are the run rules' outcome.
+    let other = job(&run, "scripts", "loop", "loop");
+    assert!(
+        matches!(other["status"].as_str(), Some("success" | "cancelled")),
+        "{other}"
+    );
 
     let bad = one_job_flow(&format!("lua-{}", s.tag), "true", None, false).replace(
         "            command:",
