@@ -33,6 +33,10 @@ use crate::Storage;
 
 /// How long a connection waits for another process's lock before `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+/// How often opening retries when another process holds the lock it needs to set up the
+/// file (see `SqliteStorage::open`), and the pause between tries.
+const OPEN_BUSY_RETRIES: u32 = 10;
+const OPEN_BUSY_PAUSE: Duration = Duration::from_millis(20);
 /// Readers beyond this are not useful on a single file.
 const MAX_READERS: usize = 4;
 
@@ -202,9 +206,23 @@ impl SqliteStorage {
             if let Location::File(path) = &writer_location {
                 create_parent(path)?;
             }
-            let mut conn = open_connection(&writer_location, true)?;
-            schema::migrate(&mut conn)?;
-            Ok(conn)
+            // Two processes opening a new file at once: switching it to WAL needs an
+            // exclusive lock, and SQLite answers SQLITE_BUSY for that without waiting on
+            // the busy timeout. Try again a bounded number of times.
+            let mut attempt = 0;
+            loop {
+                let opened = open_connection(&writer_location, true).and_then(|mut conn| {
+                    schema::migrate(&mut conn)?;
+                    Ok(conn)
+                });
+                match opened {
+                    Err(e) if e.kind() == ErrorKind::Timeout && attempt < OPEN_BUSY_RETRIES => {
+                        attempt += 1;
+                        std::thread::sleep(OPEN_BUSY_PAUSE);
+                    }
+                    result => break result,
+                }
+            }
         })
         .await
         .map_err(join_error)??;
