@@ -279,10 +279,11 @@ pub(crate) fn validate_claim(req: &ClaimRequest) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(events: &[EventKind], filters: &[(&str, &str)]) -> SubscriptionSpec {
+    /// A subscription spec for unit tests (also used by `sql::webhooks`'s tests).
+    pub(crate) fn spec(events: &[EventKind], filters: &[(&str, &str)]) -> SubscriptionSpec {
         SubscriptionSpec {
             id: 1,
             name: None,

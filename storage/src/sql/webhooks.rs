@@ -477,21 +477,7 @@ pub(crate) fn histories(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(events: &[EventKind], filters: &[(&str, &str)]) -> SubscriptionSpec {
-        SubscriptionSpec {
-            id: 1,
-            name: None,
-            source: SubscriptionSource::Api,
-            url: "http://x".into(),
-            secret: "s".into(),
-            events: events.iter().copied().collect(),
-            filters: filters
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        }
-    }
+    use crate::webhooks::tests::spec;
 
     #[test]
     fn upsert_keeps_state_unless_the_definition_changes() {
