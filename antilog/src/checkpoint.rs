@@ -122,6 +122,8 @@ struct FileFormat {
 struct State {
     entries: BTreeMap<String, Entry>,
     dirty: bool,
+    /// Changed since the last write of either kind (see [`CheckpointStore::write_before_ack`]).
+    unwritten: bool,
     /// The containers that existed at start (see [`CheckpointStore::retain_existing`]).
     existing_at_start: Option<HashSet<String>>,
 }
@@ -130,6 +132,9 @@ struct State {
 pub struct CheckpointStore {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Held while the file is written: one write at a time, in the order of their
+    /// snapshots.
+    io: Mutex<()>,
 }
 
 impl CheckpointStore {
@@ -171,9 +176,11 @@ impl CheckpointStore {
         };
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
+            io: Mutex::new(()),
             state: Mutex::new(State {
                 entries,
                 dirty: false,
+                unwritten: false,
                 existing_at_start: None,
             }),
         })
@@ -216,26 +223,23 @@ impl CheckpointStore {
             {
                 continue;
             }
-            match effect {
-                Effect::Forget => {
-                    st.entries.remove(id);
-                }
-                Effect::Cut(pos) => {
-                    let e = st.entries.entry(id.to_string()).or_default();
-                    // Never move backwards (a resend of older data after a reconnect).
-                    if pos.seq >= e.pos.seq {
-                        e.pos = *pos;
-                    }
-                }
-                Effect::Meta => {
-                    st.entries.entry(id.to_string()).or_default().exit = None;
-                }
-                Effect::Exit(mark) => {
-                    st.entries.entry(id.to_string()).or_default().exit = Some(*mark);
-                }
-            }
+            apply_effect(&mut st.entries, id, effect);
             st.dirty = true;
+            st.unwritten = true;
         }
+    }
+
+    /// The entries as they will be once `spooled` (the effects of frames the spool still
+    /// holds, in order) are acknowledged: where a restart resumes reading.
+    pub fn resume_snapshot<'a>(
+        &self,
+        spooled: impl IntoIterator<Item = (&'a str, &'a Effect)>,
+    ) -> BTreeMap<String, Entry> {
+        let mut entries = self.snapshot();
+        for (id, effect) in spooled {
+            apply_effect(&mut entries, id, effect);
+        }
+        entries
     }
 
     /// Keeps only the entries of `existing` (the containers listed at start), and from now
@@ -247,35 +251,80 @@ impl CheckpointStore {
         st.entries.retain(|id, _| existing.contains(id));
         if st.entries.len() != before {
             st.dirty = true;
+            st.unwritten = true;
         }
         st.existing_at_start = Some(existing.clone());
     }
 
-    /// Writes the file if anything changed since the last write.
+    /// Writes the file, with fsyncs, if anything changed since the last such write.
     pub fn persist_if_dirty(&self) -> Result<(), Error> {
-        let bytes = {
-            let mut st = self.lock();
-            if !st.dirty {
-                return Ok(());
-            }
-            st.dirty = false;
-            let f = FileFormat {
-                version: FORMAT_VERSION,
-                containers: st.entries.clone(),
-            };
-            serde_json::to_vec_pretty(&f).map_err(|e| {
-                Error::with_source(ErrorKind::Checkpoint, "cannot serialize checkpoints", e)
-            })?
+        let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bytes) = self.serialize(|st| std::mem::take(&mut st.dirty))? else {
+            return Ok(());
         };
-        let res = write_atomically(&self.dir, FILE_NAME, &bytes);
+        let res = write_atomically(&self.dir, FILE_NAME, &bytes, true);
         if res.is_err() {
             self.lock().dirty = true; // try again next time
         }
         res
     }
+
+    /// Writes the file, without fsyncs, if anything changed since the last write: called
+    /// right before the spool records frames as delivered (its ack file is not fsynced
+    /// either), so an agent killed in between never finds the spool past frames whose
+    /// effects the checkpoint lacks. The periodic [`run_writer`] makes it durable.
+    pub fn write_before_ack(&self) -> Result<(), Error> {
+        let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bytes) = self.serialize(|st| std::mem::take(&mut st.unwritten))? else {
+            return Ok(());
+        };
+        let res = write_atomically(&self.dir, FILE_NAME, &bytes, false);
+        if res.is_err() {
+            self.lock().unwritten = true;
+        }
+        res
+    }
+
+    /// The file's bytes, if `take` says a write is due (and clears its flag).
+    fn serialize(&self, take: impl FnOnce(&mut State) -> bool) -> Result<Option<Vec<u8>>, Error> {
+        let mut st = self.lock();
+        if !take(&mut st) {
+            return Ok(None);
+        }
+        st.unwritten = false;
+        let f = FileFormat {
+            version: FORMAT_VERSION,
+            containers: st.entries.clone(),
+        };
+        drop(st);
+        serde_json::to_vec(&f).map(Some).map_err(|e| {
+            Error::with_source(ErrorKind::Checkpoint, "cannot serialize checkpoints", e)
+        })
+    }
 }
 
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
+fn apply_effect(entries: &mut BTreeMap<String, Entry>, id: &str, effect: &Effect) {
+    match effect {
+        Effect::Forget => {
+            entries.remove(id);
+        }
+        Effect::Cut(pos) => {
+            let e = entries.entry(id.to_string()).or_default();
+            // Never move backwards (a resend of older data after a reconnect).
+            if pos.seq >= e.pos.seq {
+                e.pos = *pos;
+            }
+        }
+        Effect::Meta => {
+            entries.entry(id.to_string()).or_default().exit = None;
+        }
+        Effect::Exit(mark) => {
+            entries.entry(id.to_string()).or_default().exit = Some(*mark);
+        }
+    }
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<(), Error> {
     let err = |what: &str, e: std::io::Error| {
         Error::with_source(
             ErrorKind::Checkpoint,
@@ -286,9 +335,14 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| err("create temp file", e))?;
     f.write_all(bytes).map_err(|e| err("write temp file", e))?;
-    f.sync_all().map_err(|e| err("fsync temp file", e))?;
+    if sync {
+        f.sync_all().map_err(|e| err("fsync temp file", e))?;
+    }
     drop(f);
     std::fs::rename(&tmp, dir.join(name)).map_err(|e| err("rename temp file", e))?;
+    if !sync {
+        return Ok(());
+    }
     // The rename is durable only once the directory entry is.
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

@@ -114,6 +114,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.compression,
         spool_stop.clone(),
     ));
+    // Reading resumes after what the spool holds: it will all be delivered.
+    let spooled = spool_reader.undelivered_effects()?;
+    let resume = store.resume_snapshot(spooled.iter().map(|(id, e)| (&**id, e)));
     let mut shipper_task =
         tokio::spawn(shipper.run(spool::Reader::new(spool_reader), store.clone()));
     let writer_stop = CancellationToken::new();
@@ -137,7 +140,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     });
     // Returns once shutdown is requested and every follower has stopped; with it go the
     // last senders of the item channel, which lets the batcher flush and finish.
-    let discovery = docker::discovery::run(shared, store.clone()).await;
+    let discovery = docker::discovery::run(shared, store.clone(), resume).await;
     if let Err(e) = &discovery {
         // Stop the pipeline too (nothing was read).
         warn!(error = %e, "discovery failed");

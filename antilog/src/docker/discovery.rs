@@ -39,15 +39,21 @@ struct Discovery {
 }
 
 /// Runs discovery and the followers until `shared.shutdown`, then waits for the followers.
-/// Fails only if the first listing fails (Docker unreachable at start).
-pub async fn run(shared: Arc<Shared>, store: Arc<CheckpointStore>) -> Result<(), Error> {
+/// Followers of containers in `resume` (the checkpoint with what the spool still holds
+/// applied) start there. Fails only if the first listing fails (Docker unreachable at
+/// start).
+pub async fn run(
+    shared: Arc<Shared>,
+    store: Arc<CheckpointStore>,
+    resume: BTreeMap<String, Entry>,
+) -> Result<(), Error> {
     let mut d = Discovery {
         shared: shared.clone(),
         followers: HashMap::new(),
         tasks: JoinSet::new(),
         task_ids: HashMap::new(),
         ignored: HashSet::new(),
-        checkpoints: store.snapshot(),
+        checkpoints: resume,
     };
     // Events from just before the listing on: a container started in between is seen twice
     // (harmless), never zero times.

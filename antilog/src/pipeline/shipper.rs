@@ -201,7 +201,14 @@ impl Shipper {
                         }
                     }
                     acknowledged(&store, &frame);
-                    spool.ack().await;
+                    let store = store.clone();
+                    spool.ack_after(move || {
+                        if let Err(e) = store.write_before_ack() {
+                            // The spool moves on anyway: a restart then resends less
+                            // than it could, never loses (the periodic write retries).
+                            tracing::warn!(error = %e, "cannot write the checkpoint");
+                        }
+                    }).await;
                     drop(slot);
                 }
             }
