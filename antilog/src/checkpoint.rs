@@ -386,6 +386,35 @@ mod tests {
     }
 
     #[test]
+    fn resume_snapshot_applies_spooled_effects_without_moving_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let at = |seq| Position {
+            seq,
+            ts: seq as i64,
+            at_ts: 1,
+            file: None,
+        };
+        store.apply([("a", &Effect::Cut(at(5)))]);
+        let spooled = [
+            ("a", Effect::Cut(at(9))),
+            ("b", Effect::Meta),
+            ("b", Effect::Cut(at(3))),
+            ("c", Effect::Forget),
+        ];
+        let resume = store.resume_snapshot(spooled.iter().map(|(id, e)| (*id, e)));
+        assert_eq!(resume["a"].pos.seq, 9);
+        assert_eq!(resume["b"].pos.seq, 3);
+        assert!(!resume.contains_key("c"));
+        assert_eq!(store.snapshot()["a"].pos.seq, 5);
+        // The write before an acknowledgement leaves the durable write due.
+        store.write_before_ack().unwrap();
+        assert!(store.lock().dirty);
+        let reread = CheckpointStore::open(dir.path()).unwrap();
+        assert_eq!(reread.snapshot()["a"].pos.seq, 5);
+    }
+
+    #[test]
     fn persists_atomically_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();

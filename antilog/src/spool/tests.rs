@@ -391,6 +391,37 @@ fn a_lost_ack_file_means_resending_not_losing() {
     assert_eq!(drain(&mut r), vec![1, 2, 3]);
 }
 
+/// A restart resumes reading after what the spool still holds: the effects of every frame
+/// not acknowledged, across segments, in order, and none of those acknowledged.
+#[test]
+fn undelivered_effects_are_those_of_the_frames_after_the_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Limits {
+        max_bytes: 1 << 30,
+        segment_bytes: 200,
+    };
+    let (mut w, mut r) = open_in(dir.path(), small);
+    let id: Arc<str> = Arc::from("c1");
+    for n in 1..=4u32 {
+        w.append(&frame_with(n, 150, &[(id.clone(), cut(u64::from(n)))]))
+            .unwrap();
+        w.sync().unwrap();
+    }
+    let Next::Frame(_) = r.try_next().unwrap() else {
+        panic!("frame 1")
+    };
+    r.ack();
+    drop((w, r));
+    let (_w, r) = open_in(dir.path(), small);
+    let got: Vec<Effect> = r
+        .undelivered_effects()
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(got, vec![cut(2), cut(3), cut(4)]);
+}
+
 fn agent() -> Agent {
     Agent {
         id: "a".into(),
