@@ -24,7 +24,8 @@
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
 //!   (`segment`: checksummed frames and the ack file).
 //! - [`files`]: reading log files (`tailer` across rotations, `identity` of a file,
-//!   `json_file` records) for the `docker-files` source.
+//!   `json_file` records, `cri` records with their partials joined) for the
+//!   `docker-files` source and Kubernetes nodes.
 //! - [`checkpoint`]: acknowledged progress per container (and per log file), persisted
 //!   atomically.
 //! - [`retry`]: the retry policy (exponential backoff with jitter, from `backon`).

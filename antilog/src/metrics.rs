@@ -70,7 +70,13 @@ impl ShipFailure {
 }
 
 /// The `event` label values of `antilog_file_events_total`.
-pub const FILE_EVENTS: [&str; 3] = ["malformed", "truncated", "lost"];
+pub const FILE_EVENTS: [&str; 5] = [
+    "malformed",
+    "truncated",
+    "lost",
+    "cri_bad_tag",
+    "cri_unparseable",
+];
 
 /// Every metric antilog exports.
 pub struct Metrics {
@@ -313,7 +319,10 @@ impl Metrics {
                     "Irregularities met reading log files, by event (malformed: a line that \
                      is not a record of the format, kept nowhere; truncated: a file shrank \
                      and was read again from its start; lost: files rotated away before \
-                     they were read, so lines may be missing - also recorded on the job).",
+                     they were read, so lines may be missing - also recorded on the job; \
+                     cri_bad_tag: a CRI record whose tag is neither P nor F, kept as a whole \
+                     line; cri_unparseable: a line of a CRI log that is not a record, kept as \
+                     a whole stdout line).",
                 ),
                 &["event"],
             )?,

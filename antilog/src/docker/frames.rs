@@ -328,7 +328,6 @@ impl MuxAssembler {
     /// One Docker message already split from its timestamp (a json-file record):
     /// `rest` is its content, with its `\n` if it has one.
     pub fn push_message(&mut self, stream: Stream, ts: i64, rest: &[u8], out: &mut Vec<Piece>) {
-        self.last_ts = ts;
         // A message without '\n' is a partial only if Docker's buffer was full: the
         // `local` driver returns the last piece of a split line without '\n' (json-file
         // adds one), and a run's last output without newline is short too.
@@ -336,6 +335,20 @@ impl MuxAssembler {
             Some((b'\n', head)) => (head, true),
             _ => (rest, rest.len() < self.partial_size),
         };
+        self.push_record(stream, ts, content, terminated, out);
+    }
+
+    /// One message whose end is known from its format (a CRI record: `P` or `F`):
+    /// `content` is its bytes without any newline, `terminated` ends the line.
+    pub fn push_record(
+        &mut self,
+        stream: Stream,
+        ts: i64,
+        content: &[u8],
+        terminated: bool,
+        out: &mut Vec<Piece>,
+    ) {
+        self.last_ts = ts;
         self.order += 1;
         let order = self.order;
         let mut scratch = std::mem::take(&mut self.scratch);

@@ -6,11 +6,13 @@
 //! - [`tailer`]: one log's chain of files read as one stream of lines across rotations,
 //!   with exact positions (identity + offset) for checkpoints.
 //! - [`json_file`]: Docker's `json-file` record format.
+//! - [`cri`]: the CRI record format of Kubernetes nodes (`P`/`F` partials joined).
 //!
 //! The Docker follower ([`crate::docker::follower`]) reads a `json-file` container through
 //! these when the source is `docker-files` (see [`crate::config::Source`]); containers
 //! with another log driver stay on the API, container by container.
 
+pub mod cri;
 pub mod identity;
 pub mod json_file;
 pub mod tailer;
