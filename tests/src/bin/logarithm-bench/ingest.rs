@@ -1,0 +1,259 @@
+//! Sections 1 and 2: logarithmd's ingest into SQLite and MariaDB, and the raw ceilings.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use logarithm_tests::{Daemon, Db, TOKEN};
+use protocol::{Agent as WireAgent, Batch, ContainerMeta, ContainerSegment, Record, Stream};
+
+use crate::{line, Figure, BATCH, LINES, SENDERS};
+
+fn compress_batch(container: &str, first_seq: u64, n: u64, meta: bool) -> Result<Vec<u8>> {
+    let records = (first_seq..first_seq + n)
+        .map(|seq| {
+            Record::new(
+                seq,
+                1_764_000_000_000_000_000 + seq as i64,
+                if seq % 2 == 0 {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                },
+                line(seq).into_bytes(),
+                false,
+            )
+        })
+        .collect();
+    let batch = Batch {
+        version: protocol::PROTOCOL_VERSION,
+        agent: WireAgent {
+            id: "bench".into(),
+            node: "bench-node".into(),
+        },
+        segments: vec![ContainerSegment {
+            container_id: container.to_owned(),
+            meta: meta.then(|| ContainerMeta {
+                name: format!("bench-{container}"),
+                image: "bench".into(),
+                labels: Default::default(),
+                created_at: 1,
+                started_at: 1,
+                restart_count: 0,
+                tty: false,
+                log_driver: "json-file".into(),
+            }),
+            records,
+            exit: None,
+            logs_unavailable: None,
+        }],
+    };
+    Ok(zstd::encode_all(&serde_json::to_vec(&batch)?[..], 1)?)
+}
+
+/// The zstd request bodies of `lines` lines of one container, in batches of [`BATCH`].
+pub fn bodies(container: &str, lines: u64) -> Result<Vec<Vec<u8>>> {
+    let mut list = Vec::new();
+    let mut seq = 1;
+    while seq <= lines {
+        let n = BATCH.min(lines - seq + 1);
+        list.push(compress_batch(container, seq, n, seq == 1)?);
+        seq += n;
+    }
+    Ok(list)
+}
+
+/// A random container id.
+pub fn container_id() -> String {
+    format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        logarithm_tests::rand_u64(),
+        logarithm_tests::rand_u64(),
+        logarithm_tests::rand_u64(),
+        logarithm_tests::rand_u64()
+    )
+}
+
+/// POSTs each list of bodies in order, the lists at once, as agents do (a 503 means
+/// "send the same batch again shortly"); returns how many were sent again.
+pub async fn post_all(daemon: &Daemon, lists: Vec<Vec<Vec<u8>>>) -> Result<u64> {
+    let mut tasks = Vec::new();
+    for list in lists {
+        let http = daemon.http.clone();
+        let url = format!("{}/api/v1/ingest", daemon.base);
+        tasks.push(tokio::spawn(async move {
+            let mut retries = 0u64;
+            for body in list {
+                loop {
+                    let r = http
+                        .post(&url)
+                        .header("authorization", format!("Bearer {TOKEN}"))
+                        .header("content-type", "application/json")
+                        .header("content-encoding", "zstd")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                        retries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    if !r.status().is_success() {
+                        bail!("ingest answered {}: {}", r.status(), r.text().await?);
+                    }
+                    break;
+                }
+            }
+            Ok::<_, anyhow::Error>(retries)
+        }));
+    }
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await??;
+    }
+    Ok(retries)
+}
+
+pub async fn bench_ingest(db: &Db, label: &str) -> Result<Figure> {
+    let daemon = Daemon::start(db.url()).await?;
+    // Bodies are prepared before the clock starts: this measures logarithmd and storage.
+    let mut lists = Vec::new();
+    for _ in 0..SENDERS {
+        lists.push(bodies(&container_id(), LINES / SENDERS)?);
+    }
+    let start = Instant::now();
+    let retries = post_all(&daemon, lists).await?;
+    let secs = start.elapsed().as_secs_f64();
+    if retries > 0 {
+        eprintln!("{label}: {retries} batches answered 503 and were sent again");
+    }
+    let stored = db.count("log_lines").await?;
+    if stored != LINES {
+        bail!("{label}: stored {stored} of {LINES}");
+    }
+    Ok(Figure {
+        what: format!("logarithmd ingest → {label}"),
+        secs,
+        lines: LINES,
+    })
+}
+
+pub async fn raw_mysql(server: &str) -> Result<Figure> {
+    use mysql_async::prelude::Queryable;
+    let name = format!("lg_raw_{:x}", logarithm_tests::rand_u64());
+    let admin = mysql_async::Pool::new(server);
+    let mut conn = admin.get_conn().await?;
+    conn.query_drop(format!("CREATE DATABASE {name}")).await?;
+    conn.query_drop(format!(
+        "CREATE TABLE {name}.log_lines (job_id BIGINT NOT NULL, seq BIGINT NOT NULL, \
+         stream TINYINT NOT NULL, ts BIGINT NOT NULL, cont TINYINT NOT NULL, \
+         line MEDIUMBLOB NOT NULL, PRIMARY KEY (job_id, seq)) ENGINE=InnoDB"
+    ))
+    .await?;
+    // The same parallelism as the ingest run: one connection per sender, each writing its
+    // own job's rows.
+    let pool = mysql_async::Pool::new(format!("{}/{name}", server.trim_end_matches('/')).as_str());
+    let per_sender = LINES / SENDERS;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for sender in 0..SENDERS {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.get_conn().await?;
+            let job_id = 42 + sender as i64;
+            let mut seq = 1u64;
+            while seq <= per_sender {
+                let batch_end = (seq + BATCH).min(per_sender + 1);
+                let mut tx = conn
+                    .start_transaction(mysql_async::TxOpts::default())
+                    .await?;
+                for chunk_start in (seq..batch_end).step_by(1000) {
+                    let end = (chunk_start + 1000).min(batch_end);
+                    let mut sql = String::from(
+                        "INSERT INTO log_lines (job_id, seq, stream, ts, cont, line) VALUES ",
+                    );
+                    let mut params: Vec<mysql_async::Value> = Vec::new();
+                    for s in chunk_start..end {
+                        if s != chunk_start {
+                            sql.push(',');
+                        }
+                        sql.push_str("(?,?,?,?,?,?)");
+                        params.extend([
+                            job_id.into(),
+                            s.into(),
+                            1u8.into(),
+                            (s as i64).into(),
+                            0u8.into(),
+                            line(s).into_bytes().into(),
+                        ]);
+                    }
+                    tx.exec_drop(sql, params).await?;
+                }
+                tx.commit().await?;
+                seq = batch_end;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    pool.disconnect().await?;
+    conn.query_drop(format!("DROP DATABASE {name}")).await?;
+    drop(conn);
+    admin.disconnect().await?;
+    Ok(Figure {
+        what: format!("raw multi-row INSERT → MariaDB ({SENDERS} conns)"),
+        secs,
+        lines: LINES,
+    })
+}
+
+pub fn raw_sqlite() -> Result<Figure> {
+    let dir = tempfile::tempdir()?;
+    let mut conn = rusqlite::Connection::open(dir.path().join("raw.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute(
+        "CREATE TABLE log_lines (job_id INTEGER NOT NULL, seq INTEGER NOT NULL, stream INTEGER NOT NULL, \
+         ts INTEGER NOT NULL, cont INTEGER NOT NULL, line BLOB NOT NULL, PRIMARY KEY (job_id, seq)) WITHOUT ROWID",
+        [],
+    )?;
+    let rows = 100usize;
+    let sql = format!(
+        "INSERT INTO log_lines (job_id, seq, stream, ts, cont, line) VALUES {}",
+        vec!["(?,?,?,?,?,?)"; rows].join(",")
+    );
+    let start = Instant::now();
+    let mut seq = 1u64;
+    while seq <= LINES {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            for chunk in (seq..seq + BATCH).step_by(rows) {
+                let lines: Vec<Vec<u8>> = (chunk..chunk + rows as u64)
+                    .map(|s| line(s).into_bytes())
+                    .collect();
+                let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows * 6);
+                let seqs: Vec<i64> = (chunk..chunk + rows as u64).map(|s| s as i64).collect();
+                for (i, l) in lines.iter().enumerate() {
+                    params.push(&42i64);
+                    params.push(&seqs[i]);
+                    params.push(&1i64);
+                    params.push(&seqs[i]);
+                    params.push(&0i64);
+                    params.push(l);
+                }
+                stmt.execute(params.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        seq += BATCH;
+    }
+    Ok(Figure {
+        what: "raw multi-row INSERT → SQLite".into(),
+        secs: start.elapsed().as_secs_f64(),
+        lines: LINES,
+    })
+}
+

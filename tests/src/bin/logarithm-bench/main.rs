@@ -1,0 +1,146 @@
+//! Throughput benchmark (docs/performance.md; run by `scripts/bench.sh`).
+//!
+//! 1. Ingest: 1,000,000 lines of 100 bytes POSTed to a real logarithmd (zstd batches of
+//!    5,000 lines from 4 containers at once) into SQLite and into MariaDB; lines/s and MB/s
+//!    from the first request to the last acknowledgement (acknowledged = committed).
+//! 2. Raw ceiling, in the same run: the same rows written straight to each database with
+//!    multi-row INSERTs (1,000 rows a statement on MariaDB, 100 on SQLite; one transaction
+//!    per 5,000 rows; on MariaDB 4 connections at once, like the 4 ingest senders), no
+//!    HTTP, no JSON, no dedup bookkeeping.
+//! 3. Agent, API source, live: a container prints 1,000,000 lines of 100 bytes at full
+//!    speed; antilog follows it through the Docker API and ships to logarithmd (SQLite);
+//!    lines/s from container start to the job being final with every line stored, the
+//!    agent's and dockerd's CPU seconds (utime + stime from /proc/<pid>/stat), the agent's
+//!    peak RSS (VmHWM) and the time from the container's exit to the job being final.
+//! 4. Agent, API source, catching up: the same container has finished before the agent
+//!    starts; lines/s from the agent's start to the job being final, same CPU and memory
+//!    figures.
+//! 5. The same two agent paths on the file source (`docker-files`: the json-file log read
+//!    from its files), and, as ceilings from the same run, the time `cat` takes to read
+//!    that log file (page cache warm) and each path's rate as a share of logarithmd's own
+//!    SQLite ingest rate (section 1).
+//! 6. Live follow over SSE ([`live`]): write-to-client latency at about 10,000 lines/s,
+//!    and what 200 idle followers cost logarithmd.
+//! 7. Reading a stored 1,000,000-line job ([`read`]) on SQLite and MariaDB: the raw
+//!    download beside a plain `SELECT`, the first JSON page and the viewer's first view.
+//!
+//! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`procfs`]
+//! (CPU and memory of a process).
+
+mod agent;
+mod ingest;
+mod live;
+mod procfs;
+mod read;
+
+use std::io::Write;
+
+use anyhow::Result;
+use logarithm_tests::Db;
+
+use agent::bench_agent;
+use ingest::{bench_ingest, raw_mysql, raw_sqlite};
+
+const LINES: u64 = 1_000_000;
+const LINE_BYTES: usize = 100;
+const BATCH: u64 = 5_000;
+const SENDERS: u64 = 4;
+
+fn line(seq: u64) -> String {
+    let s = format!("{seq:010} ");
+    format!("{s}{}", "x".repeat(LINE_BYTES - s.len()))
+}
+
+pub struct Figure {
+    pub what: String,
+    pub secs: f64,
+    pub lines: u64,
+}
+
+impl Figure {
+    pub fn print(&self) {
+        let mb = (self.lines as f64 * LINE_BYTES as f64) / 1e6;
+        println!(
+            "| {:<44} | {:>9.2} | {:>12.0} | {:>8.1} |",
+            self.what,
+            self.secs,
+            self.lines as f64 / self.secs,
+            mb / self.secs
+        );
+    }
+}
+
+/// Runs every section, or those named on the command line (`ingest`, `agent`, `live`,
+/// `read`).
+#[tokio::main]
+async fn main() -> Result<()> {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    println!("{LINES} lines of {LINE_BYTES} bytes each\n");
+    println!(
+        "| path                                         |   seconds |      lines/s |     MB/s |"
+    );
+    println!(
+        "|----------------------------------------------|-----------|--------------|----------|"
+    );
+    std::io::stdout().flush()?;
+    let mut sqlite_ingest = None;
+    if wants("ingest") {
+        raw_sqlite()?.print();
+        let ingest = bench_ingest(&Db::sqlite()?, "SQLite").await?;
+        ingest.print();
+        sqlite_ingest = Some(ingest);
+        let server = logarithm_tests::mysql_server_url()?;
+        raw_mysql(&server).await?.print();
+        bench_ingest(&Db::mysql().await?, "MariaDB").await?.print();
+    }
+    let mut runs = Vec::new();
+    if wants("agent") {
+        for source in ["docker-api", "docker-files"] {
+            for live in [true, false] {
+                let run = bench_agent(live, source).await?;
+                run.figure.print();
+                runs.push(run);
+            }
+        }
+        print_agent_costs(&runs, sqlite_ingest.as_ref());
+    }
+    if wants("live") {
+        live::bench_live().await?.print();
+    }
+    if wants("read") {
+        read::ReadRun::header();
+        read::bench_read(&Db::sqlite()?, "SQLite").await?.print();
+        read::bench_read(&Db::mysql().await?, "MariaDB").await?.print();
+    }
+    Ok(())
+}
+
+fn print_agent_costs(runs: &[agent::AgentRun], sqlite_ingest: Option<&Figure>) {
+    println!(
+        "\n| agent path                                   | antilog CPU-s/M lines | dockerd CPU-s/M lines | antilog VmHWM MiB | exit → final s |"
+    );
+    println!(
+        "|----------------------------------------------|-----------|-----------|-----------|-----------|"
+    );
+    for run in runs {
+        run.print_costs();
+    }
+    println!();
+    if let Some(ingest) = sqlite_ingest {
+        let ingest_rate = ingest.lines as f64 / ingest.secs;
+        for run in runs {
+            println!(
+                "{}: {:.0} % of logarithmd's own SQLite ingest rate",
+                run.figure.what,
+                100.0 * (run.figure.lines as f64 / run.figure.secs) / ingest_rate
+            );
+        }
+    }
+    for run in runs.iter().filter_map(|r| r.cat_secs.map(|c| (r, c))) {
+        println!(
+            "cat of the log file read by \"{}\": {:.2} s",
+            run.0.figure.what, run.1
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Section 7 (issue 12, P4): a stored 1,000,000-line job read back. The raw download
+//! (`GET /api/v1/jobs/{id}/logs?format=text`) beside a plain `SELECT` of the same rows
+//! straight from the database, in the same run; and the time to the first JSON page
+//! (`?after=0&limit=500`, the viewer's page) and to what the viewer shows first (the job,
+//! then that page).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use logarithm_tests::{Daemon, Db};
+
+use crate::ingest::{bodies, container_id, post_all};
+use crate::LINES;
+
+/// Repetitions of the small requests (the median is reported).
+const SMALL_RUNS: usize = 9;
+
+pub struct ReadRun {
+    label: &'static str,
+    select_secs: f64,
+    select_bytes: u64,
+    download_secs: f64,
+    download_bytes: u64,
+    first_page: Duration,
+    first_view: Duration,
+}
+
+impl ReadRun {
+    pub fn header() {
+        println!(
+            "\n| stored 1M-line job on | SELECT s | SELECT MB/s | raw download s | download MB/s | download / SELECT | first JSON page ms | first view ms |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+    }
+
+    pub fn print(&self) {
+        let select_mbs = self.select_bytes as f64 / 1e6 / self.select_secs;
+        let download_mbs = self.download_bytes as f64 / 1e6 / self.download_secs;
+        println!(
+            "| {} | {:.2} | {:.1} | {:.2} | {:.1} | {:.0} % | {:.1} | {:.1} |",
+            self.label,
+            self.select_secs,
+            select_mbs,
+            self.download_secs,
+            download_mbs,
+            100.0 * self.select_secs / self.download_secs,
+            self.first_page.as_secs_f64() * 1e3,
+            self.first_view.as_secs_f64() * 1e3
+        );
+    }
+}
+
+pub async fn bench_read(db: &Db, label: &'static str) -> Result<ReadRun> {
+    let daemon = Daemon::start(db.url()).await?;
+    let container = container_id();
+    post_all(&daemon, vec![bodies(&container, LINES)?]).await?;
+    let job = daemon.job_of(&container).await?.context("the job")?;
+    let id = job["id"].as_str().context("job id")?.to_owned();
+    // Both readers run once to warm the caches, then once measured.
+    select_all(db).await?;
+    let t = Instant::now();
+    let select_bytes = select_all(db).await?;
+    let select_secs = t.elapsed().as_secs_f64();
+    download(&daemon, &id).await?;
+    let t = Instant::now();
+    let download_bytes = download(&daemon, &id).await?;
+    let download_secs = t.elapsed().as_secs_f64();
+    if download_bytes < select_bytes {
+        bail!("the download has {download_bytes} bytes, the rows {select_bytes}");
+    }
+    let page = format!("/api/v1/jobs/{id}/logs?after=0&limit=500");
+    let first_page = median(SMALL_RUNS, || get(&daemon, &page)).await?;
+    let first_view = median(SMALL_RUNS, || async {
+        get(&daemon, &format!("/api/v1/jobs/{id}")).await?;
+        get(&daemon, &page).await
+    })
+    .await?;
+    Ok(ReadRun {
+        label,
+        select_secs,
+        select_bytes,
+        download_secs,
+        download_bytes,
+        first_page,
+        first_view,
+    })
+}
+
+/// Reads every row's line of the one job straight from the database, in seq order;
+/// returns the line bytes plus one newline a line (what the raw download carries).
+async fn select_all(db: &Db) -> Result<u64> {
+    const SQL: &str = "SELECT seq, line FROM log_lines \
+                       WHERE job_id = (SELECT MIN(job_id) FROM log_lines) ORDER BY seq";
+    if db.is_mysql() {
+        use mysql_async::prelude::Queryable;
+        let pool = mysql_async::Pool::new(db.url());
+        let mut conn = pool.get_conn().await?;
+        let mut bytes = 0u64;
+        let mut rows = conn.query_iter(SQL).await?;
+        rows.for_each(|row| {
+            if let Some(mysql_async::Value::Bytes(b)) = row.as_ref(1) {
+                bytes += b.len() as u64 + 1;
+            }
+        })
+        .await?;
+        drop(rows);
+        drop(conn);
+        pool.disconnect().await?;
+        Ok(bytes)
+    } else {
+        let path = db.url().trim_start_matches("sqlite://").to_owned();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let conn = rusqlite::Connection::open(path)?;
+            let mut stmt = conn.prepare(SQL)?;
+            let mut rows = stmt.query([])?;
+            let mut bytes = 0u64;
+            while let Some(row) = rows.next()? {
+                bytes += row.get_ref(1)?.as_bytes()?.len() as u64 + 1;
+            }
+            Ok(bytes)
+        })
+        .await?
+    }
+}
+
+/// Downloads the raw log; returns its bytes.
+async fn download(daemon: &Daemon, id: &str) -> Result<u64> {
+    let mut resp = daemon
+        .http
+        .get(format!("{}/api/v1/jobs/{id}/logs?format=text", daemon.base))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("raw download answered {}", resp.status());
+    }
+    let mut bytes = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        bytes += chunk.len() as u64;
+    }
+    Ok(bytes)
+}
+
+async fn get(daemon: &Daemon, path: &str) -> Result<()> {
+    let resp = daemon
+        .http
+        .get(format!("{}{path}", daemon.base))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("{path} answered {}", resp.status());
+    }
+    resp.bytes().await?;
+    Ok(())
+}
+
+/// The median time of `runs` calls of `f`.
+async fn median<F, Fut>(runs: usize, mut f: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f().await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[runs / 2])
+}
