@@ -183,7 +183,9 @@ fn default_batch_max_bytes() -> usize {
     4 << 20
 }
 fn default_batch_max_age() -> Duration {
-    Duration::from_millis(200)
+    // Bounds what live follow adds to a line's latency (issue 12: p99 ≤ 100 ms from the
+    // container's write to an SSE client); busy containers fill batches by count first.
+    Duration::from_millis(50)
 }
 fn default_channel_capacity() -> usize {
     4096
@@ -398,7 +400,7 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.batch_max_records, 5000);
         assert_eq!(c.batch_max_bytes, 4 << 20);
-        assert_eq!(c.batch_max_age, Duration::from_millis(200));
+        assert_eq!(c.batch_max_age, Duration::from_millis(50));
         assert_eq!(c.max_line_bytes, 1 << 20);
         assert_eq!(c.compression, Compression::Zstd);
         assert_eq!(c.source, Source::Auto);
