@@ -67,6 +67,8 @@ pub struct Metrics {
     pub ingest_commit_latency: Histogram,
     pub ingest_queue_depth: IntGauge,
     pub ingest_in_flight: IntGauge,
+    /// Open live follows (SSE streams, `follow=true`, Loki tails) by `kind` (job, run).
+    pub live_followers: IntGaugeVec,
 
     // --- storage ---
     pub storage_write_duration: Histogram,
@@ -220,6 +222,21 @@ impl Metrics {
             ))?,
         )?;
 
+        let live_followers = reg(
+            r,
+            IntGaugeVec::new(
+                opts(
+                    "live_followers",
+                    "Live follows open right now, by kind: job (log streams, follow=true, \
+                     Loki tails) and run (run streams).",
+                ),
+                &["kind"],
+            )?,
+        )?;
+        for kind in ["job", "run"] {
+            live_followers.with_label_values(&[kind]).set(0);
+        }
+
         let storage_write_duration = reg(
             r,
             Histogram::with_opts(hopts(
@@ -365,6 +382,7 @@ impl Metrics {
             ingest_commit_latency,
             ingest_queue_depth,
             ingest_in_flight,
+            live_followers,
             storage_write_duration,
             storage_write_errors,
             jobs_started,

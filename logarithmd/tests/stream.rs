@@ -289,6 +289,12 @@ async fn two_hundred_followers_of_one_job_each_get_every_line_once() {
         readers.push(r);
     }
     assert_eq!(state.live.followers(), 200);
+    assert!(
+        metrics(&app)
+            .await
+            .contains("logarithmd_live_followers{kind=\"job\"} 200"),
+        "the gauge counts the followers"
+    );
     for i in 0..10 {
         ingest(&app, batch(lines(3 + i * 10..=12 + i * 10), None)).await;
     }
@@ -310,6 +316,17 @@ async fn two_hundred_followers_of_one_job_each_get_every_line_once() {
         assert_eq!(end.as_deref(), Some("end"));
     }
     assert_eq!(state.live.followers(), 0);
+    assert!(metrics(&app)
+        .await
+        .contains("logarithmd_live_followers{kind=\"job\"} 0"));
+}
+
+async fn metrics(app: &axum::Router) -> String {
+    let req = Request::get("/metrics").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
 }
 
 #[tokio::test]

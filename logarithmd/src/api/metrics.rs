@@ -22,6 +22,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .ingest_queue_depth
         .set(i64::try_from(state.ingest_gate.waiting()).unwrap_or(i64::MAX));
+    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let followers = &state.metrics.live_followers;
+    followers
+        .with_label_values(&["job"])
+        .set(gauge(state.live.jobs.followers()));
+    followers
+        .with_label_values(&["run"])
+        .set(gauge(state.live.runs.followers()));
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));

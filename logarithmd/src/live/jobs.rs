@@ -49,6 +49,11 @@ impl JobHub {
         }
     }
 
+    /// Followers of all jobs.
+    pub fn followers(&self) -> usize {
+        self.channels.followers()
+    }
+
     /// Joins a job's channel; the first follower of a job starts its catch-up watcher.
     pub fn join(&self, job_id: JobId) -> Result<Membership<JobId, JobNews>, Full> {
         let (m, created) = self.channels.join(&job_id)?;

@@ -201,6 +201,6 @@ impl Live {
 
     /// Followers of jobs and runs now.
     pub fn followers(&self) -> usize {
-        self.jobs.channels.followers() + self.runs.followers()
+        self.jobs.followers() + self.runs.followers()
     }
 }

@@ -60,7 +60,6 @@ pub async fn finished_at(docker: &bollard::Docker, id: &str) -> Result<i64> {
     docker::parse_ts(&at)
 }
 
-
 /// `live`: the agent follows the container while it prints; else it starts once the
 /// container has finished (catching up). `source`: antilog's `source` setting.
 pub async fn bench_agent(live: bool, source: &str) -> Result<AgentRun> {
@@ -150,4 +149,3 @@ async fn cat(docker: &bollard::Docker, id: &str) -> Result<f64> {
     }
     Ok(t.elapsed().as_secs_f64())
 }
-

@@ -256,4 +256,3 @@ pub fn raw_sqlite() -> Result<Figure> {
         lines: LINES,
     })
 }
-

@@ -111,7 +111,9 @@ async fn main() -> Result<()> {
     if wants("read") {
         read::ReadRun::header();
         read::bench_read(&Db::sqlite()?, "SQLite").await?.print();
-        read::bench_read(&Db::mysql().await?, "MariaDB").await?.print();
+        read::bench_read(&Db::mysql().await?, "MariaDB")
+            .await?
+            .print();
     }
     Ok(())
 }

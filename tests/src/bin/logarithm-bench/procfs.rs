@@ -40,7 +40,6 @@ pub fn dockerd_pid() -> Result<u32> {
     bail!("no dockerd process found")
 }
 
-
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
