@@ -11,8 +11,8 @@
 //! - [`masking`]: global secret masks (`***`) applied at ingest, before storage.
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
-//!   commit), `query` (jobs and logs), `loki` (Loki's read API for Grafana), `error`
-//!   (the one HTTP error type), health.
+//!   commit), `query` (jobs and logs), `line_reader` (stored logs as whole lines), `loki`
+//!   (Loki's read API for Grafana), `error` (the one HTTP error type), health.
 //! - [`live`]: the live hub: committed lines and run saves pushed to followers (SSE,
 //!   `follow=true`), with a cheap catch-up read for other replicas' commits.
 //! - [`notify`]: in-process job events (the typed subscriber interface the flow engine

@@ -226,6 +226,38 @@ async fn raw_download_is_the_whole_log() {
     assert!(text.ends_with('\n'));
 }
 
+/// The raw download reads storage a page ahead: a log of several storage pages (1,000
+/// records each), with a line continued across a page boundary, comes whole and in order.
+#[tokio::test]
+async fn raw_download_spans_storage_pages() {
+    let app = app().await;
+    let mut records: Vec<Value> = (1..=3500)
+        .map(|i| record(i, "stdout", &format!("line {i}")))
+        .collect();
+    // Records 1000 and 1001 are one line: the join crosses the first page boundary.
+    records[999]["cont"] = json!(true);
+    for (n, chunk) in records.chunks(1000).enumerate() {
+        let mut seg = json!({"container_id": CID, "records": chunk});
+        if n == 0 {
+            seg["meta"] = json!({"name": "big", "image": "i", "labels": {}, "created_at": 1, "started_at": 2});
+        }
+        let batch = json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [seg]});
+        assert_eq!(ingest(&app, batch).await.0, StatusCode::OK);
+    }
+    let (_, page) = get(&app, "/api/v1/jobs").await;
+    let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let req = Request::get(format!("/api/v1/jobs/{id}/logs?format=text"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, body) = call(&app, req).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    let mut want: Vec<String> = (1..=3500).map(|i| format!("line {i}")).collect();
+    want[999] = "line 1000line 1001".into();
+    want.remove(1000);
+    assert_eq!(text.lines().collect::<Vec<_>>(), want);
+}
+
 #[tokio::test]
 async fn health_and_unknown_routes() {
     let app = app().await;

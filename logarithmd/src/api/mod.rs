@@ -3,6 +3,7 @@
 pub mod error;
 pub mod flows;
 pub mod ingest;
+pub mod line_reader;
 pub mod loki;
 pub mod metrics;
 pub mod query;

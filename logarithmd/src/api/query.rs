@@ -1,8 +1,7 @@
 //! The query API: jobs (filtered, paginated), one job, and a job's log lines (JSON pages,
 //! or the raw log as `text/plain` for download).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -12,12 +11,12 @@ use axum::Json;
 use protocol::Stream;
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Serialize;
-use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, LineQuery, Storage, StoredLine};
+use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, Storage};
 
 use super::error::{ApiError, ApiResult};
+use super::line_reader::LineReader;
 use super::AppState;
 use crate::auth::{Authorized, Caller, Read};
-use crate::live::MAX_JOINED_BYTES;
 
 const DEFAULT_JOB_PAGE: u32 = 50;
 const MAX_JOB_PAGE: u32 = 500;
@@ -25,9 +24,6 @@ const DEFAULT_LINE_PAGE: usize = 1000;
 const MAX_LINE_PAGE: usize = 10_000;
 /// Most `label=` filters one job listing may combine (each is a join in storage).
 const MAX_LABEL_FILTERS: usize = 8;
-/// Rows fetched from storage per round trip while reading logs.
-const STORAGE_PAGE: u32 = 1000;
-
 /// A job as the API shows it.
 #[derive(Debug, Serialize)]
 pub struct JobView {
@@ -363,92 +359,6 @@ fn parse_log_params(raw: Option<&str>) -> ApiResult<LogParams> {
     Ok(p)
 }
 
-/// A whole line, possibly joined from continuation records.
-pub struct LogicalLine {
-    pub seq: u64,
-    pub last_seq: u64,
-    pub ts: i64,
-    pub stream: Stream,
-    pub line: Vec<u8>,
-}
-
-/// Reads a job's records page by page and joins continuation records into lines.
-pub struct LineReader {
-    storage: Arc<dyn Storage>,
-    job_id: JobId,
-    stream: Option<Stream>,
-    after: u64,
-    buf: VecDeque<StoredLine>,
-    exhausted: bool,
-}
-
-impl LineReader {
-    pub fn new(
-        storage: Arc<dyn Storage>,
-        job_id: JobId,
-        after: u64,
-        stream: Option<Stream>,
-    ) -> LineReader {
-        LineReader {
-            storage,
-            job_id,
-            stream,
-            after,
-            buf: VecDeque::new(),
-            exhausted: false,
-        }
-    }
-
-    async fn next_record(&mut self) -> storage::Result<Option<StoredLine>> {
-        if self.buf.is_empty() && !self.exhausted {
-            let page = self
-                .storage
-                .read_lines(&LineQuery {
-                    job_id: self.job_id,
-                    after_seq: self.after,
-                    limit: STORAGE_PAGE,
-                    stream: self.stream,
-                })
-                .await?;
-            if page.len() < STORAGE_PAGE as usize {
-                self.exhausted = true;
-            }
-            if let Some(last) = page.last() {
-                self.after = last.seq;
-            }
-            self.buf.extend(page);
-        }
-        Ok(self.buf.pop_front())
-    }
-
-    /// The next whole line, or `None` at the end of what is stored.
-    pub async fn next_line(&mut self) -> storage::Result<Option<LogicalLine>> {
-        let Some(first) = self.next_record().await? else {
-            return Ok(None);
-        };
-        let mut line = LogicalLine {
-            seq: first.seq,
-            last_seq: first.seq,
-            ts: first.ts,
-            stream: first.stream,
-            line: first.line,
-        };
-        let mut cont = first.cont;
-        // A line that never ends (a progress bar without newline) would otherwise be
-        // joined without bound: past MAX_JOINED_BYTES the rest starts a new line.
-        while cont && line.line.len() < MAX_JOINED_BYTES {
-            // A line whose rest is not stored yet ends here; it is complete once it is.
-            let Some(next) = self.next_record().await? else {
-                break;
-            };
-            line.line.extend_from_slice(&next.line);
-            line.last_seq = next.seq;
-            cont = next.cont;
-        }
-        Ok(Some(line))
-    }
-}
-
 /// `GET /api/v1/jobs/{id}/logs?after=&limit=&stream=&contains=&regex=`: JSON pages, or
 /// with `Accept: text/plain` the raw log (every matching line, `\n`-terminated).
 pub async fn job_logs(
@@ -563,6 +473,7 @@ struct Download {
 /// Streams the raw log, so a large download needs no more memory than one storage page.
 /// (`follow=true` is served by [`super::stream::follow_text`].)
 fn raw_download(reader: LineReader, params: LogParams) -> Response {
+    let reader = reader.read_ahead();
     const CHUNK: usize = 64 << 10;
     let state = Download {
         reader,

@@ -14,7 +14,7 @@ use super::labels;
 use super::logql::{self, Expr, LogQuery};
 use super::params::{Direction, LokiError, LokiResult, Params, DEFAULT_RANGE_NS};
 use super::select::{self, Selected};
-use crate::api::query::LineReader;
+use crate::api::line_reader::LineReader;
 use crate::api::AppState;
 use crate::auth::{Authorized, Read};
 use crate::webhooks::dispatcher::now_ns;
