@@ -11,7 +11,7 @@
 //!   labels and scripts of jobs.
 //! - [`run`]: the pure run state machine: state + event → new state + commands.
 //! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (kube, a Pod per
-//!   job).
+//!   job; only with the `kubernetes` feature, on by default).
 //! - [`results`]: [`JobResults`], the one interface verdicts arrive through.
 //! - [`script`]: the Lua sandbox that runs a job's `pre` and `post` scripts under budgets.
 //! - [`store`]: [`RunStore`], persistence of flows and runs, and an in-memory store.

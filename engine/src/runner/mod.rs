@@ -1,10 +1,12 @@
 //! Where jobs run: one trait, one implementation per container platform.
 //!
 //! - [`docker`]: containers on the local Docker engine (what this repository tests).
-//! - [`kubernetes`]: a Pod per job through the Kubernetes API server (`kube`); tested
-//!   against an in-process mock of the API server, not a real cluster.
+//! - `kubernetes`: a Pod per job through the Kubernetes API server (`kube`); tested
+//!   against an in-process mock of the API server, not a real cluster. Only with the
+//!   `kubernetes` feature (on by default), so a Docker-only build compiles no `kube`.
 
 pub mod docker;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 
 use std::collections::BTreeMap;

@@ -40,6 +40,7 @@ pub struct KubernetesSettings {
 }
 
 impl KubernetesSettings {
+    #[cfg(feature = "kubernetes")]
     pub fn pod_options(&self) -> engine::runner::kubernetes::PodOptions {
         engine::runner::kubernetes::PodOptions {
             service_account: self.service_account.clone(),
@@ -74,6 +75,11 @@ impl KubernetesSettings {
         Ok(())
     }
 }
+
+/// Why `runner = "kubernetes"` is refused by a build without the `kubernetes` feature.
+pub const KUBERNETES_NOT_BUILT: &str = "engine.runner = \"kubernetes\": this logarithmd was built \
+without the Kubernetes runner (cargo feature `kubernetes`, on by default; a Docker-only build \
+leaves it out). Use a build with default features, or set engine.runner = \"docker\"";
 
 /// The flow engine. See docs/configuration.md.
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +165,9 @@ impl Default for EngineSettings {
 impl EngineSettings {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), String> {
+        if self.runner == RunnerKind::Kubernetes && !cfg!(feature = "kubernetes") {
+            return Err(KUBERNETES_NOT_BUILT.into());
+        }
         self.kubernetes.validate()?;
         for (k, v) in &self.extra_labels {
             if k.is_empty() || k.starts_with("io.containerops.") {
@@ -253,4 +262,31 @@ fn default_reconcile_every() -> Duration {
 }
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo test -p logarithmd` checks the default build; `--no-default-features` the
+    /// Docker-only one.
+    #[test]
+    fn the_kubernetes_runner_is_refused_only_by_a_build_without_it() {
+        let settings: EngineSettings = match toml::from_str("runner = \"kubernetes\"") {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(settings.runner, RunnerKind::Kubernetes);
+        let checked = settings.validate();
+        if cfg!(feature = "kubernetes") {
+            assert_eq!(checked, Ok(()));
+        } else {
+            assert_eq!(checked, Err(KUBERNETES_NOT_BUILT.to_owned()));
+        }
+        let docker = EngineSettings::default();
+        assert_eq!(
+            (docker.runner, docker.validate()),
+            (RunnerKind::Docker, Ok(()))
+        );
+    }
 }

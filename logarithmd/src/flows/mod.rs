@@ -33,7 +33,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use engine::runner::docker::DockerRunner;
-use engine::runner::kubernetes::KubernetesRunner;
 use engine::{Engine, JobRunner};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -192,13 +191,19 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
 async fn connect(settings: &EngineSettings) -> engine::Result<Arc<dyn JobRunner>> {
     Ok(match settings.runner {
         RunnerKind::Docker => Arc::new(DockerRunner::connect().await?),
+        #[cfg(feature = "kubernetes")]
         RunnerKind::Kubernetes => {
             let k = &settings.kubernetes;
-            let r = KubernetesRunner::infer(k.namespace.as_deref())
+            let r = engine::runner::kubernetes::KubernetesRunner::infer(k.namespace.as_deref())
                 .await?
                 .with_options(k.pod_options());
             tracing::info!(namespace = r.namespace(), "jobs run as Kubernetes Pods");
             Arc::new(r)
+        }
+        // Refused by the configuration's validation already; kept for embedders that skip it.
+        #[cfg(not(feature = "kubernetes"))]
+        RunnerKind::Kubernetes => {
+            return Err(engine::Error::invalid(config::KUBERNETES_NOT_BUILT));
         }
     })
 }
