@@ -6,6 +6,7 @@
 //! alerts select are created at zero on start. Gauges that mirror live state (checkpoint
 //! lag, reading paused) are computed when scraped.
 
+use protocol::now_ns;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -483,13 +484,6 @@ impl Drop for FollowGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Binds `addr` (failing start-up if it cannot) and serves `GET /metrics` until `stop` is

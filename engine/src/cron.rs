@@ -14,7 +14,7 @@
 //! The time comes from a [`Clock`], so tests can move it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chrono::TimeZone;
 use tokio_util::sync::CancellationToken;
@@ -42,10 +42,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Nanos {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+        protocol::now_ns()
     }
 }
 

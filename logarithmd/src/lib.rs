@@ -12,14 +12,18 @@
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit), `query` (jobs and logs), `line_reader` (stored logs as whole lines), `loki`
-//!   (Loki's read API for Grafana), `error` (the one HTTP error type), health.
+//!   (Loki's read API for Grafana), `webhooks` (subscriptions, deliveries, redelivery),
+//!   `error` (the one HTTP error type), health.
+//! - [`job_view`]: a job as the API, its streams and webhook payloads show it.
+//! - [`timefmt`]: RFC 3339 times (formatting and parsing), for the API, webhooks and runs.
 //! - [`live`]: the live hub: committed lines and run saves pushed to followers (SSE,
 //!   `follow=true`), with a cheap catch-up read for other replicas' commits.
 //! - [`notify`]: in-process job events (the typed subscriber interface the flow engine
 //!   uses), published after each commit.
 //! - [`tls`]: HTTPS with rustls (certificate re-read on SIGHUP, optional client
 //!   certificates).
-//! - [`webhooks`]: signed, durable, retried webhook deliveries (outbox, dispatcher, API).
+//! - [`webhooks`]: signed, durable, retried webhook deliveries (outbox, dispatcher); its
+//!   routes are `api::webhooks`.
 //! - [`flows`]: the flow engine (`engine` crate) wired to storage, job events and
 //!   `flow.finished` webhooks; its routes are `api::flows`.
 //! - [`run`]: opens storage, starts the webhook dispatcher, serves until cancelled, drains
@@ -30,10 +34,12 @@ pub mod auth;
 pub mod config;
 pub mod cout;
 pub mod flows;
+pub mod job_view;
 pub mod live;
 pub mod masking;
 pub mod metrics;
 pub mod notify;
+pub mod timefmt;
 pub mod tls;
 pub mod webhooks;
 

@@ -6,9 +6,10 @@
 //! The event stream is opened with `since` just before the listing, so nothing started in
 //! between is missed, and reopened with backoff from the last event's time if it breaks.
 
+use protocol::now_ns;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bollard::container::ListContainersOptions;
 use bollard::models::EventMessage;
@@ -238,13 +239,6 @@ impl Discovery {
             _ => {}
         }
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Docker's `since`/`until` form: `seconds.nanoseconds`.

@@ -10,6 +10,7 @@ pub mod query;
 pub mod stream;
 pub mod trigger;
 pub mod ui;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
-        .merge(crate::webhooks::api::routes())
+        .merge(webhooks::routes())
         .merge(flows::routes())
         .merge(stream::routes())
         .merge(loki::routes())

@@ -27,9 +27,7 @@ impl FileClock {
         if let Ok(secs) = text.parse::<i64>() {
             return secs.checked_mul(1_000_000_000);
         }
-        let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-            .ok()?;
-        i64::try_from(t.unix_timestamp_nanos()).ok()
+        crate::timefmt::parse_rfc3339(text)
     }
 }
 

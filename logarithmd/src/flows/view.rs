@@ -10,7 +10,7 @@ use engine::run::{Cause, JobRun, JobSummary, RunSummary};
 use engine::{Run, Status, StoredFlow};
 use serde::Serialize;
 
-use crate::api::query::rfc3339;
+use crate::timefmt::rfc3339;
 
 fn time(ns: Option<i64>) -> Option<String> {
     ns.map(rfc3339)

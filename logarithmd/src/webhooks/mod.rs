@@ -13,12 +13,9 @@
 //! - [`signing`]: Standard Webhooks signatures and header names.
 //! - [`payload`]: the JSON body.
 //! - [`dispatcher`]: claims, sends, records, schedules retries.
-//! - [`api`]: `/api/v1/webhooks` (subscriptions, delivery history, redelivery), behind the
-//!   admin token.
 //! - here: subscription input validation (shared by the config file and the API) and the
 //!   start-up upsert of configured subscriptions.
 
-pub mod api;
 pub mod config;
 pub mod dispatcher;
 pub mod payload;

@@ -4,7 +4,8 @@
 use serde::Serialize;
 use storage::Delivery;
 
-use crate::api::query::{rfc3339, JobView};
+use crate::job_view::JobView;
+use crate::timefmt::rfc3339;
 
 /// The body of every delivery.
 #[derive(Debug, Serialize)]

@@ -14,7 +14,7 @@ use super::params::{LokiError, LokiResult, Params};
 use super::select::{self, Selected};
 use crate::api::AppState;
 use crate::auth::{Authorized, Caller, Read};
-use crate::webhooks::dispatcher::now_ns;
+use protocol::now_ns;
 
 /// Loki's default range for label queries.
 const METADATA_RANGE_NS: i64 = 6 * 3_600_000_000_000;

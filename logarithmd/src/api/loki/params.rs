@@ -171,8 +171,7 @@ pub fn parse_time(v: &str) -> Option<i64> {
         }
         return None;
     }
-    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos()).ok()
+    crate::timefmt::parse_rfc3339(v)
 }
 
 #[cfg(test)]

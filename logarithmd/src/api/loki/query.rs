@@ -17,7 +17,7 @@ use super::select::{self, Selected};
 use crate::api::line_reader::LineReader;
 use crate::api::AppState;
 use crate::auth::{Authorized, Read};
-use crate::webhooks::dispatcher::now_ns;
+use protocol::now_ns;
 
 /// One line found, ordered by time, then job, then seq (the order both directions use).
 struct Entry {

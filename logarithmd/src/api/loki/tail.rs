@@ -33,7 +33,7 @@ use crate::api::AppState;
 use crate::auth::{Authorized, Caller, Read};
 use crate::live::{FollowEvent, LogicalLine};
 use crate::notify::RecvError;
-use crate::webhooks::dispatcher::now_ns;
+use protocol::now_ns;
 
 /// How often the tail looks in storage for selected jobs another replica started.
 pub const DISCOVER: Duration = Duration::from_secs(2);

@@ -16,10 +16,10 @@ use storage::{
     SubscriptionSource, SubscriptionSpec,
 };
 
-use crate::api::error::{ApiError, ApiResult};
-use crate::api::query::rfc3339;
-use crate::api::AppState;
+use super::error::{ApiError, ApiResult};
+use super::AppState;
 use crate::auth::{Admin, Authorized};
+use crate::timefmt::rfc3339;
 
 const DEFAULT_DELIVERY_PAGE: u32 = 50;
 const MAX_DELIVERY_PAGE: u32 = 500;
@@ -181,7 +181,7 @@ async fn create_subscription(
     // names the field (serde names missing and unknown fields).
     let input: CreateSubscription =
         serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid subscription: {e}")))?;
-    let valid = super::validate_input(
+    let valid = crate::webhooks::validate_input(
         input.name.as_deref(),
         &input.url,
         &input.secret,
@@ -332,7 +332,7 @@ async fn redeliver(
             ),
         ));
     }
-    let now = super::dispatcher::now_ns();
+    let now = protocol::now_ns();
     let d = state
         .storage
         .redeliver(sub.spec.id, delivery_id, now)
