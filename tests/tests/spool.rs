@@ -255,12 +255,32 @@ async fn outage_with_removed_container_is_delivered_from_the_spool() -> Result<(
         Ok((n <= 2 && bytes < 1 << 20).then_some(()))
     })
     .await?;
-    // The acknowledged removal leaves no checkpoint entry for the gone container.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A second container, followed while logarithmd is up: its entry appears once its
+    // lines and exit are acknowledged, and goes once its removal is. Frames are
+    // acknowledged in spool order, so that entry is written after every replayed frame of
+    // the gone container was: its absence then is checked, not assumed.
+    let second = docker::run(&docker, &Spec::new(&s.label, "echo one; echo two")).await?;
+    wait_until(
+        Duration::from_secs(30),
+        "the second container's checkpoint entry",
+        || async {
+            Ok(checkpoint_of(&s.data_dir, &second)?
+                .filter(|&(seq, exit)| seq >= 2 && exit)
+                .map(|_| ()))
+        },
+    )
+    .await?;
     ensure!(
         checkpoint_of(&s.data_dir, &id)?.is_none(),
-        "the removed container is still in the checkpoint"
+        "the removed container came back into the checkpoint"
     );
+    docker::remove(&docker, &second).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the second container's removal acknowledged",
+        || async { Ok(checkpoint_of(&s.data_dir, &second)?.is_none().then_some(())) },
+    )
+    .await?;
     println!(
         "spool outage: lines={N} seqs=1..{N} removed_before_delivery=true agent_sigkilled=true \
          spooled_bytes={bytes} segments={segments} checksum={}",
