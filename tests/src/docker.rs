@@ -39,6 +39,8 @@ pub struct Spec {
     pub tty: bool,
     /// `docker run --rm`: Docker removes the container as soon as it exits.
     pub auto_remove: bool,
+    /// Bind mounts (`-v host:container[:ro]`).
+    pub binds: Vec<String>,
 }
 
 impl Spec {
@@ -51,6 +53,7 @@ impl Spec {
             log_opts: Vec::new(),
             tty: false,
             auto_remove: false,
+            binds: Vec::new(),
         }
     }
 }
@@ -68,6 +71,7 @@ pub async fn run(docker: &Docker, spec: &Spec) -> Result<String> {
             }
         }),
         auto_remove: spec.auto_remove.then_some(true),
+        binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
         ..Default::default()
     };
     let name = format!("lgtest-{:012x}", crate::rand_u64() & 0xffff_ffff_ffff);

@@ -765,8 +765,7 @@ fn container_lines(i: usize) -> Vec<String> {
 
 /// 100 containers started together, 1,000 lines each (the last one a verdict or not), with
 /// a mix of CO_RESULT and exit codes: every line stored once and every verdict right, with
-/// at least half of the containers running at the same moment (from Docker's start and
-/// finish times).
+/// all 100 running at the same moment (from Docker's start and finish times).
 #[tokio::test(flavor = "multi_thread")]
 async fn hundred_containers_at_once() -> Result<()> {
     let started = Instant::now();
@@ -775,17 +774,23 @@ async fn hundred_containers_at_once() -> Result<()> {
     let daemon = Daemon::start(db.url()).await?;
     let label = format!("rel-hundred-{:x}", rand_u64());
     let agents = Agents::start(&daemon.base, &label)?;
+    // Every container waits for the file `go` in a shared directory, created once all of
+    // them run: they print at the same time however long starting them takes.
+    let barrier = tempfile::tempdir()?;
     let specs: Vec<(usize, Spec)> = (0..CONTAINERS)
         .map(|i| {
             let (last, code, ..) = verdict(i);
-            // Printed in 10 bursts over ~14 s, so the containers overlap.
+            // Printed in 10 bursts over ~14 s.
             let script = format!(
-                "seq 1 {} | awk '{{print \"c{i} line \" $1; \
+                "while [ ! -e /barrier/go ]; do usleep 100000; done; \
+                 seq 1 {} | awk '{{print \"c{i} line \" $1; \
                  if ($1 % 100 == 0) {{ fflush(); system(\"sleep 1.5\") }}}}'; \
                  echo '{last}'; exit {code}",
                 LINES_EACH - 1
             );
-            (i, Spec::new(&label, &script))
+            let mut spec = Spec::new(&label, &script);
+            spec.binds = vec![format!("{}:/barrier:ro", barrier.path().display())];
+            (i, spec)
         })
         .collect();
     let t_create = Instant::now();
@@ -798,6 +803,7 @@ async fn hundred_containers_at_once() -> Result<()> {
         .collect()
         .await;
     let start_window = t_create.elapsed();
+    std::fs::write(barrier.path().join("go"), b"")?;
     let mut ids = vec![String::new(); CONTAINERS];
     let mut failed = Vec::new();
     for (i, r) in runs {
@@ -852,10 +858,9 @@ async fn hundred_containers_at_once() -> Result<()> {
         ensure!(dup_rows == 0);
         let acks = acks_in(&agents.logs());
         let peak = peak_running(&docker, &ids).await?;
-        // Each container runs for at least 13.5 s (nine pauses of 1.5 s), so all 100
-        // overlap unless starting them takes longer than that; at least half must.
+        // They all waited for the barrier: all ran at once.
         ensure!(
-            peak >= CONTAINERS / 2,
+            peak == CONTAINERS,
             "only {peak} containers ran at once (started within {:.1} s)",
             start_window.as_secs_f64()
         );
