@@ -32,10 +32,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use engine::runner::docker::DockerRunner;
 use engine::{Engine, JobRunner};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// Waits between attempts to start the flow engine (exponential, with jitter).
+const ENGINE_RETRY_MIN: Duration = Duration::from_millis(500);
+const ENGINE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub use config::{EngineSettings, RunnerKind};
 
@@ -133,7 +138,12 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
         w.webhook_wake.clone(),
         w.public_url.clone(),
     ));
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = ExponentialBuilder::new()
+        .with_min_delay(ENGINE_RETRY_MIN)
+        .with_max_delay(ENGINE_RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build();
     loop {
         // Subscribed before the engine reconciles, so no verdict falls between its lookups
         // and the first notice.
@@ -176,12 +186,12 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
                 // Ingest and queries must not wait on the engine: readiness settles at the
                 // first failure while the engine keeps trying in the background.
                 w.handle.mark_settled();
-                tracing::warn!(error = %e, retry_in = ?backoff, "flow engine cannot start yet");
+                let retry_in = backoff.next().unwrap_or(ENGINE_RETRY_MAX);
+                tracing::warn!(error = %e, ?retry_in, "flow engine cannot start yet");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(retry_in) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

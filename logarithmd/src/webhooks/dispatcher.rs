@@ -16,6 +16,8 @@ use protocol::now_ns;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use rand::Rng;
 use storage::{AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Storage};
 use tokio::sync::{Notify, Semaphore};
@@ -46,6 +48,9 @@ pub struct Dispatcher {
 }
 
 /// The dispatcher could not be built.
+/// Longest wait between claims while storage fails.
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the webhook HTTP client: {0}")]
 pub struct BuildError(#[from] reqwest::Error);
@@ -137,6 +142,17 @@ impl Dispatcher {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.config.concurrency));
         let mut inflight: JoinSet<()> = JoinSet::new();
+        // After a failed claim: exponential backoff with jitter from the poll interval
+        // up to CLAIM_RETRY_MAX, started afresh after each successful claim.
+        let claim_retry = || {
+            ExponentialBuilder::new()
+                .with_min_delay(this.config.poll_interval)
+                .with_max_delay(CLAIM_RETRY_MAX)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut claim_backoff = claim_retry();
         let mut storage_backoff = this.config.poll_interval;
         tracing::info!(owner = %this.owner, "webhook dispatcher started");
         let mut backlog_counted: Option<Instant> = None;
@@ -164,6 +180,7 @@ impl Dispatcher {
                 };
                 match this.storage.claim_deliveries(&req).await {
                     Ok(claims) => {
+                        claim_backoff = claim_retry();
                         storage_backoff = this.config.poll_interval;
                         claimed_all = claims.len() == free;
                         for c in claims {
@@ -181,7 +198,7 @@ impl Dispatcher {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming webhook deliveries failed");
-                        storage_backoff = (storage_backoff * 2).min(Duration::from_secs(10));
+                        storage_backoff = claim_backoff.next().unwrap_or(CLAIM_RETRY_MAX);
                     }
                 }
             }

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
+
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Row, Transaction, TxOpts, Value};
 
@@ -204,7 +206,7 @@ async fn upsert_outputs(tx: &mut Transaction<'_>, jw: &JobWrite) -> Result<()> {
 }
 
 /// Attempts of one batch that ends in a deadlock or write conflict.
-const CONFLICT_RETRIES: u64 = 5;
+const CONFLICT_RETRIES: usize = 5;
 
 /// Deadlock (MySQL/MariaDB 1213) or a TiDB write conflict / retryable transaction (9007,
 /// 8022, 8028): the transaction was rolled back as a whole.
@@ -241,22 +243,22 @@ impl JobStore for MysqlStorage {
         if batch.jobs.is_empty() {
             return Ok(ApplyOutcome::default());
         }
+        // Concurrent first writes of new jobs can deadlock on InnoDB gap locks (and conflict
+        // optimistically on TiDB): the server rolled the whole transaction back, so running
+        // it again is safe and usually succeeds.
+        let conflicts = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(200))
+            .with_jitter()
+            .with_max_times(CONFLICT_RETRIES - 1);
         self.bounded("apply", async {
-            let mut attempt = 1;
-            loop {
-                match self.apply_once(batch).await {
-                    // Concurrent first writes of new jobs can deadlock on InnoDB gap locks
-                    // (and conflict optimistically on TiDB): the server rolled the whole
-                    // transaction back, so running it again is safe and usually succeeds.
-                    Err(e) if is_write_conflict(&e) && attempt < CONFLICT_RETRIES => {
-                        tracing::debug!(error = %e, attempt, "write conflict; retrying the batch");
-                        let jitter = rand::random::<u64>() % 20;
-                        tokio::time::sleep(Duration::from_millis(10 * attempt + jitter)).await;
-                        attempt += 1;
-                    }
-                    other => return other,
-                }
-            }
+            (|| self.apply_once(batch))
+                .retry(conflicts)
+                .when(is_write_conflict)
+                .notify(|e, retry_in| {
+                    tracing::debug!(error = %e, ?retry_in, "write conflict; retrying the batch");
+                })
+                .await
         })
         .await
     }
