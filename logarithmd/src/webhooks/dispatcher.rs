@@ -16,7 +16,7 @@ use protocol::now_ns;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 
 use rand::Rng;
 use storage::{AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Storage};
@@ -34,7 +34,7 @@ const PENDING_GAUGE_EVERY: Duration = Duration::from_secs(2);
 const ERROR_BODY_BYTES: usize = 256;
 /// Storage failures while recording an attempt are retried this often before the attempt
 /// is left to its lease (it is then attempted again).
-const RECORD_TRIES: u32 = 5;
+const RECORD_TRIES: usize = 5;
 
 /// Sends webhook deliveries for this process.
 pub struct Dispatcher {
@@ -275,23 +275,24 @@ impl Dispatcher {
             error,
             outcome,
         };
-        let mut pause = Duration::from_millis(100);
-        for try_no in 1..=RECORD_TRIES {
-            match self.storage.complete_attempt(&rec).await {
-                Ok(true) => return,
-                Ok(false) => {
-                    tracing::warn!("the lease ran out before the attempt was recorded; another process took the delivery over");
-                    return;
-                }
-                Err(e) if e.is_transient() && try_no < RECORD_TRIES => {
-                    tracing::warn!(error = %e, "recording a webhook attempt failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "recording a webhook attempt failed; it is attempted again when its lease ends");
-                    return;
-                }
+        let recorded = (|| self.storage.complete_attempt(&rec))
+            .retry(
+                ExponentialBuilder::new()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_times(RECORD_TRIES - 1),
+            )
+            .when(storage::Error::is_transient)
+            .notify(
+                |e, _| tracing::warn!(error = %e, "recording a webhook attempt failed; retrying"),
+            )
+            .await;
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("the lease ran out before the attempt was recorded; another process took the delivery over");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording a webhook attempt failed; it is attempted again when its lease ends");
             }
         }
     }
