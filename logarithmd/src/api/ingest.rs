@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use protocol::{Batch, IngestAck, Stream, SUPPORTED_VERSIONS};
 use serde::Deserialize;
 use storage::{
@@ -183,18 +183,15 @@ async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> ApiResul
             return Err(too_large());
         }
     }
-    let mut buf = BytesMut::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("reading the body failed: {e}"))
-        })?;
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
+    // Without a (truthful) Content-Length, reading stops at the first byte past the limit.
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("reading the body failed: {e}"),
+        )),
     }
-    Ok(buf.freeze())
 }
 
 /// Undoes `Content-Encoding` (gzip, zstd or none), refusing output beyond `limit` so a
