@@ -300,6 +300,8 @@ pub struct Daemon {
     port: u16,
     /// Whether it reads without a token (`--anonymous-read`, the default for tests).
     anonymous_read: bool,
+    /// Environment variables it gets besides the test's own.
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -317,16 +319,32 @@ impl Daemon {
 
     /// Like [`Daemon::start_with`], on `127.0.0.1:port`.
     pub async fn start_on(storage_url: &str, port: u16, extra_toml: &str) -> Result<Daemon> {
+        Self::start_plain(storage_url, port, extra_toml, Vec::new()).await
+    }
+
+    /// Like [`Daemon::start_with`], with these environment variables (`KUBECONFIG`, ...).
+    pub async fn start_with_env(
+        storage_url: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_plain(storage_url, free_port()?, extra_toml, env).await
+    }
+
+    /// Plain HTTP on `127.0.0.1:port`, anonymous reads.
+    async fn start_plain(
+        storage_url: &str,
+        port: u16,
+        extra_toml: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<Daemon> {
         let base = format!("http://127.0.0.1:{port}");
-        Self::launch(
-            storage_url,
-            port,
-            extra_toml,
-            base,
-            reqwest::Client::new(),
-            true,
-        )
-        .await
+        let http = reqwest::Client::new();
+        Self::launch(storage_url, port, extra_toml, base, http, true, env).await
     }
 
     /// Like [`Daemon::start_with`] for a configuration with `[tls]`: the API is
@@ -338,7 +356,7 @@ impl Daemon {
     ) -> Result<Daemon> {
         let port = free_port()?;
         let base = format!("https://127.0.0.1:{port}");
-        Self::launch(storage_url, port, extra_toml, base, http, true).await
+        Self::launch(storage_url, port, extra_toml, base, http, true, Vec::new()).await
     }
 
     /// Like [`Daemon::start_with`], but reading needs a token (no `--anonymous-read`).
@@ -352,6 +370,7 @@ impl Daemon {
             base,
             reqwest::Client::new(),
             false,
+            Vec::new(),
         )
         .await
     }
@@ -363,12 +382,14 @@ impl Daemon {
         base: String,
         http: reqwest::Client,
         anonymous_read: bool,
+        env: Vec<(String, String)>,
     ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         if !extra_toml.is_empty() {
             std::fs::write(dir.path().join("logarithmd.toml"), extra_toml)?;
         }
-        let cmd = daemon_command(dir.path(), port, storage_url, anonymous_read)?;
+        let mut cmd = daemon_command(dir.path(), port, storage_url, anonymous_read)?;
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(cmd, dir.path().join("logarithmd.log"))?;
         let d = Daemon {
             proc,
@@ -377,6 +398,7 @@ impl Daemon {
             storage_url: storage_url.to_owned(),
             port,
             anonymous_read,
+            env,
             dir,
         };
         d.wait_ready().await?;
@@ -388,12 +410,13 @@ impl Daemon {
     /// is ready: agents retrying against the old address reach the new process.
     pub async fn start_again(&mut self) -> Result<()> {
         self.proc.kill();
-        let cmd = daemon_command(
+        let mut cmd = daemon_command(
             self.dir.path(),
             self.port,
             &self.storage_url,
             self.anonymous_read,
         )?;
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.proc = Proc::spawn(cmd, self.dir.path().join("logarithmd.log"))?;
         self.wait_ready().await
     }
