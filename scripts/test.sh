@@ -53,6 +53,14 @@ scripts/validate-manifests.sh
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Docker-only build: logarithmd without the kubernetes feature links no kube"
+cargo clippy -p logarithmd --no-default-features --all-targets --locked -- -D warnings
+docker_only_deps="$(cargo tree -p logarithmd --no-default-features -e normal --prefix none --locked)"
+if grep -Eq '^(kube|kube-client|k8s-openapi) ' <<<"$docker_only_deps"; then
+  echo "error: logarithmd --no-default-features still depends on kube or k8s-openapi" >&2
+  exit 1
+fi
+
 step "building the binaries the end-to-end tests start"
 cargo build --workspace --bins --locked
 
