@@ -19,6 +19,7 @@ use crate::error::Error;
 mod checks;
 pub mod labels;
 pub mod script;
+mod service;
 pub mod trigger;
 
 pub use labels::Labels;
@@ -128,7 +129,7 @@ pub struct Action {
     pub jobs: Vec<Job>,
 }
 
-/// One job: a container.
+/// One job: a container (`type: component`) or a call of an HTTP service (`type: service`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
@@ -137,7 +138,7 @@ pub struct Job {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub title: String,
-    /// The image.
+    /// The image of a component; the `http(s)://` URL a service job POSTs its inputs to.
     pub endpoint: String,
     /// Arguments replacing the image's `CMD` (a Logarithm extension: ContainerOps
     /// components do their work in their entrypoint; plain images such as busybox need one).
@@ -170,13 +171,21 @@ pub struct Job {
     /// Lua run on the verdict: may rewrite outputs or override the verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post: Option<Script>,
+    /// Service jobs: the name of the secret (in logarithmd's `[engine] service_secrets`)
+    /// that signs the request; `default` when not given. The flow never holds the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     /// A ContainerOps component: an image that follows the `[COUT]` contract.
+    #[default]
     Component,
+    /// "The other service": the engine POSTs the job's inputs to `endpoint`, and the
+    /// service answers with a result at once or later through a callback.
+    Service,
 }
 
 /// Resource limits of a job's container.
@@ -285,6 +294,7 @@ impl Flow {
         let mut errors = flow.attach_files(source, files);
         errors.extend(flow.check(source));
         errors.extend(flow.check_job_model(source));
+        errors.extend(flow.check_services(source));
         if errors.is_empty() {
             Ok(flow)
         } else {
@@ -436,7 +446,7 @@ impl Flow {
                             format!("job name {:?} is used twice in this action", job.name),
                         );
                     }
-                    if job.endpoint.trim().is_empty() {
+                    if job.endpoint.trim().is_empty() && job.kind == JobKind::Component {
                         err(
                             format!("{jp}.endpoint"),
                             Some(&at),

@@ -8,10 +8,12 @@
 //! # Layout
 //! - [`flow`]: the flow file (YAML) as serde types, and its checks (errors name the line
 //!   and the field); `flow/labels.rs`, `flow/script.rs` and `flow/checks.rs` hold the
-//!   labels and scripts of jobs.
+//!   labels and scripts of jobs, `flow/service.rs` the checks of service jobs.
 //! - [`run`]: the pure run state machine: state + event → new state + commands.
 //! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (kube, a Pod per
-//!   job; only with the `kubernetes` feature, on by default).
+//!   job; only with the `kubernetes` feature, on by default). Service jobs (`type:
+//!   service`, an HTTP call) go through the same trait: the embedder's runner makes the
+//!   call (logarithmd's `flows::service`), the container runners refuse them.
 //! - [`results`]: [`JobResults`], the one interface verdicts arrive through.
 //! - [`script`]: the Lua sandbox that runs a job's `pre` and `post` scripts under budgets.
 //! - [`store`]: [`RunStore`], persistence of flows and runs, and an in-memory store.

@@ -916,6 +916,7 @@ impl Run {
         let mut env = env_map(&self.flow.environments);
         env.extend(env_map(&flow_job.environments));
         env.extend(self.env.clone());
+        let mut subscribed = BTreeMap::new();
         for sub in flow_job.parsed_subscriptions() {
             let upstream = self
                 .key_of(&sub.stage, &sub.action, &sub.job)
@@ -923,6 +924,7 @@ impl Run {
             match upstream.and_then(|j| j.outputs.get(&sub.key)) {
                 Some(v) => {
                     env.insert(sub.env.clone(), v.clone());
+                    subscribed.insert(sub.source(), v.clone());
                 }
                 None if upstream.is_some_and(|j| j.status == Status::Skipped) => {
                     return Err(format!(
@@ -960,12 +962,16 @@ impl Run {
             action: action.name.clone(),
             job: job.name.clone(),
             name: format!("co-{}-{}-{}-{}", self.id, stage.name, action.name, job.name),
+            kind: flow_job.kind,
             image: flow_job.endpoint.clone(),
             command: flow_job.command.clone(),
             env,
             labels,
             cpu: flow_job.resources.and_then(|r| r.cpu),
             memory: flow_job.resources.and_then(|r| r.memory),
+            timeout: flow_job.timeout.map(|t| t.0),
+            subscribed,
+            secret: flow_job.secret.clone(),
         })
     }
 }

@@ -53,6 +53,7 @@ fn spec(run: &str) -> JobSpec {
         labels,
         cpu: Some(Cpu(500)),
         memory: Some(Memory(64 << 20)),
+        ..JobSpec::default()
     }
 }
 

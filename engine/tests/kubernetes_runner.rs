@@ -242,6 +242,7 @@ fn spec(run: &str, job: &str) -> JobSpec {
         labels,
         cpu: Some(Cpu(500)),
         memory: Some(Memory(64 << 20)),
+        ..JobSpec::default()
     }
 }
 

@@ -13,7 +13,7 @@
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit), `query` (jobs and logs), `line_reader` (stored logs as whole lines), `loki`
 //!   (Loki's read API for Grafana), `webhooks` (subscriptions, deliveries, redelivery),
-//!   `error` (the one HTTP error type), health.
+//!   `callbacks` (service jobs' results), `error` (the one HTTP error type), health.
 //! - [`job_view`]: a job as the API, its streams and webhook payloads show it.
 //! - [`timefmt`]: RFC 3339 times (formatting and parsing), for the API, webhooks and runs.
 //! - [`live`]: the live hub: committed lines and run saves pushed to followers (SSE,
@@ -145,6 +145,8 @@ pub async fn serve_reloadable(
             public_url: public_url.clone(),
             handle: state.flows.clone(),
             runs_live: state.live.runs.clone(),
+            webhooks: webhooks_config.clone(),
+            notify: state.commit_notifier(),
         },
         shutdown.clone(),
     ));

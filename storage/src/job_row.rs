@@ -175,7 +175,10 @@ impl JobRow {
         if self.status.is_final() && exit.restart_count == self.restart_count {
             return None;
         }
-        let (status, reason) = decide(self.co_result.as_deref(), exit.exit_code);
+        let (status, reason) = match &exit.failure {
+            Some(why) => (JobStatus::Failure, why.clone()),
+            None => decide(self.co_result.as_deref(), exit.exit_code),
+        };
         self.status = status;
         self.reason = Some(clamp_chars(&reason, TEXT_MAX));
         self.exit_code = Some(exit.exit_code);

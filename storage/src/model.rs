@@ -142,6 +142,9 @@ pub struct ExitWrite {
     pub finished_at: i64,
     pub last_seq: u64,
     pub restart_count: u32,
+    /// A failure the writer decided, recorded instead of the verdict rule's outcome (a
+    /// service job whose endpoint could not be called); `None` for containers.
+    pub failure: Option<String>,
 }
 
 /// Everything to write for one job, applied in this order: metadata, lines, outputs and

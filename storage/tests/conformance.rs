@@ -237,6 +237,7 @@ fn exit(code: i64, restart_count: u32) -> ExitWrite {
         finished_at: 1_700_000_009_000_000_000 + i64::from(restart_count),
         last_seq: 0,
         restart_count,
+        failure: None,
     }
 }
 

@@ -409,6 +409,9 @@ stages:
 /// Issue #14: scripts, labels, `active`.
 #[path = "engine/job_model.rs"]
 mod job_model;
+/// Issue #14: service jobs and their callbacks.
+#[path = "engine/services.rs"]
+mod services;
 /// Issue #14: webhook and cron triggers.
 #[path = "engine/triggers.rs"]
 mod triggers;

@@ -10,7 +10,7 @@ use super::{Flow, FlowError};
 use crate::script::{check_syntax, Phase};
 
 /// 1-based number of the first line at or after `from` (1-based) containing `needle`.
-fn find_line_from(source: &str, from: usize, needle: &str) -> Option<usize> {
+pub(super) fn find_line_from(source: &str, from: usize, needle: &str) -> Option<usize> {
     source
         .lines()
         .enumerate()
@@ -20,7 +20,7 @@ fn find_line_from(source: &str, from: usize, needle: &str) -> Option<usize> {
 }
 
 /// The line of a job's `name:`, found stage by stage.
-fn job_line(source: &str, stage: &str, action: &str, job: &str) -> Option<usize> {
+pub(super) fn job_line(source: &str, stage: &str, action: &str, job: &str) -> Option<usize> {
     let s = find_line_from(source, 1, &format!("name: {stage}"))?;
     let a = find_line_from(source, s, &format!("name: {action}"))?;
     find_line_from(source, a, &format!("name: {job}"))
@@ -34,7 +34,7 @@ fn is_block(line: &str, key: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn error(line: Option<usize>, path: String, message: String) -> FlowError {
+pub(super) fn error(line: Option<usize>, path: String, message: String) -> FlowError {
     FlowError {
         line,
         column: None,

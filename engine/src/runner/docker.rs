@@ -180,6 +180,9 @@ impl JobRunner for DockerRunner {
 
     #[tracing::instrument(skip(self, spec), fields(container = %spec.name, image = %spec.image))]
     async fn start(&self, spec: &JobSpec) -> Result<String> {
+        if spec.kind != crate::flow::JobKind::Component {
+            return Err(spec.refuse_service("docker"));
+        }
         let id = match self.create(spec).await {
             Ok(id) => id,
             Err(e) if status_of(&e) == Some(409) => match self.created_elsewhere(spec, e).await? {

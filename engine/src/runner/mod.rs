@@ -15,10 +15,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::flow::{Cpu, Memory};
+use crate::flow::{Cpu, JobKind, Memory};
 
 /// Everything a runner needs to start one job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     /// Flow name (`io.containerops.flow`).
     pub flow: String,
@@ -30,7 +30,11 @@ pub struct JobSpec {
     /// Container name, unique per run and job, so a start repeated after a crash finds the
     /// container instead of making a second one.
     pub name: String,
-    /// The image (the job's `endpoint`).
+    /// What runs it: a container, or a call of an HTTP service (which the embedder's
+    /// runner makes; the container runners refuse it).
+    #[serde(default)]
+    pub kind: JobKind,
+    /// The image (the job's `endpoint`); for a service job, the URL it calls.
     pub image: String,
     /// Replaces the image's `CMD` when not empty.
     #[serde(default)]
@@ -41,9 +45,34 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     pub cpu: Option<Cpu>,
     pub memory: Option<Memory>,
+    /// The job's own `timeout` (a service job's callback token expires with it).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// The subscribed outputs, by their source (`stage.action.job[KEY]`) (also in `env`
+    /// under their variable names; a service job's request lists them apart).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscribed: BTreeMap<String, String>,
+    /// Service jobs: the name of the secret that signs the request (`default` if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 impl JobSpec {
+    /// The error a container runner gives a service job.
+    pub fn refuse_service(&self, runner: &str) -> crate::error::Error {
+        crate::error::Error::new(
+            crate::error::ErrorKind::Invalid,
+            format!(
+                "job {} is a service job: the {runner} runner runs containers only",
+                self.name
+            ),
+        )
+    }
+
     /// Whether a container (or Pod) with these labels is this job's: the same
     /// `io.containerops.*` labels. Other labels (logarithmd's `extra_labels`) may differ:
     /// the replica that repeats a start after a takeover or a restart may add others.

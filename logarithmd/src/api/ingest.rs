@@ -375,6 +375,7 @@ pub fn to_write_batch(batch: Batch) -> ApiResult<WriteBatch> {
                 finished_at: e.finished_at,
                 last_seq: e.last_seq,
                 restart_count: e.restart_count,
+                failure: None,
             });
         }
         w.logs_unavailable = seg.logs_unavailable;

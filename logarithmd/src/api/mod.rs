@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state and health. Access checks are [`crate::auth`]'s.
 
+pub mod callbacks;
 pub mod error;
 pub mod flows;
 pub mod ingest;
@@ -107,6 +108,16 @@ impl AppState {
         self.webhook_wake.notify_one();
     }
 
+    /// [`AppState::notify`] and the live followers, for writes made outside ingest (service
+    /// jobs): what every commit of job rows is announced to.
+    pub fn commit_notifier(&self) -> crate::flows::service::ledger::Notifier {
+        let state = self.clone();
+        Arc::new(move |write, outcome| {
+            state.live.jobs.publish(write, &outcome.events);
+            state.notify(outcome);
+        })
+    }
+
     /// Called after a batch is committed (never before): publishes its events in-process
     /// and wakes the webhook dispatcher for the deliveries the commit wrote.
     pub fn notify(&self, outcome: &ApplyOutcome) {
@@ -137,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .merge(webhooks::routes())
         .merge(flows::routes())
+        .merge(callbacks::routes())
         .merge(stream::routes())
         .merge(loki::routes())
         .merge(ui::routes())

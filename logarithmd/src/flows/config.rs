@@ -124,6 +124,10 @@ pub struct EngineSettings {
     /// Secrets of webhook triggers, by the name a flow's trigger gives (`secret: github`).
     #[serde(default)]
     pub trigger_secrets: BTreeMap<String, String>,
+    /// Secrets that sign the requests of service jobs, by the name a job gives
+    /// (`secret: deployer`); a job without `secret:` uses the one named `default`.
+    #[serde(default)]
+    pub service_secrets: BTreeMap<String, String>,
     /// For tests: the cron scheduler reads the time from this file (Unix seconds or RFC
     /// 3339) instead of the system clock.
     #[serde(default)]
@@ -156,6 +160,7 @@ impl Default for EngineSettings {
             cron_poll: default_cron_poll(),
             clock_file: None,
             trigger_secrets: BTreeMap::new(),
+            service_secrets: BTreeMap::new(),
             replica_id: String::new(),
             lease_ttl: default_lease_ttl(),
         }

@@ -8,7 +8,8 @@
 //! - [`announce::WebhookRunEvents`]: a finished run becomes a durable `flow.finished`
 //!   webhook delivery with one line per job;
 //! - [`runner::LabelledRunner`]: the Docker or Kubernetes runner (`[engine] runner`),
-//!   adding the configured extra labels.
+//!   adding the configured extra labels, inside [`service::ServiceRunner`], which makes
+//!   the HTTP calls of service jobs (`type: service`) and records them in storage.
 //!
 //! [`run`] starts it, and the scheduler of its `cron` triggers (`engine::cron`), under the
 //! shutdown token; until it is up (or when it is disabled, or
@@ -17,7 +18,7 @@
 //! # Layout
 //! - [`config`]: the `[engine]` section.
 //! - [`clock`]: the time the cron scheduler reads (the system's, or a file's in tests).
-//! - [`store`], [`results`], [`announce`], [`runner`]: the adapters above.
+//! - [`store`], [`results`], [`announce`], [`runner`], [`service`]: the adapters above.
 //! - [`view`]: the JSON shapes of flows and runs, shared by the API and `flow.finished`.
 
 pub mod announce;
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod results;
 pub mod runner;
+pub mod service;
 pub mod store;
 pub mod view;
 
@@ -104,6 +106,10 @@ pub struct Wiring {
     pub handle: EngineHandle,
     /// Run saves are pushed to the run's live followers.
     pub runs_live: Arc<crate::live::RunHub>,
+    /// The retry schedule and request timeout of service calls (`[webhooks]`).
+    pub webhooks: crate::webhooks::config::WebhooksConfig,
+    /// Told of the commits service calls make (as ingest's are announced).
+    pub notify: service::ledger::Notifier,
 }
 
 /// Connects to the runner (Docker or Kubernetes), starts the engine (retrying while storage is unavailable), makes it
@@ -126,10 +132,26 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
             return;
         }
     };
-    let runner: Arc<dyn JobRunner> = Arc::new(runner::LabelledRunner::new(
+    let containers: Arc<dyn JobRunner> = Arc::new(runner::LabelledRunner::new(
         inner,
         w.settings.extra_labels.clone(),
     ));
+    let services = service::ServiceRunner::new(
+        containers,
+        service::ledger::Ledger::new(w.storage.clone(), w.notify.clone()),
+        service::ServiceSettings {
+            secrets: w.settings.service_secrets.clone(),
+            webhooks: w.webhooks.clone(),
+            public_url: w.public_url.clone(),
+        },
+    );
+    let runner: Arc<dyn JobRunner> = match services {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "flow engine not started; flow routes answer 503");
+            return;
+        }
+    };
     let store = Arc::new(
         store::DocumentRunStore::new(w.storage.clone()).publishing_to(w.runs_live.clone()),
     );

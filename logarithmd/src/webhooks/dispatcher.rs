@@ -354,7 +354,7 @@ fn describe(e: &reqwest::Error, config: &WebhooksConfig) -> String {
     }
 }
 
-fn source_chain(e: &reqwest::Error) -> String {
+pub(crate) fn source_chain(e: &reqwest::Error) -> String {
     let mut text = String::new();
     let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = cur {

@@ -201,6 +201,9 @@ impl JobRunner for KubernetesRunner {
 
     #[tracing::instrument(skip(self, spec), fields(pod = %spec.name, image = %spec.image, namespace = %self.namespace))]
     async fn start(&self, spec: &JobSpec) -> Result<String> {
+        if spec.kind != crate::flow::JobKind::Component {
+            return Err(spec.refuse_service("kubernetes"));
+        }
         let mut pod = pod_for(spec, &self.namespace);
         self.options.apply(&mut pod);
         let name = pod_name(spec);

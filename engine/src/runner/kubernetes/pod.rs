@@ -161,6 +161,7 @@ mod tests {
             ]),
             cpu: Some(Cpu(500)),
             memory: Some(Memory(64 << 20)),
+            ..JobSpec::default()
         }
     }
 
