@@ -14,9 +14,11 @@ use serde::Serialize;
 
 use super::answer::{Answer, BODY_MAX};
 use super::ledger::{Ending, Ledger};
+use crate::timefmt::rfc3339;
 use crate::webhooks::config::WebhooksConfig;
-use crate::webhooks::dispatcher::{after_failure, now_ns, source_chain};
+use crate::webhooks::dispatcher::{after_failure, source_chain};
 use crate::webhooks::signing;
+use protocol::now_ns;
 use storage::AttemptOutcome;
 
 /// The `logarithm-event` of a service call.
@@ -67,15 +69,6 @@ enum Attempt {
     Transient(String),
 }
 
-fn rfc3339(ns: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-}
-
 impl Call {
     fn body(&self) -> Vec<u8> {
         let s = &self.spec;
@@ -90,7 +83,7 @@ impl Call {
             environment: &s.env,
             subscriptions: &s.subscribed,
             callback_url: format!("{}/api/v1/callbacks/{}", self.callback_base, self.token),
-            expires_at: self.deadline.and_then(rfc3339),
+            expires_at: self.deadline.map(rfc3339),
         };
         // Plain maps of strings: encoding cannot fail.
         serde_json::to_vec(&req).unwrap_or_default()
@@ -107,7 +100,7 @@ impl Call {
                 Attempt::Accepted => {
                     let until = self
                         .deadline
-                        .and_then(rfc3339)
+                        .map(rfc3339)
                         .map(|t| format!(" until {t}"))
                         .unwrap_or_default();
                     let text = format!("HTTP 202 Accepted: waiting for the callback{until}");

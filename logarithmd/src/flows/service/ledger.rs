@@ -103,7 +103,7 @@ pub struct Ledger {
 }
 
 fn now() -> i64 {
-    engine::engine::now()
+    protocol::now_ns()
 }
 
 fn line(seq: u64, text: String) -> NewLine {

@@ -91,7 +91,7 @@ impl ServiceRunner {
         })?;
         let (id, token) = self.ledger.open(spec).await?;
         let deadline = spec.timeout.map(|d| {
-            engine::engine::now().saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            protocol::now_ns().saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         });
         let call = call::Call {
             spec: spec.clone(),
