@@ -417,3 +417,62 @@ async fn service_jobs_time_out_and_unreachable_ones_fail() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two logarithmd replicas on one database: the run is driven by the one that started it,
+/// the callback goes to the other; the token and the result go through storage, and the
+/// driving replica advances the run. The used token is refused by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_to_another_replica_advances_the_run() -> Result<()> {
+    let db = Db::mysql().await?;
+    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let config = format!(
+        "{}{}",
+        daemon_config(&format!("engine-{tag}")),
+        service_config()
+    );
+    let a = Daemon::start_with(db.url(), &config).await?;
+    let b = Daemon::start_with(db.url(), &config).await?;
+    let svc = Service::start().await?;
+    let base = format!("http://{}", svc.addr);
+    let flow = register(&a, &service_flow(&tag, &base)).await?;
+    let id = start_run(&a, &flow, None).await?;
+    let logs = || {
+        format!(
+            "a:\n{}\nb:\n{}",
+            tail(&a.proc.log(), 40),
+            tail(&b.proc.log(), 40)
+        )
+    };
+    let call = wait_until(
+        Duration::from_secs(60),
+        "the callback job is called",
+        || async { Ok(svc.calls("/later").into_iter().next()) },
+    )
+    .await
+    .with_context(logs)?;
+    let token = token_of(&call)?;
+    let result =
+        json!({ "result": false, "outputs": { "RELEASE": "r-7" }, "message": "smoke test failed" });
+    let (st, v) = callback(&b, &token, &result).await?;
+    assert_eq!(st, 200, "{v}");
+    let run = wait_until(
+        Duration::from_secs(60),
+        "the run ends on replica a",
+        || async {
+            let (st, v) = a.get_json(&format!("/api/v1/runs/{id}")).await?;
+            Ok((st == 200 && is_final(&v)).then_some(v))
+        },
+    )
+    .await
+    .with_context(logs)?;
+    assert_eq!(run["status"], "failure", "{run}");
+    let later = job(&run, "verify", "later", "later");
+    assert_eq!(later["status"], "failure", "{later}");
+    assert_eq!(later["reason"], "CO_RESULT = false", "{later}");
+    assert_eq!(later["outputs"], json!({ "RELEASE": "r-7" }));
+    for d in [&a, &b] {
+        let (st, v) = callback(d, &token, &result).await?;
+        assert_eq!(st, 409, "{v}");
+    }
+    Ok(())
+}
