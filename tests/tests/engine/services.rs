@@ -15,8 +15,8 @@ struct Call {
     body: Value,
 }
 
-struct Service {
-    addr: SocketAddr,
+pub(super) struct Service {
+    pub(super) addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -73,7 +73,7 @@ async fn serve_call(
 }
 
 impl Service {
-    async fn start() -> Result<Service> {
+    pub(super) async fn start() -> Result<Service> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -94,7 +94,7 @@ impl Service {
     }
 }
 
-fn service_config() -> String {
+pub(super) fn service_config() -> String {
     format!("service_secrets = {{ default = \"{SECRET}\" }}\n")
 }
 

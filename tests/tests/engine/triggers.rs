@@ -1,7 +1,7 @@
 //! Issue #14 triggers end to end: a signed GitHub push webhook starts a run with the
 //! commit in `CO_DATA` (a bad signature starts nothing), and a cron trigger fires exactly
 //! once with two logarithmd on one database, their clock moved through a file
-//! (`[engine] clock_file`).
+//! (`[engine] clock_file`), and a tick missed while logarithmd was down runs once at start.
 
 use super::*;
 
@@ -238,5 +238,88 @@ stages:
         log_of(&s.daemon, job(&run, "work", "act", "job")).await?,
         vec!["cron nightly"]
     );
+    Ok(())
+}
+
+/// `missed: run_once`: ticks missed while logarithmd was down start one run, for the
+/// latest of them, when it starts again; a `skip` trigger (the default) starts none. The
+/// clock is a file (`[engine] clock_file`); the jobs are service jobs, so no container
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_cron_tick_runs_once_at_start() -> Result<()> {
+    use super::services::{service_config, Service};
+    let db = Db::mysql().await?;
+    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let clock_dir = tempfile::tempdir()?;
+    let clock = clock_dir.path().join("now");
+    std::fs::write(&clock, "2030-01-15T02:00:00Z")?;
+    let config = format!(
+        "{}cron_poll = \"200ms\"\nclock_file = \"{}\"\n{}",
+        daemon_config(&format!("engine-{tag}")),
+        clock.display(),
+        service_config()
+    );
+    let mut d = Daemon::start_with(db.url(), &config).await?;
+    let svc = Service::start().await?;
+    let flow_of = |name: &str, missed: &str| {
+        format!(
+            r#"uri: logarithm/e2e/{name}-{tag}
+triggers:
+  - type: cron
+    schedule: "0 3 * * *"
+    {missed}
+stages:
+  - type: start
+    name: start
+  - type: normal
+    name: work
+    actions:
+      - name: act
+        jobs:
+          - type: service
+            name: job
+            endpoint: http://{addr}/now
+            timeout: 60
+            environments:
+              - GREETING: cron
+  - type: end
+    name: end
+"#,
+            addr = svc.addr
+        )
+    };
+    let once = register(&d, &flow_of("missed-once", "missed: run_once")).await?;
+    let skip = register(&d, &flow_of("missed-skip", "missed: skip")).await?;
+    // Polls before any tick: nothing starts.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(runs_of(&d, &once).await?.is_empty());
+
+    // Down over three ticks (the 15th, 16th and 17th at 03:00 UTC), then up again.
+    d.proc.kill();
+    std::fs::write(&clock, "2030-01-17T05:00:00Z")?;
+    d.start_again().await?;
+    let runs = wait_until(Duration::from_secs(30), "the missed tick's run", || async {
+        let runs = runs_of(&d, &once).await?;
+        Ok((!runs.is_empty()).then_some(runs))
+    })
+    .await
+    .with_context(|| tail(&d.proc.log(), 40))?;
+    let tick = parse_ts("2030-01-17T03:00:00Z")?;
+    assert_eq!(
+        runs[0]["cause"],
+        json!({"kind": "cron", "schedule": "0 3 * * *", "tick": tick})
+    );
+    // More polls: still one run, and none for the skipping trigger.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let runs = runs_of(&d, &once).await?;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs_of(&d, &skip).await?.is_empty());
+    let id = runs[0]["id"].as_str().context("run id")?.to_owned();
+    let run = wait_until(Duration::from_secs(30), "the cron run ends", || async {
+        let (st, v) = d.get_json(&format!("/api/v1/runs/{id}")).await?;
+        Ok((st == 200 && is_final(&v)).then_some(v))
+    })
+    .await?;
+    assert_eq!(run["status"], "success", "{run}");
     Ok(())
 }
