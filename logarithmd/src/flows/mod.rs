@@ -7,9 +7,10 @@
 //!   job events (`notify`), with storage as the lookup for missed ones;
 //! - [`announce::WebhookRunEvents`]: a finished run becomes a durable `flow.finished`
 //!   webhook delivery with one line per job;
-//! - [`runner::LabelledRunner`]: the Docker or Kubernetes runner (`[engine] runner`),
-//!   adding the configured extra labels, inside [`service::ServiceRunner`], which makes
-//!   the HTTP calls of service jobs (`type: service`) and records them in storage.
+//! - [`runner::LabelledRunner`]: adds the configured extra labels to every job, around
+//!   [`service::ServiceRunner`], which makes the HTTP calls of service jobs (`type:
+//!   service`) and records them in storage, and hands containers to the Docker or
+//!   Kubernetes runner (`[engine] runner`).
 //!
 //! [`run`] starts it, and the scheduler of its `cron` triggers (`engine::cron`), under the
 //! shutdown token; until it is up (or when it is disabled, or
@@ -132,12 +133,9 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
             return;
         }
     };
-    let containers: Arc<dyn JobRunner> = Arc::new(runner::LabelledRunner::new(
-        inner,
-        w.settings.extra_labels.clone(),
-    ));
+    // Service jobs are made here, containers by `inner`; both get the extra labels.
     let services = service::ServiceRunner::new(
-        containers,
+        inner,
         service::ledger::Ledger::new(w.storage.clone(), w.notify.clone()),
         service::ServiceSettings {
             secrets: w.settings.service_secrets.clone(),
@@ -145,13 +143,17 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
             public_url: w.public_url.clone(),
         },
     );
-    let runner: Arc<dyn JobRunner> = match services {
+    let services: Arc<dyn JobRunner> = match services {
         Ok(r) => Arc::new(r),
         Err(e) => {
             tracing::warn!(error = %e, "flow engine not started; flow routes answer 503");
             return;
         }
     };
+    let runner: Arc<dyn JobRunner> = Arc::new(runner::LabelledRunner::new(
+        services,
+        w.settings.extra_labels.clone(),
+    ));
     let store = Arc::new(
         store::DocumentRunStore::new(w.storage.clone()).publishing_to(w.runs_live.clone()),
     );

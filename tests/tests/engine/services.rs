@@ -203,6 +203,19 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
         ])
     );
 
+    // The call is a job like a container's, with the engine's and the extra labels.
+    let jid = now["job_id"].as_str().context("job_id")?;
+    let (st, row) = d.get_json(&format!("/api/v1/jobs/{jid}")).await?;
+    assert_eq!(st, 200, "{row}");
+    assert_eq!(row["image"], format!("{base}/now"), "{row}");
+    assert_eq!(row["labels"]["io.containerops.job"], "now", "{row}");
+    assert_eq!(
+        row["labels"]["logarithm.test"],
+        format!("engine-{}", s.tag),
+        "{row}"
+    );
+    assert_eq!(row["status"], "success", "{row}");
+
     let first = svc.calls("/now");
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(first[0].verified, "signed with the default service secret");
