@@ -2,11 +2,16 @@
 //! fingerprint (CRC-32) of its first bytes, never by its name. Rotation renames files, so
 //! a name points at different files over time; and a deleted file's inode number can be
 //! given to a new file, which the fingerprint tells apart (as Vector's fingerprinter does).
+//!
+//! A gzip-compressed rotation is a new inode holding the same content: its fingerprint is
+//! taken over its decompressed first bytes, so a position in the plain file it was
+//! compressed from names it too.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
+use super::compressed;
 use crate::checkpoint::FilePos;
 
 /// Bytes of a file's start the fingerprint covers (fewer while the file is shorter).
@@ -19,6 +24,8 @@ pub struct Identity {
     pub ino: u64,
     pub fp: u32,
     pub fp_len: u32,
+    /// Gzip-compressed: the fingerprint covers the decompressed content.
+    pub gz: bool,
 }
 
 impl Identity {
@@ -32,7 +39,28 @@ impl Identity {
             ino: meta.ino(),
             fp,
             fp_len,
+            gz: false,
         })
+    }
+
+    /// The identity of an open gzip-compressed file.
+    pub fn of_gz(file: &File) -> io::Result<Identity> {
+        let meta = file.metadata()?;
+        let head = compressed::head(file, FINGERPRINT_BYTES as usize)?;
+        Ok(Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            fp: crc32fast::hash(&head),
+            fp_len: head.len() as u32,
+            gz: true,
+        })
+    }
+
+    /// Whether `head` (a file's first bytes) starts with the bytes this identity's
+    /// fingerprint covers. An empty fingerprint says nothing and matches nothing.
+    pub fn starts(&self, head: &[u8]) -> bool {
+        let len = self.fp_len as usize;
+        len > 0 && head.len() >= len && crc32fast::hash(&head[..len]) == self.fp
     }
 
     /// Whether the fingerprint still covers fewer bytes than it could.
@@ -53,7 +81,16 @@ impl Identity {
 
     /// Whether `pos` names this file: same device and inode, and the same first bytes.
     /// A file whose fingerprint covers fewer bytes is compared on its first `pos.fp_len`.
+    /// A compressed file is compared on its content only (its inode is not the plain
+    /// file's).
     pub fn is(&self, file: &File, pos: &FilePos) -> io::Result<bool> {
+        if self.gz {
+            if pos.fp_len == 0 {
+                return Ok(false);
+            }
+            let head = compressed::head(file, pos.fp_len as usize)?;
+            return Ok(head.len() == pos.fp_len as usize && crc32fast::hash(&head) == pos.fp);
+        }
         if self.dev != pos.dev || self.ino != pos.ino {
             return Ok(false);
         }

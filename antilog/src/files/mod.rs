@@ -3,6 +3,9 @@
 //! discovery, metadata, exit codes and events.
 //!
 //! - [`identity`]: a file's identity (device, inode, fingerprint of its first bytes).
+//! - [`layout`]: how a chain's files are named (Docker's `.1`, `.2`; the kubelet's
+//!   `.<time>` and `.<time>.gz`).
+//! - [`compressed`]: reading a gzip-compressed rotation by offset.
 //! - [`tailer`]: one log's chain of files read as one stream of lines across rotations,
 //!   with exact positions (identity + offset) for checkpoints.
 //! - [`json_file`]: Docker's `json-file` record format.
@@ -12,7 +15,9 @@
 //! these when the source is `docker-files` (see [`crate::config::Source`]); containers
 //! with another log driver stay on the API, container by container.
 
+pub mod compressed;
 pub mod cri;
 pub mod identity;
 pub mod json_file;
+pub mod layout;
 pub mod tailer;

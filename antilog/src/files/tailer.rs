@@ -13,6 +13,11 @@
 //! known is gone and files never seen take its place, a [`Event::Gap`] says lines may be
 //! missing there. A file that shrinks (copy-truncate) is read again from its start.
 //!
+//! The kubelet compresses older rotations ([`Layout::Kubelet`]): a `.gz` whose content
+//! is a file the tailer holds is that file (read on through its descriptor, and older
+//! files are behind it); a `.gz` of a file never opened is read through a decoder, so
+//! lines compressed before antilog saw them are still read.
+//!
 //! I/O is plain blocking `pread` on page-cache data, in reads of at most [`READ_CHUNK`].
 
 use std::collections::VecDeque;
@@ -24,8 +29,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::identity::Identity;
+use super::compressed::{self, GzReader};
+use super::identity::{Identity, FINGERPRINT_BYTES};
+pub use super::layout::Layout;
 use crate::checkpoint::FilePos;
+use listing::Listed;
+
+mod listing;
 
 /// Bytes read at once.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -36,33 +46,6 @@ pub const MAX_LINE: usize = 1 << 20;
 pub const RELIST_INTERVAL: Duration = Duration::from_millis(10);
 /// Most files of one chain held open.
 const MAX_OPEN: usize = 64;
-
-/// How a chain's files are named.
-#[derive(Debug, Clone)]
-pub enum Layout {
-    /// Docker json-file: `<name>` is active; `<name>.1` the newest rotated, `.2` older...
-    Numbered { name: String },
-}
-
-impl Layout {
-    /// The rank of a file name in the chain: 0 for the active file, higher for older ones;
-    /// `None` for files not of this chain (compressed rotations are not read).
-    fn rank(&self, file_name: &str) -> Option<u64> {
-        match self {
-            Layout::Numbered { name } => {
-                let rest = file_name.strip_prefix(name.as_str())?;
-                if rest.is_empty() {
-                    return Some(0);
-                }
-                let n = rest.strip_prefix('.')?;
-                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                n.parse().ok()
-            }
-        }
-    }
-}
 
 /// Where reading began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +73,8 @@ pub enum Event<'a> {
 #[derive(Debug)]
 struct Open {
     file: File,
+    /// The decoder of a compressed file.
+    gz: Option<GzReader>,
     id: Identity,
     path: PathBuf,
     /// Bytes consumed (up to the end of the last line handed out).
@@ -114,6 +99,9 @@ pub struct Tailer {
     /// Skipping an over-long line up to its `\n`.
     discarding: bool,
     last_list: Instant,
+    /// The last look found the newest held file's compressed copy (so no file was lost
+    /// after it).
+    newest_compressed: bool,
     /// Lines longer than [`MAX_LINE`] (skipped), and bytes left without `\n` at the end of
     /// a rotated file.
     pub malformed: u64,
@@ -121,11 +109,18 @@ pub struct Tailer {
     pub truncations: u64,
 }
 
-fn open_file(path: &Path) -> io::Result<Open> {
-    let file = File::open(path)?;
-    let id = Identity::of(&file)?;
+/// Takes a listed file to read.
+fn open_file(l: &Listed) -> io::Result<Open> {
+    let file = l.file.try_clone()?;
+    let path = &l.path;
+    let (id, gz) = if l.gz {
+        (Identity::of_gz(&file)?, Some(GzReader::new(&file)?))
+    } else {
+        (Identity::of(&file)?, None)
+    };
     Ok(Open {
         file,
+        gz,
         id,
         path: path.to_path_buf(),
         offset: 0,
@@ -135,29 +130,26 @@ fn open_file(path: &Path) -> io::Result<Open> {
     })
 }
 
-/// A listed file: rank, path, (dev, ino).
-type Listed = (u64, PathBuf, (u64, u64));
+impl Open {
+    fn key(&self) -> (u64, u64) {
+        (self.id.dev, self.id.ino)
+    }
 
-fn list(dir: &Path, layout: &Layout) -> io::Result<Vec<Listed>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(rank) = name.to_str().and_then(|n| layout.rank(n)) else {
-            continue;
-        };
-        let path = entry.path();
-        // Renamed or deleted since read_dir: the next look finds it.
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if meta.is_file() {
-            out.push((rank, path, (meta.dev(), meta.ino())));
+    /// Reads (decompressed) content at `offset`.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self.gz.as_mut() {
+            Some(gz) => gz.read_at(buf, offset),
+            None => self.file.read_at(buf, offset),
         }
     }
-    // Oldest first.
-    out.sort_by_key(|l| std::cmp::Reverse(l.0));
-    Ok(out)
+
+    fn identity(&self) -> io::Result<Identity> {
+        if self.gz.is_some() {
+            Identity::of_gz(&self.file)
+        } else {
+            Identity::of(&self.file)
+        }
+    }
 }
 
 impl Tailer {
@@ -173,24 +165,16 @@ impl Tailer {
             end: 0,
             discarding: false,
             last_list: Instant::now(),
+            newest_compressed: false,
             malformed: 0,
             truncations: 0,
         };
-        let listed = match list(dir, &t.layout) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let listed = t.list()?;
         let last = listed.len().saturating_sub(1);
-        for (i, (rank, path, _)) in listed.into_iter().enumerate() {
-            match open_file(&path) {
-                Ok(mut f) => {
-                    f.rotated = rank != 0 || i != last;
-                    t.files.push_back(f);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        for (i, l) in listed.iter().enumerate() {
+            let mut f = open_file(l)?;
+            f.rotated = l.rank != 0 || i != last;
+            t.files.push_back(f);
         }
         let Some(from) = from else {
             return Ok((t, Start::Beginning));
@@ -212,7 +196,12 @@ impl Tailer {
         };
         t.files.drain(..i);
         if let Some(f) = t.files.front_mut() {
-            let len = f.file.metadata()?.len();
+            // A compressed file's size says nothing of its content's: it is read up to
+            // the offset (and never shrinks).
+            let len = match f.gz {
+                Some(_) => u64::MAX,
+                None => f.file.metadata()?.len(),
+            };
             if len < from.offset {
                 t.truncations += 1;
                 warn!(path = %f.path.display(), "log file shrank below the checkpoint; reading it from its start");
@@ -231,6 +220,9 @@ impl Tailer {
 
     /// The next complete line, or [`Event::Eof`] when everything written so far is read.
     pub fn next_event(&mut self) -> io::Result<Event<'_>> {
+        // Whether a renamed file waiting for the runtime to reopen its log was looked at
+        // again in this call.
+        let mut waited = false;
         loop {
             let Some(cur) = self.files.front_mut() else {
                 self.relist()?;
@@ -252,7 +244,7 @@ impl Tailer {
                     continue;
                 }
                 if cur.id.short() && cur.offset > u64::from(cur.id.fp_len) {
-                    cur.id = Identity::of(&cur.file)?;
+                    cur.id = cur.identity()?;
                 }
                 let pos = cur.id.at(cur.offset);
                 return Ok(Event::Line {
@@ -285,10 +277,25 @@ impl Tailer {
                 Some(c) => c,
                 None => continue,
             };
+            let at = cur.read_to;
             let n = loop {
-                match cur.file.read_at(&mut self.buf[self.end..], cur.read_to) {
+                match cur.read_at(&mut self.buf[self.end..], at) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if cur.gz.is_some() => {
+                        // A corrupt compressed file: what it still holds cannot be read.
+                        let gap = format!(
+                            "compressed log file {} cannot be read past byte {at} ({e}); lines may be missing",
+                            cur.path.display()
+                        );
+                        warn!("{gap}");
+                        self.malformed += u64::from(self.end > self.start);
+                        self.start = 0;
+                        self.end = 0;
+                        self.discarding = false;
+                        self.files.pop_front();
+                        return Ok(Event::Gap(gap));
+                    }
                     Err(e) => return Err(e),
                 }
             };
@@ -299,6 +306,16 @@ impl Tailer {
             }
             // End of this file for now.
             if cur.rotated {
+                if self.layout.written_after_rename() && !self.runtime_moved_on() {
+                    // The runtime writes on to a renamed file until it has reopened the
+                    // log: the file is done only once its successor has data.
+                    if !waited {
+                        waited = true;
+                        self.relist()?;
+                        continue;
+                    }
+                    return Ok(Event::Eof);
+                }
                 if self.end > self.start || self.discarding {
                     // A rotated file never grows again: its unterminated end is not a line.
                     self.malformed += 1;
@@ -318,7 +335,7 @@ impl Tailer {
                 info!(path = %cur.path.display(), "log file was truncated (copy-truncate); reading it again from its start");
                 cur.offset = 0;
                 cur.read_to = 0;
-                cur.id = Identity::of(&cur.file)?;
+                cur.id = cur.identity()?;
                 self.start = 0;
                 self.end = 0;
                 self.discarding = false;
@@ -335,57 +352,76 @@ impl Tailer {
         }
     }
 
+    /// Whether the runtime writes to a file after the one being read: a later file has
+    /// data (or is compressed, so complete), or two have been opened since.
+    fn runtime_moved_on(&self) -> bool {
+        self.files.len() > 2
+            || self
+                .files
+                .iter()
+                .skip(1)
+                .any(|f| f.gz.is_some() || f.file.metadata().map_or(true, |m| m.len() > 0))
+    }
+
     /// Looks at the directory: marks files that are no longer active, opens new ones.
     fn relist(&mut self) -> io::Result<()> {
         self.last_list = Instant::now();
-        let listed = match list(&self.dir, &self.layout) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let key = |f: &Open| (f.id.dev, f.id.ino);
-        let active = listed.last().filter(|l| l.0 == 0).map(|l| l.2);
+        let mut listed = self.list()?;
+        if let Some(f) = self.files.back() {
+            if !listed.iter().any(|l| l.key == f.key()) && f.file.metadata()?.nlink() > 0 {
+                // Still linked somewhere: a rename raced the directory read. Look again
+                // rather than take its successors for files after a gap.
+                listed = self.list()?;
+            }
+        }
+        let active = listed.last().filter(|l| l.rank == 0).map(|l| l.key);
         for f in self.files.iter_mut() {
-            if Some(key(f)) != active {
+            if Some(f.key()) != active {
                 f.rotated = true;
             }
         }
         // Files newer than the newest we hold.
-        let newest = self.files.back().map(key);
+        let newest = self.files.back().map(Open::key);
         let newer: Vec<&Listed> = match newest {
             None => listed.iter().collect(),
-            Some(k) => match listed.iter().position(|l| l.2 == k) {
+            Some(k) => match listed.iter().position(|l| l.key == k) {
                 Some(i) => listed[i + 1..].iter().collect(),
-                None => listed
-                    .iter()
-                    .filter(|l| !self.files.iter().any(|f| key(f) == l.2))
-                    .collect(),
+                None => self.successors(&listed)?,
             },
         };
         let mut new_gap = None;
-        if newest.is_some() && !newer.is_empty() && !listed.iter().any(|l| Some(l.2) == newest) {
-            // The newest file we hold was rotated away before we saw what came next.
-            let gap = format!(
-                "log files in {} were rotated away faster than antilog looked at them; lines may be missing",
-                self.dir.display()
-            );
-            warn!("{gap}");
-            new_gap = Some(gap);
+        if newest.is_some() && !newer.is_empty() && !listed.iter().any(|l| Some(l.key) == newest) {
+            let held_found = std::mem::take(&mut self.newest_compressed);
+            if !held_found {
+                // The newest file we hold was rotated away before we saw what came next.
+                let gap = format!(
+                    "log files in {} were rotated away faster than antilog looked at them; lines may be missing",
+                    self.dir.display()
+                );
+                warn!("{gap}");
+                new_gap = Some(gap);
+            }
         }
-        for (rank, path, _) in newer {
+        for l in newer {
             if self.files.len() >= MAX_OPEN {
                 break;
             }
-            match open_file(path) {
-                Ok(mut f) => {
-                    f.rotated = *rank != 0;
-                    f.gap_before = new_gap.take();
-                    self.files.push_back(f);
+            let mut f = match open_file(l) {
+                Ok(f) => f,
+                Err(e) if l.gz => {
+                    let gap = format!(
+                        "compressed log file {} cannot be read ({e}); lines may be missing",
+                        l.path.display()
+                    );
+                    warn!("{gap}");
+                    new_gap = Some(gap);
+                    continue;
                 }
-                // Rotated away between listing and opening: the next look says what it is.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
-            }
+            };
+            f.rotated = l.rank != 0;
+            f.gap_before = new_gap.take();
+            self.files.push_back(f);
         }
         // Only the newest file can be active.
         let n = self.files.len();
@@ -396,188 +432,46 @@ impl Tailer {
         }
         Ok(())
     }
+
+    /// The listed files that follow the newest one held, which is no longer listed under
+    /// its own inode: it was deleted, or compressed into a `.gz`. A `.gz` holding the
+    /// content of a held file is that file, already being read; and when it is the newest
+    /// held one's, every file from its place back is older (sets `newest_compressed`).
+    fn successors<'l>(&mut self, listed: &'l [Listed]) -> io::Result<Vec<&'l Listed>> {
+        // Fingerprints of held files, over as many bytes as they have now.
+        for f in self.files.iter_mut() {
+            if f.id.short() {
+                f.id = f.identity()?;
+            }
+        }
+        let newest = self.files.back().map(|f| f.id);
+        let mut behind = None;
+        let mut copies = Vec::new();
+        for (i, l) in listed.iter().enumerate().filter(|(_, l)| l.gz) {
+            // A corrupt one is reported when it is read.
+            let Ok(head) = compressed::head(&l.file, FINGERPRINT_BYTES as usize) else {
+                continue;
+            };
+            if newest.is_some_and(|id| id.starts(&head)) {
+                behind = Some(i);
+            }
+            if self.files.iter().any(|f| f.id.starts(&head)) {
+                copies.push(i);
+            }
+        }
+        self.newest_compressed = behind.is_some();
+        let from = behind.map_or(0, |i| i + 1);
+        Ok(listed
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter(|(i, l)| !copies.contains(i) && !self.files.iter().any(|f| f.key() == l.key))
+            .map(|(_, l)| l)
+            .collect())
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn layout() -> Layout {
-        Layout::Numbered {
-            name: "c-json.log".into(),
-        }
-    }
-
-    fn append(path: &Path, lines: &[&str]) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        for l in lines {
-            f.write_all(l.as_bytes()).unwrap();
-            f.write_all(b"\n").unwrap();
-        }
-    }
-
-    /// Reads until end of file; returns the lines and the last position.
-    fn drain(t: &mut Tailer) -> (Vec<String>, Option<FilePos>) {
-        let mut out = Vec::new();
-        let mut last = None;
-        loop {
-            match t.next_event().unwrap() {
-                Event::Line { line, pos } => {
-                    out.push(String::from_utf8(line.to_vec()).unwrap());
-                    last = Some(pos);
-                }
-                Event::Gap(g) => out.push(format!("GAP {}", g.contains("rotated away"))),
-                Event::Eof => return (out, last),
-            }
-        }
-    }
-
-    /// Docker's rotation: `.1` -> `.2`, ..., the active file -> `.1`, a new active file.
-    fn rotate(dir: &Path, keep: usize) {
-        let base = dir.join("c-json.log");
-        let _ = std::fs::remove_file(dir.join(format!("c-json.log.{keep}")));
-        for i in (1..keep).rev() {
-            let from = dir.join(format!("c-json.log.{i}"));
-            if from.exists() {
-                std::fs::rename(&from, dir.join(format!("c-json.log.{}", i + 1))).unwrap();
-            }
-        }
-        std::fs::rename(&base, dir.join("c-json.log.1")).unwrap();
-        std::fs::File::create(&base).unwrap();
-    }
-
-    #[test]
-    fn reads_across_renames_and_deleted_files_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("c-json.log");
-        append(&base, &["1", "2"]);
-        let (mut t, start) = Tailer::open(dir.path(), layout(), None).unwrap();
-        assert_eq!(start, Start::Beginning);
-        assert_eq!(drain(&mut t).0, vec!["1", "2"]);
-        // Written, then rotated before we read: read through the open descriptor.
-        append(&base, &["3", "4"]);
-        rotate(dir.path(), 2);
-        append(&base, &["5"]);
-        // A half-written line waits for its end.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&base)
-            .unwrap()
-            .write_all(b"6-part")
-            .unwrap();
-        assert_eq!(drain(&mut t).0, vec!["3", "4", "5"]);
-        append(&base, &["-end"]);
-        // Rotated twice and the older file deleted while it was still unread.
-        append(&base, &["7"]);
-        rotate(dir.path(), 2);
-        append(&base, &["8"]);
-        let got = drain(&mut t).0;
-        assert_eq!(got, vec!["6-part-end", "7", "8"]);
-        // The active file held open is renamed to .1 then deleted before we look.
-        rotate(dir.path(), 1);
-        append(&base, &["9", "10"]);
-        assert_eq!(drain(&mut t).0, vec!["9", "10"]);
-        assert_eq!((t.malformed, t.truncations), (0, 0));
-    }
-
-    #[test]
-    fn resumes_exactly_from_a_position_in_a_renamed_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("c-json.log");
-        append(&base, &["a", "b"]);
-        let (mut t, _) = Tailer::open(dir.path(), layout(), None).unwrap();
-        let (_, pos) = drain(&mut t);
-        let pos = pos.unwrap();
-        assert_eq!(pos.offset, 4);
-        drop(t);
-        append(&base, &["c"]);
-        rotate(dir.path(), 3);
-        append(&base, &["d"]);
-        let (mut t, start) = Tailer::open(dir.path(), layout(), Some(pos)).unwrap();
-        assert_eq!(start, Start::Exact);
-        assert_eq!(drain(&mut t).0, vec!["c", "d"]);
-        // Its file deleted: read from the oldest file there is, and say so.
-        rotate(dir.path(), 1);
-        std::fs::remove_file(dir.path().join("c-json.log.1")).unwrap();
-        append(&base, &["e"]);
-        let (mut t, start) = Tailer::open(dir.path(), layout(), Some(pos)).unwrap();
-        assert_eq!(start, Start::Lost);
-        assert_eq!(drain(&mut t).0, vec!["e"]);
-    }
-
-    #[test]
-    fn inode_reuse_is_not_taken_for_the_old_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("c-json.log");
-        append(&base, &["old line one"]);
-        let (mut t, _) = Tailer::open(dir.path(), layout(), None).unwrap();
-        let pos = drain(&mut t).1.unwrap();
-        drop(t);
-        // Same name and (as the checkpoint sees it) same inode, other content.
-        std::fs::remove_file(&base).unwrap();
-        append(&base, &["new line 1", "new line 2"]);
-        let f = File::open(&base).unwrap();
-        let mut reused = pos;
-        reused.ino = f.metadata().unwrap().ino();
-        reused.dev = f.metadata().unwrap().dev();
-        let (mut t, start) = Tailer::open(dir.path(), layout(), Some(reused)).unwrap();
-        assert_eq!(start, Start::Lost);
-        assert_eq!(drain(&mut t).0, vec!["new line 1", "new line 2"]);
-    }
-
-    #[test]
-    fn copy_truncate_reads_again_from_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("c-json.log");
-        append(&base, &["one", "two", "three"]);
-        let (mut t, _) = Tailer::open(dir.path(), layout(), None).unwrap();
-        assert_eq!(drain(&mut t).0.len(), 3);
-        // copytruncate: the content went elsewhere, the file is emptied and written anew.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&base)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
-        append(&base, &["four"]);
-        assert_eq!(drain(&mut t).0, vec!["four"]);
-        assert_eq!(t.truncations, 1);
-    }
-
-    #[test]
-    fn files_rotated_away_unseen_are_a_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("c-json.log");
-        append(&base, &["1"]);
-        let (mut t, _) = Tailer::open(dir.path(), layout(), None).unwrap();
-        assert_eq!(drain(&mut t).0, vec!["1"]);
-        // Three rotations keeping one rotated file, between two looks: the files of
-        // lines 2 and 3 (and the one we held, fully read) are gone.
-        for l in ["2", "3", "4"] {
-            append(&base, &[l]);
-            rotate(dir.path(), 1);
-        }
-        append(&base, &["5"]);
-        let got = drain(&mut t).0;
-        assert_eq!(got, vec!["2", "GAP true", "4", "5"]);
-        assert_eq!(t.position().unwrap().offset, 2);
-    }
-
-    #[test]
-    fn over_long_lines_are_skipped_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("c-json.log");
-        let long = "x".repeat(MAX_LINE + 10);
-        append(&base, &["a", &long, "b"]);
-        let (mut t, _) = Tailer::open(dir.path(), layout(), None).unwrap();
-        let (lines, pos) = drain(&mut t);
-        assert_eq!(lines, vec!["a", "b"]);
-        assert_eq!(t.malformed, 1);
-        assert_eq!(pos.unwrap().offset, (2 + long.len() + 1 + 2) as u64);
-    }
-}
+mod kubelet_tests;
+#[cfg(test)]
+mod tests;
