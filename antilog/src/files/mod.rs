@@ -6,6 +6,8 @@
 //! - [`layout`]: how a chain's files are named (Docker's `.1`, `.2`; the kubelet's
 //!   `.<time>` and `.<time>.gz`).
 //! - [`compressed`]: reading a gzip-compressed rotation by offset.
+//! - [`pod_logs`]: the kubelet's pod log root (`/var/log/pods/<ns>_<pod>_<uid>/<container>/
+//!   <restart>.log`): which containers and runs have logs.
 //! - [`tailer`]: one log's chain of files read as one stream of lines across rotations,
 //!   with exact positions (identity + offset) for checkpoints.
 //! - [`json_file`]: Docker's `json-file` record format.
@@ -20,4 +22,5 @@ pub mod cri;
 pub mod identity;
 pub mod json_file;
 pub mod layout;
+pub mod pod_logs;
 pub mod tailer;
