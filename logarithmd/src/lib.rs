@@ -147,6 +147,7 @@ pub async fn serve_reloadable(
             runs_live: state.live.runs.clone(),
             webhooks: webhooks_config.clone(),
             notify: state.commit_notifier(),
+            masker: state.masker.clone(),
         },
         shutdown.clone(),
     ));

@@ -38,7 +38,11 @@ async fn callback(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let answer = Answer::parse(&body).map_err(|m| ApiError::bad_request("invalid", m))?;
-    let ledger = Ledger::new(state.storage.clone(), state.commit_notifier());
+    let ledger = Ledger::new(
+        state.storage.clone(),
+        state.masker.clone(),
+        state.commit_notifier(),
+    );
     let redeemed = ledger
         .redeem(&token, answer)
         .await

@@ -111,6 +111,8 @@ pub struct Wiring {
     pub webhooks: crate::webhooks::config::WebhooksConfig,
     /// Told of the commits service calls make (as ingest's are announced).
     pub notify: service::ledger::Notifier,
+    /// The secret masks ingest applies, applied to service jobs' records too.
+    pub masker: Arc<crate::masking::Masker>,
 }
 
 /// Connects to the runner (Docker or Kubernetes), starts the engine (retrying while storage is unavailable), makes it
@@ -136,7 +138,7 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
     // Service jobs are made here, containers by `inner`; both get the extra labels.
     let services = service::ServiceRunner::new(
         inner,
-        service::ledger::Ledger::new(w.storage.clone(), w.notify.clone()),
+        service::ledger::Ledger::new(w.storage.clone(), w.masker.clone(), w.notify.clone()),
         service::ServiceSettings {
             secrets: w.settings.service_secrets.clone(),
             webhooks: w.webhooks.clone(),

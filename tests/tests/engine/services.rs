@@ -158,7 +158,12 @@ fn token_of(call: &Call) -> Result<String> {
 /// one's output; a wrong token is 404 and a reused one 409, and neither changes the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
-    let s = Setup::start_with(&service_config()).await?;
+    // The mask is applied to what services answer, as to what containers print.
+    let s = Setup::start_with(&format!(
+        "{}[masking]\nliterals = [\"r-42-secret\"]\n",
+        service_config()
+    ))
+    .await?;
     let d = &s.daemon;
     let svc = Service::start().await?;
     let base = format!("http://{}", svc.addr);
@@ -247,7 +252,7 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
         .is_some_and(|u| u.starts_with(&format!("{}/api/v1/callbacks/", d.base))));
 
     // Wrong tokens: 404, and the run goes on waiting.
-    let result = json!({ "result": true, "outputs": { "RELEASE": "r-42" } });
+    let result = json!({ "result": true, "outputs": { "RELEASE": "r-42", "KEY": "r-42-secret" } });
     let wrong = format!("{:064x}", rand_u64());
     let (st, v) = callback(d, &wrong, &result).await?;
     assert_eq!(st, 404, "{v}");
@@ -271,9 +276,9 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
     assert_eq!(run["status"], "success", "{run}");
     let later = job(&run, "verify", "later", "later");
     assert_eq!(later["status"], "success", "{later}");
-    assert_eq!(later["outputs"], json!({ "RELEASE": "r-42" }));
+    assert_eq!(later["outputs"], json!({ "KEY": "***", "RELEASE": "r-42" }));
     let log = log_of(d, later).await?;
-    assert_eq!(log.len(), 4, "{log:?}");
+    assert_eq!(log.len(), 5, "{log:?}");
     assert_eq!(
         log[0],
         format!("POST {base}/later"),
@@ -285,7 +290,11 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
     );
     assert_eq!(
         log[2..],
-        strings(&["[COUT] RELEASE = r-42", "[COUT] CO_RESULT = true"])
+        strings(&[
+            "[COUT] KEY = ***",
+            "[COUT] RELEASE = r-42",
+            "[COUT] CO_RESULT = true"
+        ])
     );
 
     // Reused: 409, and nothing changes.
@@ -295,7 +304,7 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
     assert_eq!(again["status"], "success");
     assert_eq!(
         job(&again, "verify", "later", "later")["outputs"],
-        json!({ "RELEASE": "r-42" })
+        json!({ "KEY": "***", "RELEASE": "r-42" })
     );
     assert_eq!(
         svc.calls("/now").len() + svc.calls("/later").len(),

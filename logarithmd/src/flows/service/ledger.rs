@@ -99,6 +99,9 @@ pub enum Ending {
 #[derive(Clone)]
 pub struct Ledger {
     storage: Arc<dyn Storage>,
+    /// Applied to every write, as ingest applies it: outputs and messages of services are
+    /// stored masked too.
+    masker: Arc<crate::masking::Masker>,
     notify: Notifier,
 }
 
@@ -130,12 +133,21 @@ pub fn shown_url(url: &str) -> String {
 }
 
 impl Ledger {
-    pub fn new(storage: Arc<dyn Storage>, notify: Notifier) -> Ledger {
-        Ledger { storage, notify }
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        masker: Arc<crate::masking::Masker>,
+        notify: Notifier,
+    ) -> Ledger {
+        Ledger {
+            storage,
+            masker,
+            notify,
+        }
     }
 
     async fn apply(&self, write: JobWrite) -> engine::Result<()> {
-        let batch = WriteBatch { jobs: vec![write] };
+        let mut batch = WriteBatch { jobs: vec![write] };
+        self.masker.mask_batch(&mut batch);
         let outcome = self
             .storage
             .apply(&batch)
