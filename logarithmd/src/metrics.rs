@@ -85,6 +85,9 @@ pub struct Metrics {
     pub webhook_delivery_duration: Histogram,
     pub webhook_pending: IntGauge,
 
+    // --- service jobs ---
+    pub services: crate::flows::service::metrics::ServiceMetrics,
+
     // --- HTTP ---
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
@@ -95,7 +98,7 @@ fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.001, 2.0, 17).unwrap_or_default()
 }
 
-fn opts(name: &str, help: &str) -> Opts {
+pub(crate) fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NS)
 }
 
@@ -315,6 +318,7 @@ impl Metrics {
             cout_outputs.with_label_values(&[k]);
         }
 
+        let services = crate::flows::service::metrics::ServiceMetrics::register(r)?;
         let webhook_deliveries = reg(
             r,
             IntCounterVec::new(
@@ -392,6 +396,7 @@ impl Metrics {
             webhook_deliveries,
             webhook_delivery_duration,
             webhook_pending,
+            services,
             http_requests,
             http_request_duration,
         })

@@ -37,7 +37,11 @@ async fn callback(
     Path(token): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let answer = Answer::parse(&body).map_err(|m| ApiError::bad_request("invalid", m))?;
+    let count = |outcome| state.metrics.services.callback(outcome);
+    let answer = Answer::parse(&body).map_err(|m| {
+        count("invalid");
+        ApiError::bad_request("invalid", m)
+    })?;
     let ledger = Ledger::new(
         state.storage.clone(),
         state.masker.clone(),
@@ -47,6 +51,12 @@ async fn callback(
         .redeem(&token, answer)
         .await
         .map_err(|e| engine_error("cannot record a service callback", &e))?;
+    count(match &redeemed {
+        Ok(_) => "recorded",
+        Err(Refusal::Unknown) => "unknown",
+        Err(Refusal::Used) => "used",
+        Err(Refusal::Expired) => "expired",
+    });
     match redeemed {
         Ok(id) => Ok(Json(json!({
             "job_id": storage::job_id_for_container(&id).to_string(),

@@ -113,6 +113,7 @@ pub struct Wiring {
     pub notify: service::ledger::Notifier,
     /// The secret masks ingest applies, applied to service jobs' records too.
     pub masker: Arc<crate::masking::Masker>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Connects to the runner (Docker or Kubernetes), starts the engine (retrying while storage is unavailable), makes it
@@ -143,6 +144,7 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
             secrets: w.settings.service_secrets.clone(),
             webhooks: w.webhooks.clone(),
             public_url: w.public_url.clone(),
+            metrics: w.metrics.clone(),
         },
     );
     let services: Arc<dyn JobRunner> = match services {

@@ -311,6 +311,36 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
         2,
         "one request per job"
     );
+
+    // Every attempt and callback is counted by outcome.
+    let page = d
+        .http
+        .get(format!("{}/metrics", d.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for (series, n) in [
+        ("logarithmd_service_calls_total{outcome=\"answered\"}", 1),
+        ("logarithmd_service_calls_total{outcome=\"accepted\"}", 1),
+        ("logarithmd_service_calls_total{outcome=\"failed\"}", 0),
+        ("logarithmd_service_callbacks_total{outcome=\"unknown\"}", 2),
+        ("logarithmd_service_callbacks_total{outcome=\"invalid\"}", 1),
+        (
+            "logarithmd_service_callbacks_total{outcome=\"recorded\"}",
+            1,
+        ),
+        ("logarithmd_service_callbacks_total{outcome=\"used\"}", 1),
+    ] {
+        assert!(
+            page.lines().any(|l| l == format!("{series} {n}")),
+            "{series} {n} not in:\n{}",
+            page.lines()
+                .filter(|l| l.contains("service_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     Ok(())
 }
 

@@ -57,6 +57,7 @@ pub struct Call {
     pub callback_base: String,
     /// ns since the Unix epoch; no attempt starts after it.
     pub deadline: Option<i64>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// What one attempt came to.
@@ -96,7 +97,15 @@ impl Call {
         let started = now_ns();
         let mut attempt = 1u32;
         let ending = loop {
-            match self.attempt(&client, &body, attempt).await {
+            let result = self.attempt(&client, &body, attempt).await;
+            let outcome = match &result {
+                Attempt::Accepted => "accepted",
+                Attempt::Answered(..) => "answered",
+                Attempt::Refused(_) => "failed",
+                Attempt::Transient(_) => "retrying",
+            };
+            self.metrics.services.call(outcome);
+            match result {
                 Attempt::Accepted => {
                     let until = self
                         .deadline

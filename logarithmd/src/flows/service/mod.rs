@@ -13,10 +13,12 @@
 //! - [`answer`]: the JSON a service answers or calls back with.
 //! - [`call`]: the signed, retried request.
 //! - [`ledger`]: tokens and the job rows of calls in storage.
+//! - [`metrics`]: counters of attempts and callbacks.
 
 pub mod answer;
 pub mod call;
 pub mod ledger;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +42,7 @@ pub struct ServiceSettings {
     pub webhooks: WebhooksConfig,
     /// logarithmd's public URL, the base of callback URLs.
     pub public_url: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Service jobs here, containers in `containers`.
@@ -100,6 +103,7 @@ impl ServiceRunner {
             secret: secret.clone(),
             callback_base: self.settings.public_url.clone(),
             deadline,
+            metrics: self.settings.metrics.clone(),
         };
         tracing::info!(call = %id, job = %spec.name, endpoint = %ledger::shown_url(&spec.image), "calling a service");
         tokio::spawn(call.run(
