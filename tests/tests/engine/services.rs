@@ -373,7 +373,7 @@ stages:
 }
 
 /// A callback that never comes: the job times out with that reason, and the token is
-/// refused afterwards (410). An endpoint that refuses connections is retried on the
+/// refused afterwards (410); the same after a cancel. An endpoint that refuses connections is retried on the
 /// webhook schedule, then fails the job. A service job with an image is a 400 naming its
 /// line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +418,33 @@ async fn service_jobs_time_out_and_unreachable_ones_fail() -> Result<()> {
     assert_eq!(st, 410, "{v}");
     let (_, after) = d.get_json(&format!("/api/v1/runs/{id}")).await?;
     assert_eq!(job(&after, "call", "silent", "never")["status"], "timeout");
+
+    // Cancelled while it waits: the call is revoked, its callback refused.
+    let waiting = waiting_flow(&s.tag, &base, &closed)
+        .replace("service-wait-", "service-cancel-")
+        .replace("timeout: 3s", "timeout: 5m");
+    let flow = register(d, &waiting).await?;
+    let id = start_run(d, &flow, None).await?;
+    let calls = wait_until(Duration::from_secs(30), "the second call", || async {
+        let c = svc.calls("/never");
+        Ok((c.len() == 2).then_some(c))
+    })
+    .await?;
+    let token = token_of(&calls[1])?;
+    let (st, v) = post(d, &format!("/api/v1/runs/{id}/cancel"), None).await?;
+    assert_eq!(st, 200, "{v}");
+    let run = wait_run(
+        &s,
+        &id,
+        "the cancelled run ends",
+        Duration::from_secs(30),
+        is_final,
+    )
+    .await?;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(job(&run, "call", "silent", "never")["status"], "cancelled");
+    let (st, v) = callback(d, &token, &json!({ "result": true })).await?;
+    assert_eq!(st, 410, "{v}");
 
     // Unreachable alone: retried, then failed within its timeout.
     let alone = waiting_flow(&s.tag, &base, &closed)
