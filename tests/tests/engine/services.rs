@@ -127,6 +127,8 @@ stages:
             timeout: 120
             subscriptions:
               - "deploy.now.now[URL]": DEPLOYED
+            pre: |
+              env.STAMP = "pre:" .. inputs.DEPLOYED
   - type: end
     name: end
 "#
@@ -155,7 +157,7 @@ fn token_of(call: &Call) -> Result<String> {
 }
 
 /// A service job answered at once, then one answered by callback that receives the first
-/// one's output; a wrong token is 404 and a reused one 409, and neither changes the run.
+/// one's output (and an environment value its pre script derives from it); a wrong token is 404 and a reused one 409, and neither changes the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
     // The mask is applied to what services answer, as to what containers print.
@@ -245,6 +247,8 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
     assert!(later_calls[0].verified);
     assert_eq!(lb["subscriptions"], json!({ "deploy.now.now[URL]": url }));
     assert_eq!(lb["environment"]["DEPLOYED"], url.as_str());
+    // The pre script ran before the call, on what it sends.
+    assert_eq!(lb["environment"]["STAMP"], format!("pre:{url}"));
     let token = token_of(&later_calls[0])?;
     assert_eq!(token.len(), 64, "256 random bits in hex: {token}");
     assert!(lb["callback_url"]
