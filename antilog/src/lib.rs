@@ -26,6 +26,8 @@
 //! - [`files`]: reading log files (`tailer` across rotations, `identity` of a file,
 //!   `json_file` records, `cri` records with their partials joined) for the
 //!   `docker-files` source and Kubernetes nodes.
+//! - [`pods`]: Pod metadata of this node from the Kubernetes API (list, watch, re-list
+//!   after 410 Gone), for the CRI source.
 //! - [`checkpoint`]: acknowledged progress per container (and per log file), persisted
 //!   atomically.
 //! - [`retry`]: the retry policy (exponential backoff with jitter, from `backon`).
@@ -46,6 +48,7 @@ pub mod filter;
 pub mod http_client;
 pub mod metrics;
 pub mod pipeline;
+pub mod pods;
 pub mod retry;
 pub mod spool;
 

@@ -1,0 +1,296 @@
+//! Pod metadata of this node, from the Kubernetes API (`kube`), for the CRI source: the
+//! log files say which containers exist ([`crate::files::pod_logs`]); the Pods say what
+//! they are (labels, image) and how their runs ended (exit code, finish time).
+//!
+//! [`watch_pods`] lists the Pods whose `spec.nodeName` is this node, then watches them from
+//! the list's `resourceVersion` (with bookmarks, so a reconnect resumes close to now). When
+//! the API server answers 410 Gone (the version is too old: its history was compacted) it
+//! lists again and replaces the table, as client-go's reflector does. The table holds
+//! only what antilog needs, and at most [`MAX_PODS`] Pods.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::Client;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Most Pods kept (a node runs at most a few hundred).
+pub const MAX_PODS: usize = 8_192;
+/// Pods per list page.
+const PAGE: u32 = 500;
+/// How long one watch request lasts before it is renewed (the API server's limit is
+/// higher; a shorter one bounds how long a silently dead connection goes unnoticed).
+const WATCH_TIMEOUT_S: u32 = 290;
+/// Pause before retrying after an error that is not 410 Gone.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// How one run of a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminated {
+    pub exit_code: i32,
+    /// ns since the epoch; 0 if the API did not say.
+    pub finished_at: i64,
+}
+
+/// What antilog keeps of a container of a Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMeta {
+    pub name: String,
+    pub image: String,
+    pub restart_count: i32,
+    /// Set once the current run ended (`state.terminated`).
+    pub terminated: Option<Terminated>,
+}
+
+/// What antilog keeps of a Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub containers: Vec<ContainerMeta>,
+}
+
+impl PodMeta {
+    fn of(pod: &Pod) -> Option<PodMeta> {
+        let m = &pod.metadata;
+        let mut containers: Vec<ContainerMeta> = pod
+            .spec
+            .as_ref()
+            .map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+                    .map(|c| ContainerMeta {
+                        name: c.name.clone(),
+                        image: c.image.clone().unwrap_or_default(),
+                        restart_count: 0,
+                        terminated: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let statuses = pod.status.as_ref().into_iter().flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        });
+        for st in statuses {
+            let Some(c) = containers.iter_mut().find(|c| c.name == st.name) else {
+                continue;
+            };
+            c.restart_count = st.restart_count;
+            c.terminated = st
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| Terminated {
+                    exit_code: t.exit_code,
+                    finished_at: t
+                        .finished_at
+                        .as_ref()
+                        .and_then(|f| f.0.timestamp_nanos_opt())
+                        .unwrap_or(0),
+                });
+        }
+        Some(PodMeta {
+            namespace: m.namespace.clone()?,
+            name: m.name.clone()?,
+            uid: m.uid.clone()?,
+            labels: m.labels.clone().unwrap_or_default(),
+            annotations: m.annotations.clone().unwrap_or_default(),
+            containers,
+        })
+    }
+}
+
+/// The Pods of this node by UID, kept current by [`watch_pods`].
+#[derive(Debug, Default)]
+pub struct Pods {
+    by_uid: RwLock<HashMap<String, PodMeta>>,
+    /// Woken at every change.
+    pub changed: Notify,
+}
+
+impl Pods {
+    pub fn get(&self, uid: &str) -> Option<PodMeta> {
+        self.read().get(uid).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, PodMeta>> {
+        self.by_uid.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PodMeta>> {
+        self.by_uid.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replace(&self, pods: HashMap<String, PodMeta>) {
+        *self.write() = pods;
+        self.changed.notify_waiters();
+    }
+
+    fn upsert(&self, pod: &Pod) {
+        let Some(meta) = PodMeta::of(pod) else {
+            return;
+        };
+        {
+            let mut t = self.write();
+            if t.len() >= MAX_PODS && !t.contains_key(&meta.uid) {
+                warn!(
+                    "more than {MAX_PODS} pods on this node; {} is not tracked",
+                    meta.name
+                );
+                return;
+            }
+            t.insert(meta.uid.clone(), meta);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn remove(&self, pod: &Pod) {
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            self.write().remove(uid);
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// Why a watch ended.
+enum WatchEnd {
+    /// The request timed out or the server closed it: watch again from `version`.
+    Renew,
+    /// 410 Gone: list again.
+    Gone,
+}
+
+/// Keeps `pods` current with the Pods of `node` until `shutdown`.
+pub async fn watch_pods(
+    client: Client,
+    node: String,
+    pods: Arc<Pods>,
+    shutdown: CancellationToken,
+) {
+    let api: Api<Pod> = Api::all(client);
+    let fields = format!("spec.nodeName={node}");
+    loop {
+        let listed = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = list(&api, &fields) => r,
+        };
+        let (table, mut version) = match listed {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "cannot list the pods of this node; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_PAUSE) => continue,
+                }
+            }
+        };
+        info!(pods = table.len(), %version, "listed the pods of this node");
+        pods.replace(table);
+        loop {
+            let ended = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = watch_once(&api, &fields, &mut version, &pods) => r,
+            };
+            match ended {
+                Ok(WatchEnd::Renew) => debug!(%version, "watch renewed"),
+                Ok(WatchEnd::Gone) => {
+                    info!(%version, "pod watch expired (410 Gone); listing again");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "pod watch failed; watching again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lists every page; returns the table and the list's resourceVersion.
+async fn list(api: &Api<Pod>, fields: &str) -> kube::Result<(HashMap<String, PodMeta>, String)> {
+    let mut table = HashMap::new();
+    let mut params = ListParams::default().fields(fields).limit(PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        for p in &page.items {
+            if table.len() >= MAX_PODS {
+                break;
+            }
+            if let Some(m) = PodMeta::of(p) {
+                table.insert(m.uid.clone(), m);
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return Ok((table, page.metadata.resource_version.unwrap_or_default())),
+        }
+    }
+}
+
+/// One watch request, from `version`, applying its events; moves `version` on.
+async fn watch_once(
+    api: &Api<Pod>,
+    fields: &str,
+    version: &mut String,
+    pods: &Pods,
+) -> kube::Result<WatchEnd> {
+    let params = WatchParams::default()
+        .fields(fields)
+        .timeout(WATCH_TIMEOUT_S);
+    let stream = match api.watch(&params, version).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(e)) if e.code == 410 => return Ok(WatchEnd::Gone),
+        Err(e) => return Err(e),
+    };
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.try_next().await? {
+        match event {
+            WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                set_version(version, &p);
+                pods.upsert(&p);
+            }
+            WatchEvent::Deleted(p) => {
+                set_version(version, &p);
+                pods.remove(&p);
+            }
+            WatchEvent::Bookmark(b) => *version = b.metadata.resource_version,
+            WatchEvent::Error(e) if e.code == 410 => return Ok(WatchEnd::Gone),
+            WatchEvent::Error(e) => return Err(kube::Error::Api(e)),
+        }
+    }
+    Ok(WatchEnd::Renew)
+}
+
+fn set_version(version: &mut String, pod: &Pod) {
+    if let Some(v) = pod.metadata.resource_version.as_ref() {
+        v.clone_into(version);
+    }
+}
+
+#[cfg(test)]
+mod tests;
