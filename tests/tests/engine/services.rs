@@ -74,7 +74,11 @@ async fn serve_call(
 
 impl Service {
     pub(super) async fn start() -> Result<Service> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Service::start_on(0).await
+    }
+
+    async fn start_on(port: u16) -> Result<Service> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let calls = Arc::new(Mutex::new(Vec::new()));
         let app = axum::Router::new()
@@ -250,7 +254,11 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
     // The pre script ran before the call, on what it sends.
     assert_eq!(lb["environment"]["STAMP"], format!("pre:{url}"));
     let token = token_of(&later_calls[0])?;
-    assert_eq!(token.len(), 64, "256 random bits in hex: {token}");
+    // The call's id and 256 random bits, in hex.
+    assert_eq!(token.len(), 96, "{token}");
+    assert!(lb["job_id"]
+        .as_str()
+        .is_some_and(|id| id == format!("svc-{}", &token[..32])));
     assert!(lb["callback_url"]
         .as_str()
         .is_some_and(|u| u.starts_with(&format!("{}/api/v1/callbacks/", d.base))));
@@ -557,5 +565,63 @@ async fn a_callback_to_another_replica_advances_the_run() -> Result<()> {
         let (st, v) = callback(d, &token, &result).await?;
         assert_eq!(st, 409, "{v}");
     }
+    Ok(())
+}
+
+/// A call whose request is being retried when logarithmd is killed is made again after it
+/// restarts (with a new token), and its answer ends the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_short_by_a_restart_is_made_again() -> Result<()> {
+    let db = Db::mysql().await?;
+    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let config = format!(
+        "{}{}",
+        daemon_config(&format!("engine-{tag}")),
+        service_config()
+    );
+    let mut d = Daemon::start_with(db.url(), &config).await?;
+    // Nothing listens there yet: the request is retried.
+    let port = logarithm_tests::free_port()?;
+    let flow = register(
+        &d,
+        &service_flow(&tag, &format!("http://127.0.0.1:{port}"))
+            .replace("timeout: 60", "timeout: 5m"),
+    )
+    .await?;
+    let id = start_run(&d, &flow, None).await?;
+    wait_until(Duration::from_secs(30), "the call is retried", || async {
+        Ok(d.proc
+            .log()
+            .contains("service call failed; will retry")
+            .then_some(()))
+    })
+    .await?;
+    d.proc.kill();
+    let svc = Service::start_on(port).await?;
+    d.start_again().await?;
+    let run = wait_until(
+        Duration::from_secs(60),
+        "the call is answered after the restart",
+        || async {
+            let (st, v) = d.get_json(&format!("/api/v1/runs/{id}")).await?;
+            Ok((st == 200 && job(&v, "deploy", "now", "now")["status"] != "running").then_some(v))
+        },
+    )
+    .await
+    .with_context(|| tail(&d.proc.log(), 40))?;
+    let now = job(&run, "deploy", "now", "now");
+    assert_eq!(now["status"], "success", "{now}");
+    assert_eq!(
+        now["outputs"]["URL"],
+        format!("https://deployed.example/{id}")
+    );
+    let calls = svc.calls("/now");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].verified);
+    assert_eq!(
+        calls[0].body["job_id"], now["container_id"],
+        "the same call, made again"
+    );
+    assert!(d.proc.log().contains("making a service call again"));
     Ok(())
 }

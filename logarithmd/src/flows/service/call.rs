@@ -113,7 +113,7 @@ impl Call {
                         .map(|t| format!(" until {t}"))
                         .unwrap_or_default();
                     let text = format!("HTTP 202 Accepted: waiting for the callback{until}");
-                    if let Err(e) = ledger.note(&self.id, text).await {
+                    if let Err(e) = ledger.accepted(&self.id, text).await {
                         tracing::warn!(call = %self.id, error = %e, "cannot log a service's 202");
                     }
                     tracing::info!(call = %self.id, job = %self.spec.name, "service job accepted; waiting for its callback");

@@ -2,9 +2,12 @@
 //! callback token per call, and the call's job row (one `jobs` row like a container's, so
 //! the job has a log, outputs and a verdict, and `job.started`/`job.finished` webhooks).
 //!
-//! - The token is 256 random bits, given to the service only. Storage keeps its SHA-256:
-//!   the call's id is `svc-` and the first 32 hex digits of that hash (it is the job's
-//!   "container id"), and its document (namespace `service_calls`) holds the whole hash.
+//! - The call's id is `svc-` and 128 random bits in hex (it is the job's "container id");
+//!   its document (namespace `service_calls`) holds the job's spec and the SHA-256 of a
+//!   secret of 256 random bits. The callback token, given to the service only, is the
+//!   id's hex digits followed by the secret's.
+//! - A call not yet accepted (no 202) when its logarithmd stopped is made again by the
+//!   replica that drives the run next, with a new secret ([`Ledger::reissue`]).
 //! - A call is `pending` until it is answered (by the service's immediate answer or by
 //!   its callback) or revoked (the engine stopped the job: timeout, cancel). The change
 //!   is a compare-and-set on the document, so exactly one of them wins, on any replica;
@@ -46,13 +49,27 @@ pub fn is_call(container_id: &str) -> bool {
     container_id.starts_with(ID_PREFIX)
 }
 
-fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+/// Hex digits of a token's id part and secret part.
+const ID_HEX: usize = 32;
+const SECRET_HEX: usize = 64;
+
+fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// The call id a token belongs to.
-pub fn call_id(token: &str) -> String {
-    format!("{ID_PREFIX}{}", &token_hash(token)[..32])
+fn random_hex<const N: usize>() -> String {
+    let mut raw = [0u8; N];
+    rand::thread_rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// The call id and the secret of a token, if it is shaped like one.
+fn split_token(token: &str) -> Option<(String, &str)> {
+    if token.len() != ID_HEX + SECRET_HEX || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let (id, secret) = token.split_at(ID_HEX);
+    Some((format!("{ID_PREFIX}{id}"), secret))
 }
 
 /// Where a call stands.
@@ -67,7 +84,14 @@ pub enum CallState {
 /// The stored call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CallDoc {
+    /// SHA-256 of the secret part of the token.
     token_sha256: String,
+    /// The service answered 202: it has the token and calls back.
+    #[serde(default)]
+    accepted: bool,
+    /// What the request sends, to make it again after a restart.
+    #[serde(default)]
+    spec: Option<JobSpec>,
     run: String,
     job: String,
     state: CallState,
@@ -224,16 +248,18 @@ impl Ledger {
             .find(|c| is_call(c)))
     }
 
-    /// Records a new call of `spec` (its token and its running job); returns the call id
-    /// and the token.
-    pub async fn open(&self, spec: &JobSpec) -> engine::Result<(String, String)> {
-        let mut raw = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut raw);
-        let token = hex::encode(raw);
-        let id = call_id(&token);
+    /// Records a new call of `spec` (its token and its running job); returns the call id,
+    /// the token and when it expires.
+    pub async fn open(&self, spec: &JobSpec) -> engine::Result<(String, String, Option<i64>)> {
+        let id_hex = random_hex::<16>();
+        let secret = random_hex::<32>();
+        let id = format!("{ID_PREFIX}{id_hex}");
+        let token = format!("{id_hex}{secret}");
         let t = now();
         let doc = CallDoc {
-            token_sha256: token_hash(&token),
+            token_sha256: secret_hash(&secret),
+            accepted: false,
+            spec: Some(spec.clone()),
             run: spec.run.clone(),
             job: spec.name.clone(),
             state: CallState::Pending,
@@ -260,11 +286,42 @@ impl Ledger {
         });
         w.lines = vec![line(1, format!("POST {endpoint}"))];
         self.apply(w).await?;
-        Ok((id, token))
+        Ok((id, token, doc.expires_at))
     }
 
-    /// Logs the service's first answer when it is not the end (202 Accepted).
-    pub async fn note(&self, id: &str, text: String) -> engine::Result<()> {
+    /// A pending call the service has not accepted (a restart cut its request short):
+    /// a new token for it, with what to send and when it expires; `None` for any other.
+    pub async fn reissue(
+        &self,
+        id: &str,
+    ) -> engine::Result<Option<(JobSpec, String, Option<i64>)>> {
+        let Some((mut doc, version)) = self.load(id).await? else {
+            return Ok(None);
+        };
+        let open = doc.state == CallState::Pending
+            && !doc.accepted
+            && doc.expires_at.is_none_or(|e| e > now());
+        let Some(spec) = doc.spec.clone().filter(|_| open) else {
+            return Ok(None);
+        };
+        let secret = random_hex::<32>();
+        doc.token_sha256 = secret_hash(&secret);
+        if !self.put(id, &doc, Expected::Version(version)).await? {
+            return Ok(None);
+        }
+        let token = format!("{}{secret}", id.trim_start_matches(ID_PREFIX));
+        Ok(Some((spec, token, doc.expires_at)))
+    }
+
+    /// Records that the service accepted the call (202) and logs it.
+    pub async fn accepted(&self, id: &str, text: String) -> engine::Result<()> {
+        if let Some((mut doc, version)) = self.load(id).await? {
+            if doc.state == CallState::Pending {
+                doc.accepted = true;
+                // A lost race means the call ended meanwhile: nothing to mark.
+                self.put(id, &doc, Expected::Version(version)).await?;
+            }
+        }
         let mut w = JobWrite::new(id, NODE);
         w.lines = vec![line(2, text)];
         self.apply(w).await
@@ -345,14 +402,13 @@ impl Ledger {
         token: &str,
         answer: Answer,
     ) -> engine::Result<Result<String, Refusal>> {
-        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let Some((id, secret)) = split_token(token) else {
             return Ok(Err(Refusal::Unknown));
-        }
-        let id = call_id(token);
+        };
         let Some((mut doc, version)) = self.load(&id).await? else {
             return Ok(Err(Refusal::Unknown));
         };
-        let hash = token_hash(token);
+        let hash = secret_hash(secret);
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             hash.as_bytes(),
             doc.token_sha256.as_bytes(),
@@ -443,11 +499,12 @@ mod tests {
     }
 
     #[test]
-    fn call_ids_come_from_the_token_hash() {
-        let t = "00".repeat(32);
-        let id = call_id(&t);
-        assert!(id.starts_with(ID_PREFIX) && id.len() == 36, "{id}");
-        assert_eq!(id, call_id(&t));
-        assert_ne!(id, call_id(&"01".repeat(32)));
+    fn tokens_split_into_the_call_id_and_the_secret() {
+        let t = format!("{}{}", "ab".repeat(16), "01".repeat(32));
+        let (id, secret) = split_token(&t).expect("a token");
+        assert_eq!(id, format!("svc-{}", "ab".repeat(16)));
+        assert_eq!(secret, "01".repeat(32));
+        assert!(split_token(&t[1..]).is_none());
+        assert!(split_token(&t.replace('a', "g")).is_none());
     }
 }

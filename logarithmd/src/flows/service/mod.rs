@@ -20,8 +20,8 @@ pub mod call;
 pub mod ledger;
 pub mod metrics;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine::flow::JobKind;
@@ -51,6 +51,20 @@ pub struct ServiceRunner {
     ledger: Ledger,
     settings: Arc<ServiceSettings>,
     client: reqwest::Client,
+    /// Calls whose request this process is making (the others, pending and not accepted,
+    /// were cut short by a restart and are made again).
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Takes a call off the in-flight set when its request ends.
+struct InFlight(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.remove(&self.1);
+        }
+    }
 }
 
 impl ServiceRunner {
@@ -77,6 +91,7 @@ impl ServiceRunner {
             ledger,
             settings: Arc::new(settings),
             client,
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -92,26 +107,69 @@ impl ServiceRunner {
                 format!("no secret {name:?} in [engine] service_secrets to sign the call with"),
             )
         })?;
-        let (id, token) = self.ledger.open(spec).await?;
-        let deadline = spec.timeout.map(|d| {
-            protocol::now_ns().saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        });
+        let (id, token, deadline) = self.ledger.open(spec).await?;
+        tracing::info!(call = %id, job = %spec.name, endpoint = %ledger::shown_url(&spec.image), "calling a service");
+        self.spawn(spec.clone(), id.clone(), token, deadline, secret.clone());
+        Ok(id)
+    }
+
+    /// Makes the call's request in the background.
+    fn spawn(
+        &self,
+        spec: JobSpec,
+        id: String,
+        token: String,
+        deadline: Option<i64>,
+        secret: String,
+    ) {
+        let guard = match self.in_flight.lock() {
+            Ok(mut s) => {
+                s.insert(id.clone());
+                InFlight(self.in_flight.clone(), id.clone())
+            }
+            Err(_) => return,
+        };
         let call = call::Call {
-            spec: spec.clone(),
-            id: id.clone(),
+            spec,
+            id,
             token,
-            secret: secret.clone(),
+            secret,
             callback_base: self.settings.public_url.clone(),
             deadline,
             metrics: self.settings.metrics.clone(),
         };
-        tracing::info!(call = %id, job = %spec.name, endpoint = %ledger::shown_url(&spec.image), "calling a service");
-        tokio::spawn(call.run(
-            self.client.clone(),
-            self.settings.webhooks.clone(),
-            self.ledger.clone(),
-        ));
-        Ok(id)
+        let client = self.client.clone();
+        let webhooks = self.settings.webhooks.clone();
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            call.run(client, webhooks, ledger).await;
+        });
+    }
+
+    /// A waiting call whose request no process makes (cut short by a restart of the
+    /// replica that started it) is made again, with a new token.
+    async fn resume(&self, id: &str) -> Result<()> {
+        let mine = self
+            .in_flight
+            .lock()
+            .map(|s| s.contains(id))
+            .unwrap_or(true);
+        if mine {
+            return Ok(());
+        }
+        let Some((spec, token, deadline)) = self.ledger.reissue(id).await? else {
+            return Ok(());
+        };
+        let name = spec.secret.as_deref().unwrap_or(DEFAULT_SECRET);
+        let Some(secret) = self.settings.secrets.get(name).cloned() else {
+            let why = format!("no secret {name:?} in [engine] service_secrets");
+            self.ledger.end(id, Ending::Failed(why), None).await?;
+            return Ok(());
+        };
+        tracing::info!(call = %id, job = %spec.name, "making a service call again: its request was cut short by a restart");
+        self.spawn(spec, id.to_owned(), token, deadline, secret);
+        Ok(())
     }
 }
 
@@ -155,10 +213,14 @@ impl JobRunner for ServiceRunner {
     }
 
     async fn state(&self, container_id: &str) -> Result<ContainerState> {
-        if is_call(container_id) {
-            return self.ledger.state(container_id).await;
+        if !is_call(container_id) {
+            return self.containers.state(container_id).await;
         }
-        self.containers.state(container_id).await
+        let state = self.ledger.state(container_id).await?;
+        if state == ContainerState::Running {
+            self.resume(container_id).await?;
+        }
+        Ok(state)
     }
 
     async fn find_run(&self, run: &str) -> Result<Vec<Found>> {
