@@ -2,7 +2,7 @@
 //! turn a parsed file into a [`Flow`] the engine can run.
 //!
 //! Parsing is strict: an unknown field, a wrong type or a missing field is an error that
-//! names the field's path and the line (serde_yaml carries both). The checks after parsing
+//! names the field's path and the line (yaml_serde carries both). The checks after parsing
 //! (names, stage order, subscriptions) name the path (`stages[2].actions[0].jobs[1].subscriptions`)
 //! and, where the offending text can be found in the file, its line. Every problem is
 //! reported at once, not only the first. `docs/flows.md` is the user-facing description.
@@ -279,7 +279,7 @@ impl Flow {
         source: &str,
         files: &BTreeMap<String, String>,
     ) -> Result<Flow, FlowErrors> {
-        let mut flow: Flow = serde_yaml::from_str(source).map_err(|e| {
+        let mut flow: Flow = yaml_serde::from_str(source).map_err(|e| {
             let (line, column) = match e.location() {
                 Some(l) => (Some(l.line()), Some(l.column())),
                 None => (None, None),

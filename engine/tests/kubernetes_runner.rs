@@ -548,7 +548,7 @@ async fn rbac_covers_every_api_call_the_runner_makes() {
         "/../deploy/kubernetes/base/rbac.yaml"
     );
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<Value> = yaml_serde::Deserializer::from_str(&text)
         .filter_map(|d| serde::Deserialize::deserialize(d).ok())
         .collect();
     let find = |kind: &str, name: &str| {

@@ -172,7 +172,7 @@ impl Setup {
             "/../deploy/kubernetes/base/rbac.yaml"
         );
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        let role = serde_yaml::Deserializer::from_str(&text)
+        let role = yaml_serde::Deserializer::from_str(&text)
             .filter_map(|d| serde::Deserialize::deserialize(d).ok())
             .find(|d: &Value| d["kind"] == "Role" && d["metadata"]["name"] == "logarithm-engine")
             .context("no Role logarithm-engine in rbac.yaml")?;

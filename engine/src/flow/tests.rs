@@ -209,7 +209,7 @@ fn sizes_and_durations() {
     assert_eq!(parse_memory("1G"), Some(1_000_000_000));
     assert_eq!(parse_memory("1048576"), Some(1 << 20));
     assert_eq!(parse_memory("1.5G"), None);
-    let r: Resources = serde_yaml::from_str("{cpu: \"250m\", memory: 128Mi}")
+    let r: Resources = yaml_serde::from_str("{cpu: \"250m\", memory: 128Mi}")
         .map_err(|e| e.to_string())
         .unwrap_or(Resources {
             cpu: None,
@@ -218,13 +218,13 @@ fn sizes_and_durations() {
     assert_eq!(r.cpu, Some(Cpu(250)));
     assert_eq!(r.cpu.map(Cpu::nano_cpus), Some(250_000_000));
     assert_eq!(r.memory, Some(Memory(128 << 20)));
-    let r: Result<Resources, _> = serde_yaml::from_str("{cpu: 2}");
+    let r: Result<Resources, _> = yaml_serde::from_str("{cpu: 2}");
     assert_eq!(r.ok().and_then(|r| r.cpu), Some(Cpu(2000)));
-    let t: Result<Timeout, _> = serde_yaml::from_str("90");
+    let t: Result<Timeout, _> = yaml_serde::from_str("90");
     assert_eq!(t.ok(), Some(Timeout(Duration::from_secs(90))));
-    let t: Result<Timeout, _> = serde_yaml::from_str("1m 30s");
+    let t: Result<Timeout, _> = yaml_serde::from_str("1m 30s");
     assert_eq!(t.ok(), Some(Timeout(Duration::from_secs(90))));
-    assert!(serde_yaml::from_str::<Timeout>("0").is_err());
+    assert!(yaml_serde::from_str::<Timeout>("0").is_err());
 }
 
 const SCRIPTED: &str = "\
