@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use logarithm_tests::{rand_u64, Daemon, Db, TOKEN};
+use protocol::now_ns;
 use serde_json::{json, Value};
 
 const S: i64 = 1_000_000_000;
@@ -42,10 +43,6 @@ struct Fixture {
     t0: i64,
     lines: Vec<Line>,
     job_ids: BTreeMap<&'static str, String>,
-}
-
-fn now_ns() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
 }
 
 fn cid(tag: &str, r: u64) -> String {

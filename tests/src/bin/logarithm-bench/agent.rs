@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use logarithm_tests::docker::{self, Spec};
 use logarithm_tests::{Agent, Daemon, Db};
 
-use crate::procfs::{cpu_seconds, dockerd_pid, now_ns, peak_rss_mib};
+use protocol::now_ns;
+
+use crate::procfs::{cpu_seconds, dockerd_pid, peak_rss_mib};
 use crate::{Figure, LINES, LINE_BYTES};
 
 /// What one agent path cost.

@@ -15,7 +15,9 @@ use anyhow::{bail, Context, Result};
 use logarithm_tests::docker::{self, Spec};
 use logarithm_tests::{wait_until, Agent, Daemon, Db};
 
-use crate::procfs::{cpu_seconds, now_ns};
+use protocol::now_ns;
+
+use crate::procfs::cpu_seconds;
 
 /// Lines printed per pause, and the pause (µs): about 10,000 lines/s with the pause's own
 /// fork and exec.

@@ -39,9 +39,3 @@ pub fn dockerd_pid() -> Result<u32> {
     }
     bail!("no dockerd process found")
 }
-
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
