@@ -3,16 +3,18 @@
 //! - [`connect`]: client setup (API version negotiated down to the engine's).
 //! - [`discovery`]: lists containers, follows the event stream, runs one follower each.
 //! - [`follower`]: reads one container's log, run after run, into pipeline items.
-//! - [`frames`]: pure parsing of Docker's log stream (timestamps, partials, TTY).
+//! - [`frames`]: pure parsing of Docker's log stream into lines (partials, TTY).
 //! - [`inspect`]: container inspection into [`protocol::ContainerMeta`] and run state.
 //! - [`logs`]: the log reader (hyper; nanosecond `since`, raw TTY bytes, multiplexed
 //!   frames).
+//! - [`timestamp`]: Docker's RFC3339Nano timestamps.
 
 pub mod discovery;
 pub mod follower;
 pub mod frames;
 pub mod inspect;
 pub mod logs;
+pub mod timestamp;
 
 use bollard::errors::Error as DockerError;
 use bollard::{Docker, API_DEFAULT_VERSION};
