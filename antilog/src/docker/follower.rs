@@ -15,9 +15,13 @@
 //! sent again. This relies on Docker's timestamps not going backwards in its log, which
 //! holds except for rare sub-millisecond inversions between stdout and stderr.
 
+// Layout: `api` reads a run through Docker's logs endpoint, `files` from its json-file,
+// `resume` decides which re-read records are skipped; this file is the run loop (meta,
+// records, exit, restarts, removal) and the numbering both paths share.
+mod api;
 mod files;
+mod resume;
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +44,7 @@ use crate::filter::Filter;
 use crate::metrics::{FollowGuard, Metrics};
 use crate::pipeline::{Item, ItemKind};
 use crate::retry::Retry;
+use resume::{Replays, Skip};
 
 /// How long to wait for the `die` event of a run that ended while we were not looking.
 const DIE_EVENT_WAIT: Duration = Duration::from_secs(2);
@@ -51,8 +56,6 @@ const RESTART_BOUNDARY_NS: i64 = 50_000_000;
 const FINAL_READ_ATTEMPTS: u32 = 3;
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Timestamps of the latest lines of a stream remembered to recognise a replay ([`Replays`]).
-const REPLAY_MEMORY: usize = 4096;
 
 /// What every follower shares.
 #[derive(Debug)]
@@ -126,104 +129,6 @@ enum StreamEnd {
     Broken(String),
     Unavailable(String),
     Cancelled,
-}
-
-/// Skipping of lines already delivered, when re-reading from a [`Position`].
-///
-/// A line older than the position is delivered, whenever it comes: Docker filters such
-/// lines itself when asked with the nanosecond `since`, except for the copies its follow
-/// stream sends around a json-file rotation. Before this floor, such a copy arriving
-/// after the stream had passed the position was taken for a new line: stored twice,
-/// under a new `seq` and out of order.
-#[derive(Debug, Clone, Copy)]
-struct Skip {
-    active: bool,
-    /// Lines older than `ts` are skipped for the whole stream.
-    floor: bool,
-    ts: i64,
-    remaining: u32,
-}
-
-impl Skip {
-    fn from(pos: &Position) -> Skip {
-        Skip {
-            active: pos.at_ts > 0,
-            floor: pos.at_ts > 0,
-            ts: pos.ts,
-            remaining: pos.at_ts,
-        }
-    }
-
-    fn should_skip(&mut self, ts: i64) -> bool {
-        if self.floor && ts < self.ts {
-            return true;
-        }
-        if !self.active {
-            return false;
-        }
-        if ts == self.ts && self.remaining > 0 {
-            self.remaining -= 1;
-            return true;
-        }
-        if ts > self.ts {
-            // Past every delivered line: stop looking, so a later line with a slightly
-            // older timestamp is not dropped.
-            self.active = false;
-        }
-        false
-    }
-}
-
-/// Lines Docker sends again within one stream. With json-file and `max-size`, Docker
-/// 20.10's follow stream sends the last few hundred lines before a rotation a second time
-/// (tests/tests/reliability.rs met it; `docker logs -f` shows it too). A copy keeps its
-/// original timestamp, so it is older than the newest line of its stream, which a new line
-/// never is (Docker stamps each stream in order). A line older than the newest whose exact
-/// timestamp is among the last [`REPLAY_MEMORY`] of its stream starts a replay: it and the
-/// lines after it are skipped until the stream passes the newest line, as when resuming
-/// ([`Skip`]). An older timestamp never seen (the clock stepped back) is a new line.
-#[derive(Debug, Default)]
-struct Replays {
-    recent: VecDeque<i64>,
-    newest: i64,
-    at_newest: u32,
-    skip: Option<Skip>,
-}
-
-impl Replays {
-    /// Whether the line starting with a piece stamped `ts` is a copy of one already read.
-    fn is_copy(&mut self, ts: i64) -> bool {
-        if let Some(skip) = self.skip.as_mut() {
-            if skip.should_skip(ts) {
-                return true;
-            }
-            self.skip = None;
-        } else if ts < self.newest && self.recent.contains(&ts) {
-            info!(
-                copy_ts = ts,
-                newest_ts = self.newest,
-                "Docker sent lines again; skipping the copies"
-            );
-            self.skip = Some(Skip {
-                active: true,
-                floor: true,
-                ts: self.newest,
-                remaining: self.at_newest,
-            });
-            return true;
-        }
-        if ts == self.newest && !self.recent.is_empty() {
-            self.at_newest = self.at_newest.saturating_add(1);
-        } else {
-            self.newest = ts;
-            self.at_newest = 1;
-        }
-        if self.recent.len() == REPLAY_MEMORY {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(ts);
-        false
-    }
 }
 
 struct Follower {
@@ -658,86 +563,6 @@ impl Follower {
         }
     }
 
-    /// Reads the log from the last cut until the stream ends (with `follow`, until the run
-    /// ends or the stream breaks; without, until what Docker has now is read).
-    async fn stream(&mut self, tty: bool, follow: bool) -> StreamEnd {
-        if let Some(path) = self.log_file.clone() {
-            return self.stream_file(path, tty, follow).await;
-        }
-        self.file_pos = None;
-        // Restart from the last cut: what was read after it is read again.
-        self.tentative = self.pos;
-        self.next_seq = self.pos.seq + 1;
-        self.skip = Skip::from(&self.pos);
-        self.resume_check = (self.pos.at_ts > 0).then_some(self.pos);
-        self.skipping = [false; 2];
-        self.replays = Default::default();
-        self.assembler = Some(Assembler::new(tty, self.shared.max_line_bytes));
-        let since = since_param(&self.pos);
-        debug!(%since, from_seq = self.next_seq, follow, "reading log");
-        let mut source = match &self.shared.logs {
-            Some(client) => match client
-                .logs(&self.id, &since, follow, tty)
-                .await
-                .inspect_err(|f| self.shared.metrics.docker_error(f))
-            {
-                Ok(body) => Source::Api(body),
-                Err(Failure::Permanent(reason)) => return StreamEnd::Unavailable(reason),
-                // Gone between the inspect and the log request (`docker run --rm` of a
-                // container that exited at once): whatever it printed cannot be read.
-                Err(Failure::NotFound) if follow => {
-                    return StreamEnd::Unavailable(REMOVED_UNREAD.to_string())
-                }
-                Err(Failure::NotFound) => return StreamEnd::Ended { received: false },
-                Err(Failure::Transient(reason)) => return StreamEnd::Broken(reason),
-            },
-            None => {
-                // bollard takes whole seconds: the skip drops the rest of that second.
-                let opts = LogsOptions::<String> {
-                    follow,
-                    stdout: true,
-                    stderr: true,
-                    since: self.pos.since_secs(),
-                    until: 0,
-                    timestamps: true,
-                    tail: "all".to_string(),
-                };
-                Source::Bollard(self.shared.docker.logs(&self.id, Some(opts)).boxed())
-            }
-        };
-        let mut received = false;
-        let mut pieces = Vec::new();
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = self.shared.shutdown.cancelled() => return StreamEnd::Cancelled,
-                next = source.next() => next,
-            };
-            match next {
-                None => return StreamEnd::Ended { received },
-                Some(Ok(out)) => {
-                    received = true;
-                    if let Some(a) = self.assembler.as_mut() {
-                        feed(a, out, &mut pieces);
-                    }
-                    if !self.emit(&mut pieces).await {
-                        return StreamEnd::Cancelled;
-                    }
-                }
-                Some(Err(failure)) => {
-                    self.shared.metrics.docker_error(&failure);
-                    return match failure {
-                        Failure::Permanent(reason) if !received => StreamEnd::Unavailable(reason),
-                        Failure::NotFound => StreamEnd::Ended { received },
-                        Failure::Permanent(reason) | Failure::Transient(reason) => {
-                            StreamEnd::Broken(reason)
-                        }
-                    };
-                }
-            }
-        }
-    }
-
     /// End of a run's log: pending partial lines are complete lines.
     async fn flush(&mut self) -> bool {
         let mut pieces = Vec::new();
@@ -866,45 +691,6 @@ fn rfc3339(ns: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| format!("{ns} ns"))
-}
-
-/// Where a log is read from: the API through hyper ([`LogClient`]), or bollard for
-/// endpoints it cannot reach.
-enum Source {
-    Bollard(BoxStream<'static, Result<LogOutput, bollard::errors::Error>>),
-    Api(LogBody),
-}
-
-impl Source {
-    async fn next(&mut self) -> Option<Result<LogOutput, Failure>> {
-        match self {
-            Source::Bollard(s) => s.next().await.map(|r| r.map_err(|e| classify(&e))),
-            Source::Api(b) => b.next().await,
-        }
-    }
-}
-
-fn feed(a: &mut Assembler, out: LogOutput, pieces: &mut Vec<Piece>) {
-    match (a, out) {
-        (Assembler::Mux(a), LogOutput::StdOut { message }) => {
-            a.push_frame(Stream::Stdout, &message, pieces)
-        }
-        (Assembler::Mux(a), LogOutput::StdErr { message }) => {
-            a.push_frame(Stream::Stderr, &message, pieces)
-        }
-        // Raw output for a non-TTY container should not happen; keep it as stdout.
-        (Assembler::Mux(a), LogOutput::Console { message }) => {
-            a.push_frame(Stream::Stdout, &message, pieces)
-        }
-        (Assembler::Mux(_), LogOutput::StdIn { .. }) => {}
-        (
-            Assembler::Tty(a),
-            LogOutput::Console { message }
-            | LogOutput::StdOut { message }
-            | LogOutput::StdErr { message }
-            | LogOutput::StdIn { message },
-        ) => a.push_chunk(&message, pieces),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,126 @@
+//! The follower's API path: a run's log read through Docker's logs endpoint (hyper, or
+//! bollard where [`LogClient`] cannot reach), from the last cut. Runs read from their
+//! json-file go to [`super::files`] instead.
+
+use super::*;
+
+impl Follower {
+    /// Reads the log from the last cut until the stream ends (with `follow`, until the run
+    /// ends or the stream breaks; without, until what Docker has now is read).
+    pub(super) async fn stream(&mut self, tty: bool, follow: bool) -> StreamEnd {
+        if let Some(path) = self.log_file.clone() {
+            return self.stream_file(path, tty, follow).await;
+        }
+        self.file_pos = None;
+        // Restart from the last cut: what was read after it is read again.
+        self.tentative = self.pos;
+        self.next_seq = self.pos.seq + 1;
+        self.skip = Skip::from(&self.pos);
+        self.resume_check = (self.pos.at_ts > 0).then_some(self.pos);
+        self.skipping = [false; 2];
+        self.replays = Default::default();
+        self.assembler = Some(Assembler::new(tty, self.shared.max_line_bytes));
+        let since = since_param(&self.pos);
+        debug!(%since, from_seq = self.next_seq, follow, "reading log");
+        let mut source = match &self.shared.logs {
+            Some(client) => match client
+                .logs(&self.id, &since, follow, tty)
+                .await
+                .inspect_err(|f| self.shared.metrics.docker_error(f))
+            {
+                Ok(body) => Source::Api(body),
+                Err(Failure::Permanent(reason)) => return StreamEnd::Unavailable(reason),
+                // Gone between the inspect and the log request (`docker run --rm` of a
+                // container that exited at once): whatever it printed cannot be read.
+                Err(Failure::NotFound) if follow => {
+                    return StreamEnd::Unavailable(REMOVED_UNREAD.to_string())
+                }
+                Err(Failure::NotFound) => return StreamEnd::Ended { received: false },
+                Err(Failure::Transient(reason)) => return StreamEnd::Broken(reason),
+            },
+            None => {
+                // bollard takes whole seconds: the skip drops the rest of that second.
+                let opts = LogsOptions::<String> {
+                    follow,
+                    stdout: true,
+                    stderr: true,
+                    since: self.pos.since_secs(),
+                    until: 0,
+                    timestamps: true,
+                    tail: "all".to_string(),
+                };
+                Source::Bollard(self.shared.docker.logs(&self.id, Some(opts)).boxed())
+            }
+        };
+        let mut received = false;
+        let mut pieces = Vec::new();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => return StreamEnd::Cancelled,
+                next = source.next() => next,
+            };
+            match next {
+                None => return StreamEnd::Ended { received },
+                Some(Ok(out)) => {
+                    received = true;
+                    if let Some(a) = self.assembler.as_mut() {
+                        feed(a, out, &mut pieces);
+                    }
+                    if !self.emit(&mut pieces).await {
+                        return StreamEnd::Cancelled;
+                    }
+                }
+                Some(Err(failure)) => {
+                    self.shared.metrics.docker_error(&failure);
+                    return match failure {
+                        Failure::Permanent(reason) if !received => StreamEnd::Unavailable(reason),
+                        Failure::NotFound => StreamEnd::Ended { received },
+                        Failure::Permanent(reason) | Failure::Transient(reason) => {
+                            StreamEnd::Broken(reason)
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Where a log is read from: the API through hyper ([`LogClient`]), or bollard for
+/// endpoints it cannot reach.
+enum Source {
+    Bollard(BoxStream<'static, Result<LogOutput, bollard::errors::Error>>),
+    Api(LogBody),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Result<LogOutput, Failure>> {
+        match self {
+            Source::Bollard(s) => s.next().await.map(|r| r.map_err(|e| classify(&e))),
+            Source::Api(b) => b.next().await,
+        }
+    }
+}
+
+fn feed(a: &mut Assembler, out: LogOutput, pieces: &mut Vec<Piece>) {
+    match (a, out) {
+        (Assembler::Mux(a), LogOutput::StdOut { message }) => {
+            a.push_frame(Stream::Stdout, &message, pieces)
+        }
+        (Assembler::Mux(a), LogOutput::StdErr { message }) => {
+            a.push_frame(Stream::Stderr, &message, pieces)
+        }
+        // Raw output for a non-TTY container should not happen; keep it as stdout.
+        (Assembler::Mux(a), LogOutput::Console { message }) => {
+            a.push_frame(Stream::Stdout, &message, pieces)
+        }
+        (Assembler::Mux(_), LogOutput::StdIn { .. }) => {}
+        (
+            Assembler::Tty(a),
+            LogOutput::Console { message }
+            | LogOutput::StdOut { message }
+            | LogOutput::StdErr { message }
+            | LogOutput::StdIn { message },
+        ) => a.push_chunk(&message, pieces),
+    }
+}

@@ -1,0 +1,109 @@
+//! Which records a re-read skips: those delivered before a resume ([`Skip`]), and the
+//! copies Docker's follow stream sends again around a json-file rotation ([`Replays`]).
+
+use std::collections::VecDeque;
+
+use tracing::info;
+
+use crate::checkpoint::Position;
+
+/// Timestamps of the latest lines of a stream remembered to recognise a replay ([`Replays`]).
+const REPLAY_MEMORY: usize = 4096;
+
+/// Skipping of lines already delivered, when re-reading from a [`Position`].
+///
+/// A line older than the position is delivered, whenever it comes: Docker filters such
+/// lines itself when asked with the nanosecond `since`, except for the copies its follow
+/// stream sends around a json-file rotation. Before this floor, such a copy arriving
+/// after the stream had passed the position was taken for a new line: stored twice,
+/// under a new `seq` and out of order.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Skip {
+    pub(super) active: bool,
+    /// Lines older than `ts` are skipped for the whole stream.
+    pub(super) floor: bool,
+    pub(super) ts: i64,
+    pub(super) remaining: u32,
+}
+
+impl Skip {
+    pub(super) fn from(pos: &Position) -> Skip {
+        Skip {
+            active: pos.at_ts > 0,
+            floor: pos.at_ts > 0,
+            ts: pos.ts,
+            remaining: pos.at_ts,
+        }
+    }
+
+    pub(super) fn should_skip(&mut self, ts: i64) -> bool {
+        if self.floor && ts < self.ts {
+            return true;
+        }
+        if !self.active {
+            return false;
+        }
+        if ts == self.ts && self.remaining > 0 {
+            self.remaining -= 1;
+            return true;
+        }
+        if ts > self.ts {
+            // Past every delivered line: stop looking, so a later line with a slightly
+            // older timestamp is not dropped.
+            self.active = false;
+        }
+        false
+    }
+}
+
+/// Lines Docker sends again within one stream. With json-file and `max-size`, Docker
+/// 20.10's follow stream sends the last few hundred lines before a rotation a second time
+/// (tests/tests/reliability.rs met it; `docker logs -f` shows it too). A copy keeps its
+/// original timestamp, so it is older than the newest line of its stream, which a new line
+/// never is (Docker stamps each stream in order). A line older than the newest whose exact
+/// timestamp is among the last [`REPLAY_MEMORY`] of its stream starts a replay: it and the
+/// lines after it are skipped until the stream passes the newest line, as when resuming
+/// ([`Skip`]). An older timestamp never seen (the clock stepped back) is a new line.
+#[derive(Debug, Default)]
+pub(super) struct Replays {
+    recent: VecDeque<i64>,
+    newest: i64,
+    at_newest: u32,
+    skip: Option<Skip>,
+}
+
+impl Replays {
+    /// Whether the line starting with a piece stamped `ts` is a copy of one already read.
+    pub(super) fn is_copy(&mut self, ts: i64) -> bool {
+        if let Some(skip) = self.skip.as_mut() {
+            if skip.should_skip(ts) {
+                return true;
+            }
+            self.skip = None;
+        } else if ts < self.newest && self.recent.contains(&ts) {
+            info!(
+                copy_ts = ts,
+                newest_ts = self.newest,
+                "Docker sent lines again; skipping the copies"
+            );
+            self.skip = Some(Skip {
+                active: true,
+                floor: true,
+                ts: self.newest,
+                remaining: self.at_newest,
+            });
+            return true;
+        }
+        if ts == self.newest && !self.recent.is_empty() {
+            self.at_newest = self.at_newest.saturating_add(1);
+        } else {
+            self.newest = ts;
+            self.at_newest = 1;
+        }
+        if self.recent.len() == REPLAY_MEMORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ts);
+        false
+    }
+}
