@@ -599,6 +599,67 @@ impl Agent {
 
 /// A small valid ingest batch for `container` (64 hex characters): metadata and two
 /// lines, one UTF-8 on stdout and one invalid byte (base64) on stderr. For tests that
+/// An agent that is killed and started again, always on the same data_dir (so it resumes
+/// from its checkpoint and spool); the logs of every incarnation are kept.
+pub struct Agents {
+    server: String,
+    label: String,
+    extra_toml: String,
+    data: tempfile::TempDir,
+    current: Option<Agent>,
+    old_logs: String,
+}
+
+impl Agents {
+    pub fn start(server: &str, label: &str) -> Result<Agents> {
+        Self::start_with(server, label, "")
+    }
+
+    /// Like [`Agents::start`], with extra TOML lines in every incarnation's config.
+    pub fn start_with(server: &str, label: &str, extra_toml: &str) -> Result<Agents> {
+        let mut a = Agents {
+            server: server.to_owned(),
+            label: label.to_owned(),
+            extra_toml: extra_toml.to_owned(),
+            data: tempfile::tempdir()?,
+            current: None,
+            old_logs: String::new(),
+        };
+        a.restart()?;
+        Ok(a)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut a) = self.current.take() {
+            a.proc.kill();
+            self.old_logs.push_str(&a.proc.log());
+        }
+    }
+
+    /// SIGKILL (if running), then a new incarnation on the same data_dir.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.current = Some(Agent::start_with(
+            &self.server,
+            &self.label,
+            tempfile::tempdir()?,
+            self.data.path().join("data"),
+            &self.extra_toml,
+        )?);
+        Ok(())
+    }
+
+    /// What every incarnation printed, oldest first.
+    pub fn logs(&self) -> String {
+        let mut s = self.old_logs.clone();
+        if let Some(a) = &self.current {
+            s.push_str(&a.proc.log());
+        }
+        s
+    }
+}
+
 /// talk to the ingest API directly rather than through an agent.
 pub fn small_batch(container: &str) -> serde_json::Value {
     serde_json::json!({

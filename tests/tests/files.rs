@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use logarithm_tests::docker::{self, Spec};
-use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db};
+use logarithm_tests::{rand_u64, tail, wait_until, Agent, Agents, Daemon, Db};
 use serde_json::Value;
 
 const SOURCE: &str = "source = \"docker-files\"\n";
@@ -76,56 +76,6 @@ async fn docker_kept(docker: &bollard::Docker, id: &str) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// An agent on `docker-files` killed and started again on the same data_dir.
-struct Agents {
-    server: String,
-    label: String,
-    data: tempfile::TempDir,
-    current: Option<Agent>,
-    old_logs: String,
-}
-
-impl Agents {
-    fn start(server: &str, label: &str) -> Result<Agents> {
-        let mut a = Agents {
-            server: server.to_owned(),
-            label: label.to_owned(),
-            data: tempfile::tempdir()?,
-            current: None,
-            old_logs: String::new(),
-        };
-        a.restart()?;
-        Ok(a)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut a) = self.current.take() {
-            a.proc.kill();
-            self.old_logs.push_str(&a.proc.log());
-        }
-    }
-
-    fn restart(&mut self) -> Result<()> {
-        self.kill();
-        self.current = Some(Agent::start_with(
-            &self.server,
-            &self.label,
-            tempfile::tempdir()?,
-            self.data.path().join("data"),
-            SOURCE,
-        )?);
-        Ok(())
-    }
-
-    fn logs(&self) -> String {
-        let mut s = self.old_logs.clone();
-        if let Some(a) = &self.current {
-            s.push_str(&a.proc.log());
-        }
-        s
-    }
-}
-
 fn rotating(label: &str, script: String, max_file: u32) -> Spec {
     let mut spec = Spec::new(label, &script);
     spec.log_driver = Some("json-file".into());
@@ -148,7 +98,7 @@ async fn sigkills_during_rotation_lose_and_double_nothing() -> Result<()> {
     let db = Db::sqlite()?;
     let daemon = Daemon::start(db.url()).await?;
     let label = format!("files-kill-{:x}", rand_u64());
-    let mut agents = Agents::start(&daemon.base, &label)?;
+    let mut agents = Agents::start_with(&daemon.base, &label, SOURCE)?;
     let id = docker::run(
         &docker,
         &rotating(&label, numbered(1, KILLED_LINES, "0.1"), 40),
@@ -204,7 +154,7 @@ async fn lines_rotated_away_while_down_are_reported_on_the_job() -> Result<()> {
     let db = Db::sqlite()?;
     let daemon = Daemon::start(db.url()).await?;
     let label = format!("files-lost-{:x}", rand_u64());
-    let mut agents = Agents::start(&daemon.base, &label)?;
+    let mut agents = Agents::start_with(&daemon.base, &label, SOURCE)?;
     // 10,000 lines, a pause to have them read, then 60,000 (about 5 MB of json-file:
     // several rotations with one rotated file kept) while the agent is down.
     let script = format!(

@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use futures::StreamExt;
 use logarithm_tests::docker::{self, Spec};
 use logarithm_tests::mariadb::MariaDb;
-use logarithm_tests::{rand_u64, small_batch, tail, wait_until, Agent, Daemon, Db, TOKEN};
+use logarithm_tests::{rand_u64, small_batch, tail, wait_until, Agents, Daemon, Db, TOKEN};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -239,58 +239,6 @@ fn retried_503(log: &str) -> usize {
         .lines()
         .filter(|l| l.contains("batch not delivered") && l.contains("503"))
         .count()
-}
-
-/// An agent that is killed and started again, always on the same data_dir (so it resumes
-/// from its checkpoint); the logs of every incarnation are kept.
-struct Agents {
-    server: String,
-    label: String,
-    data: tempfile::TempDir,
-    current: Option<Agent>,
-    old_logs: String,
-}
-
-impl Agents {
-    fn start(server: &str, label: &str) -> Result<Agents> {
-        let mut a = Agents {
-            server: server.to_owned(),
-            label: label.to_owned(),
-            data: tempfile::tempdir()?,
-            current: None,
-            old_logs: String::new(),
-        };
-        a.restart()?;
-        Ok(a)
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self) {
-        if let Some(mut a) = self.current.take() {
-            a.proc.kill();
-            self.old_logs.push_str(&a.proc.log());
-        }
-    }
-
-    fn restart(&mut self) -> Result<()> {
-        self.kill();
-        self.current = Some(Agent::start_with(
-            &self.server,
-            &self.label,
-            tempfile::tempdir()?,
-            self.data.path().join("data"),
-            "",
-        )?);
-        Ok(())
-    }
-
-    fn logs(&self) -> String {
-        let mut s = self.old_logs.clone();
-        if let Some(a) = &self.current {
-            s.push_str(&a.proc.log());
-        }
-        s
-    }
 }
 
 fn ms(d: &[Duration]) -> Vec<u128> {
