@@ -6,7 +6,6 @@
 //! alerts select are created at zero on start. Gauges that mirror live state (checkpoint
 //! lag, reading paused) are computed when scraped.
 
-use protocol::now_ns;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use prometheus::{
     exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use protocol::Stream;
+use protocol::{now_ns, Stream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,6 @@
 //! The event stream is opened with `since` just before the listing, so nothing started in
 //! between is missed, and reopened with backoff from the last event's time if it breaks.
 
-use protocol::now_ns;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use bollard::container::ListContainersOptions;
 use bollard::models::EventMessage;
 use bollard::system::EventsOptions;
 use futures::StreamExt;
+use protocol::now_ns;
 use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
 use tracing::{debug, info, warn};

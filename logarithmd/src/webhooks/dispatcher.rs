@@ -12,11 +12,11 @@
 //!   timeout). After a crash the lease runs out and any process takes the delivery over,
 //!   as a new attempt with the same delivery id.
 
-use protocol::now_ns;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use protocol::now_ns;
 
 use rand::Rng;
 use storage::{AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Storage};
@@ -47,10 +47,10 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
 }
 
-/// The dispatcher could not be built.
 /// Longest wait between claims while storage fails.
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(10);
 
+/// The dispatcher could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the webhook HTTP client: {0}")]
 pub struct BuildError(#[from] reqwest::Error);
