@@ -22,6 +22,7 @@
 //!   compare-and-set (logarithmd keeps the flow engine's state there).
 //! - [`webhook_events`]: events that are not job transitions (`flow.finished`), announced
 //!   into the same outbox, idempotently.
+//! - [`log_text`]: a page of a job's records read straight into raw text (downloads).
 //! - `job_row`: the in-memory `jobs` row and the rule steps of a job write.
 //! - `sql`: the SQL text, bind values and row decoders both backends share, by concern
 //!   (`jobs`, `webhooks`, `outbox`, `documents`), and the row-access trait each driver
@@ -33,6 +34,7 @@
 pub mod documents;
 pub mod error;
 mod job_row;
+pub mod log_text;
 pub mod model;
 mod mysql;
 mod sql;
@@ -45,6 +47,7 @@ use std::sync::Arc;
 
 pub use documents::{Document, DocumentPut, DocumentQuery, Expected};
 pub use error::{Error, ErrorKind, Result};
+pub use log_text::{TextPage, TextQuery};
 pub use model::*;
 pub use store::{DocumentStore, JobStore, Storage, WebhookStore};
 pub use webhook_events::EventWrite;

@@ -15,6 +15,7 @@
 
 use crate::documents::{Document, DocumentPut, DocumentQuery};
 use crate::error::Result;
+use crate::log_text::{TextPage, TextQuery};
 use crate::model::{ApplyOutcome, Job, JobId, JobQuery, LineQuery, StoredLine, WriteBatch};
 use crate::webhook_events::EventWrite;
 use crate::webhooks::{
@@ -39,6 +40,10 @@ pub trait JobStore: Send + Sync {
 
     /// Lines of a job in `seq` order.
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>>;
+
+    /// A page of a job's records as raw text, joined into `\n`-terminated lines (see
+    /// [`crate::log_text`]), with no per-record allocation: the raw download's read.
+    async fn read_text(&self, query: &TextQuery) -> Result<TextPage>;
 }
 
 /// Webhook subscriptions and the delivery outbox, claimed with a lease.

@@ -189,6 +189,7 @@ conformance!(
     documents_concurrent_writers_never_both_win,
     non_job_events_are_delivered_once_per_subscription,
     concurrent_first_writes_of_new_jobs_all_commit,
+    raw_text_pages_join_continuations,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -309,6 +310,7 @@ mod cases {
         documents_compare_and_set_and_list, documents_concurrent_writers_never_both_win,
         non_job_events_are_delivered_once_per_subscription,
     };
+    pub use super::text_cases::raw_text_pages_join_continuations;
     pub use super::webhook_cases::{
         webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
         webhook_deliveries_commit_with_transitions, webhook_gone_disables_and_upsert_reenables,
@@ -2170,3 +2172,6 @@ mod document_cases {
         );
     }
 }
+
+#[path = "conformance/text_cases.rs"]
+mod text_cases;

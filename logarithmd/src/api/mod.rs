@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state and health. Access checks are [`crate::auth`]'s.
 
 pub mod callbacks;
+pub mod download;
 pub mod error;
 pub mod flows;
 pub mod ingest;

@@ -1,9 +1,8 @@
 //! The query API: jobs (filtered, paginated), one job, and a job's log lines (JSON pages,
 //! or the raw log as `text/plain` for download).
 
-use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::Stream;
@@ -11,6 +10,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use serde::Serialize;
 use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, Storage};
 
+use super::download::{raw_download, DownloadRequest};
 use super::error::{ApiError, ApiResult};
 use super::line_reader::LineReader;
 use super::AppState;
@@ -279,7 +279,6 @@ pub async fn job_logs(
 ) -> ApiResult<Response> {
     let params = parse_log_params(raw.as_deref())?;
     let job = load_job(state.storage.as_ref(), &auth.caller, &id).await?;
-    let reader = LineReader::new(state.storage.clone(), job.id, params.after, params.stream);
     let wants_text = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -299,7 +298,14 @@ pub async fn job_logs(
         ));
     }
     if wants_text {
-        return Ok(raw_download(reader, params));
+        let req = DownloadRequest {
+            job_id: job.id,
+            after: params.after,
+            stream: params.stream,
+            filter: params.filter,
+            limit: params.limit,
+        };
+        return Ok(raw_download(state.storage.clone(), req));
     }
     if params.follow {
         return Err(ApiError::bad_request(
@@ -308,6 +314,7 @@ pub async fn job_logs(
         ));
     }
     let limit = params.limit.unwrap_or(DEFAULT_LINE_PAGE);
+    let reader = LineReader::new(state.storage.clone(), job.id, params.after, params.stream);
     let page = read_page(
         reader,
         &params,
@@ -369,68 +376,4 @@ async fn read_page(
         next_after,
         more,
     })
-}
-
-/// Where a raw download stands.
-struct Download {
-    reader: LineReader,
-    params: LogParams,
-    sent: usize,
-    done: bool,
-}
-
-/// Streams the raw log, so a large download needs no more memory than one storage page.
-/// (`follow=true` is served by [`super::stream::follow_text`].)
-fn raw_download(reader: LineReader, params: LogParams) -> Response {
-    let reader = reader.read_ahead();
-    const CHUNK: usize = 64 << 10;
-    let state = Download {
-        reader,
-        params,
-        sent: 0,
-        done: false,
-    };
-    let stream = futures::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        let mut chunk = Vec::with_capacity(CHUNK);
-        loop {
-            if st.params.limit.is_some_and(|l| st.sent >= l) {
-                st.done = true;
-                return Some((Ok(chunk), st));
-            }
-            match st.reader.next_line().await {
-                Ok(Some(l)) => {
-                    if st
-                        .params
-                        .filter
-                        .as_ref()
-                        .is_some_and(|re| !re.is_match(&l.line))
-                    {
-                        continue;
-                    }
-                    st.sent += 1;
-                    chunk.extend_from_slice(&l.line);
-                    chunk.push(b'\n');
-                    if chunk.len() >= CHUNK {
-                        return Some((Ok(chunk), st));
-                    }
-                }
-                Ok(None) => {
-                    st.done = true;
-                    return Some((Ok(chunk), st));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "streaming a log download failed");
-                    st.done = true;
-                    return Some((Err(std::io::Error::other(e)), st));
-                }
-            }
-        }
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
 }

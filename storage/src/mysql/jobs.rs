@@ -14,13 +14,14 @@ use mysql_async::{Params, Row, Transaction, TxOpts, Value};
 use super::{positional, MysqlStorage};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job_row::{self, JobRow};
+use crate::log_text::{TextAssembler, TextPage, TextQuery};
 use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
 use crate::sql::jobs::{
     line_chunks, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
-    read_output, seq_to_db, validate, JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES,
-    OUTPUTS_SELECT,
+    read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, validate, JOB_INSERT,
+    JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES, OUTPUTS_SELECT,
 };
 use crate::sql::outbox::job_events;
 use crate::sql::{chunk_by_size, placeholders};
@@ -301,4 +302,44 @@ impl JobStore for MysqlStorage {
         })
         .await
     }
+
+    async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
+        let (sql, params) = read_text_sql(&query.lines);
+        let job_id = query.lines.job_id;
+        self.bounded("read_text", async {
+            let mut conn = self.conn().await?;
+            let mut rows = conn.exec_iter(sql, positional(params)).await?;
+            let mut text = TextAssembler::new(query);
+            // Rows borrowed as they arrive: no row vector, no record struct.
+            while let Some(row) = rows.next().await? {
+                let int = |idx| match row.as_ref(idx) {
+                    Some(Value::Int(v)) => Ok(*v),
+                    Some(Value::UInt(v)) => i64::try_from(*v).map_err(|_| corrupt_column(idx)),
+                    _ => Err(corrupt_column(idx)),
+                };
+                let seq = seq_from_db(job_id, int(0)?)?;
+                let cont = int(1)? != 0;
+                let line = match row.as_ref(2) {
+                    Some(Value::Bytes(b)) => Some(b.as_slice()),
+                    _ => None,
+                };
+                text.push(seq, cont, text_bytes(job_id, seq, line)?);
+                if text.is_full() {
+                    break;
+                }
+            }
+            // The rows past a full page are read again by the next page.
+            rows.drop_result().await?;
+            Ok(text.finish())
+        })
+        .await
+    }
+}
+
+/// The error for a `read_text` column of the wrong type.
+fn corrupt_column(idx: usize) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("mysql: log_lines column {idx} has an unexpected type"),
+    )
 }

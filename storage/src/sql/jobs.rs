@@ -212,6 +212,16 @@ pub(crate) fn outputs_by_name(jw: &JobWrite) -> Vec<(String, String, i64)> {
 }
 
 /// A stored line from its columns.
+/// A line's stored seq as the API's.
+pub(crate) fn seq_from_db(job_id: JobId, seq: i64) -> Result<u64> {
+    u64::try_from(seq).map_err(|_| corrupt(format!("job {job_id}: line seq {seq} < 0")))
+}
+
+/// A page of raw text's record bytes, from a column that should hold them.
+pub(crate) fn text_bytes(job_id: JobId, seq: u64, bytes: Option<&[u8]>) -> Result<&[u8]> {
+    bytes.ok_or_else(|| corrupt(format!("job {job_id}: line {seq} holds no bytes")))
+}
+
 pub(crate) fn stored_line(
     job_id: JobId,
     seq: i64,
@@ -220,8 +230,7 @@ pub(crate) fn stored_line(
     cont: i64,
     line: Vec<u8>,
 ) -> Result<StoredLine> {
-    let seq =
-        u64::try_from(seq).map_err(|_| corrupt(format!("job {job_id}: line seq {seq} < 0")))?;
+    let seq = seq_from_db(job_id, seq)?;
     let stream = u8::try_from(stream)
         .ok()
         .and_then(Stream::from_u8)
@@ -283,9 +292,16 @@ pub(crate) fn list_jobs_sql(q: &JobQuery) -> (String, Vec<Param>) {
 
 /// `SELECT` for [`crate::JobStore::read_lines`] with its parameters.
 pub(crate) fn read_lines_sql(q: &LineQuery) -> (String, Vec<Param>) {
-    let mut sql = String::from(
-        "SELECT seq, ts, stream, cont, line FROM log_lines WHERE job_id = ? AND seq > ?",
-    );
+    lines_sql("seq, ts, stream, cont, line", q)
+}
+
+/// The query of a page of raw text ([`crate::log_text`]): each record's `seq, cont, line`.
+pub(crate) fn read_text_sql(q: &LineQuery) -> (String, Vec<Param>) {
+    lines_sql("seq, cont, line", q)
+}
+
+fn lines_sql(columns: &str, q: &LineQuery) -> (String, Vec<Param>) {
+    let mut sql = format!("SELECT {columns} FROM log_lines WHERE job_id = ? AND seq > ?");
     let mut params: Vec<Param> = vec![
         q.job_id.into(),
         i64::try_from(q.after_seq).unwrap_or(i64::MAX).into(),

@@ -4,17 +4,20 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use super::{query_all, query_opt, values, SqliteStorage};
 use crate::error::Result;
 use crate::job_row::{self, JobRow};
+use crate::log_text::{TextAssembler, TextPage, TextQuery};
 use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
 use crate::sql::jobs::{
     list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql, read_output,
-    seq_to_db, validate, JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE, OUTPUTS_SELECT,
+    read_text_sql, seq_from_db, seq_to_db, text_bytes, validate, JOB_INSERT, JOB_SELECT_COLUMNS,
+    JOB_UPDATE, OUTPUTS_SELECT,
 };
 use crate::sql::outbox::job_events;
 use crate::sql::placeholders;
@@ -197,5 +200,30 @@ impl JobStore for SqliteStorage {
         let job_id = query.job_id;
         self.with_reader(move |conn| query_all(conn, &sql, params, |r| read_line(job_id, r)))
             .await
+    }
+
+    async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
+        let (sql, params) = read_text_sql(&query.lines);
+        let query = *query;
+        self.with_reader(move |conn| {
+            let mut text = TextAssembler::new(&query);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(values(params))?;
+            let job_id = query.lines.job_id;
+            while let Some(row) = rows.next()? {
+                let seq = seq_from_db(job_id, row.get(0)?)?;
+                let cont = row.get::<_, i64>(1)? != 0;
+                let line = match row.get_ref(2)? {
+                    ValueRef::Blob(b) | ValueRef::Text(b) => Some(b),
+                    _ => None,
+                };
+                text.push(seq, cont, text_bytes(job_id, seq, line)?);
+                if text.is_full() {
+                    break;
+                }
+            }
+            Ok(text.finish())
+        })
+        .await
     }
 }
