@@ -189,7 +189,16 @@ conformance!(
     documents_concurrent_writers_never_both_win,
     non_job_events_are_delivered_once_per_subscription,
     concurrent_first_writes_of_new_jobs_all_commit,
+    retention_age_expires_finished_jobs_and_all_they_own,
+    retention_per_flow_rules,
+    retention_caps_delete_oldest_finished_first,
+    retention_bounded_transactions_and_interrupted_sweep,
+    retention_run_documents_go_with_the_last_job,
+    retention_migration_upgrades_an_existing_database,
 );
+
+#[path = "conformance_cases/retention.rs"]
+mod retention_cases;
 
 // ---------------------------------------------------------------------------------------
 // Builders and readers.
@@ -308,6 +317,13 @@ mod cases {
     pub use super::document_cases::{
         documents_compare_and_set_and_list, documents_concurrent_writers_never_both_win,
         non_job_events_are_delivered_once_per_subscription,
+    };
+    pub use super::retention_cases::{
+        retention_age_expires_finished_jobs_and_all_they_own,
+        retention_bounded_transactions_and_interrupted_sweep,
+        retention_caps_delete_oldest_finished_first,
+        retention_migration_upgrades_an_existing_database, retention_per_flow_rules,
+        retention_run_documents_go_with_the_last_job,
     };
     pub use super::webhook_cases::{
         webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
@@ -1110,10 +1126,11 @@ mod cases {
         let (a, b) = tokio::join!(open(&t.config), open(&t.config));
         let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
         let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
-        // Version 1 (jobs, lines), 2 (webhooks) and 3 (documents), each applied once.
+        // Version 1 (jobs, lines), 2 (webhooks), 3 (documents) and 4 (retention), each
+        // applied once.
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            3
+            4
         );
 
         let c = cid("mig");
@@ -1129,7 +1146,7 @@ mod cases {
         let again = t.open().await;
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            3
+            4
         );
         assert_eq!(job(&*again, id).await.line_count, 3);
         assert_eq!(seqs(&lines(&*again, id, 0, 10, None).await), vec![1, 2, 3]);
