@@ -195,10 +195,13 @@ conformance!(
     retention_bounded_transactions_and_interrupted_sweep,
     retention_run_documents_go_with_the_last_job,
     retention_migration_upgrades_an_existing_database,
+    retention_million_lines_over_simulated_days,
 );
 
 #[path = "conformance_cases/retention.rs"]
 mod retention_cases;
+#[path = "conformance_cases/retention_days.rs"]
+mod retention_days;
 
 // ---------------------------------------------------------------------------------------
 // Builders and readers.
@@ -325,6 +328,7 @@ mod cases {
         retention_migration_upgrades_an_existing_database, retention_per_flow_rules,
         retention_run_documents_go_with_the_last_job,
     };
+    pub use super::retention_days::retention_million_lines_over_simulated_days;
     pub use super::webhook_cases::{
         webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
         webhook_deliveries_commit_with_transitions, webhook_gone_disables_and_upsert_reenables,
