@@ -11,38 +11,91 @@ use crate::flows::service::ledger::NAMESPACE as SERVICE_CALLS;
 use crate::flows::store::RUNS;
 
 /// `[retention]` in logarithmd's configuration. Nothing is deleted unless a rule is set.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `retention = "30d"` is short for `[retention] max_age = "30d"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionConfig {
     /// Finished jobs (with a verdict) whose `finished_at` is older than this are deleted
     /// with everything they own (`"30d"`, `"12h"`). Jobs still running are kept however
     /// old they are. Default: none (keep for ever).
-    #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
     /// Per-flow maximum ages (`[[retention.flows]] flow = "nightly" max_age = "7d"`),
     /// replacing `max_age` for that flow's jobs (longer or shorter).
-    #[serde(default)]
     pub flows: Vec<FlowRetention>,
     /// Lines stored in all, at most: beyond it the oldest finished jobs are deleted first
     /// until the total is under it. Default: none.
-    #[serde(default)]
     pub max_lines: Option<u64>,
     /// Bytes of log line text stored in all, at most (what the jobs' counters sum; rows
     /// and indexes take more on disk, see docs/operations.md): beyond it the oldest
     /// finished jobs are deleted first. Default: none.
-    #[serde(default)]
     pub max_bytes: Option<u64>,
     /// How often the sweeper runs (the first sweep runs at start).
-    #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// Rows one delete transaction removes at most, 1 to 10,000.
-    #[serde(default = "default_batch_rows")]
     pub batch_rows: u32,
     /// TEST ONLY: a file whose content (Unix seconds or an RFC 3339 time) is the
     /// sweeper's "now", like `[engine] clock_file`, so a test can move time by days.
     /// Never set it in production: an unreadable file reads as the system time.
-    #[serde(default)]
     pub clock_file: Option<PathBuf>,
+}
+
+/// The table form, as written (the shorthand is handled by [`RetentionConfig`]'s
+/// `Deserialize`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+    #[serde(default)]
+    flows: Vec<FlowRetention>,
+    #[serde(default)]
+    max_lines: Option<u64>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_batch_rows")]
+    batch_rows: u32,
+    #[serde(default)]
+    clock_file: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for RetentionConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RetentionConfig, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RetentionConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a maximum age such as \"30d\", or a [retention] table")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RetentionConfig, E> {
+                let age = humantime_serde::re::humantime::parse_duration(v)
+                    .map_err(|e| E::custom(format!("retention = {v:?}: {e}")))?;
+                Ok(RetentionConfig {
+                    max_age: Some(age),
+                    ..RetentionConfig::default()
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RetentionConfig, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RetentionConfig {
+                    max_age: t.max_age,
+                    flows: t.flows,
+                    max_lines: t.max_lines,
+                    max_bytes: t.max_bytes,
+                    interval: t.interval,
+                    batch_rows: t.batch_rows,
+                    clock_file: t.clock_file,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A maximum age for one flow's jobs.
@@ -163,9 +216,29 @@ mod tests {
         assert!(!RetentionConfig::default().enabled());
     }
 
+    #[derive(Debug, Deserialize)]
+    struct Outer {
+        retention: RetentionConfig,
+    }
+
+    #[test]
+    fn a_duration_is_short_for_max_age() {
+        let o: Outer = toml::from_str("retention = \"30d\"").expect("parse");
+        assert_eq!(o.retention.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(o.retention.batch_rows, 5_000);
+        let o: Outer = toml::from_str("[retention]\nmax_lines = 5\n").expect("parse");
+        assert_eq!(
+            (o.retention.max_lines, o.retention.max_age),
+            (Some(5), None)
+        );
+        assert!(toml::from_str::<Outer>("retention = \"soon\"").is_err());
+        assert!(toml::from_str::<Outer>("retention = 3").is_err());
+    }
+
     #[test]
     fn refuses_unknown_fields_and_bad_values() {
-        assert!(toml::from_str::<RetentionConfig>("maxage = \"1d\"").is_err());
+        let e = toml::from_str::<Outer>("[retention]\nmaxage = \"1d\"\n").expect_err("typo");
+        assert!(e.to_string().contains("maxage"), "{e}");
         let c = RetentionConfig {
             batch_rows: 10_001,
             ..RetentionConfig::default()
