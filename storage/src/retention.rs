@@ -6,7 +6,8 @@
 //! - A job goes with its lines, outputs, labels, webhook deliveries and their attempts,
 //!   the documents keyed by its container id in [`RetentionRules::job_namespaces`], and
 //!   the document of its run (in [`RetentionRules::run_namespace`]) once no job of the run
-//!   is left and the run is no longer active.
+//!   is left and the run is no longer active. Deliveries of announced events (job id 0,
+//!   `flow.finished`) and run documents without any job go by the global maximum age.
 //! - Each transaction deletes at most [`RetentionRules::batch_rows`] rows, by primary key
 //!   range (TiDB-friendly). The job's own row goes last, in the transaction that deletes
 //!   its last owned rows: an interrupted deletion leaves an expired job that the next
@@ -212,6 +213,21 @@ pub async fn sweep(
     }
     if rules.max_lines.is_some() || rules.max_bytes.is_some() {
         report.totals = Some(enforce_caps(store, rules, report).await?);
+    }
+    if let Some(age) = rules.max_age_ns {
+        // Deliveries of announced events (`flow.finished`) belong to no job: they go by
+        // age, as a job would.
+        loop {
+            let (deliveries, attempts) = store
+                .delete_old_event_deliveries(now.saturating_sub(age), rules.batch_rows())
+                .await?;
+            report.transactions += 1;
+            report.deleted.deliveries += deliveries;
+            report.deleted.attempts += attempts;
+            if deliveries == 0 {
+                break;
+            }
+        }
     }
     if let (Some(ns), Some(age)) = (&rules.run_namespace, rules.max_age_ns) {
         // Runs that never had a job, or whose last job went in a deletion that could not

@@ -125,6 +125,15 @@ pub trait RetentionStore: Send + Sync {
     /// its run's, if no job of the run is left and the run is not active).
     async fn delete_job_step(&self, step: &DeleteStep) -> Result<StepOutcome>;
 
+    /// Deletes webhook deliveries of announced events (job id 0, such as `flow.finished`)
+    /// created before `created_before`, with their attempts, at most `limit` rows in one
+    /// transaction; returns `(deliveries, attempts)` deleted.
+    async fn delete_old_event_deliveries(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<(u64, u64)>;
+
     /// Deletes up to `limit` inactive documents of `namespace` created before
     /// `created_before` whose id is no job's run, in one transaction; returns how many.
     async fn delete_orphan_documents(

@@ -17,7 +17,8 @@ use crate::sql::retention::{
     attempts_delete_sql, deliveries_delete_sql, deliveries_within, documents_delete_sql,
     finished_jobs_sql, range_delete_sql, range_end_sql, read_delivery, read_job_check,
     read_job_ref, read_totals, rest_delete_sql, DELIVERIES_OF_JOB, DOCUMENT_DELETE, JOB_CHECK,
-    JOB_DELETE, ORPHAN_DOCUMENTS, OWNED_RANGES, RUN_DOCUMENT_DELETE, RUN_HAS_JOBS, TOTALS,
+    JOB_DELETE, OLD_EVENT_DELIVERIES, ORPHAN_DOCUMENTS, OWNED_RANGES, RUN_DOCUMENT_DELETE,
+    RUN_HAS_JOBS, TOTALS,
 };
 use crate::sql::{Param, RowAccess};
 use crate::RetentionStore;
@@ -45,6 +46,32 @@ async fn delete_range(
         None => tx.exec_drop(rest_delete_sql(table), (job,)).await?,
     }
     Ok(tx.affected_rows())
+}
+
+/// Deletes deliveries with their attempts; returns `(deliveries, attempts)`.
+async fn delete_deliveries(tx: &mut Transaction<'_>, ids: &[i64]) -> Result<(u64, u64)> {
+    let params: Vec<Param> = ids.iter().map(|id| (*id).into()).collect();
+    tx.exec_drop(attempts_delete_sql(ids.len()), positional(params.clone()))
+        .await?;
+    let attempts = tx.affected_rows();
+    tx.exec_drop(deliveries_delete_sql(ids.len()), positional(params))
+        .await?;
+    Ok((tx.affected_rows(), attempts))
+}
+
+async fn old_events_in(tx: &mut Transaction<'_>, before: i64, limit: u32) -> Result<(u64, u64)> {
+    let rows: Vec<Row> = tx
+        .exec(OLD_EVENT_DELIVERIES, (before, i64::from(limit.max(1))))
+        .await?;
+    let rows = rows
+        .into_iter()
+        .map(|mut r| read_delivery(&mut r))
+        .collect::<Result<Vec<_>>>()?;
+    let ids = deliveries_within(&rows, u64::from(limit.max(1)));
+    if ids.is_empty() {
+        return Ok((0, 0));
+    }
+    delete_deliveries(tx, &ids).await
 }
 
 /// The work of one step inside its transaction; `finished` as [`StepOutcome`] says.
@@ -85,13 +112,9 @@ async fn step_in(tx: &mut Transaction<'_>, step: &DeleteStep) -> Result<StepOutc
         .collect::<Result<Vec<_>>>()?;
     let ids = deliveries_within(&rows, budget);
     if !ids.is_empty() {
-        let params: Vec<Param> = ids.iter().map(|id| (*id).into()).collect();
-        tx.exec_drop(attempts_delete_sql(ids.len()), positional(params.clone()))
-            .await?;
-        deleted.attempts += tx.affected_rows();
-        tx.exec_drop(deliveries_delete_sql(ids.len()), positional(params))
-            .await?;
-        deleted.deliveries += tx.affected_rows();
+        let (deliveries, attempts) = delete_deliveries(tx, &ids).await?;
+        deleted.deliveries += deliveries;
+        deleted.attempts += attempts;
         return Ok(more(deleted));
     }
     // Nothing owned is left: the job's row goes, with its documents.
@@ -120,49 +143,42 @@ async fn step_in(tx: &mut Transaction<'_>, step: &DeleteStep) -> Result<StepOutc
     })
 }
 
-impl MysqlStorage {
-    async fn delete_step_once(&self, step: &DeleteStep) -> Result<StepOutcome> {
-        let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        match step_in(&mut tx, step).await {
-            Ok(outcome) => {
-                tx.commit().await?;
-                Ok(outcome)
+/// Runs `$body` (a future using the transaction `$tx`) in a transaction: committed if it
+/// succeeds, rolled back if not.
+macro_rules! in_transaction {
+    ($storage:expr, $tx:ident => $body:expr) => {{
+        let mut conn = $storage.conn().await?;
+        let mut $tx = conn.start_transaction(TxOpts::default()).await?;
+        match $body.await {
+            Ok(v) => {
+                $tx.commit().await?;
+                Ok(v)
             }
             Err(e) => {
-                let _ = tx.rollback().await;
+                // A failed rollback means a broken connection: the server rolls back.
+                let _ = $tx.rollback().await;
                 Err(e)
             }
         }
-    }
+    }};
+}
 
-    async fn delete_orphans_once(&self, ns: &str, before: i64, limit: u32) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        let rows: Vec<Row> = tx
-            .exec(ORPHAN_DOCUMENTS, (ns, before, i64::from(limit.max(1))))
-            .await?;
-        let ids = rows
-            .into_iter()
-            .map(|mut r| r.column::<String>(0))
-            .collect::<Result<Vec<_>>>()?;
-        if ids.is_empty() {
-            let _ = tx.rollback().await;
-            return Ok(0);
-        }
-        let mut params: Vec<Param> = vec![ns.into()];
-        params.extend(ids.iter().map(|id| Param::from(id.as_str())));
-        let result = tx
-            .exec_drop(documents_delete_sql(ids.len()), positional(params))
-            .await;
-        if let Err(e) = result {
-            let _ = tx.rollback().await;
-            return Err(e.into());
-        }
-        let n = tx.affected_rows();
-        tx.commit().await?;
-        Ok(n)
+async fn orphans_in(tx: &mut Transaction<'_>, ns: &str, before: i64, limit: u32) -> Result<u64> {
+    let rows: Vec<Row> = tx
+        .exec(ORPHAN_DOCUMENTS, (ns, before, i64::from(limit.max(1))))
+        .await?;
+    let ids = rows
+        .into_iter()
+        .map(|mut r| r.column::<String>(0))
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        return Ok(0);
     }
+    let mut params: Vec<Param> = vec![ns.into()];
+    params.extend(ids.iter().map(|id| Param::from(id.as_str())));
+    tx.exec_drop(documents_delete_sql(ids.len()), positional(params))
+        .await?;
+    Ok(tx.affected_rows())
 }
 
 fn conflicts() -> ExponentialBuilder {
@@ -204,10 +220,26 @@ impl RetentionStore for MysqlStorage {
 
     async fn delete_job_step(&self, step: &DeleteStep) -> Result<StepOutcome> {
         self.bounded("delete_job_step", async {
-            (|| self.delete_step_once(step))
+            (|| async { in_transaction!(self, tx => step_in(&mut tx, step)) })
                 .retry(conflicts())
                 .when(is_write_conflict)
                 .await
+        })
+        .await
+    }
+
+    async fn delete_old_event_deliveries(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<(u64, u64)> {
+        self.bounded("delete_old_event_deliveries", async {
+            (|| async {
+                in_transaction!(self, tx => old_events_in(&mut tx, created_before, limit))
+            })
+            .retry(conflicts())
+            .when(is_write_conflict)
+            .await
         })
         .await
     }
@@ -219,10 +251,12 @@ impl RetentionStore for MysqlStorage {
         limit: u32,
     ) -> Result<u64> {
         self.bounded("delete_orphan_documents", async {
-            (|| self.delete_orphans_once(namespace, created_before, limit))
-                .retry(conflicts())
-                .when(is_write_conflict)
-                .await
+            (|| async {
+                in_transaction!(self, tx => orphans_in(&mut tx, namespace, created_before, limit))
+            })
+            .retry(conflicts())
+            .when(is_write_conflict)
+            .await
         })
         .await
     }

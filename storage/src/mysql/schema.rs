@@ -171,8 +171,8 @@ const MIGRATION_3: &[&str] = &["CREATE TABLE IF NOT EXISTS documents (
 
 /// Schema version 4: retention (see `docs/storage.md`). Each job's stored line bytes (what
 /// `max_bytes` sums; jobs stored before this version count 0), and the indexes that find
-/// expired jobs (by `finished_at`, per flow), a run's remaining jobs, and a job's webhook
-/// deliveries without a scan. MySQL 8 has no `IF NOT EXISTS` for these, so a statement run
+/// expired jobs (by `finished_at`, per flow), a run's remaining jobs, and a job's (or, job
+/// id 0, an announced event's) webhook deliveries by age without a scan. MySQL 8 has no `IF NOT EXISTS` for these, so a statement run
 /// again after an interrupted migration fails with "duplicate column/key name", which
 /// [`migrate_locked`] takes as done (TiDB and MariaDB answer the same codes).
 const MIGRATION_4: &[&str] = &[
@@ -180,7 +180,7 @@ const MIGRATION_4: &[&str] = &[
     "CREATE INDEX idx_jobs_finished ON jobs (finished_at, id)",
     "CREATE INDEX idx_jobs_flow_finished ON jobs (flow, finished_at)",
     "CREATE INDEX idx_jobs_run ON jobs (run)",
-    "CREATE INDEX idx_webhook_deliveries_job ON webhook_deliveries (job_id)",
+    "CREATE INDEX idx_webhook_deliveries_job ON webhook_deliveries (job_id, created_at)",
 ];
 
 /// Server errors meaning a DDL statement's work is there already: duplicate column name,

@@ -63,6 +63,11 @@ pub(crate) fn rest_delete_sql(table: &str) -> String {
 pub(crate) const DELIVERIES_OF_JOB: &str =
     "SELECT id, attempts FROM webhook_deliveries WHERE job_id = ? ORDER BY id LIMIT ?";
 
+/// Deliveries of announced events (job id 0, such as `flow.finished`) created before a
+/// time, oldest first, with their attempt counts (parameters: created before, limit).
+pub(crate) const OLD_EVENT_DELIVERIES: &str = "SELECT id, attempts FROM webhook_deliveries \
+     WHERE job_id = 0 AND created_at < ? ORDER BY created_at, id LIMIT ?";
+
 /// Attempts of these deliveries (parameters: delivery ids).
 pub(crate) fn attempts_delete_sql(n: usize) -> String {
     format!(

@@ -13,7 +13,8 @@ use crate::sql::retention::{
     attempts_delete_sql, deliveries_delete_sql, deliveries_within, documents_delete_sql,
     finished_jobs_sql, range_delete_sql, range_end_sql, read_delivery, read_job_check,
     read_job_ref, read_totals, rest_delete_sql, DELIVERIES_OF_JOB, DOCUMENT_DELETE, JOB_CHECK,
-    JOB_DELETE, ORPHAN_DOCUMENTS, OWNED_RANGES, RUN_DOCUMENT_DELETE, RUN_HAS_JOBS,
+    JOB_DELETE, OLD_EVENT_DELIVERIES, ORPHAN_DOCUMENTS, OWNED_RANGES, RUN_DOCUMENT_DELETE,
+    RUN_HAS_JOBS,
 };
 use crate::sql::{Param, RowAccess};
 use crate::RetentionStore;
@@ -38,6 +39,36 @@ fn delete_range(
         None => tx.prepare_cached(&rest_delete_sql(table))?.execute([job])?,
     };
     Ok(n as u64)
+}
+
+/// Deletes deliveries with their attempts; returns `(deliveries, attempts)`.
+fn delete_deliveries(tx: &Transaction<'_>, ids: &[i64]) -> Result<(u64, u64)> {
+    let params: Vec<Param> = ids.iter().map(|id| (*id).into()).collect();
+    let attempts = tx
+        .prepare_cached(&attempts_delete_sql(ids.len()))?
+        .execute(values(params.clone()))?;
+    let deliveries = tx
+        .prepare_cached(&deliveries_delete_sql(ids.len()))?
+        .execute(values(params))?;
+    Ok((deliveries as u64, attempts as u64))
+}
+
+fn delete_old_events(conn: &mut Connection, before: i64, limit: u32) -> Result<(u64, u64)> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let budget = u64::from(limit.max(1));
+    let rows = query_all(
+        &tx,
+        OLD_EVENT_DELIVERIES,
+        vec![before.into(), i64::from(limit.max(1)).into()],
+        |r| read_delivery(r),
+    )?;
+    let ids = deliveries_within(&rows, budget);
+    if ids.is_empty() {
+        return Ok((0, 0));
+    }
+    let deleted = delete_deliveries(&tx, &ids)?;
+    tx.commit()?;
+    Ok(deleted)
 }
 
 fn delete_step(conn: &mut Connection, step: &DeleteStep) -> Result<StepOutcome> {
@@ -80,13 +111,9 @@ fn delete_step(conn: &mut Connection, step: &DeleteStep) -> Result<StepOutcome> 
     )?;
     let ids = deliveries_within(&rows, budget);
     if !ids.is_empty() {
-        let params: Vec<Param> = ids.iter().map(|id| (*id).into()).collect();
-        deleted.attempts += tx
-            .prepare_cached(&attempts_delete_sql(ids.len()))?
-            .execute(values(params.clone()))? as u64;
-        deleted.deliveries += tx
-            .prepare_cached(&deliveries_delete_sql(ids.len()))?
-            .execute(values(params))? as u64;
+        let (deliveries, attempts) = delete_deliveries(&tx, &ids)?;
+        deleted.deliveries += deliveries;
+        deleted.attempts += attempts;
         return more(tx, deleted);
     }
     // Nothing owned is left: the job's row goes, with its documents.
@@ -161,6 +188,15 @@ impl RetentionStore for SqliteStorage {
     async fn delete_job_step(&self, step: &DeleteStep) -> Result<StepOutcome> {
         let step = step.clone();
         self.with_writer(move |conn| delete_step(conn, &step)).await
+    }
+
+    async fn delete_old_event_deliveries(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<(u64, u64)> {
+        self.with_writer(move |conn| delete_old_events(conn, created_before, limit))
+            .await
     }
 
     async fn delete_orphan_documents(

@@ -5,12 +5,13 @@
 use super::*;
 use storage::retention::{sweep, DeleteStep, FlowRule};
 use storage::{
-    AttemptOutcome, AttemptRecord, ClaimRequest, DocumentPut, EventKind, Expected, RetentionRules,
-    SweepReport,
+    AttemptOutcome, AttemptRecord, ClaimRequest, DocumentPut, EventKind, EventWrite, Expected,
+    RetentionRules, SweepReport,
 };
 
 const SEC: i64 = 1_000_000_000;
-const DAY: i64 = 86_400 * SEC;
+const HOUR: i64 = 3_600 * SEC;
+const DAY: i64 = 24 * HOUR;
 
 fn wall_now() -> i64 {
     std::time::SystemTime::now()
@@ -117,17 +118,33 @@ async fn exists(s: &dyn Storage, id: JobId) -> bool {
 }
 
 /// Finished jobs past the age go with their lines, outputs, labels, deliveries, attempts
-/// and documents; a running job past the age, a recent one and their rows stay.
+/// and documents, and so do deliveries of announced events past the age; a running job
+/// past the age, a recent one and their rows stay.
 pub async fn retention_age_expires_finished_jobs_and_all_they_own(t: &Target) {
     let s = &*t.open().await;
     s.upsert_subscription(&super::webhook_cases::spec(
         7,
-        &[EventKind::JobStarted, EventKind::JobFinished],
+        &[
+            EventKind::JobStarted,
+            EventKind::JobFinished,
+            EventKind::FlowFinished,
+        ],
         &[],
     ))
     .await
     .expect("subscribe");
     let now = wall_now();
+    // Announced events (no job): one older than the age, one recent.
+    for (key, at) in [("run-old", now - 10 * DAY), ("run-new", now - HOUR)] {
+        let ev = EventWrite {
+            kind: EventKind::FlowFinished,
+            key: key.into(),
+            labels: Default::default(),
+            data_json: "{}".into(),
+            at,
+        };
+        assert_eq!(s.enqueue_event(&ev).await.expect("enqueue"), 1);
+    }
     let old = retained_job(
         "old",
         Some("build"),
@@ -152,7 +169,12 @@ pub async fn retention_age_expires_finished_jobs_and_all_they_own(t: &Target) {
         })
         .await
         .expect("claim");
-    assert_eq!(claimed.len(), 5, "[{}] 3 started + 2 finished", t.name);
+    assert_eq!(
+        claimed.len(),
+        7,
+        "[{}] 3 started, 2 finished, 2 events",
+        t.name
+    );
     for c in &claimed {
         s.complete_attempt(&AttemptRecord {
             delivery_id: c.delivery.id,
@@ -192,7 +214,7 @@ pub async fn retention_age_expires_finished_jobs_and_all_they_own(t: &Target) {
             d.documents,
             d.other
         ),
-        (1, 300, 2, 2, 2, 4),
+        (1, 300, 3, 3, 2, 4),
         "[{}] {report:?}",
         t.name
     );
@@ -200,6 +222,12 @@ pub async fn retention_age_expires_finished_jobs_and_all_they_own(t: &Target) {
     assert_eq!(owned_rows(t, old.job_id).await, 0, "[{}]", t.name);
     assert!(!has_doc(s, "runs", "r-old").await);
     assert!(!has_doc(s, "service_calls", &old.container_id).await);
+    // The old event's delivery went with its attempt; the recent one's stays.
+    assert_eq!(
+        t.raw_count("SELECT COUNT(*) FROM webhook_deliveries WHERE job_id = 0")
+            .await,
+        1
+    );
     // Kept: the running job (however old), the recent one, their documents and rows.
     assert_eq!(job(s, running.job_id).await.line_count, 20);
     assert_eq!(job(s, recent.job_id).await.line_count, 30);
