@@ -196,6 +196,7 @@ conformance!(
     retention_run_documents_go_with_the_last_job,
     retention_migration_upgrades_an_existing_database,
     retention_million_lines_over_simulated_days,
+    retention_concurrent_sweeps_delete_each_row_once,
 );
 
 #[path = "conformance_cases/retention.rs"]
@@ -325,6 +326,7 @@ mod cases {
         retention_age_expires_finished_jobs_and_all_they_own,
         retention_bounded_transactions_and_interrupted_sweep,
         retention_caps_delete_oldest_finished_first,
+        retention_concurrent_sweeps_delete_each_row_once,
         retention_migration_upgrades_an_existing_database, retention_per_flow_rules,
         retention_run_documents_go_with_the_last_job,
     };

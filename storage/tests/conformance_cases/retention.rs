@@ -458,3 +458,45 @@ pub async fn retention_migration_upgrades_an_existing_database(t: &Target) {
         t.name
     );
 }
+
+/// Two replicas sweeping the same database at once: both succeed, every row is deleted
+/// once (the reports add up to exactly what was expired), and every run's document goes
+/// with the run's last job whichever sweep deleted it.
+pub async fn retention_concurrent_sweeps_delete_each_row_once(t: &Target) {
+    let (a, b) = (t.open().await, t.open().await);
+    let now = wall_now();
+    let jobs: Vec<JobWrite> = (0..24)
+        .map(|i| {
+            let run = format!("cr{}", i % 4);
+            retained_job(
+                &format!("conc{i}"),
+                Some("f"),
+                Some(&run),
+                300,
+                Some(now - 9 * DAY),
+            )
+        })
+        .collect();
+    for chunk in jobs.chunks(6) {
+        apply(&*a, &batch(chunk.to_vec())).await;
+    }
+    for r in 0..4 {
+        put_doc(&*a, "runs", &format!("cr{r}"), false).await;
+    }
+    let mut r = rules(Some(7 * DAY));
+    r.batch_rows = 100;
+    let (ra, rb) = tokio::join!(run_sweep(&*a, &r, now), run_sweep(&*b, &r, now));
+    let (da, db) = (ra.deleted, rb.deleted);
+    assert_eq!(da.jobs + db.jobs, 24, "[{}] {da:?} {db:?}", t.name);
+    assert_eq!(da.lines + db.lines, 24 * 300, "[{}]", t.name);
+    assert_eq!(da.documents + db.documents, 4, "[{}]", t.name);
+    assert_eq!(t.raw_count("SELECT COUNT(*) FROM log_lines").await, 0);
+    assert_eq!(t.raw_count("SELECT COUNT(*) FROM jobs").await, 0);
+    for r in 0..4 {
+        assert!(
+            !has_doc(&*a, "runs", &format!("cr{r}")).await,
+            "[{}] cr{r}",
+            t.name
+        );
+    }
+}
