@@ -1,7 +1,7 @@
 //! Retention end to end: the real logarithmd with `[retention]` (a maximum age, a shorter
 //! one for one flow), its sweeper's clock read from a file (`clock_file`, test only) that
-//! the test moves by days. Expired jobs disappear from the API with their lines and run
-//! documents, running and recent ones stay, and the metrics and the log say what went.
+//! the test moves by days. Expired jobs disappear from the API with their lines, running
+//! and recent ones stay, and the metrics and the log say what went.
 //! On SQLite and on MariaDB (which must be there: `LOGARITHM_TEST_MYSQL_URL`).
 
 use std::time::Duration;
