@@ -28,7 +28,8 @@
 //!   (`[retention]`), in bounded transactions, with its metrics.
 //! - [`flows`]: the flow engine (`engine` crate) wired to storage, job events and
 //!   `flow.finished` webhooks; its routes are `api::flows`.
-//! - [`run`]: opens storage, starts the webhook dispatcher, serves until cancelled, drains
+//! - [`run`]: opens storage, starts the webhook dispatcher (and the retention sweeper when
+//!   a `[retention]` rule is set), serves until cancelled, drains
 //!   with a deadline.
 
 pub mod api;
@@ -168,7 +169,7 @@ pub async fn serve_reloadable(
     let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
     let retention = config_retention.enabled().then(|| {
         let sweeper = retention::Sweeper::new(
-            sweeper_store.clone(),
+            sweeper_store,
             &config_retention,
             state.metrics.retention.clone(),
         );
