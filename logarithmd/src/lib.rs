@@ -29,8 +29,7 @@
 //! - [`flows`]: the flow engine (`engine` crate) wired to storage, job events and
 //!   `flow.finished` webhooks; its routes are `api::flows`.
 //! - [`run`]: opens storage, starts the webhook dispatcher (and the retention sweeper when
-//!   a `[retention]` rule is set), serves until cancelled, drains
-//!   with a deadline.
+//!   a `[retention]` rule is set), serves until cancelled, drains with a deadline.
 
 pub mod api;
 pub mod auth;
