@@ -139,6 +139,11 @@ d.panel("Spool", "Bytes spooled on disk by the agents, waiting for delivery.",
         [(f'sum by (node) (antilog_spool_bytes{{{N}}})', "{{node}}")], unit="bytes", w=6)
 d.panel("Webhooks pending", "Webhook notifications waiting to be delivered.",
         [(f'sum(logarithmd_webhook_pending_deliveries{{{I}}})', "pending")], w=6)
+d.row("Retention")
+d.panel("Rows deleted by retention", "Rows the retention sweeper deleted in the selected time range, by kind ([retention] in logarithmd's configuration).",
+        [(f'sum by (kind) (increase(logarithmd_retention_deleted_total{{{I}}}[$__range]))', "{{kind}}")], w=12)
+d.panel("Retention sweeps", "Retention sweeps in the selected time range, by result (error: see logarithmd's log; the next sweep finishes the work).",
+        [(f'sum by (result) (increase(logarithmd_retention_sweeps_total{{{I}}}[$__range]))', "{{result}}")], w=12)
 d.write("logarithm-overview.json")
 
 # ---------------- agents ----------------

@@ -98,6 +98,10 @@ pub struct Config {
     /// Secret masks applied to every job's lines before storage (`[masking]`).
     #[serde(default)]
     pub masking: crate::masking::MaskingConfig,
+    /// Retention (`[retention]`): maximum ages (per flow too), total caps, the sweeper's
+    /// interval and batch size. Default: keep everything.
+    #[serde(default)]
+    pub retention: crate::retention::RetentionConfig,
     /// HTTPS (`[tls]`: `cert`, `key`, optional `client_ca` for mutual TLS). Absent: HTTP.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -132,6 +136,7 @@ impl Default for Config {
             live: crate::live::LiveSettings::default(),
             tls: None,
             masking: crate::masking::MaskingConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -167,6 +172,7 @@ impl Config {
         self.webhooks.validate()?;
         self.engine.validate()?;
         self.live.validate()?;
+        self.retention.validate()?;
         Ok(())
     }
 }

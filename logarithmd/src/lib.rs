@@ -24,10 +24,12 @@
 //!   certificates).
 //! - [`webhooks`]: signed, durable, retried webhook deliveries (outbox, dispatcher); its
 //!   routes are `api::webhooks`.
+//! - [`retention`]: the sweeper that deletes expired jobs with what they own
+//!   (`[retention]`), in bounded transactions, with its metrics.
 //! - [`flows`]: the flow engine (`engine` crate) wired to storage, job events and
 //!   `flow.finished` webhooks; its routes are `api::flows`.
-//! - [`run`]: opens storage, starts the webhook dispatcher, serves until cancelled, drains
-//!   with a deadline.
+//! - [`run`]: opens storage, starts the webhook dispatcher (and the retention sweeper when
+//!   a `[retention]` rule is set), serves until cancelled, drains with a deadline.
 
 pub mod api;
 pub mod auth;
@@ -39,6 +41,7 @@ pub mod live;
 pub mod masking;
 pub mod metrics;
 pub mod notify;
+pub mod retention;
 pub mod timefmt;
 pub mod tls;
 pub mod webhooks;
@@ -132,6 +135,8 @@ pub async fn serve_reloadable(
     };
     let webhooks_config = config.webhooks.clone();
     let engine_settings = config.engine.clone();
+    let config_retention = config.retention.clone();
+    let sweeper_store = store.clone();
     let state = api::AppState::new(store.clone(), config);
     if engine_settings.enabled {
         state.flows.mark_starting();
@@ -161,6 +166,14 @@ pub async fn serve_reloadable(
         state.metrics.clone(),
     )?;
     let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let retention = config_retention.enabled().then(|| {
+        let sweeper = retention::Sweeper::new(
+            sweeper_store,
+            &config_retention,
+            state.metrics.retention.clone(),
+        );
+        tokio::spawn(sweeper.run(shutdown.clone()))
+    });
     let live = state.live.clone();
     let app = api::router(state);
     tokio::spawn(reload_on_notify(tls.clone(), reload, shutdown.clone()));
@@ -189,6 +202,11 @@ pub async fn serve_reloadable(
         }
         if engine.await.is_err() {
             tracing::error!("the flow engine task panicked");
+        }
+        if let Some(sweeper) = retention {
+            if sweeper.await.is_err() {
+                tracing::error!("the retention sweeper panicked");
+            }
         }
         served
     });

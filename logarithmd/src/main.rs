@@ -42,6 +42,10 @@ struct Args {
     /// Overrides `public_url` (links in webhook payloads).
     #[arg(long, env = "LOGARITHMD_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Overrides `[retention] max_age` (`30d`, `12h`): finished jobs older than this are
+    /// deleted with everything they own.
+    #[arg(long, env = "LOGARITHMD_RETENTION_MAX_AGE", value_parser = humantime_serde::re::humantime::parse_duration)]
+    retention_max_age: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -86,6 +90,9 @@ fn load(args: &Args) -> anyhow::Result<logarithmd::Config> {
     }
     if args.anonymous_read {
         config.anonymous_read = true;
+    }
+    if let Some(age) = args.retention_max_age {
+        config.retention.max_age = Some(age);
     }
     config
         .ingest_tokens

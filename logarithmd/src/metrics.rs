@@ -88,6 +88,9 @@ pub struct Metrics {
     // --- service jobs ---
     pub services: crate::flows::service::metrics::ServiceMetrics,
 
+    // --- retention ---
+    pub retention: crate::retention::metrics::RetentionMetrics,
+
     // --- HTTP ---
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
@@ -319,6 +322,7 @@ impl Metrics {
         }
 
         let services = crate::flows::service::metrics::ServiceMetrics::register(r)?;
+        let retention = crate::retention::metrics::RetentionMetrics::register(r)?;
         let webhook_deliveries = reg(
             r,
             IntCounterVec::new(
@@ -397,6 +401,7 @@ impl Metrics {
             webhook_delivery_duration,
             webhook_pending,
             services,
+            retention,
             http_requests,
             http_request_duration,
         })

@@ -43,6 +43,8 @@ pub(crate) struct JobRow {
     pub placeholder: bool,
     pub last_seq: u64,
     pub line_count: u64,
+    /// Bytes of line text stored (what retention's `max_bytes` sums).
+    pub line_bytes: u64,
 }
 
 /// What applying metadata to an existing row did.
@@ -89,6 +91,7 @@ impl JobRow {
             placeholder: true,
             last_seq: 0,
             line_count: 0,
+            line_bytes: 0,
         }
     }
 
@@ -152,8 +155,9 @@ impl JobRow {
 
     /// Counts lines just inserted; `max_seq` is the highest seq of the batch's lines
     /// (stored or duplicate: either way it is stored now).
-    pub fn add_lines(&mut self, stored: u64, max_seq: u64) {
+    pub fn add_lines(&mut self, stored: u64, max_seq: u64, bytes: u64) {
         self.line_count += stored;
+        self.line_bytes = self.line_bytes.saturating_add(bytes);
         self.last_seq = self.last_seq.max(max_seq);
     }
 
@@ -205,7 +209,7 @@ impl JobRow {
         }
     }
 
-    /// Values of [`JOB_UPDATE`] from `name` to `line_count` (without the id).
+    /// Values of [`JOB_UPDATE`] from `name` to `line_bytes` (without the id).
     fn mutable_params(&self) -> Vec<Param> {
         vec![
             self.name.as_str().into(),
@@ -233,6 +237,7 @@ impl JobRow {
             i64::from(self.placeholder).into(),
             (self.last_seq as i64).into(),
             (self.line_count as i64).into(),
+            i64::try_from(self.line_bytes).unwrap_or(i64::MAX).into(),
         ]
     }
 
@@ -335,7 +340,16 @@ pub(crate) fn count_lines(row: &mut JobRow, jw: &JobWrite, stored: u64, out: &mu
     let max_seq = jw.lines.iter().map(|l| l.seq).max().unwrap_or(0);
     out.stored += stored;
     out.duplicates += jw.lines.len() as u64 - stored;
-    row.add_lines(stored, max_seq);
+    // Bytes of the lines newly stored: exact unless the write was partly a resend (some
+    // lines stored already), then the new lines' share of the write's bytes.
+    let total = jw.lines.len() as u64;
+    let bytes: u64 = jw.lines.iter().map(|l| l.line.len() as u64).sum();
+    let new_bytes = match total {
+        0 => 0,
+        t if stored >= t => bytes,
+        t => ((u128::from(bytes) * u128::from(stored)) / u128::from(t)) as u64,
+    };
+    row.add_lines(stored, max_seq, new_bytes);
 }
 
 /// Steps 3 (CO_RESULT), 4 (exit, which decides the verdict) and 5 (logs unavailable) on

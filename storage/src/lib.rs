@@ -12,7 +12,7 @@
 //!
 //! # Layout
 //! - [`store`]: the traits, one per concern ([`JobStore`], [`WebhookStore`],
-//!   [`DocumentStore`]) and [`Storage`], which is all of them.
+//!   [`DocumentStore`], [`RetentionStore`]) and [`Storage`], which is all of them.
 //! - [`error`]: [`Error`] with an [`ErrorKind`] that says whether to retry.
 //! - [`model`]: jobs, lines, outputs and the events a write announces; the job id rule and
 //!   the verdict rule. It depends on no other module of the crate.
@@ -20,15 +20,18 @@
 //!   same transaction as the transitions they announce), claimed with a lease.
 //! - [`documents`]: versioned JSON documents by `(namespace, id)`, written with
 //!   compare-and-set (logarithmd keeps the flow engine's state there).
+//! - [`retention`]: the rules, which jobs they expire, and the sweep that deletes each
+//!   with what it owns in bounded transactions (through [`RetentionStore`]).
 //! - [`webhook_events`]: events that are not job transitions (`flow.finished`), announced
 //!   into the same outbox, idempotently.
 //! - [`log_text`]: a page of a job's records read straight into raw text (downloads).
 //! - `job_row`: the in-memory `jobs` row and the rule steps of a job write.
 //! - `sql`: the SQL text, bind values and row decoders both backends share, by concern
-//!   (`jobs`, `webhooks`, `outbox`, `documents`), and the row-access trait each driver
-//!   implements.
+//!   (`jobs`, `webhooks`, `outbox`, `documents`, `retention`), and the row-access trait
+//!   each driver implements.
 //! - `sqlite/` and `mysql/`: the backends, a file per concern (`jobs`, `webhooks`,
-//!   `documents`), plus `schema` (migrations) and `mod.rs` (connections, error kinds).
+//!   `documents`, `retention`), plus `schema` (migrations) and `mod.rs` (connections,
+//!   error kinds).
 //! - [`open`]: picks the backend from a URL (`mysql://…` or `sqlite://…`).
 
 pub mod documents;
@@ -37,6 +40,7 @@ mod job_row;
 pub mod log_text;
 pub mod model;
 mod mysql;
+pub mod retention;
 mod sql;
 mod sqlite;
 pub mod store;
@@ -49,7 +53,8 @@ pub use documents::{Document, DocumentPut, DocumentQuery, Expected};
 pub use error::{Error, ErrorKind, Result};
 pub use log_text::{TextPage, TextQuery};
 pub use model::*;
-pub use store::{DocumentStore, JobStore, Storage, WebhookStore};
+pub use retention::{Deleted, RetentionRules, SweepReport};
+pub use store::{DocumentStore, JobStore, RetentionStore, Storage, WebhookStore};
 pub use webhook_events::EventWrite;
 pub use webhooks::{
     Attempt, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery,

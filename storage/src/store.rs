@@ -4,9 +4,10 @@
 //! - [`JobStore`]: jobs, their lines and outputs (`apply` and the reads);
 //! - [`WebhookStore`]: subscriptions, the delivery outbox, claims and attempts;
 //! - [`DocumentStore`]: versioned JSON documents;
+//! - [`RetentionStore`]: finding expired jobs and deleting them in bounded transactions;
 //! - [`Storage`]: all of them, plus what concerns the database as a whole.
 //!
-//! A new concern (retention's deletes, for one) gets its own trait here, a file per
+//! A new concern gets its own trait here, a file per
 //! backend, and a place in [`Storage`]'s list of supertraits.
 //!
 //! Every method is one round of work against the database; none of them retries (callers
@@ -17,6 +18,7 @@ use crate::documents::{Document, DocumentPut, DocumentQuery};
 use crate::error::Result;
 use crate::log_text::{TextPage, TextQuery};
 use crate::model::{ApplyOutcome, Job, JobId, JobQuery, LineQuery, StoredLine, WriteBatch};
+use crate::retention::{DeleteStep, FinishedQuery, JobRef, StepOutcome, StoredTotals};
 use crate::webhook_events::EventWrite;
 use crate::webhooks::{
     AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryHistory, DeliveryId,
@@ -111,9 +113,45 @@ pub trait DocumentStore: Send + Sync {
     async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>>;
 }
 
+/// Retention's reads and deletes; [`crate::retention::sweep`] drives them.
+#[async_trait::async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Finished jobs (with a verdict) matching the query, oldest first by
+    /// `(finished_at, id)`.
+    async fn finished_jobs(&self, query: &FinishedQuery) -> Result<Vec<JobRef>>;
+
+    /// Jobs, lines and line bytes stored, from the jobs' counters.
+    async fn stored_totals(&self) -> Result<StoredTotals>;
+
+    /// One transaction of deleting a job: locks its row, checks that it finished by
+    /// [`DeleteStep::finished_by`] (else does nothing and reports `finished`), deletes up
+    /// to [`DeleteStep::max_rows`] of its lines, webhook deliveries with their attempts,
+    /// outputs and labels, and, once none is left, the job's row with its documents (and
+    /// its run's, if no job of the run is left and the run is not active).
+    async fn delete_job_step(&self, step: &DeleteStep) -> Result<StepOutcome>;
+
+    /// Deletes webhook deliveries of announced events (job id 0, such as `flow.finished`)
+    /// created before `created_before`, with their attempts, at most `limit` rows in one
+    /// transaction; returns `(deliveries, attempts)` deleted.
+    async fn delete_old_event_deliveries(
+        &self,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<(u64, u64)>;
+
+    /// Deletes up to `limit` inactive documents of `namespace` created before
+    /// `created_before` whose id is no job's run, in one transaction; returns how many.
+    async fn delete_orphan_documents(
+        &self,
+        namespace: &str,
+        created_before: i64,
+        limit: u32,
+    ) -> Result<u64>;
+}
+
 /// Storage as logarithmd uses it: every concern of one database.
 #[async_trait::async_trait]
-pub trait Storage: JobStore + WebhookStore + DocumentStore + 'static {
+pub trait Storage: JobStore + WebhookStore + DocumentStore + RetentionStore + 'static {
     /// Checks that the database answers (for readiness).
     async fn ping(&self) -> Result<()>;
 

@@ -190,7 +190,22 @@ conformance!(
     non_job_events_are_delivered_once_per_subscription,
     concurrent_first_writes_of_new_jobs_all_commit,
     raw_text_pages_join_continuations,
+    retention_age_expires_finished_jobs_and_all_they_own,
+    retention_per_flow_rules,
+    retention_caps_delete_oldest_finished_first,
+    retention_bounded_transactions_and_interrupted_sweep,
+    retention_run_documents_go_with_the_last_job,
+    retention_migration_upgrades_an_existing_database,
+    retention_million_lines_over_simulated_days,
+    retention_concurrent_sweeps_delete_each_row_once,
 );
+
+#[path = "conformance_cases/retention.rs"]
+mod retention_cases;
+#[path = "conformance_cases/text.rs"]
+mod text_cases;
+#[path = "conformance_cases/retention_days.rs"]
+mod retention_days;
 
 // ---------------------------------------------------------------------------------------
 // Builders and readers.
@@ -311,6 +326,15 @@ mod cases {
         non_job_events_are_delivered_once_per_subscription,
     };
     pub use super::text_cases::raw_text_pages_join_continuations;
+    pub use super::retention_cases::{
+        retention_age_expires_finished_jobs_and_all_they_own,
+        retention_bounded_transactions_and_interrupted_sweep,
+        retention_caps_delete_oldest_finished_first,
+        retention_concurrent_sweeps_delete_each_row_once,
+        retention_migration_upgrades_an_existing_database, retention_per_flow_rules,
+        retention_run_documents_go_with_the_last_job,
+    };
+    pub use super::retention_days::retention_million_lines_over_simulated_days;
     pub use super::webhook_cases::{
         webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
         webhook_deliveries_commit_with_transitions, webhook_gone_disables_and_upsert_reenables,
@@ -1112,10 +1136,11 @@ mod cases {
         let (a, b) = tokio::join!(open(&t.config), open(&t.config));
         let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
         let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
-        // Version 1 (jobs, lines), 2 (webhooks) and 3 (documents), each applied once.
+        // Version 1 (jobs, lines), 2 (webhooks), 3 (documents) and 4 (retention), each
+        // applied once.
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            3
+            4
         );
 
         let c = cid("mig");
@@ -1131,7 +1156,7 @@ mod cases {
         let again = t.open().await;
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            3
+            4
         );
         assert_eq!(job(&*again, id).await.line_count, 3);
         assert_eq!(seqs(&lines(&*again, id, 0, 10, None).await), vec![1, 2, 3]);
@@ -2173,5 +2198,3 @@ mod document_cases {
     }
 }
 
-#[path = "conformance/text_cases.rs"]
-mod text_cases;

@@ -211,7 +211,7 @@ const CONFLICT_RETRIES: usize = 5;
 
 /// Deadlock (MySQL/MariaDB 1213) or a TiDB write conflict / retryable transaction (9007,
 /// 8022, 8028): the transaction was rolled back as a whole.
-fn is_write_conflict(e: &Error) -> bool {
+pub(super) fn is_write_conflict(e: &Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<mysql_async::Error>())
         .is_some_and(|m| matches!(m, mysql_async::Error::Server(s) if matches!(s.code, 1213 | 9007 | 8022 | 8028)))

@@ -12,9 +12,11 @@
 //! - `jobs`: [`crate::JobStore`]: `apply` (with its conflict reruns) and the reads.
 //! - `webhooks`: [`crate::WebhookStore`]: subscriptions, outbox, claims, attempts, events.
 //! - `documents`: [`crate::DocumentStore`].
+//! - `retention`: [`crate::RetentionStore`]: expired jobs, bounded delete steps.
 
 mod documents;
 mod jobs;
+mod retention;
 mod schema;
 mod webhooks;
 

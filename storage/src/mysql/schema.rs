@@ -85,6 +85,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "documents",
         statements: MIGRATION_3,
     },
+    Migration {
+        version: 4,
+        name: "retention",
+        statements: MIGRATION_4,
+    },
 ];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -164,6 +169,24 @@ const MIGRATION_3: &[&str] = &["CREATE TABLE IF NOT EXISTS documents (
         KEY idx_documents_created (namespace, created_at, id)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"];
 
+/// Schema version 4: retention (see `docs/storage.md`). Each job's stored line bytes (what
+/// `max_bytes` sums; jobs stored before this version count 0), and the indexes that find
+/// expired jobs (by `finished_at`, per flow), a run's remaining jobs, and a job's (or, job
+/// id 0, an announced event's) webhook deliveries by age without a scan. MySQL 8 has no `IF NOT EXISTS` for these, so a statement run
+/// again after an interrupted migration fails with "duplicate column/key name", which
+/// [`migrate_locked`] takes as done (TiDB and MariaDB answer the same codes).
+const MIGRATION_4: &[&str] = &[
+    "ALTER TABLE jobs ADD COLUMN line_bytes BIGINT NOT NULL DEFAULT 0",
+    "CREATE INDEX idx_jobs_finished ON jobs (finished_at, id)",
+    "CREATE INDEX idx_jobs_flow_finished ON jobs (flow, finished_at)",
+    "CREATE INDEX idx_jobs_run ON jobs (run)",
+    "CREATE INDEX idx_webhook_deliveries_job ON webhook_deliveries (job_id, created_at)",
+];
+
+/// Server errors meaning a DDL statement's work is there already: duplicate column name,
+/// duplicate key name.
+const ALREADY_DONE: [u16; 2] = [1060, 1061];
+
 impl MysqlStorage {
     /// Applies pending migrations holding the advisory lock on one connection (the lock
     /// belongs to the connection), so two processes opening at once apply them once.
@@ -211,7 +234,12 @@ async fn migrate_locked(conn: &mut Conn) -> Result<()> {
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
         for statement in m.statements {
-            conn.query_drop(*statement).await?;
+            match conn.query_drop(*statement).await {
+                Err(mysql_async::Error::Server(e)) if ALREADY_DONE.contains(&e.code) => {
+                    tracing::info!(code = e.code, statement, "migration step was done already");
+                }
+                other => other?,
+            }
         }
         conn.exec_drop(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",

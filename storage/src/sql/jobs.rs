@@ -23,21 +23,23 @@ pub(crate) const LINE_CHUNK_BYTES: usize = 4 << 20;
 /// Columns of `jobs` in the order [`RawJob`] is read.
 pub(crate) const JOB_SELECT_COLUMNS: &str = "id, container_id, name, image, node, labels_json, \
      status, reason, exit_code, co_result, co_result_seq, created_at, started_at, finished_at, \
-     updated_at, restart_count, tty, log_driver, logs_unavailable, placeholder, last_seq, line_count";
+     updated_at, restart_count, tty, log_driver, logs_unavailable, placeholder, last_seq, line_count, \
+     line_bytes";
 
 /// Inserts a whole row; parameters from [`JobRow::insert_params`].
 pub(crate) const JOB_INSERT: &str = "INSERT INTO jobs (id, container_id, name, image, node, \
      flow, run, stage, action, job_name, labels_json, status, reason, exit_code, co_result, \
      co_result_seq, created_at, started_at, finished_at, updated_at, restart_count, tty, \
-     log_driver, logs_unavailable, placeholder, last_seq, line_count) VALUES \
-     (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     log_driver, logs_unavailable, placeholder, last_seq, line_count, line_bytes) VALUES \
+     (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Rewrites every mutable column; parameters from [`JobRow::update_params`].
 pub(crate) const JOB_UPDATE: &str = "UPDATE jobs SET name = ?, image = ?, node = ?, flow = ?, \
      run = ?, stage = ?, action = ?, job_name = ?, labels_json = ?, status = ?, reason = ?, \
      exit_code = ?, co_result = ?, co_result_seq = ?, created_at = ?, started_at = ?, \
      finished_at = ?, updated_at = ?, restart_count = ?, tty = ?, log_driver = ?, \
-     logs_unavailable = ?, placeholder = ?, last_seq = ?, line_count = ? WHERE id = ?";
+     logs_unavailable = ?, placeholder = ?, last_seq = ?, line_count = ?, line_bytes = ? \
+     WHERE id = ?";
 
 /// A seq as the database stores it (BIGINT).
 pub(crate) fn seq_to_db(seq: u64) -> Result<i64> {
@@ -123,6 +125,7 @@ pub(crate) struct RawJob {
     pub placeholder: i64,
     pub last_seq: i64,
     pub line_count: i64,
+    pub line_bytes: i64,
 }
 
 /// Reads a `jobs` row selected with [`JOB_SELECT_COLUMNS`].
@@ -150,6 +153,7 @@ pub(crate) fn read_job(r: &mut impl RowAccess) -> Result<JobRow> {
         placeholder: r.column(19)?,
         last_seq: r.column(20)?,
         line_count: r.column(21)?,
+        line_bytes: r.column(22)?,
     })
 }
 
@@ -187,6 +191,8 @@ impl TryFrom<RawJob> for JobRow {
             last_seq: u64::try_from(raw.last_seq).map_err(|_| bad("last_seq", &raw.last_seq))?,
             line_count: u64::try_from(raw.line_count)
                 .map_err(|_| bad("line_count", &raw.line_count))?,
+            line_bytes: u64::try_from(raw.line_bytes)
+                .map_err(|_| bad("line_bytes", &raw.line_bytes))?,
         })
     }
 }

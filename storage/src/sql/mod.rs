@@ -9,10 +9,12 @@
 //!   outbox rules, row decoding.
 //! - [`outbox`]: which delivery rows an event gets (job events and announced events).
 //! - [`documents`]: the document table's statements and row decoding.
+//! - [`retention`]: finding expired jobs and deleting them by primary-key range.
 
 pub(crate) mod documents;
 pub(crate) mod jobs;
 pub(crate) mod outbox;
+pub(crate) mod retention;
 pub(crate) mod webhooks;
 
 use crate::error::{Error, ErrorKind, Result};

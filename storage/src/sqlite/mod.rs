@@ -13,9 +13,11 @@
 //! - `jobs`: [`crate::JobStore`]: `apply` and the job and line reads.
 //! - `webhooks`: [`crate::WebhookStore`]: subscriptions, outbox, claims, attempts, events.
 //! - `documents`: [`crate::DocumentStore`].
+//! - `retention`: [`crate::RetentionStore`]: expired jobs, bounded delete steps.
 
 mod documents;
 mod jobs;
+mod retention;
 mod schema;
 mod webhooks;
 

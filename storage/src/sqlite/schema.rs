@@ -77,6 +77,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
     version: 3,
     name: "documents",
     statements: MIGRATION_3,
+}, Migration {
+    version: 4,
+    name: "retention",
+    statements: MIGRATION_4,
 }];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -153,6 +157,18 @@ const MIGRATION_3: &[&str] = &[
     ) STRICT, WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS idx_documents_active ON documents (namespace, active)",
     "CREATE INDEX IF NOT EXISTS idx_documents_created ON documents (namespace, created_at, id)",
+];
+
+/// Schema version 4: retention (see `docs/storage.md`). Each job's stored line bytes (what
+/// `max_bytes` sums; jobs stored before this version count 0), and the indexes that find
+/// expired jobs (by `finished_at`, per flow), a run's remaining jobs, and a job's (or, job
+/// id 0, an announced event's) webhook deliveries by age without a scan. SQLite runs DDL in the migration's transaction.
+const MIGRATION_4: &[&str] = &[
+    "ALTER TABLE jobs ADD COLUMN line_bytes INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS idx_jobs_finished ON jobs (finished_at, id)",
+    "CREATE INDEX IF NOT EXISTS idx_jobs_flow_finished ON jobs (flow, finished_at)",
+    "CREATE INDEX IF NOT EXISTS idx_jobs_run ON jobs (run)",
+    "CREATE INDEX IF NOT EXISTS idx_webhook_deliveries_job ON webhook_deliveries (job_id, created_at)",
 ];
 
 /// Applies pending migrations under `BEGIN IMMEDIATE`, which takes SQLite's write lock
