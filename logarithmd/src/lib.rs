@@ -148,6 +148,7 @@ pub async fn serve_reloadable(
             webhooks: webhooks_config.clone(),
             notify: state.commit_notifier(),
             masker: state.masker.clone(),
+            secrets: state.flow_secrets.clone(),
             metrics: state.metrics.clone(),
         },
         shutdown.clone(),
