@@ -86,11 +86,14 @@ impl AppState {
             crate::flows::secrets::FlowSecrets::read(&config.engine.secrets)
                 .expect("secrets are checked by Config::validate before the state is built"),
         );
-        let run_masks = Arc::new(crate::masking::run_masks::RunMasks::new(
-            masker.clone(),
-            flow_secrets.clone(),
-            storage.clone(),
-        ));
+        let run_masks = Arc::new(
+            crate::masking::run_masks::RunMasks::new(
+                masker.clone(),
+                flow_secrets.clone(),
+                storage.clone(),
+            )
+            .expect("secrets are checked by Config::validate before the state is built"),
+        );
         let gate = IngestGate::new(
             config.ingest_concurrency,
             config.ingest_queue,

@@ -96,6 +96,11 @@ impl FlowSecrets {
         self.0.get(name).map(String::as_str)
     }
 
+    /// Every value.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.0.values().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

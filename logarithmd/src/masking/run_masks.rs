@@ -8,7 +8,9 @@
 //! (`[engine.secrets]`), the same that went into the container. What each container gets
 //! is kept in a bounded cache, so the lookups happen once per container (and again after a
 //! restart). A failed lookup refuses the batch (the agent retries it): nothing is stored
-//! unmasked.
+//! unmasked. A container whose metadata has not been seen yet (a batch overtaking the one
+//! that carries it) gets every flow secret masked, base64 forms included, and is looked up
+//! again with its next batch.
 
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +37,8 @@ pub struct JobMasks {
 /// Finds each job's masks.
 pub struct RunMasks {
     global: Arc<Masker>,
+    /// The global masks and every flow secret: for containers not known yet.
+    everything: Arc<Masker>,
     secrets: Arc<FlowSecrets>,
     storage: Arc<dyn Storage>,
     runs: DocumentRunStore,
@@ -43,19 +47,29 @@ pub struct RunMasks {
 }
 
 impl RunMasks {
+    /// Fails only for a secret too short to be masked (which the configuration's
+    /// validation refuses first).
     pub fn new(
         global: Arc<Masker>,
         secrets: Arc<FlowSecrets>,
         storage: Arc<dyn Storage>,
-    ) -> RunMasks {
-        RunMasks {
+    ) -> Result<RunMasks, String> {
+        let all: Vec<Value> = secrets
+            .values()
+            .map(|v| Value {
+                text: v.to_owned(),
+                base64: true,
+            })
+            .collect();
+        Ok(RunMasks {
+            everything: Arc::new(global.with_values(&all)?),
             global,
             secrets,
             runs: DocumentRunStore::new(storage.clone()),
             storage,
             cache: Mutex::new(Bounded::new(CACHE_MAX)),
             open: OpenLines::default(),
-        }
+        })
     }
 
     /// The masks of each job of `batch`, in its order.
@@ -101,9 +115,13 @@ impl RunMasks {
                         action,
                         job,
                     }),
-                    _ => None,
+                    // Metadata stored: not a flow job.
+                    _ if !j.image.is_empty() || !j.labels.is_empty() => None,
+                    // A row made from lines before the metadata arrived.
+                    _ => return Ok(self.everything.clone()),
                 },
-                None => None,
+                // Not seen yet: the metadata is in a batch still on its way.
+                None => return Ok(self.everything.clone()),
             },
         };
         let masker = match identity {
