@@ -7,7 +7,7 @@
 //! lines (Docker splits them at 16 KiB; the agent's `max_line_bytes` keeps that cut and its
 //! one-record batches put the two pieces in different batches). Then the database (the
 //! SQLite files with their WAL, or every row of every MariaDB table), every API answer and
-//! every webhook payload received are searched for the value, its base64 forms and its two
+//! every webhook payload received (and the Loki API's answer) are searched for the value, its base64 forms and its two
 //! pieces: none is found, and the lines show `***`. One run of one job per backend, about
 //! 10 s each.
 
@@ -355,6 +355,15 @@ async fn a_flow_secret_is_never_stored_or_shown(db: Db) -> Result<()> {
     ] {
         answers.push((path.clone(), get(&d, &path, accept).await?));
     }
+    // The Loki API, by the run's label (`{run="…"}`), over the last hour.
+    let loki = format!("/loki/api/v1/query_range?limit=1000&query=%7Brun%3D%22{run_id}%22%7D");
+    let body = get(&d, &loki, "application/json").await?;
+    ensure!(
+        String::from_utf8_lossy(&body).contains("word: pre***post"),
+        "the Loki query found no line: {}",
+        String::from_utf8_lossy(&body)
+    );
+    answers.push((loki, body));
     for (i, b) in rx.bodies().into_iter().enumerate() {
         answers.push((format!("webhook payload {i}"), b));
     }
