@@ -7,7 +7,7 @@
 //! the secrets are those the job was started with; their values are logarithmd's own
 //! (`[engine.secrets]`), the same that went into the container. What each container gets
 //! is kept in a bounded cache, so the lookups happen once per container (and again after a
-//! restart). A failed lookup refuses the batch (the agent retries it): nothing is stored
+//! restart); jobs with the same secrets share one compiled masker. A failed lookup refuses the batch (the agent retries it): nothing is stored
 //! unmasked. A container whose metadata has not been seen yet (a batch overtaking the one
 //! that carries it) gets every flow secret masked, base64 forms included, and is looked up
 //! again with its next batch.
@@ -25,6 +25,11 @@ use crate::flows::store::DocumentRunStore;
 
 /// Containers whose masks are cached (per generation).
 const CACHE_MAX: usize = 4_096;
+/// Sets of secrets whose compiled masks are kept (per generation): containers share them.
+const SETS_MAX: usize = 256;
+
+/// A job's secrets: names, each with whether its base64 forms are masked, sorted.
+type SecretSet = Vec<(String, bool)>;
 
 /// What masks one job's part of a batch.
 #[derive(Debug, Clone)]
@@ -43,6 +48,8 @@ pub struct RunMasks {
     storage: Arc<dyn Storage>,
     runs: DocumentRunStore,
     cache: Mutex<Bounded<String, Arc<Masker>>>,
+    /// The compiled masks of each set of secrets (by name, with `base64`).
+    sets: Mutex<Bounded<SecretSet, Arc<Masker>>>,
     open: OpenLines,
 }
 
@@ -68,6 +75,7 @@ impl RunMasks {
             runs: DocumentRunStore::new(storage.clone()),
             storage,
             cache: Mutex::new(Bounded::new(CACHE_MAX)),
+            sets: Mutex::new(Bounded::new(SETS_MAX)),
             open: OpenLines::default(),
         })
     }
@@ -162,25 +170,40 @@ impl RunMasks {
         let Some(key) = run.key_of(&id.stage, &id.action, &id.job) else {
             return Ok(self.global.clone());
         };
-        let values: Vec<Value> = run
+        // Which secrets (by name), so jobs with the same ones share one compiled masker.
+        let mut set: SecretSet = run
             .flow
             .job_secrets(key.stage, key.action, key.job)
+            .into_iter()
+            .filter(|r| self.secrets.get(&r.from_secret).is_some())
+            .map(|r| (r.from_secret, r.base64))
+            .collect();
+        if set.is_empty() {
+            return Ok(self.global.clone());
+        }
+        set.sort();
+        set.dedup();
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = sets.get(&set) {
+            return Ok(m);
+        }
+        let values: Vec<Value> = set
             .iter()
-            .filter_map(|r| {
-                self.secrets.get(&r.from_secret).map(|text| Value {
+            .filter_map(|(name, base64)| {
+                self.secrets.get(name).map(|text| Value {
                     text: text.to_owned(),
-                    base64: r.base64,
+                    base64: *base64,
                 })
             })
             .collect();
-        if values.is_empty() {
-            return Ok(self.global.clone());
-        }
         // The values were checked when the configuration was read (length).
-        self.global
+        let masker = self
+            .global
             .with_values(&values)
             .map(Arc::new)
-            .map_err(|e| storage::Error::new(storage::ErrorKind::Internal, e))
+            .map_err(|e| storage::Error::new(storage::ErrorKind::Internal, e))?;
+        sets.insert(set, masker.clone());
+        Ok(masker)
     }
 }
 
