@@ -19,12 +19,14 @@ use crate::error::Error;
 mod checks;
 pub mod labels;
 pub mod script;
+pub mod secrets;
 mod service;
 pub mod trigger;
 mod values;
 
 pub use labels::Labels;
 pub use script::Script;
+pub use secrets::SecretRef;
 pub use trigger::{Trigger, TriggerKind};
 pub use values::{parse_memory, Cpu, Memory, Scalar, Timeout};
 
@@ -56,6 +58,10 @@ pub struct Flow {
     /// Labels of every job's container, below the stage's and the job's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+    /// Variables every job gets from the embedder's secrets (names only; see
+    /// [`secrets`]), below the job's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
     /// What starts runs besides the API: `cron` schedules and `webhook`s.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
@@ -161,6 +167,10 @@ pub struct Job {
     /// `ENV_NAME`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<BTreeMap<String, String>>,
+    /// Variables the job gets from the embedder's secrets, above the flow's (see
+    /// [`secrets`]); masked in its logs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
     /// `false`: the job is skipped (`skipped`); the action goes on with the next job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
@@ -297,6 +307,7 @@ impl Flow {
         errors.extend(flow.check(source));
         errors.extend(flow.check_job_model(source));
         errors.extend(flow.check_services(source));
+        errors.extend(flow.check_secrets(source));
         if errors.is_empty() {
             Ok(flow)
         } else {

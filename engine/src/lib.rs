@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`flow`]: the flow file (YAML) as serde types, and its checks (errors name the line
 //!   and the field); `flow/labels.rs`, `flow/script.rs` and `flow/checks.rs` hold the
-//!   labels and scripts of jobs, `flow/service.rs` the checks of service jobs.
+//!   labels and scripts of jobs, `flow/service.rs` the checks of service jobs,
+//!   `flow/secrets.rs` the `secrets:` lists (names only; the embedder has the values).
 //! - [`run`]: the pure run state machine: state + event → new state + commands.
 //! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (kube, a Pod per
 //!   job; only with the `kubernetes` feature, on by default). Service jobs (`type:

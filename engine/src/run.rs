@@ -554,6 +554,7 @@ impl Run {
             timeout: flow_job.timeout.map(|t| t.0),
             subscribed,
             secret: flow_job.secret.clone(),
+            secrets: self.flow.job_secrets(key.stage, key.action, key.job),
         })
     }
 }

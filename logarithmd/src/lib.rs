@@ -8,7 +8,9 @@
 //!   route uses to require a scope.
 //! - [`config`]: the configuration file's schema and defaults.
 //! - [`cout`]: the `[COUT]` line parser.
-//! - [`masking`]: global secret masks (`***`) applied at ingest, before storage.
+//! - [`masking`]: secret masks (`***`) applied at ingest, before storage: global ones, a
+//!   flow job's own secrets (`masking/run_masks.rs`), values cut between batches
+//!   (`masking/edges.rs`).
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit), `query` (jobs and logs), `line_reader` (stored logs as whole lines), `loki`
@@ -153,6 +155,7 @@ pub async fn serve_reloadable(
             webhooks: webhooks_config.clone(),
             notify: state.commit_notifier(),
             masker: state.masker.clone(),
+            secrets: state.flow_secrets.clone(),
             metrics: state.metrics.clone(),
         },
         shutdown.clone(),

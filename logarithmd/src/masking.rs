@@ -1,12 +1,18 @@
-//! Global secret masks, applied at ingest before anything is stored: every match is
-//! replaced by `***` in the lines of every job, in `[COUT]` outputs and in `CO_RESULT`.
-//! Values come from `[masking]`: literals, names of logarithmd's environment variables, a
-//! secrets file (one value per line), and regexes; with `base64` (the default) each value's
-//! base64 encoding (standard and URL-safe, padded or not) is masked too.
+//! Secret masks, applied at ingest before anything is stored: every match is replaced by
+//! `***` in the lines of a job, in its `[COUT]` outputs and in its `CO_RESULT`.
+//!
+//! - Global masks come from `[masking]`: literals, names of logarithmd's environment
+//!   variables, a secrets file (one value per line), and regexes; with `base64` (the
+//!   default) each value's base64 encoding (standard and URL-safe, padded or not) is masked
+//!   too. They apply to every job.
+//! - A flow job's `secrets:` add that job's values ([`run_masks`]: from the container's
+//!   `io.containerops.*` labels to the run, its flow and logarithmd's `[engine.secrets]`).
 //!
 //! A line that the agent split into continuation records (Docker's 16 KiB split, or
 //! `max_line_bytes`) is masked whole when its records arrive in the same batch: the records
-//! are joined, masked, and cut again where they were cut.
+//! are joined, masked, and cut again where they were cut. When the cut falls between two
+//! batches ([`edges`]), the bytes on each side of it that could be a piece of a value are
+//! masked too (fail closed): the database never holds a piece of a value either.
 
 use std::path::PathBuf;
 
@@ -15,10 +21,14 @@ use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use storage::{JobWrite, NewLine, WriteBatch};
 
+mod bounded;
+pub mod edges;
+pub mod run_masks;
+
 /// What replaces a secret.
 pub const MASK: &[u8] = b"***";
 /// Shortest literal value accepted (shorter ones would mask ordinary text).
-const MIN_SECRET_LEN: usize = 4;
+pub const MIN_SECRET_LEN: usize = 4;
 
 /// `[masking]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,59 +56,95 @@ fn default_true() -> bool {
     true
 }
 
+/// One value to mask, and whether its base64 encodings are masked too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub text: String,
+    pub base64: bool,
+}
+
 /// The compiled masks; [`Masker::none`] masks nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     re: Option<Regex>,
+    /// The values and regexes it was built from (so a job's own values can be added).
+    values: Vec<Value>,
+    regexes: Vec<String>,
+    /// Every literal alternative (values and their encodings), for [`edges`].
+    literals: Vec<Vec<u8>>,
 }
 
 impl Masker {
     pub fn none() -> Masker {
-        Masker { re: None }
+        Masker::default()
     }
 
     /// Reads the values (environment, file) and compiles one regex for all of them.
     pub fn from_config(c: &MaskingConfig) -> Result<Masker, String> {
-        let mut values: Vec<String> = c.literals.clone();
+        let mut texts: Vec<String> = c.literals.clone();
         for name in &c.env {
             match std::env::var(name) {
-                Ok(v) => values.push(v),
+                Ok(v) => texts.push(v),
                 Err(_) => return Err(format!("masking.env: {name} is not set")),
             }
         }
         if let Some(path) = &c.file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("masking.file {}: {e}", path.display()))?;
-            values.extend(
+            texts.extend(
                 text.lines()
                     .map(|l| l.trim_end_matches('\r'))
                     .filter(|l| !l.trim().is_empty())
                     .map(str::to_owned),
             );
         }
-        if let Some(short) = values.iter().find(|v| v.len() < MIN_SECRET_LEN) {
+        let values: Vec<Value> = texts
+            .into_iter()
+            .map(|text| Value {
+                text,
+                base64: c.base64,
+            })
+            .collect();
+        Masker::build(values, c.regexes.clone())
+    }
+
+    /// These masks and `extra` values (a flow job's secrets).
+    pub fn with_values(&self, extra: &[Value]) -> Result<Masker, String> {
+        if extra.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut values = self.values.clone();
+        values.extend(extra.iter().cloned());
+        Masker::build(values, self.regexes.clone())
+    }
+
+    fn build(values: Vec<Value>, regexes: Vec<String>) -> Result<Masker, String> {
+        if let Some(short) = values.iter().find(|v| v.text.len() < MIN_SECRET_LEN) {
             return Err(format!(
                 "a masked value is shorter than {MIN_SECRET_LEN} characters ({} characters)",
-                short.len()
+                short.text.len()
             ));
         }
-        let mut alternatives: Vec<String> = Vec::new();
+        let mut literals: Vec<String> = Vec::new();
         for v in &values {
-            alternatives.push(regex::escape(v));
-            if c.base64 {
+            literals.push(v.text.clone());
+            if v.base64 {
                 for engine in [
                     &base64::engine::general_purpose::STANDARD,
                     &base64::engine::general_purpose::URL_SAFE,
                 ] {
-                    let enc = engine.encode(v.as_bytes());
-                    // Unpadded first is covered by the padded form's prefix; mask the
-                    // padding with it when present.
-                    alternatives.push(regex::escape(&enc));
-                    alternatives.push(regex::escape(enc.trim_end_matches('=')));
+                    let enc = engine.encode(v.text.as_bytes());
+                    // The padded form is listed before the unpadded one (longest first
+                    // below), so padding present is masked with the value.
+                    literals.push(enc.trim_end_matches('=').to_owned());
+                    literals.push(enc);
                 }
             }
         }
-        for r in &c.regexes {
+        literals.sort_by_key(|a| std::cmp::Reverse(a.len()));
+        literals.dedup();
+        let mut alternatives: Vec<String> = literals.iter().map(|l| regex::escape(l)).collect();
+        for r in &regexes {
             RegexBuilder::new(r)
                 .size_limit(1 << 20)
                 .build()
@@ -108,14 +154,22 @@ impl Masker {
         if alternatives.is_empty() {
             return Ok(Masker::none());
         }
-        // Longest first, so a value that contains another is masked whole.
-        alternatives.sort_by_key(|a| std::cmp::Reverse(a.len()));
-        alternatives.dedup();
+        // Literals longest first, so a value that contains another is masked whole.
         let re = RegexBuilder::new(&alternatives.join("|"))
             .size_limit(16 << 20)
             .build()
             .map_err(|e| format!("masking: {e}"))?;
-        Ok(Masker { re: Some(re) })
+        Ok(Masker {
+            re: Some(re),
+            values,
+            regexes,
+            literals: literals.into_iter().map(String::into_bytes).collect(),
+        })
+    }
+
+    /// Length of the longest literal alternative (0 without literals).
+    pub fn longest_literal(&self) -> usize {
+        self.literals.first().map_or(0, Vec::len)
     }
 
     /// Whether any mask is configured.
@@ -137,17 +191,23 @@ impl Masker {
         }
     }
 
-    /// Masks a whole batch in place, before it is stored.
+    /// Masks a whole batch in place with these masks, as if no line of it continued a
+    /// line of an earlier batch (service jobs' records, which are written whole).
     pub fn mask_batch(&self, batch: &mut WriteBatch) {
         if !self.is_active() {
             return;
         }
         for job in &mut batch.jobs {
-            self.mask_job(job);
+            self.mask_job(job, false);
         }
     }
 
-    fn mask_job(&self, job: &mut JobWrite) {
+    /// Masks one job's part of a batch. `continues`: its first record continues a line
+    /// whose earlier records came in an earlier batch (see [`edges`]).
+    pub fn mask_job(&self, job: &mut JobWrite, continues: bool) {
+        if !self.is_active() {
+            return;
+        }
         for o in &mut job.outputs {
             self.mask_string(&mut o.value);
         }
@@ -162,17 +222,26 @@ impl Masker {
             while end + 1 < job.lines.len() && job.lines[end].cont {
                 end += 1;
             }
-            self.mask_line(&mut job.lines[start..=end]);
+            let head = start == 0 && continues;
+            let tail = end + 1 == job.lines.len() && job.lines[end].cont;
+            self.mask_line(&mut job.lines[start..=end], head, tail);
             start = end + 1;
         }
     }
 
     /// Masks one line that may span several records, keeping its records and their cuts
-    /// (a shorter masked line leaves the last records shorter or empty).
-    fn mask_line(&self, records: &mut [NewLine]) {
+    /// (a shorter masked line leaves the last records shorter or empty). `head`/`tail`: the
+    /// line began in an earlier batch / goes on in a later one.
+    fn mask_line(&self, records: &mut [NewLine], head: bool, tail: bool) {
         if let [one] = records {
-            if let std::borrow::Cow::Owned(m) = self.mask_bytes(&one.line) {
-                one.line = m;
+            let masked = self.mask_bytes(&one.line);
+            match edges::mask_edges(&self.literals, &masked, head, tail) {
+                Some(m) => one.line = m,
+                None => {
+                    if let std::borrow::Cow::Owned(m) = masked {
+                        one.line = m;
+                    }
+                }
             }
             return;
         }
@@ -180,8 +249,13 @@ impl Masker {
             .iter()
             .flat_map(|r| r.line.iter().copied())
             .collect();
-        let std::borrow::Cow::Owned(masked) = self.mask_bytes(&joined) else {
-            return;
+        let masked = self.mask_bytes(&joined);
+        let masked = match edges::mask_edges(&self.literals, &masked, head, tail) {
+            Some(m) => m,
+            None => match masked {
+                std::borrow::Cow::Owned(m) => m,
+                std::borrow::Cow::Borrowed(_) => return,
+            },
         };
         let mut rest: &[u8] = &masked;
         let last = records.len() - 1;
@@ -245,7 +319,7 @@ mod tests {
             rec(4, false, "ret bbbb"),
             rec(5, false, "after hunter2-secret"),
         ];
-        m.mask_job(&mut job);
+        m.mask_job(&mut job, false);
         let texts: Vec<&[u8]> = job.lines.iter().map(|l| l.line.as_slice()).collect();
         // The first record takes what fits its old length; the others keep their place.
         assert_eq!(
@@ -267,6 +341,22 @@ mod tests {
             job.lines.iter().map(|l| l.seq).collect::<Vec<_>>(),
             [1, 2, 3, 4, 5]
         );
+    }
+
+    #[test]
+    fn a_value_cut_between_batches_is_masked_on_both_sides() {
+        let m = masker(&["hunter2-secret"], &[]);
+        let mut first = JobWrite::new("c", "n");
+        first.lines = vec![rec(1, false, "one"), rec(2, true, "aaaa hunter2-")];
+        m.mask_job(&mut first, false);
+        let mut second = JobWrite::new("c", "n");
+        second.lines = vec![rec(3, false, "secret bbbb"), rec(4, false, "secret")];
+        m.mask_job(&mut second, true);
+        let texts =
+            |j: &JobWrite| -> Vec<Vec<u8>> { j.lines.iter().map(|l| l.line.clone()).collect() };
+        assert_eq!(texts(&first), [b"one".to_vec(), b"aaaa ***".to_vec()]);
+        // Only the first record of the batch continues a line.
+        assert_eq!(texts(&second), [b"*** bbbb".to_vec(), b"secret".to_vec()]);
     }
 
     #[test]

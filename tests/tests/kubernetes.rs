@@ -35,6 +35,8 @@ use logarithm_tests::docker::parse_ts;
 use logarithm_tests::{tail, wait_until, Daemon, Db};
 use serde_json::{json, Value};
 
+/// The value of `[engine.secrets] registry`, which the `push` job gets.
+const REGISTRY_SECRET: &str = "k8s-registry-Hy5u-secret";
 const NS: &str = "logarithm-jobs";
 const ADMIN: &str = "kubernetes-admin-token";
 /// The image is never pulled (the mock's kubelet runs the command on the host).
@@ -75,7 +77,8 @@ impl Setup {
         let db = Db::sqlite()?;
         let config = format!(
             "{}[engine]\nrunner = \"kubernetes\"\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\n\
-             [engine.kubernetes]\nnamespace = \"{NS}\"\nservice_account = \"ci-jobs\"\n",
+             [engine.kubernetes]\nnamespace = \"{NS}\"\nservice_account = \"ci-jobs\"\n\
+             [engine.secrets]\nregistry = {{ value = \"{REGISTRY_SECRET}\" }}\n",
             logarithm_tests::token_toml("admin", ADMIN, &["admin"])
         );
         let path = kubeconfig_path.display().to_string();
@@ -296,7 +299,9 @@ stages:
           - type: component
             name: push
             endpoint: {IMAGE}
-            command: ["sh", "-c", "echo 'registry refused'; exit 3"]
+            secrets:
+              - {{env: REGISTRY_TOKEN, from_secret: registry}}
+            command: ["sh", "-c", "echo \"registry refused $REGISTRY_TOKEN\"; exit 3"]
   - type: end
     name: end
 "#
@@ -326,7 +331,8 @@ stages:
     }
     assert_eq!(version["outputs"], json!({"VERSION": "1.2.3"}), "{run}");
     assert_eq!(s.log_of(tag).await?, ["tagging 1.2.3 with from the flow"]);
-    assert_eq!(s.log_of(push).await?, ["registry refused"]);
+    // The secret reached the Pod's env, and its log shows the mask.
+    assert_eq!(s.log_of(push).await?, ["registry refused ***"]);
     // The parallel stage: both jobs ran at once (each started before the other ended; a
     // Pod's `finishedAt` has whole seconds, as the API server's times do).
     let at = |j: &Value, f: &str| parse_ts(j[f].as_str().unwrap_or_default());
@@ -371,6 +377,18 @@ stages:
         app_version.map(|v| &v["value"]),
         Some(&json!("1.2.3")),
         "{tag_pod}"
+    );
+    let push_pod = posted
+        .iter()
+        .find(|p| p["metadata"]["labels"]["io.containerops.job"] == "push")
+        .context("the push Pod")?;
+    let token = push_pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "REGISTRY_TOKEN"));
+    assert_eq!(
+        token.map(|v| &v["value"]),
+        Some(&json!(REGISTRY_SECRET)),
+        "{push_pod}"
     );
     for pod in &pods {
         let deletes = wait_until(Duration::from_secs(30), "the Pod's removal", || async {

@@ -59,6 +59,11 @@ pub struct JobSpec {
     /// Service jobs: the name of the secret that signs the request (`default` if unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Variables whose values come from the embedder's secrets (flow and job `secrets:`,
+    /// merged). The runners do not read them: the embedder's runner puts the values into
+    /// `env` just before the container starts, so they are never in a stored run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::flow::SecretRef>,
 }
 
 impl JobSpec {

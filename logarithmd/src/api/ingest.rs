@@ -104,18 +104,16 @@ async fn ingest_batch(
     // blocking pool so it never stalls the async workers serving other requests.
     let limit = state.config.max_decompressed_bytes;
     let headers_owned = headers.clone();
-    let masker = state.masker.clone();
     let (records, write) = tokio::task::spawn_blocking(move || -> ApiResult<(u64, WriteBatch)> {
         let json = decompress(&headers_owned, raw, limit)?;
         let batch = parse_batch(&json)?;
         let records = batch.segments.iter().map(|s| s.records.len() as u64).sum();
-        let mut write = to_write_batch(batch)?;
-        // Before storage: the database never holds a masked value.
-        masker.mask_batch(&mut write);
-        Ok((records, write))
+        Ok((records, to_write_batch(batch)?))
     })
     .await
     .map_err(|e| ApiError::internal("decoding an ingest batch panicked", &e))??;
+    // Before storage: the database never holds a masked value.
+    let write = mask(state, write).await?;
     let write_started = Instant::now();
     // A hung database must not hold a writer slot for long: past the deadline the agent
     // is told to retry (the resend is deduplicated even if this write still commits).
@@ -153,6 +151,25 @@ async fn ingest_batch(
         stored: outcome.stored,
         duplicates: outcome.duplicates,
     }))
+}
+
+/// Masks each job of the batch with its masks (global, and its flow's secrets), on the
+/// blocking pool. A failed lookup of a job's masks refuses the batch.
+async fn mask(state: &AppState, mut write: WriteBatch) -> ApiResult<WriteBatch> {
+    let masks = state.run_masks.for_batch(&write).await.map_err(|e| {
+        ApiError::storage("finding the secrets of an ingest batch's jobs failed", &e)
+    })?;
+    if !masks.iter().any(|m| m.masker.is_active()) {
+        return Ok(write);
+    }
+    tokio::task::spawn_blocking(move || {
+        for (job, m) in write.jobs.iter_mut().zip(&masks) {
+            m.masker.mask_job(job, m.continues);
+        }
+        write
+    })
+    .await
+    .map_err(|e| ApiError::internal("masking an ingest batch panicked", &e))
 }
 
 /// What a committed batch contained, for the metrics.

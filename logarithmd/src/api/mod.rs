@@ -59,6 +59,10 @@ pub struct AppState {
     pub follows: Arc<crate::auth::follows::FollowLimiter>,
     /// Secret masks applied to every batch before it is stored (see [`crate::masking`]).
     pub masker: Arc<crate::masking::Masker>,
+    /// The values of `[engine.secrets]` (flows' `secrets:`).
+    pub flow_secrets: Arc<crate::flows::secrets::FlowSecrets>,
+    /// Each ingested job's masks: the global ones and its flow secrets.
+    pub run_masks: Arc<crate::masking::run_masks::RunMasks>,
 }
 
 impl FromRef<AppState> for Arc<Authenticator> {
@@ -75,8 +79,22 @@ impl AppState {
             .authenticator()
             .expect("tokens are checked by Config::validate before the state is built");
         let follows = crate::auth::follows::FollowLimiter::new(config.max_follows_per_token);
-        let masker = crate::masking::Masker::from_config(&config.masking)
-            .expect("masks are checked by Config::validate before the state is built");
+        let masker = Arc::new(
+            crate::masking::Masker::from_config(&config.masking)
+                .expect("masks are checked by Config::validate before the state is built"),
+        );
+        let flow_secrets = Arc::new(
+            crate::flows::secrets::FlowSecrets::read(&config.engine.secrets)
+                .expect("secrets are checked by Config::validate before the state is built"),
+        );
+        let run_masks = Arc::new(
+            crate::masking::run_masks::RunMasks::new(
+                masker.clone(),
+                flow_secrets.clone(),
+                storage.clone(),
+            )
+            .expect("secrets are checked by Config::validate before the state is built"),
+        );
         let gate = IngestGate::new(
             config.ingest_concurrency,
             config.ingest_queue,
@@ -98,7 +116,9 @@ impl AppState {
             webhook_wake: Arc::new(Notify::new()),
             flows: crate::flows::EngineHandle::default(),
             auth: Arc::new(auth),
-            masker: Arc::new(masker),
+            masker,
+            flow_secrets,
+            run_masks,
             follows,
         }
     }

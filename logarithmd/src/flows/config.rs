@@ -128,6 +128,11 @@ pub struct EngineSettings {
     /// (`secret: deployer`); a job without `secret:` uses the one named `default`.
     #[serde(default)]
     pub service_secrets: BTreeMap<String, String>,
+    /// The values flows' `secrets:` name (`from_secret`), by name: `{ env = "VAR" }`,
+    /// `{ file = "/path" }` or `{ value = "..." }`. They go into job containers and are
+    /// masked in their logs; flows hold only the names.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, super::secrets::SecretSource>,
     /// For tests: the cron scheduler reads the time from this file (Unix seconds or RFC
     /// 3339) instead of the system clock.
     #[serde(default)]
@@ -161,6 +166,7 @@ impl Default for EngineSettings {
             clock_file: None,
             trigger_secrets: BTreeMap::new(),
             service_secrets: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             replica_id: String::new(),
             lease_ttl: default_lease_ttl(),
         }
@@ -174,6 +180,7 @@ impl EngineSettings {
             return Err(KUBERNETES_NOT_BUILT.into());
         }
         self.kubernetes.validate()?;
+        super::secrets::FlowSecrets::read(&self.secrets)?;
         for (k, v) in &self.extra_labels {
             if k.is_empty() || k.starts_with("io.containerops.") {
                 return Err(format!(

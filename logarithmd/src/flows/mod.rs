@@ -7,7 +7,8 @@
 //!   job events (`notify`), with storage as the lookup for missed ones;
 //! - [`announce::WebhookRunEvents`]: a finished run becomes a durable `flow.finished`
 //!   webhook delivery with one line per job;
-//! - [`runner::LabelledRunner`]: adds the configured extra labels to every job, around
+//! - [`runner::LabelledRunner`]: adds the configured extra labels to every job, and the
+//!   values of a container job's `secrets:` to its environment, around
 //!   [`service::ServiceRunner`], which makes the HTTP calls of service jobs (`type:
 //!   service`) and records them in storage, and hands containers to the Docker or
 //!   Kubernetes runner (`[engine] runner`).
@@ -20,6 +21,7 @@
 //! - [`config`]: the `[engine]` section.
 //! - [`clock`]: the time the cron scheduler reads (the system's, or a file's in tests).
 //! - [`store`], [`results`], [`announce`], [`runner`], [`service`]: the adapters above.
+//! - [`secrets`]: `[engine.secrets]`, the values of flows' `secrets:`.
 //! - [`view`]: the JSON shapes of flows and runs, shared by the API and `flow.finished`.
 
 pub mod announce;
@@ -27,6 +29,7 @@ pub mod clock;
 pub mod config;
 pub mod results;
 pub mod runner;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod view;
@@ -113,6 +116,8 @@ pub struct Wiring {
     pub notify: service::ledger::Notifier,
     /// The secret masks ingest applies, applied to service jobs' records too.
     pub masker: Arc<crate::masking::Masker>,
+    /// The values of `[engine.secrets]`, read at start.
+    pub secrets: Arc<secrets::FlowSecrets>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -136,7 +141,8 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
             return;
         }
     };
-    // Service jobs are made here, containers by `inner`; both get the extra labels.
+    // Service jobs are made here, containers by `inner`; both get the extra labels, and
+    // container jobs their secrets.
     let services = service::ServiceRunner::new(
         inner,
         service::ledger::Ledger::new(w.storage.clone(), w.masker.clone(), w.notify.clone()),
@@ -157,6 +163,7 @@ pub async fn run(w: Wiring, shutdown: CancellationToken) {
     let runner: Arc<dyn JobRunner> = Arc::new(runner::LabelledRunner::new(
         services,
         w.settings.extra_labels.clone(),
+        w.secrets.clone(),
     ));
     let store = Arc::new(
         store::DocumentRunStore::new(w.storage.clone()).publishing_to(w.runs_live.clone()),
