@@ -161,8 +161,7 @@ fn default_node_name() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 fn default_agent_id() -> String {
-    use rand::Rng;
-    format!("antilog-{:016x}", rand::thread_rng().gen::<u64>())
+    format!("antilog-{:016x}", rand::random::<u64>())
 }
 fn default_docker_root() -> PathBuf {
     PathBuf::from("/var/lib/docker")

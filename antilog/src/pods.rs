@@ -99,7 +99,7 @@ impl PodMeta {
                     finished_at: t
                         .finished_at
                         .as_ref()
-                        .and_then(|f| f.0.timestamp_nanos_opt())
+                        .and_then(|f| i64::try_from(f.0.as_nanosecond()).ok())
                         .unwrap_or(0),
                 });
         }

@@ -21,11 +21,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bollard::container::{
-    Config as ContainerConfig, CreateContainerOptions, LogOutput, LogsOptions,
-    StartContainerOptions,
+use bollard::container::LogOutput;
+use bollard::models::{
+    ContainerCreateBody as ContainerConfig, HostConfig, HostConfigLogConfig, RestartPolicy,
+    RestartPolicyNameEnum,
 };
-use bollard::models::{HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions, StartContainerOptions};
 use bollard::Docker;
 use futures::StreamExt;
 use protocol::{
@@ -309,8 +310,8 @@ impl Containers {
         let created = docker
             .create_container(
                 Some(CreateContainerOptions {
-                    name: name.clone(),
-                    platform: None,
+                    name: Some(name.clone()),
+                    ..Default::default()
                 }),
                 config,
             )
@@ -323,7 +324,7 @@ impl Containers {
     async fn run(&mut self, docker: &Docker, spec: Spec<'_>) -> String {
         let id = self.create(docker, spec).await;
         docker
-            .start_container(&id, None::<StartContainerOptions<String>>)
+            .start_container(&id, None::<StartContainerOptions>)
             .await
             .expect("start container");
         id
@@ -382,7 +383,7 @@ async fn wait_exited(docker: &Docker, id: &str) {
 /// Docker's own account of a non-TTY container's log (`follow=false`), as lines, in
 /// Docker's order: an independent, straightforward reassembly of timestamped messages.
 async fn docker_lines(docker: &Docker, id: &str, max_line: usize) -> Vec<(Stream, Vec<u8>)> {
-    let opts = LogsOptions::<String> {
+    let opts = LogsOptions {
         follow: false,
         stdout: true,
         stderr: true,
@@ -889,7 +890,10 @@ async fn checkpoint_resume_has_no_gaps_and_no_different_duplicates() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     docker
-        .remove_container(&id, None::<bollard::container::RemoveContainerOptions>)
+        .remove_container(
+            &id,
+            None::<bollard::query_parameters::RemoveContainerOptions>,
+        )
         .await
         .unwrap();
     let t0 = Instant::now();

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bollard::container::InspectContainerOptions;
+use bollard::query_parameters::InspectContainerOptions;
 use engine::flow::{Cpu, Memory};
 use engine::runner::docker::DockerRunner;
 use engine::runner::{ContainerState, JobRunner, JobSpec};

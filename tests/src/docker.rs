@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use bollard::container::{
-    Config, CreateContainerOptions, LogOutput, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions,
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    WaitContainerOptions,
 };
-use bollard::models::{HostConfig, HostConfigLogConfig};
 use bollard::Docker;
 use futures::StreamExt;
 use protocol::Stream;
@@ -78,10 +79,10 @@ pub async fn run(docker: &Docker, spec: &Spec) -> Result<String> {
     let created = docker
         .create_container(
             Some(CreateContainerOptions {
-                name: name.as_str(),
-                platform: None,
+                name: Some(name),
+                ..Default::default()
             }),
-            Config {
+            ContainerCreateBody {
                 image: Some(crate::TEST_IMAGE.to_owned()),
                 cmd: Some(vec!["sh".into(), "-c".into(), spec.script.clone()]),
                 labels: Some(labels),
@@ -98,14 +99,14 @@ pub async fn run(docker: &Docker, spec: &Spec) -> Result<String> {
             )
         })?;
     docker
-        .start_container(&created.id, None::<StartContainerOptions<String>>)
+        .start_container(&created.id, None::<StartContainerOptions>)
         .await?;
     Ok(created.id)
 }
 
 /// Waits for the container to stop and returns its exit code.
 pub async fn wait_exit(docker: &Docker, id: &str) -> Result<i64> {
-    let mut s = docker.wait_container::<String>(id, None);
+    let mut s = docker.wait_container(id, None::<WaitContainerOptions>);
     match s.next().await {
         Some(Ok(w)) => return Ok(w.status_code),
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
@@ -114,7 +115,12 @@ pub async fn wait_exit(docker: &Docker, id: &str) -> Result<i64> {
         Some(Err(e)) => return Err(e.into()),
         None => {}
     }
-    let info = docker.inspect_container(id, None).await?;
+    let info = docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await?;
     Ok(info.state.and_then(|s| s.exit_code).unwrap_or(-1))
 }
 
@@ -147,7 +153,7 @@ pub struct DockerLine {
 pub async fn docker_lines(docker: &Docker, id: &str) -> Result<Vec<DockerLine>> {
     let mut s = docker.logs(
         id,
-        Some(LogsOptions::<String> {
+        Some(LogsOptions {
             stdout: true,
             stderr: true,
             timestamps: true,

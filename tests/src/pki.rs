@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
 };
 
 /// A certificate authority that signs the others.
 pub struct Ca {
-    cert: Certificate,
-    key: KeyPair,
+    issuer: CertifiedIssuer<'static, KeyPair>,
     /// Its certificate, as a PEM file.
     pub pem: PathBuf,
 }
@@ -31,10 +30,10 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key)?;
+        let issuer = CertifiedIssuer::self_signed(params, key)?;
         let pem = dir.join(format!("{name}.pem"));
-        std::fs::write(&pem, cert.pem())?;
-        Ok(Ca { cert, key, pem })
+        std::fs::write(&pem, issuer.pem())?;
+        Ok(Ca { issuer, pem })
     }
 
     /// A server certificate for `127.0.0.1` and `localhost`: `dir/name.pem`, `name.key`.
@@ -63,7 +62,7 @@ impl Ca {
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         let issued = Issued {
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),

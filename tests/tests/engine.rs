@@ -202,7 +202,10 @@ fn strings(v: &[&str]) -> Vec<String> {
 /// Whether Docker still runs the container (gone counts as not running).
 async fn container_running(docker: &bollard::Docker, id: &str) -> Result<bool> {
     match docker
-        .inspect_container(id, None::<bollard::container::InspectContainerOptions>)
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
     {
         Ok(i) => Ok(i.state.and_then(|s| s.running).unwrap_or(false)),
@@ -765,7 +768,10 @@ async fn timeout_cancel_and_reject() -> Result<()> {
         wait_until(Duration::from_secs(30), "removal", || async {
             Ok(
                 match docker
-                    .inspect_container(&c, None::<bollard::container::InspectContainerOptions>)
+                    .inspect_container(
+                        &c,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    )
                     .await
                 {
                     Err(bollard::errors::Error::DockerResponseServerError {

@@ -122,8 +122,8 @@ fn count_starts(
                 vec![format!("io.containerops.flow={label}")],
             ),
         ]);
-        let mut events = docker.events(Some(bollard::system::EventsOptions::<String> {
-            filters,
+        let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
+            filters: Some(filters),
             ..Default::default()
         }));
         while let Some(Ok(ev)) = events.next().await {

@@ -10,9 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::container::ListContainersOptions;
 use bollard::models::EventMessage;
-use bollard::system::EventsOptions;
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures::StreamExt;
 use protocol::now_ns;
 use tokio::sync::watch;
@@ -64,10 +63,10 @@ pub async fn run(
     d.checkpoints.retain(|id, _| existing.contains(id));
     let mut backoff = Retry::new(RECONNECT_INITIAL, RECONNECT_MAX);
     'outer: loop {
-        let opts = EventsOptions::<String> {
+        let opts = EventsOptions {
             since: Some(since.clone()),
             until: None,
-            filters: HashMap::from([
+            filters: Some(HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
                 (
                     "event".to_string(),
@@ -78,7 +77,7 @@ pub async fn run(
                         "destroy".to_string(),
                     ],
                 ),
-            ]),
+            ])),
         };
         let mut events = shared.docker.events(Some(opts));
         loop {
@@ -129,7 +128,7 @@ impl Discovery {
         let list = self
             .shared
             .docker
-            .list_containers(Some(ListContainersOptions::<String> {
+            .list_containers(Some(ListContainersOptions {
                 all: true,
                 ..Default::default()
             }))

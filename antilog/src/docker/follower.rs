@@ -26,7 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::container::{LogOutput, LogsOptions};
+use bollard::container::LogOutput;
+use bollard::query_parameters::LogsOptions;
 use bollard::Docker;
 use futures::stream::BoxStream;
 use futures::StreamExt;

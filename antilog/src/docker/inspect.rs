@@ -1,7 +1,7 @@
 //! Container inspection: the metadata we ship and the run state the follower decides on.
 
-use bollard::container::InspectContainerOptions;
 use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::InspectContainerOptions;
 use bollard::Docker;
 use protocol::ContainerMeta;
 

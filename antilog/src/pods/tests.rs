@@ -36,7 +36,7 @@ fn pod(name: &str, uid: &str, rv: &str, exit: Option<i32>) -> Pod {
     let terminated = exit.map(|code| ContainerStateTerminated {
         exit_code: code,
         finished_at: Some(Time(
-            chrono::DateTime::from_timestamp(1_795_777_825, 123_456_789).unwrap(),
+            k8s_openapi::jiff::Timestamp::new(1_795_777_825, 123_456_789).unwrap(),
         )),
         reason: Some("Error".into()),
         ..Default::default()

@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::container::{
-    Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
+use bollard::errors::Error as DockerError;
+use bollard::models::ContainerCreateBody;
+use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
     RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
 };
-use bollard::errors::Error as DockerError;
-use bollard::image::CreateImageOptions;
-use bollard::models::{ContainerStateStatusEnum, HostConfig};
 use bollard::Docker;
 use futures::StreamExt;
 
@@ -71,8 +71,8 @@ impl DockerRunner {
         &self.docker
     }
 
-    fn config(spec: &JobSpec) -> Config<String> {
-        Config {
+    fn config(spec: &JobSpec) -> ContainerCreateBody {
+        ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -93,8 +93,8 @@ impl DockerRunner {
 
     async fn create(&self, spec: &JobSpec) -> Result<String, DockerError> {
         let opts = CreateContainerOptions {
-            name: spec.name.clone(),
-            platform: None,
+            name: Some(spec.name.clone()),
+            ..Default::default()
         };
         self.docker
             .create_container(Some(opts), Self::config(spec))
@@ -105,7 +105,7 @@ impl DockerRunner {
     /// Pulls the image (the engine answered that it has no such image).
     async fn pull(&self, image: &str) -> Result<()> {
         let opts = CreateImageOptions {
-            from_image: image.to_owned(),
+            from_image: Some(image.to_owned()),
             ..Default::default()
         };
         let mut stream = self.docker.create_image(Some(opts), None, None);
@@ -203,7 +203,7 @@ impl JobRunner for DockerRunner {
         };
         match self
             .docker
-            .start_container(&id, None::<StartContainerOptions<String>>)
+            .start_container(&id, None::<StartContainerOptions>)
             .await
         {
             // 304: it already runs (a repeated start).
@@ -215,12 +215,12 @@ impl JobRunner for DockerRunner {
     }
 
     async fn stop(&self, container_id: &str, grace: Duration) -> Result<()> {
-        let t = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-        match self
-            .docker
-            .stop_container(container_id, Some(StopContainerOptions { t }))
-            .await
-        {
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let opts = StopContainerOptions {
+            t: Some(t),
+            signal: None,
+        };
+        match self.docker.stop_container(container_id, Some(opts)).await {
             Ok(()) => Ok(()),
             // Already stopped, or gone.
             Err(e) if matches!(status_of(&e), Some(304 | 404)) => Ok(()),
@@ -276,7 +276,7 @@ impl JobRunner for DockerRunner {
         let filter = format!("{}={run}", protocol::LABEL_RUN);
         let opts = ListContainersOptions {
             all: true,
-            filters: HashMap::from([("label".to_owned(), vec![filter])]),
+            filters: Some(HashMap::from([("label".to_owned(), vec![filter])])),
             ..Default::default()
         };
         let list = self
@@ -287,9 +287,14 @@ impl JobRunner for DockerRunner {
         Ok(list
             .into_iter()
             .filter_map(|c| {
-                let running = c.state.as_deref() == Some("running")
-                    || c.state.as_deref() == Some("created")
-                    || c.state.as_deref() == Some("restarting");
+                let running = matches!(
+                    c.state,
+                    Some(
+                        ContainerSummaryStateEnum::RUNNING
+                            | ContainerSummaryStateEnum::CREATED
+                            | ContainerSummaryStateEnum::RESTARTING
+                    )
+                );
                 Some(Found {
                     container_id: c.id?,
                     labels: c.labels.unwrap_or_default().into_iter().collect(),

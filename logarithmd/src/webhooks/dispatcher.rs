@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use protocol::now_ns;
 
-use rand::Rng;
+use rand::RngExt;
 use storage::{AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Storage};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -66,7 +66,7 @@ pub fn owner_id() -> String {
     format!(
         "{host}-{}-{:08x}",
         std::process::id(),
-        rand::thread_rng().gen::<u32>()
+        rand::rng().random::<u32>()
     )
 }
 
@@ -86,12 +86,12 @@ pub fn after_failure(
     attempt: u32,
     window_start: i64,
     now: i64,
-    rng: &mut impl Rng,
+    rng: &mut impl rand::Rng,
 ) -> AttemptOutcome {
     let base = base_delay(config, attempt).as_secs_f64();
     let j = config.retry_jitter;
     let factor = if j > 0.0 {
-        rng.gen_range((1.0 - j)..=(1.0 + j))
+        rng.random_range((1.0 - j)..=(1.0 + j))
     } else {
         1.0
     };
@@ -234,7 +234,7 @@ impl Dispatcher {
                 c.attempt,
                 c.delivery.window_start,
                 now_ns(),
-                &mut rand::thread_rng(),
+                &mut rand::rng(),
             ),
         };
         self.metrics.webhook_delivery(

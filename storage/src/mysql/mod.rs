@@ -157,7 +157,7 @@ impl MysqlStorage {
             .pool_opts(pool_opts)
             .setup(vec![SESSION_SETUP])
             .stmt_cache_size(64)
-            .tcp_keepalive(Some(30_000u32))
+            .tcp_keepalive(Some(Duration::from_secs(30)))
             // affected_rows must count changed rows, not matched ones: that is how a
             // duplicate line (ON DUPLICATE KEY UPDATE that changes nothing) counts as 0.
             .client_found_rows(false);

@@ -33,7 +33,8 @@ pub struct Feeder {
 }
 
 fn ns_of(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> i64 {
-    t.and_then(|t| t.0.timestamp_nanos_opt()).unwrap_or(0)
+    t.and_then(|t| i64::try_from(t.0.as_nanosecond()).ok())
+        .unwrap_or(0)
 }
 
 impl Feeder {

@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::{
     ContainerStatus, Pod, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, Time};
-use k8s_openapi::chrono::Utc;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
@@ -195,7 +195,7 @@ impl MockApi {
         let container = container.unwrap_or_default();
         let image = container.image.unwrap_or_default();
         let args = container.args.unwrap_or_default();
-        let started = Time(Utc::now());
+        let started = Time(Timestamp::now());
         let mut cmd = tokio::process::Command::new(args.first().map_or("true", String::as_str));
         cmd.args(args.iter().skip(1))
             .env_clear()
@@ -289,7 +289,7 @@ impl MockApi {
                 exit_code: code,
                 reason: Some(if code == 0 { "Completed" } else { "Error" }.to_owned()),
                 started_at: Some(started),
-                finished_at: Some(Time(Utc::now())),
+                finished_at: Some(Time(Timestamp::now())),
                 ..Default::default()
             }),
             ..Default::default()
@@ -362,7 +362,7 @@ async fn create_pod(
         m.namespace = Some(ns);
         m.uid = Some(format!("uid-{name}"));
         m.resource_version = Some(version);
-        m.creation_timestamp = Some(Time(Utc::now()));
+        m.creation_timestamp = Some(Time(Timestamp::now()));
         let image = pod
             .spec
             .as_ref()
@@ -480,7 +480,7 @@ async fn delete_pod(
         return not_found(&name);
     };
     if e.pod.metadata.deletion_timestamp.is_none() {
-        e.pod.metadata.deletion_timestamp = Some(Time(Utc::now()));
+        e.pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
         e.pod.metadata.deletion_grace_period_seconds = Some(i64::from(grace));
         e.pod.metadata.resource_version = Some(version);
         let _ = e.stop.send(Some(grace));

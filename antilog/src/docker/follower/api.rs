@@ -40,11 +40,12 @@ impl Follower {
             },
             None => {
                 // bollard takes whole seconds: the skip drops the rest of that second.
-                let opts = LogsOptions::<String> {
+                let opts = LogsOptions {
                     follow,
                     stdout: true,
                     stderr: true,
-                    since: self.pos.since_secs(),
+                    // Docker's API takes an i32 here (seconds since the epoch, until 2038).
+                    since: i32::try_from(self.pos.since_secs()).unwrap_or(i32::MAX),
                     until: 0,
                     timestamps: true,
                     tail: "all".to_string(),

@@ -125,8 +125,7 @@ impl Call {
                 Attempt::Refused(why) => break (Ending::Failed(why), None),
                 Attempt::Transient(why) => {
                     let now = now_ns();
-                    let outcome =
-                        after_failure(&config, attempt, started, now, &mut rand::thread_rng());
+                    let outcome = after_failure(&config, attempt, started, now, &mut rand::rng());
                     let next = match outcome {
                         AttemptOutcome::Retry { next_attempt_at } => Some(next_attempt_at),
                         _ => None,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use engine::JobSpec;
 use protocol::Stream;
-use rand::RngCore;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{
@@ -59,7 +59,7 @@ fn secret_hash(secret: &str) -> String {
 
 fn random_hex<const N: usize>() -> String {
     let mut raw = [0u8; N];
-    rand::thread_rng().fill_bytes(&mut raw);
+    rand::rng().fill_bytes(&mut raw);
     hex::encode(raw)
 }
 
