@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use engine::flow::{Cpu, Memory};
-use engine::runner::kubernetes::{pod_name, KubernetesRunner};
+use engine::runner::kubernetes::{pod_name, without_client_retries, KubernetesRunner};
 use engine::runner::{ContainerState, JobRunner, JobSpec};
 use engine::ErrorKind;
 use serde_json::{json, Value};
@@ -211,7 +211,8 @@ fn runner_at(url: &str) -> KubernetesRunner {
     let Ok(uri) = uri else {
         panic!("bad url {url}")
     };
-    let client = kube::Client::try_from(kube::Config::new(uri));
+    let config = without_client_retries(kube::Config::new(uri));
+    let client = kube::Client::try_from(config);
     let Ok(client) = client else {
         panic!("{:?}", client.err())
     };

@@ -202,10 +202,10 @@ conformance!(
 
 #[path = "conformance_cases/retention.rs"]
 mod retention_cases;
-#[path = "conformance_cases/text.rs"]
-mod text_cases;
 #[path = "conformance_cases/retention_days.rs"]
 mod retention_days;
+#[path = "conformance_cases/text.rs"]
+mod text_cases;
 
 // ---------------------------------------------------------------------------------------
 // Builders and readers.
@@ -325,7 +325,6 @@ mod cases {
         documents_compare_and_set_and_list, documents_concurrent_writers_never_both_win,
         non_job_events_are_delivered_once_per_subscription,
     };
-    pub use super::text_cases::raw_text_pages_join_continuations;
     pub use super::retention_cases::{
         retention_age_expires_finished_jobs_and_all_they_own,
         retention_bounded_transactions_and_interrupted_sweep,
@@ -335,6 +334,7 @@ mod cases {
         retention_run_documents_go_with_the_last_job,
     };
     pub use super::retention_days::retention_million_lines_over_simulated_days;
+    pub use super::text_cases::raw_text_pages_join_continuations;
     pub use super::webhook_cases::{
         webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
         webhook_deliveries_commit_with_transitions, webhook_gone_disables_and_upsert_reenables,
@@ -2197,4 +2197,3 @@ mod document_cases {
         );
     }
 }
-

@@ -121,6 +121,14 @@ pub fn pod_state(pod: &Pod) -> ContainerState {
     }
 }
 
+/// The client's configuration without kube's own retries (up to 15, of 429/503/504, for
+/// up to 1000 s each): a failed call is reported at once, and the engine's start retries
+/// (`[engine]` configuration) decide what happens next, on their own schedule.
+pub fn without_client_retries(mut config: Config) -> Config {
+    config.default_retry = false;
+    config
+}
+
 impl KubernetesRunner {
     /// Uses the given client; Pods go to `namespace`.
     pub fn new(client: Client, namespace: impl Into<String>) -> KubernetesRunner {
@@ -151,7 +159,7 @@ impl KubernetesRunner {
         let namespace = namespace
             .map(str::to_owned)
             .unwrap_or_else(|| config.default_namespace.clone());
-        let client = Client::try_from(config)
+        let client = Client::try_from(without_client_retries(config))
             .map_err(|e| kube_error("cannot build the Kubernetes client", e))?;
         Ok(KubernetesRunner::new(client, namespace))
     }
