@@ -60,8 +60,11 @@ pub struct StorageConfig {
     /// `sqlite:///abs/path.db`, `sqlite://relative/path.db`, `sqlite::memory:` or
     /// `mysql://user:pass@host:port/db`.
     pub url: String,
-    /// Upper bound on open connections (MySQL pool size; SQLite readers).
+    /// Upper bound on open connections for writes (MySQL write pool; SQLite has one writer).
     pub max_connections: usize,
+    /// Upper bound on open connections for reads (log and job queries), a separate pool so
+    /// readers never take a writer's connection (MySQL read pool; SQLite readers, at most 4).
+    pub max_read_connections: usize,
 }
 
 impl StorageConfig {
@@ -69,6 +72,7 @@ impl StorageConfig {
         StorageConfig {
             url: url.into(),
             max_connections: 8,
+            max_read_connections: 4,
         }
     }
 }

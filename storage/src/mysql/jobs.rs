@@ -20,7 +20,7 @@ use crate::model::{
 use crate::sql::jobs::{
     line_chunks, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
     read_output, seq_to_db, validate, JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES,
-    OUTPUTS_SELECT,
+    MYSQL_STREAM_INDEX, OUTPUTS_SELECT,
 };
 use crate::sql::outbox::job_events;
 use crate::sql::{chunk_by_size, placeholders};
@@ -265,7 +265,7 @@ impl JobStore for MysqlStorage {
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         self.bounded("get_job", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             let sql = format!("SELECT {JOB_SELECT_COLUMNS} FROM jobs WHERE id = ?");
             let Some(row) = conn.exec_first::<Row, _, _>(sql, (id,)).await? else {
                 return Ok(None);
@@ -281,7 +281,7 @@ impl JobStore for MysqlStorage {
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
         let (sql, params) = list_jobs_sql(query);
         self.bounded("list_jobs", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             let rows: Vec<Row> = conn.exec(sql, positional(params)).await?;
             rows.into_iter()
                 .map(|mut r| Ok(read_job(&mut r)?.into_job(BTreeMap::new())))
@@ -291,9 +291,9 @@ impl JobStore for MysqlStorage {
     }
 
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>> {
-        let (sql, params) = read_lines_sql(query);
+        let (sql, params) = read_lines_sql(query, MYSQL_STREAM_INDEX);
         self.bounded("read_lines", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             let rows: Vec<Row> = conn.exec(sql, positional(params)).await?;
             rows.into_iter()
                 .map(|mut r| read_line(query.job_id, &mut r))

@@ -15,6 +15,7 @@ use crate::model::{
 use crate::sql::jobs::{
     list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql, read_output,
     seq_to_db, validate, JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE, OUTPUTS_SELECT,
+    SQLITE_STREAM_INDEX,
 };
 use crate::sql::outbox::job_events;
 use crate::sql::placeholders;
@@ -193,7 +194,7 @@ impl JobStore for SqliteStorage {
     }
 
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>> {
-        let (sql, params) = read_lines_sql(query);
+        let (sql, params) = read_lines_sql(query, SQLITE_STREAM_INDEX);
         let job_id = query.job_id;
         self.with_reader(move |conn| query_all(conn, &sql, params, |r| read_line(job_id, r)))
             .await

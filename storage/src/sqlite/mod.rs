@@ -3,7 +3,8 @@
 //! rusqlite is blocking, so all of its work runs in `spawn_blocking`. SQLite allows one
 //! writer at a time anyway, so there is exactly one writer connection behind a mutex
 //! (writes queue there instead of spinning on `SQLITE_BUSY`), plus a small pool of reader
-//! connections that WAL mode lets read while the writer writes. An in-memory database
+//! connections (`max_read_connections`, at most 4) that WAL mode lets read while the writer
+//! writes; readers never take the writer. An in-memory database
 //! exists per connection, so it uses the writer connection for everything.
 //!
 //! # Layout
@@ -200,7 +201,7 @@ pub(crate) struct SqliteStorage {
 impl SqliteStorage {
     pub(crate) async fn open(config: &crate::StorageConfig) -> Result<SqliteStorage> {
         let location = parse_url(&config.url)?;
-        let readers = config.max_connections.clamp(1, MAX_READERS);
+        let readers = config.max_read_connections.clamp(1, MAX_READERS);
         let writer_location = location.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection> {
             if let Location::File(path) = &writer_location {

@@ -77,6 +77,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
     version: 3,
     name: "documents",
     statements: MIGRATION_3,
+}, Migration {
+    version: 4,
+    name: "log lines by stream",
+    statements: MIGRATION_4,
 }];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -154,6 +158,12 @@ const MIGRATION_3: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS idx_documents_active ON documents (namespace, active)",
     "CREATE INDEX IF NOT EXISTS idx_documents_created ON documents (namespace, created_at, id)",
 ];
+
+/// Schema version 4: the index that serves `stream=stdout|stderr` reads of a job's lines
+/// without scanning the other stream's rows (it holds `(job_id, stream, seq)` and, as every
+/// index of a `WITHOUT ROWID` table, the primary key, so it points straight at the row).
+const MIGRATION_4: &[&str] =
+    &["CREATE INDEX IF NOT EXISTS idx_log_lines_stream ON log_lines (job_id, stream, seq)"];
 
 /// Applies pending migrations under `BEGIN IMMEDIATE`, which takes SQLite's write lock
 /// first: a second process opening the same file waits (busy timeout), then finds the
