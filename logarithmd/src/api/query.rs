@@ -13,6 +13,7 @@ use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, Storage};
 
 use super::error::{ApiError, ApiResult};
 use super::line_reader::LineReader;
+use super::read_limits::ReadBudget;
 use super::AppState;
 use crate::auth::{Authorized, Caller, Read};
 pub use crate::job_view::JobView;
@@ -285,6 +286,7 @@ pub async fn job_logs(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/plain"))
         || params.text;
+    let budget = ReadBudget::new(&state.config);
     if wants_text && params.follow {
         let slot = state.follows.acquire(&auth.caller)?;
         let follower = state
@@ -294,12 +296,12 @@ pub async fn job_logs(
             .map_err(super::stream::follow_error)?
             .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
         return Ok(crate::auth::follows::hold(
-            super::stream::follow_text(follower, params.filter, params.limit),
+            super::stream::follow_text(follower, params.filter, params.limit, budget, params.after),
             slot,
         ));
     }
     if wants_text {
-        return Ok(raw_download(reader, params));
+        return Ok(raw_download(reader, params, budget));
     }
     if params.follow {
         return Err(ApiError::bad_request(
@@ -375,18 +377,25 @@ async fn read_page(
 struct Download {
     reader: LineReader,
     params: LogParams,
+    budget: ReadBudget,
+    /// The last record read (sent or filtered out): where a continuation starts.
+    last_seq: u64,
     sent: usize,
     done: bool,
 }
 
 /// Streams the raw log, so a large download needs no more memory than one storage page.
+/// It reads at most `max_download_lines` lines for at most `max_stream_duration`; stopped
+/// by either with lines left, it ends with a [`super::read_limits::Limit::trailer`] line.
 /// (`follow=true` is served by [`super::stream::follow_text`].)
-fn raw_download(reader: LineReader, params: LogParams) -> Response {
+fn raw_download(reader: LineReader, params: LogParams, budget: ReadBudget) -> Response {
     let reader = reader.read_ahead();
     const CHUNK: usize = 64 << 10;
     let state = Download {
         reader,
+        last_seq: params.after,
         params,
+        budget,
         sent: 0,
         done: false,
     };
@@ -400,8 +409,18 @@ fn raw_download(reader: LineReader, params: LogParams) -> Response {
                 st.done = true;
                 return Some((Ok(chunk), st));
             }
-            match st.reader.next_line().await {
+            let stop = st.budget.reached();
+            let next = st.reader.next_line().await;
+            if let (Some(limit), Ok(Some(_))) = (stop, &next) {
+                // Lines are left: say which limit stopped the download and where to go on.
+                st.done = true;
+                chunk.extend_from_slice(&limit.trailer(st.last_seq, false));
+                return Some((Ok(chunk), st));
+            }
+            match next {
                 Ok(Some(l)) => {
+                    st.budget.count();
+                    st.last_seq = l.last_seq;
                     if st
                         .params
                         .filter
