@@ -24,6 +24,10 @@ pub struct Config {
     /// so readers never hold a connection ingest needs (SQLite: at most 4 readers).
     #[serde(default = "default_storage_read_connections")]
     pub storage_read_connections: usize,
+    /// Reads that run at once while ingest writes (reads yield to ingest); the whole read
+    /// pool when no batch is being applied.
+    #[serde(default = "default_storage_busy_read_connections")]
+    pub storage_busy_read_connections: usize,
     /// API tokens (`[[tokens]]`): a name, the SHA-256 of the secret (`logarithmd
     /// hash-token` prints an entry), scopes (`ingest`, `read`, `admin`) and, for read
     /// tokens, optionally the flows they may read. See docs/security.md.
@@ -123,6 +127,7 @@ impl Default for Config {
             storage_url: default_storage_url(),
             storage_connections: default_storage_connections(),
             storage_read_connections: default_storage_read_connections(),
+            storage_busy_read_connections: default_storage_busy_read_connections(),
             tokens: Vec::new(),
             anonymous_read: false,
             ingest_tokens: Vec::new(),
@@ -166,8 +171,13 @@ impl Config {
         if self.ingest_tokens.iter().any(|t| t.is_empty()) {
             return Err("ingest_tokens must not contain an empty token".into());
         }
-        if self.storage_connections == 0 || self.storage_read_connections == 0 {
-            return Err("storage_connections and storage_read_connections must be positive".into());
+        if self.storage_connections == 0
+            || self.storage_read_connections == 0
+            || self.storage_busy_read_connections == 0
+        {
+            return Err("storage_connections, storage_read_connections and \
+                 storage_busy_read_connections must be positive"
+                .into());
         }
         if self.max_download_lines == 0 || self.max_stream_duration < Duration::from_secs(1) {
             return Err(
@@ -238,6 +248,9 @@ fn default_storage_connections() -> usize {
 }
 fn default_storage_read_connections() -> usize {
     4
+}
+fn default_storage_busy_read_connections() -> usize {
+    1
 }
 fn default_max_download_lines() -> usize {
     1_000_000

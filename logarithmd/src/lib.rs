@@ -115,6 +115,7 @@ pub async fn serve_reloadable(
     let mut sc = storage::StorageConfig::new(config.storage_url.clone());
     sc.max_connections = config.storage_connections;
     sc.max_read_connections = config.storage_read_connections;
+    sc.busy_read_connections = config.storage_busy_read_connections;
     let store = storage::open(&sc).await?;
     let auth = config.authenticator().map_err(Error::Config)?;
     if auth.ingest_open() {

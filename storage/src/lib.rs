@@ -26,6 +26,8 @@
 //! - `sql`: the SQL text, bind values and row decoders both backends share, by concern
 //!   (`jobs`, `webhooks`, `outbox`, `documents`), and the row-access trait each driver
 //!   implements.
+//! - `read_gate`: reads yield to ingest (fewer reads at once while batches are applied),
+//!   used by both backends.
 //! - `sqlite/` and `mysql/`: the backends, a file per concern (`jobs`, `webhooks`,
 //!   `documents`), plus `schema` (migrations) and `mod.rs` (connections, error kinds).
 //! - [`open`]: picks the backend from a URL (`mysql://…` or `sqlite://…`).
@@ -35,6 +37,7 @@ pub mod error;
 mod job_row;
 pub mod model;
 mod mysql;
+mod read_gate;
 mod sql;
 mod sqlite;
 pub mod store;
@@ -65,6 +68,9 @@ pub struct StorageConfig {
     /// Upper bound on open connections for reads (log and job queries), a separate pool so
     /// readers never take a writer's connection (MySQL read pool; SQLite readers, at most 4).
     pub max_read_connections: usize,
+    /// Reads run at most this many at a time while batches are being applied (reads yield
+    /// to ingest; the whole read pool when no write is near). At least 1.
+    pub busy_read_connections: usize,
 }
 
 impl StorageConfig {
@@ -73,6 +79,7 @@ impl StorageConfig {
             url: url.into(),
             max_connections: 8,
             max_read_connections: 4,
+            busy_read_connections: 1,
         }
     }
 }

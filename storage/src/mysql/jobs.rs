@@ -251,6 +251,7 @@ impl JobStore for MysqlStorage {
             .with_max_delay(Duration::from_millis(200))
             .with_jitter()
             .with_max_times(CONFLICT_RETRIES - 1);
+        let _writing = self.writing();
         self.bounded("apply", async {
             (|| self.apply_once(batch))
                 .retry(conflicts)
@@ -272,7 +273,7 @@ impl JobStore for MysqlStorage {
             };
             let mut row = row;
             let row = read_job(&mut row)?;
-            let outputs = load_outputs(&mut conn, id).await?;
+            let outputs = load_outputs(&mut *conn, id).await?;
             Ok(Some(row.into_job(outputs)))
         })
         .await

@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::read_gate::{ReadGate, Writing};
 use crate::sql::{Column, Param, RowAccess};
 use crate::{Storage, StorageConfig};
 
@@ -163,6 +165,27 @@ async fn get_conn(pool: &Pool) -> Result<Conn> {
 pub(crate) struct MysqlStorage {
     pool: Pool,
     read_pool: Pool,
+    /// Reads yield to `apply` (see [`crate::read_gate`]).
+    gate: ReadGate,
+}
+
+/// A connection of the read pool, with the read gate's permit while ingest writes.
+pub(crate) struct ReadConn {
+    conn: Conn,
+    _beside_ingest: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for ReadConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for ReadConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
 }
 
 impl MysqlStorage {
@@ -180,6 +203,7 @@ impl MysqlStorage {
         let storage = MysqlStorage {
             pool: Pool::new(pool_builder(&opts, config.max_connections)?),
             read_pool: Pool::new(pool_builder(&opts, config.max_read_connections)?),
+            gate: ReadGate::new(config.busy_read_connections),
         };
         let migrated = tokio::time::timeout(OPEN_TIMEOUT, storage.migrate()).await;
         let result = match migrated {
@@ -203,9 +227,19 @@ impl MysqlStorage {
         get_conn(&self.pool).await
     }
 
-    /// A connection of the read pool (for queries that write nothing).
-    pub(crate) async fn read_conn(&self) -> Result<Conn> {
-        get_conn(&self.read_pool).await
+    /// A connection of the read pool (for queries that write nothing), once the read gate
+    /// lets the read run.
+    pub(crate) async fn read_conn(&self) -> Result<ReadConn> {
+        let permit = self.gate.read().await?;
+        Ok(ReadConn {
+            conn: get_conn(&self.read_pool).await?,
+            _beside_ingest: permit,
+        })
+    }
+
+    /// Marks a batch being applied: reads yield to it until the guard is dropped.
+    pub(crate) fn writing(&self) -> Writing<'_> {
+        self.gate.writing()
     }
 
     /// Runs `fut` with the operation time limit.

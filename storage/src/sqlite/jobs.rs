@@ -165,6 +165,7 @@ impl JobStore for SqliteStorage {
         }
         // The blocking task needs an owned batch; copying it is cheap next to the I/O.
         let batch = batch.clone();
+        let _writing = self.writing();
         self.with_writer(move |conn| apply_batch(conn, &batch))
             .await
     }

@@ -29,6 +29,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::read_gate::{ReadGate, Writing};
 use crate::sql::{Column, Param, RowAccess};
 use crate::Storage;
 
@@ -190,6 +191,8 @@ struct Readers {
 
 struct Inner {
     writer: Mutex<Connection>,
+    /// Reads yield to `apply` (see [`crate::read_gate`]).
+    gate: ReadGate,
     /// `None` for an in-memory database (readers would see other, empty databases).
     readers: Option<Readers>,
 }
@@ -238,9 +241,15 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
+                gate: ReadGate::new(config.busy_read_connections),
                 readers,
             }),
         })
+    }
+
+    /// Marks a batch being applied: reads yield to it until the guard is dropped.
+    pub(crate) fn writing(&self) -> Writing<'_> {
+        self.inner.gate.writing()
     }
 
     /// Runs `f` on the writer connection in a blocking task.
@@ -269,6 +278,7 @@ impl SqliteStorage {
         let Some(readers) = &self.inner.readers else {
             return self.with_writer(move |conn| f(conn)).await;
         };
+        let _beside_ingest = self.inner.gate.read().await?;
         let _permit = readers
             .permits
             .acquire()
