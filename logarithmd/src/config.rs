@@ -28,6 +28,10 @@ pub struct Config {
     /// pool when no batch is being applied.
     #[serde(default = "default_storage_busy_read_connections")]
     pub storage_busy_read_connections: usize,
+    /// Share of the time (percent, 1–100) reads may take while ingest writes: reads are
+    /// paced so the database serves batches the rest of the time.
+    #[serde(default = "default_storage_busy_read_percent")]
+    pub storage_busy_read_percent: u32,
     /// API tokens (`[[tokens]]`): a name, the SHA-256 of the secret (`logarithmd
     /// hash-token` prints an entry), scopes (`ingest`, `read`, `admin`) and, for read
     /// tokens, optionally the flows they may read. See docs/security.md.
@@ -128,6 +132,7 @@ impl Default for Config {
             storage_connections: default_storage_connections(),
             storage_read_connections: default_storage_read_connections(),
             storage_busy_read_connections: default_storage_busy_read_connections(),
+            storage_busy_read_percent: default_storage_busy_read_percent(),
             tokens: Vec::new(),
             anonymous_read: false,
             ingest_tokens: Vec::new(),
@@ -178,6 +183,9 @@ impl Config {
             return Err("storage_connections, storage_read_connections and \
                  storage_busy_read_connections must be positive"
                 .into());
+        }
+        if !(1..=100).contains(&self.storage_busy_read_percent) {
+            return Err("storage_busy_read_percent must be 1 to 100".into());
         }
         if self.max_download_lines == 0 || self.max_stream_duration < Duration::from_secs(1) {
             return Err(
@@ -251,6 +259,9 @@ fn default_storage_read_connections() -> usize {
 }
 fn default_storage_busy_read_connections() -> usize {
     1
+}
+fn default_storage_busy_read_percent() -> u32 {
+    25
 }
 fn default_max_download_lines() -> usize {
     1_000_000

@@ -116,6 +116,7 @@ pub async fn serve_reloadable(
     sc.max_connections = config.storage_connections;
     sc.max_read_connections = config.storage_read_connections;
     sc.busy_read_connections = config.storage_busy_read_connections;
+    sc.busy_read_percent = config.storage_busy_read_percent;
     let store = storage::open(&sc).await?;
     let auth = config.authenticator().map_err(Error::Config)?;
     if auth.ingest_open() {

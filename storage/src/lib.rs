@@ -71,6 +71,9 @@ pub struct StorageConfig {
     /// Reads run at most this many at a time while batches are being applied (reads yield
     /// to ingest; the whole read pool when no write is near). At least 1.
     pub busy_read_connections: usize,
+    /// Share of the time (percent, 1–100) reads may take while batches are being applied:
+    /// after a read of `d`, the next waits `d × (100 − p) / p` (at most 1 s).
+    pub busy_read_percent: u32,
 }
 
 impl StorageConfig {
@@ -80,6 +83,7 @@ impl StorageConfig {
             max_connections: 8,
             max_read_connections: 4,
             busy_read_connections: 1,
+            busy_read_percent: 25,
         }
     }
 }

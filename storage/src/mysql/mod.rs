@@ -23,10 +23,9 @@ use std::time::Duration;
 
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Value};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::read_gate::{ReadGate, Writing};
+use crate::read_gate::{BusyRead, ReadGate, Writing};
 use crate::sql::{Column, Param, RowAccess};
 use crate::{Storage, StorageConfig};
 
@@ -172,7 +171,7 @@ pub(crate) struct MysqlStorage {
 /// A connection of the read pool, with the read gate's permit while ingest writes.
 pub(crate) struct ReadConn {
     conn: Conn,
-    _beside_ingest: Option<OwnedSemaphorePermit>,
+    _beside_ingest: Option<BusyRead>,
 }
 
 impl std::ops::Deref for ReadConn {
@@ -203,7 +202,7 @@ impl MysqlStorage {
         let storage = MysqlStorage {
             pool: Pool::new(pool_builder(&opts, config.max_connections)?),
             read_pool: Pool::new(pool_builder(&opts, config.max_read_connections)?),
-            gate: ReadGate::new(config.busy_read_connections),
+            gate: ReadGate::new(config.busy_read_connections, config.busy_read_percent),
         };
         let migrated = tokio::time::timeout(OPEN_TIMEOUT, storage.migrate()).await;
         let result = match migrated {

@@ -241,7 +241,7 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
-                gate: ReadGate::new(config.busy_read_connections),
+                gate: ReadGate::new(config.busy_read_connections, config.busy_read_percent),
                 readers,
             }),
         })
