@@ -12,7 +12,7 @@
 //!    again and again, and `follows` SSE clients follow the watched jobs from their first
 //!    line, all connected before the clock starts.
 //!
-//! After phase 2 the downloads stop, the watched jobs exit, and every follower must have
+//! After phase 2 the watched jobs exit, the downloads stop, and every follower must have
 //! seen each of its job's lines once, in order, then `end`. The report has both ingest
 //! rates, the 503 answers ingest got, how every download ended, and logarithmd's peak RSS.
 
@@ -167,11 +167,12 @@ pub async fn run(daemon: &Daemon, db: &Db, plan: &Plan) -> Result<Report> {
     let with_readers_secs = t.elapsed().as_secs_f64();
 
     stop.store(true, Ordering::Relaxed);
+    // Ingest ends first, so the downloads' last rounds are not paced beside it.
+    let (refused, watched_lines) = trickle.finish(daemon).await?;
+    unavailable += refused;
     while let Some(r) = readers.join_next().await {
         r??;
     }
-    let (refused, watched_lines) = trickle.finish(daemon).await?;
-    unavailable += refused;
     let mut follows_complete = 0;
     while let Some(r) = follows.join_next().await {
         r??;

@@ -12,7 +12,7 @@ use logarithm_tests::{Daemon, Db};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The budget the big stored job's downloads reach (the small job's end first).
-const BUDGET: u64 = 20_000;
+const BUDGET: u64 = 10_000;
 
 async fn reads_beside_ingest(db: Db) -> Result<()> {
     let daemon = Daemon::start_with(db.url(), &format!("max_download_lines = {BUDGET}\n")).await?;
@@ -21,8 +21,8 @@ async fn reads_beside_ingest(db: Db) -> Result<()> {
         senders: 4,
         downloads: 10,
         follows: 40,
-        small_lines: 5_000,
-        big_lines: 30_000,
+        small_lines: 2_000,
+        big_lines: 12_000,
         watched: 4,
         max_download_lines: BUDGET,
     };
