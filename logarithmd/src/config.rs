@@ -17,9 +17,21 @@ pub struct Config {
     /// `mysql://user:pass@host:port/db` (TiDB, MariaDB, MySQL).
     #[serde(default = "default_storage_url")]
     pub storage_url: String,
-    /// Maximum open storage connections.
+    /// Maximum open storage connections for writes (ingest, flows, webhooks).
     #[serde(default = "default_storage_connections")]
     pub storage_connections: usize,
+    /// Maximum open storage connections for reads (jobs, logs, runs), a pool of their own
+    /// so readers never hold a connection ingest needs (SQLite: at most 4 readers).
+    #[serde(default = "default_storage_read_connections")]
+    pub storage_read_connections: usize,
+    /// Reads that run at once while ingest writes (reads yield to ingest); the whole read
+    /// pool when no batch is being applied.
+    #[serde(default = "default_storage_busy_read_connections")]
+    pub storage_busy_read_connections: usize,
+    /// Share of the time (percent, 1–100) reads may take while ingest writes: reads are
+    /// paced so the database serves batches the rest of the time.
+    #[serde(default = "default_storage_busy_read_percent")]
+    pub storage_busy_read_percent: u32,
     /// API tokens (`[[tokens]]`): a name, the SHA-256 of the secret (`logarithmd
     /// hash-token` prints an entry), scopes (`ingest`, `read`, `admin`) and, for read
     /// tokens, optionally the flows they may read. See docs/security.md.
@@ -66,6 +78,15 @@ pub struct Config {
     /// that crosses it ends the page, with `more: true`).
     #[serde(default = "default_max_page_bytes")]
     pub max_page_bytes: usize,
+    /// Lines one raw download, `follow=true` download or SSE job stream reads at most
+    /// (filtered-out lines count); at the budget it ends as docs/api.md says ("Read
+    /// limits"), telling the client where to continue.
+    #[serde(default = "default_max_download_lines")]
+    pub max_download_lines: usize,
+    /// How long one raw download, follow, SSE stream or Loki tail may stay open; at the
+    /// limit it ends the same way.
+    #[serde(default = "default_max_stream_duration", with = "humantime_serde")]
+    pub max_stream_duration: Duration,
     /// Live follows (`follow=true`, SSE streams) one token may have open at once; beyond,
     /// 429 with `Retry-After`. Callers without a token share one count.
     #[serde(default = "default_max_follows_per_token")]
@@ -113,6 +134,9 @@ impl Default for Config {
             listen: default_listen(),
             storage_url: default_storage_url(),
             storage_connections: default_storage_connections(),
+            storage_read_connections: default_storage_read_connections(),
+            storage_busy_read_connections: default_storage_busy_read_connections(),
+            storage_busy_read_percent: default_storage_busy_read_percent(),
             tokens: Vec::new(),
             anonymous_read: false,
             ingest_tokens: Vec::new(),
@@ -126,6 +150,8 @@ impl Default for Config {
             shutdown_timeout: default_shutdown_timeout(),
             max_scan_lines: default_max_scan_lines(),
             max_page_bytes: default_max_page_bytes(),
+            max_download_lines: default_max_download_lines(),
+            max_stream_duration: default_max_stream_duration(),
             max_follows_per_token: default_max_follows_per_token(),
             loki_max_range: default_loki_max_range(),
             loki_max_jobs: default_loki_max_jobs(),
@@ -154,6 +180,22 @@ impl Config {
         }
         if self.ingest_tokens.iter().any(|t| t.is_empty()) {
             return Err("ingest_tokens must not contain an empty token".into());
+        }
+        if self.storage_connections == 0
+            || self.storage_read_connections == 0
+            || self.storage_busy_read_connections == 0
+        {
+            return Err("storage_connections, storage_read_connections and \
+                 storage_busy_read_connections must be positive"
+                .into());
+        }
+        if !(1..=100).contains(&self.storage_busy_read_percent) {
+            return Err("storage_busy_read_percent must be 1 to 100".into());
+        }
+        if self.max_download_lines == 0 || self.max_stream_duration < Duration::from_secs(1) {
+            return Err(
+                "max_download_lines must be positive and max_stream_duration at least 1s".into(),
+            );
         }
         if self.loki_max_jobs == 0 || self.loki_max_range.is_zero() {
             return Err("loki_max_jobs and loki_max_range must be positive".into());
@@ -217,6 +259,21 @@ fn default_storage_url() -> String {
 }
 fn default_storage_connections() -> usize {
     8
+}
+fn default_storage_read_connections() -> usize {
+    4
+}
+fn default_storage_busy_read_connections() -> usize {
+    1
+}
+fn default_storage_busy_read_percent() -> u32 {
+    25
+}
+fn default_max_download_lines() -> usize {
+    1_000_000
+}
+fn default_max_stream_duration() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_max_body_bytes() -> usize {
     16 << 20

@@ -14,7 +14,8 @@
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit), `query` (jobs and logs), `line_reader` (stored logs as whole lines), `loki`
-//!   (Loki's read API for Grafana), `webhooks` (subscriptions, deliveries, redelivery),
+//!   (Loki's read API for Grafana), `read_limits` (the line and time budget of long reads:
+//!   downloads, follows, tails), `webhooks` (subscriptions, deliveries, redelivery),
 //!   `callbacks` (service jobs' results), `error` (the one HTTP error type), health.
 //! - [`job_view`]: a job as the API, its streams and webhook payloads show it.
 //! - [`timefmt`]: RFC 3339 times (formatting and parsing), for the API, webhooks and runs.
@@ -118,6 +119,9 @@ pub async fn serve_reloadable(
     };
     let mut sc = storage::StorageConfig::new(config.storage_url.clone());
     sc.max_connections = config.storage_connections;
+    sc.max_read_connections = config.storage_read_connections;
+    sc.busy_read_connections = config.storage_busy_read_connections;
+    sc.busy_read_percent = config.storage_busy_read_percent;
     let store = storage::open(&sc).await?;
     let auth = config.authenticator().map_err(Error::Config)?;
     if auth.ingest_open() {

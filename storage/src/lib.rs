@@ -29,6 +29,8 @@
 //! - `sql`: the SQL text, bind values and row decoders both backends share, by concern
 //!   (`jobs`, `webhooks`, `outbox`, `documents`, `retention`), and the row-access trait
 //!   each driver implements.
+//! - `read_gate`: reads yield to ingest (fewer reads at once while batches are applied),
+//!   used by both backends.
 //! - `sqlite/` and `mysql/`: the backends, a file per concern (`jobs`, `webhooks`,
 //!   `documents`, `retention`), plus `schema` (migrations) and `mod.rs` (connections,
 //!   error kinds).
@@ -40,6 +42,7 @@ mod job_row;
 pub mod log_text;
 pub mod model;
 mod mysql;
+mod read_gate;
 pub mod retention;
 mod sql;
 mod sqlite;
@@ -68,8 +71,17 @@ pub struct StorageConfig {
     /// `sqlite:///abs/path.db`, `sqlite://relative/path.db`, `sqlite::memory:` or
     /// `mysql://user:pass@host:port/db`.
     pub url: String,
-    /// Upper bound on open connections (MySQL pool size; SQLite readers).
+    /// Upper bound on open connections for writes (MySQL write pool; SQLite has one writer).
     pub max_connections: usize,
+    /// Upper bound on open connections for reads (log and job queries), a separate pool so
+    /// readers never take a writer's connection (MySQL read pool; SQLite readers, at most 4).
+    pub max_read_connections: usize,
+    /// Reads run at most this many at a time while batches are being applied (reads yield
+    /// to ingest; the whole read pool when no write is near). At least 1.
+    pub busy_read_connections: usize,
+    /// Share of the time (percent, 1–100) reads may take while batches are being applied:
+    /// after a read of `d`, the next waits `d × (100 − p) / p` (at most 1 s).
+    pub busy_read_percent: u32,
 }
 
 impl StorageConfig {
@@ -77,6 +89,9 @@ impl StorageConfig {
         StorageConfig {
             url: url.into(),
             max_connections: 8,
+            max_read_connections: 4,
+            busy_read_connections: 1,
+            busy_read_percent: 25,
         }
     }
 }

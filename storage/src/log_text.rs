@@ -36,6 +36,12 @@ pub struct TextPage {
     /// The length of the line left open at the end of the page (its last record was a
     /// continuation), if any: pass it on in [`TextQuery::open_len`].
     pub open_len: Option<usize>,
+    /// Lines this page ends (the `\n`s in `text`).
+    pub lines: usize,
+    /// The bytes of `text` up to the end of its last whole line, and the seq of the record
+    /// that ended it: where a reader that stops here cuts the text and continues from.
+    pub complete_len: usize,
+    pub last_line_seq: Option<u64>,
 }
 
 impl TextPage {
@@ -81,6 +87,9 @@ impl TextAssembler {
         } else {
             self.page.text.push(b'\n');
             self.page.open_len = None;
+            self.page.lines += 1;
+            self.page.complete_len = self.page.text.len();
+            self.page.last_line_seq = Some(seq);
         }
         self.page.records += 1;
         self.page.last_seq = Some(seq);
@@ -121,6 +130,10 @@ mod tests {
         assert_eq!(page.open_len, Some(4));
         assert_eq!(page.last_seq, Some(4));
         assert_eq!(page.records, 4);
+        assert_eq!(
+            (page.lines, page.complete_len, page.last_line_seq),
+            (2, 8, Some(3))
+        );
     }
 
     #[test]

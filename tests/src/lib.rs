@@ -12,10 +12,15 @@
 //!   view of their logs.
 //! - [`prometheus`]: a real Prometheus scraping the daemons, and the dashboard checks.
 //! - [`mariadb`]: a MariaDB server of one test's own, to kill and start again.
+//! - [`ingest_client`]: numbered zstd batches POSTed as agents do (503 sent again).
+//! - [`load`]: the reads-beside-ingest scenario (the `load` bench section and
+//!   `tests/tests/reads.rs`).
 //! - [`wait_until`]: polling with a deadline.
 
 pub mod browser;
 pub mod docker;
+pub mod ingest_client;
+pub mod load;
 pub mod mariadb;
 pub mod pki;
 pub mod prometheus;

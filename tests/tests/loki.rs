@@ -776,3 +776,36 @@ async fn tail_delivers_new_lines_within_a_second() -> Result<()> {
     ensure!(again.is_err(), "unexpected message {again:?}");
     Ok(())
 }
+
+/// A tail is a follow of its token: with `max_follows_per_token = 1`, a second tail is
+/// refused 429 while the first is open, and accepted once it closed.
+#[tokio::test]
+async fn a_tail_counts_against_max_follows_per_token() -> Result<()> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let db = Db::sqlite()?;
+    let d = Daemon::start_with(db.url(), "max_follows_per_token = 1\n").await?;
+    let f = ingest_fixture(&d).await?;
+    let q = format!("{{flow=\"{}\", run=\"2\"}}", f.flow);
+    let url = format!(
+        "ws://{}/loki/api/v1/tail?query={}&delay_for=0&limit=3&start={}",
+        d.base.trim_start_matches("http://"),
+        enc(&q),
+        f.t0 - 60 * S
+    );
+    let (mut first, _) = tokio_tungstenite::connect_async(url.clone()).await?;
+    match tokio_tungstenite::connect_async(url.clone()).await {
+        Err(WsError::Http(resp)) => ensure!(resp.status() == 429, "{resp:?}"),
+        other => anyhow::bail!("a second tail got {other:?}"),
+    }
+    first.close(None).await?;
+    drop(first);
+    logarithm_tests::wait_until(
+        Duration::from_secs(10),
+        "a tail after the first closed",
+        || {
+            let url = url.clone();
+            async move { Ok(tokio_tungstenite::connect_async(url).await.ok().map(|_| ())) }
+        },
+    )
+    .await
+}

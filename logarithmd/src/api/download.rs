@@ -5,6 +5,11 @@
 //! ([`storage::JobStore::read_text`]: the backend assembles the bytes, with no record per
 //! line), the next page read while the current one is sent. A download with a filter or a
 //! line limit reads whole lines through [`LineReader`] instead, to test each one.
+//!
+//! Both read at most `max_download_lines` lines for at most `max_stream_duration`
+//! ([`ReadBudget`]); stopped by either with lines left, the download ends with a
+//! [`super::read_limits::Limit::trailer`] line that says where to continue (after the last
+//! whole line sent).
 
 use std::sync::Arc;
 
@@ -17,6 +22,7 @@ use storage::{ErrorKind, JobId, LineQuery, Storage, TextPage, TextQuery};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::line_reader::LineReader;
+use super::read_limits::{Limit, ReadBudget};
 use crate::live::MAX_JOINED_BYTES;
 
 /// Text bytes a storage page holds at most (two are held at once: the one being sent and
@@ -37,15 +43,15 @@ pub struct DownloadRequest {
     pub filter: Option<Regex>,
     /// At most this many lines.
     pub limit: Option<usize>,
+    pub budget: ReadBudget,
 }
 
 /// Streams the raw log.
 pub fn raw_download(storage: Arc<dyn Storage>, req: DownloadRequest) -> Response {
     let body = if req.filter.is_none() && req.limit.is_none() {
-        Body::from_stream(text_pages(storage, req.job_id, req.after, req.stream))
+        Body::from_stream(text_pages(storage, req))
     } else {
-        let reader = LineReader::new(storage, req.job_id, req.after, req.stream).read_ahead();
-        Body::from_stream(filtered_lines(reader, req.filter, req.limit))
+        Body::from_stream(filtered_lines(storage, req))
     };
     let mut resp = Response::new(body);
     resp.headers_mut()
@@ -61,13 +67,19 @@ struct Pages {
     query: TextQuery,
     /// The next page's read, started while the current page is sent.
     ahead: Option<PageRead>,
+    budget: ReadBudget,
+    /// The seq of the record that ended the last whole line sent.
+    last_line_seq: u64,
     done: bool,
 }
 
 impl Pages {
     fn read(&self) -> PageRead {
         let storage = self.storage.clone();
-        let query = self.query;
+        let mut query = self.query;
+        // Never more records than lines left in the budget (a record ends a line at most).
+        let left = u32::try_from(self.budget.lines_left()).unwrap_or(u32::MAX);
+        query.lines.limit = query.lines.limit.min(left.max(1));
         AbortOnDropHandle::new(tokio::spawn(async move { storage.read_text(&query).await }))
     }
 
@@ -88,7 +100,28 @@ impl Pages {
                 return self.fail(e);
             }
         };
-        let more = page.is_full(&self.query);
+        let more = page.is_full(&self.query) || page.records >= self.budget.lines_left() as u32;
+        self.budget.count_many(page.lines);
+        if let Some(limit) = self.budget.reached().filter(|_| more) {
+            // Stop after the last whole line, if lines are left. A line already begun on
+            // an earlier page (longer than a page) is ended where it stands instead.
+            let begun = page.complete_len == 0 && self.query.open_len.is_some();
+            let after = if begun {
+                page.text.push(b'\n');
+                page.last_seq.unwrap_or(self.last_line_seq)
+            } else {
+                page.text.truncate(page.complete_len);
+                page.last_line_seq.unwrap_or(self.last_line_seq)
+            };
+            self.done = true;
+            if self.any_after(after).await {
+                page.text.extend_from_slice(&limit.trailer(after, false));
+            }
+            return Some(Ok(Bytes::from(page.text)));
+        }
+        if let Some(seq) = page.last_line_seq {
+            self.last_line_seq = seq;
+        }
         if let Some(last) = page.last_seq {
             self.query.lines.after_seq = last;
         }
@@ -109,6 +142,19 @@ impl Pages {
         Some(Ok(Bytes::from(page.text)))
     }
 
+    /// Whether a record is stored after `seq` (so a download stopped there has more).
+    async fn any_after(&self, seq: u64) -> bool {
+        let mut query = self.query;
+        query.lines.after_seq = seq;
+        query.lines.limit = 1;
+        query.open_len = None;
+        match self.storage.read_text(&query).await {
+            Ok(page) => page.records > 0,
+            // Say there is more: the client continues and sees.
+            Err(_) => true,
+        }
+    }
+
     fn fail(&mut self, e: storage::Error) -> Option<storage::Result<Bytes>> {
         tracing::error!(error = %e, "streaming a log download failed");
         self.done = true;
@@ -118,24 +164,24 @@ impl Pages {
 
 fn text_pages(
     storage: Arc<dyn Storage>,
-    job_id: JobId,
-    after: u64,
-    stream: Option<Stream>,
+    req: DownloadRequest,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
     let pages = Pages {
         storage,
         query: TextQuery {
             lines: LineQuery {
-                job_id,
-                after_seq: after,
+                job_id: req.job_id,
+                after_seq: req.after,
                 limit: FIRST_PAGE_RECORDS,
-                stream,
+                stream: req.stream,
             },
             max_bytes: PAGE_BYTES,
             max_joined: MAX_JOINED_BYTES,
             open_len: None,
         },
         ahead: None,
+        budget: req.budget,
+        last_line_seq: req.after,
         done: false,
     };
     futures::stream::unfold(pages, |mut pages| async move {
@@ -149,19 +195,23 @@ struct Filtered {
     reader: LineReader,
     filter: Option<Regex>,
     limit: Option<usize>,
+    budget: ReadBudget,
+    /// The last record read (sent or filtered out): where a continuation starts.
+    last_seq: u64,
     sent: usize,
     done: bool,
 }
 
 fn filtered_lines(
-    reader: LineReader,
-    filter: Option<Regex>,
-    limit: Option<usize>,
+    storage: Arc<dyn Storage>,
+    req: DownloadRequest,
 ) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> {
     let state = Filtered {
-        reader,
-        filter,
-        limit,
+        reader: LineReader::new(storage, req.job_id, req.after, req.stream).read_ahead(),
+        filter: req.filter,
+        limit: req.limit,
+        budget: req.budget,
+        last_seq: req.after,
         sent: 0,
         done: false,
     };
@@ -175,8 +225,18 @@ fn filtered_lines(
                 st.done = true;
                 return Some((Ok(chunk), st));
             }
-            match st.reader.next_line().await {
+            let stop: Option<Limit> = st.budget.reached();
+            let next = st.reader.next_line().await;
+            if let (Some(limit), Ok(Some(_))) = (stop, &next) {
+                // Lines are left: say which limit stopped the download and where to go on.
+                st.done = true;
+                chunk.extend_from_slice(&limit.trailer(st.last_seq, false));
+                return Some((Ok(chunk), st));
+            }
+            match next {
                 Ok(Some(l)) => {
+                    st.budget.count();
+                    st.last_seq = l.last_seq;
                     if st.filter.as_ref().is_some_and(|re| !re.is_match(&l.line)) {
                         continue;
                     }

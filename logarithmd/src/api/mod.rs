@@ -9,6 +9,7 @@ pub mod line_reader;
 pub mod loki;
 pub mod metrics;
 pub mod query;
+pub mod read_limits;
 pub mod stream;
 pub mod trigger;
 pub mod ui;

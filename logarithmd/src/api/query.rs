@@ -13,6 +13,7 @@ use storage::{Job, JobCursor, JobId, JobQuery, JobStatus, Storage};
 use super::download::{raw_download, DownloadRequest};
 use super::error::{ApiError, ApiResult};
 use super::line_reader::LineReader;
+use super::read_limits::ReadBudget;
 use super::AppState;
 use crate::auth::{Authorized, Caller, Read};
 pub use crate::job_view::JobView;
@@ -284,6 +285,7 @@ pub async fn job_logs(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/plain"))
         || params.text;
+    let budget = ReadBudget::new(&state.config);
     if wants_text && params.follow {
         let slot = state.follows.acquire(&auth.caller)?;
         let follower = state
@@ -293,7 +295,7 @@ pub async fn job_logs(
             .map_err(super::stream::follow_error)?
             .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
         return Ok(crate::auth::follows::hold(
-            super::stream::follow_text(follower, params.filter, params.limit),
+            super::stream::follow_text(follower, params.filter, params.limit, budget, params.after),
             slot,
         ));
     }
@@ -304,6 +306,7 @@ pub async fn job_logs(
             stream: params.stream,
             filter: params.filter,
             limit: params.limit,
+            budget,
         };
         return Ok(raw_download(state.storage.clone(), req));
     }

@@ -7,7 +7,9 @@
 //!   version; the first is the run as it is now), then `end` with its final state.
 //!
 //! Idle streams carry a heartbeat comment every `live.heartbeat`. When logarithmd shuts
-//! down, streams close without `end`: the client reconnects with `Last-Event-ID`.
+//! down, streams close without `end`: the client reconnects with `Last-Event-ID`. A stream
+//! open `max_stream_duration`, or a job stream that sent `max_download_lines` lines, ends
+//! with a `reconnect` event instead (see [`super::read_limits`]).
 //!
 //! The `follow=true` raw download of `GET /api/v1/jobs/{id}/logs` runs on the same
 //! follower ([`follow_text`]).
@@ -26,9 +28,11 @@ use futures::stream::{self, StreamExt};
 use protocol::Stream;
 use regex::bytes::Regex;
 use serde::Serialize;
+use tokio::time::timeout_at;
 
 use super::error::{ApiError, ApiResult};
 use super::query::{load_job, JobView};
+use super::read_limits::{Limit, ReadBudget};
 use super::AppState;
 use crate::auth::{Authorized, Read};
 use crate::flows::view::RunView;
@@ -137,6 +141,18 @@ fn json_event(kind: &'static str, id: u64, data: &impl Serialize) -> Event {
     }
 }
 
+/// The last event of a stream stopped by a read limit: its id is where the stream stood,
+/// so an `EventSource` (which reconnects on its own, sending `Last-Event-ID`) resumes
+/// right after it.
+fn reconnect_event(limit: Limit, id: u64) -> Event {
+    let data = serde_json::json!({
+        "reason": limit.name(),
+        "message": format!("{} reached; reconnect to continue", limit.describe()),
+        "after": id,
+    });
+    json_event("reconnect", id, &data)
+}
+
 fn error_event(message: &str) -> Event {
     json_event("error", 0, &serde_json::json!({ "message": message }))
 }
@@ -180,12 +196,25 @@ async fn job_stream(
         .await
         .map_err(follow_error)?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    let events = stream::unfold(Some(follower), |f| async move {
-        let mut f = f?;
-        match f.next().await {
+    let budget = ReadBudget::new(&state.config);
+    let events = stream::unfold(Some((follower, budget, after)), |st| async move {
+        let (mut f, mut budget, last) = st?;
+        let next = match budget.reached() {
+            Some(limit) => Err(limit),
+            None => timeout_at(budget.deadline(), f.next())
+                .await
+                .map_err(|_| budget.time_limit()),
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(limit) => return Some((reconnect_event(limit, last), None)),
+        };
+        match next {
             Ok(Some(FollowEvent::Line(l))) => {
+                budget.count();
                 let id = l.last_seq;
-                Some((json_event("line", id, &LineEvent::new(l)), Some(f)))
+                let ev = json_event("line", id, &LineEvent::new(l));
+                Some((ev, Some((f, budget, id))))
             }
             Ok(Some(FollowEvent::End(job))) => {
                 let id = job.last_seq;
@@ -220,12 +249,16 @@ async fn run_stream(
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let slot = state.follows.acquire(&auth.caller)?;
     let caller = auth.caller;
-    let events = stream::unfold(Some((follower, caller)), |f| async move {
-        let (mut f, caller) = f?;
-        match f.next().await {
+    let budget = ReadBudget::new(&state.config);
+    let events = stream::unfold(Some((follower, caller, 0, budget)), |st| async move {
+        let (mut f, caller, version, budget) = st?;
+        let Ok(next) = timeout_at(budget.deadline(), f.next()).await else {
+            return Some((reconnect_event(budget.time_limit(), version), None));
+        };
+        match next {
             Ok(Some(RunEvent::Saved(s))) => Some((
                 json_event("run", s.version, &RunView::shown_to(&s.run, &caller)),
-                Some((f, caller)),
+                Some((f, caller, s.version, budget)),
             )),
             Ok(Some(RunEvent::End(s))) => Some((
                 json_event("end", s.version, &RunView::shown_to(&s.run, &caller)),
@@ -246,18 +279,31 @@ struct TextFollow {
     follower: JobFollower,
     filter: Option<Regex>,
     limit: Option<usize>,
+    budget: ReadBudget,
+    /// The last record read (sent or filtered out): where a continuation starts.
+    last_seq: u64,
     sent: usize,
     done: bool,
 }
 
 /// The raw log as `text/plain`, then new lines as they are committed, until the job
-/// finishes (`follow=true`). Lines are flushed whenever the follower has to wait.
-pub fn follow_text(follower: JobFollower, filter: Option<Regex>, limit: Option<usize>) -> Response {
+/// finishes (`follow=true`). Lines are flushed whenever the follower has to wait. At
+/// `max_download_lines` lines or `max_stream_duration`, it ends with a
+/// [`Limit::trailer`] line (`…?after=SEQ&follow=true`).
+pub fn follow_text(
+    follower: JobFollower,
+    filter: Option<Regex>,
+    limit: Option<usize>,
+    budget: ReadBudget,
+    after: u64,
+) -> Response {
     const CHUNK: usize = 64 << 10;
     let st = TextFollow {
         follower,
         filter,
         limit,
+        budget,
+        last_seq: after,
         sent: 0,
         done: false,
     };
@@ -274,8 +320,24 @@ pub fn follow_text(follower: JobFollower, filter: Option<Regex>, limit: Option<u
             if !chunk.is_empty() && (chunk.len() >= CHUNK || st.follower.is_idle()) {
                 return Some((Ok(chunk), st));
             }
-            match st.follower.next().await {
+            let next = match st.budget.reached() {
+                Some(limit) => Err(limit),
+                None => timeout_at(st.budget.deadline(), st.follower.next())
+                    .await
+                    .map_err(|_| st.budget.time_limit()),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(limit) => {
+                    st.done = true;
+                    chunk.extend_from_slice(&limit.trailer(st.last_seq, true));
+                    return Some((Ok(chunk), st));
+                }
+            };
+            match next {
                 Ok(Some(FollowEvent::Line(l))) => {
+                    st.budget.count();
+                    st.last_seq = l.last_seq;
                     if st.filter.as_ref().is_some_and(|re| !re.is_match(&l.line)) {
                         continue;
                     }

@@ -88,7 +88,7 @@ impl DocumentStore for MysqlStorage {
     async fn get_document(&self, namespace: &str, id: &str) -> Result<Option<Document>> {
         validate_get(namespace, id)?;
         self.bounded("get_document", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             get(&mut conn, namespace, id).await
         })
         .await
@@ -106,7 +106,7 @@ impl DocumentStore for MysqlStorage {
     async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>> {
         validate_query(query)?;
         self.bounded("list_documents", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             list(&mut conn, query).await
         })
         .await

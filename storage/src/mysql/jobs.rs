@@ -21,7 +21,7 @@ use crate::model::{
 use crate::sql::jobs::{
     line_chunks, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
     read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, validate, JOB_INSERT,
-    JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES, OUTPUTS_SELECT,
+    JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES, MYSQL_STREAM_INDEX, OUTPUTS_SELECT,
 };
 use crate::sql::outbox::job_events;
 use crate::sql::{chunk_by_size, placeholders};
@@ -252,6 +252,7 @@ impl JobStore for MysqlStorage {
             .with_max_delay(Duration::from_millis(200))
             .with_jitter()
             .with_max_times(CONFLICT_RETRIES - 1);
+        let _writing = self.writing();
         self.bounded("apply", async {
             (|| self.apply_once(batch))
                 .retry(conflicts)
@@ -266,14 +267,14 @@ impl JobStore for MysqlStorage {
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         self.bounded("get_job", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             let sql = format!("SELECT {JOB_SELECT_COLUMNS} FROM jobs WHERE id = ?");
             let Some(row) = conn.exec_first::<Row, _, _>(sql, (id,)).await? else {
                 return Ok(None);
             };
             let mut row = row;
             let row = read_job(&mut row)?;
-            let outputs = load_outputs(&mut conn, id).await?;
+            let outputs = load_outputs(&mut *conn, id).await?;
             Ok(Some(row.into_job(outputs)))
         })
         .await
@@ -282,7 +283,7 @@ impl JobStore for MysqlStorage {
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
         let (sql, params) = list_jobs_sql(query);
         self.bounded("list_jobs", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             let rows: Vec<Row> = conn.exec(sql, positional(params)).await?;
             rows.into_iter()
                 .map(|mut r| Ok(read_job(&mut r)?.into_job(BTreeMap::new())))
@@ -292,9 +293,9 @@ impl JobStore for MysqlStorage {
     }
 
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>> {
-        let (sql, params) = read_lines_sql(query);
+        let (sql, params) = read_lines_sql(query, MYSQL_STREAM_INDEX);
         self.bounded("read_lines", async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.read_conn().await?;
             let rows: Vec<Row> = conn.exec(sql, positional(params)).await?;
             rows.into_iter()
                 .map(|mut r| read_line(query.job_id, &mut r))
@@ -304,7 +305,7 @@ impl JobStore for MysqlStorage {
     }
 
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
-        let (sql, params) = read_text_sql(&query.lines);
+        let (sql, params) = read_text_sql(&query.lines, MYSQL_STREAM_INDEX);
         let job_id = query.lines.job_id;
         self.bounded("read_text", async {
             let mut conn = self.conn().await?;

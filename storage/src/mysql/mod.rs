@@ -6,7 +6,7 @@
 //! an `Unavailable` or `Timeout` error instead of a hang.
 //!
 //! # Layout
-//! - this file: the pool (open, connections, time bounds), error kinds, bind values and
+//! - this file: the two pools, writes and reads (open, connections, time bounds), error kinds, bind values and
 //!   the [`RowAccess`] of a `mysql_async` row.
 //! - `schema`: migrations, under an advisory lock.
 //! - `jobs`: [`crate::JobStore`]: `apply` (with its conflict reruns) and the reads.
@@ -27,6 +27,7 @@ use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Value};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::read_gate::{BusyRead, ReadGate, Writing};
 use crate::sql::{Column, Param, RowAccess};
 use crate::{Storage, StorageConfig};
 
@@ -127,8 +128,65 @@ impl RowAccess for Row {
     }
 }
 
+/// The options of a pool of at most `max` connections (at least one).
+fn pool_builder(opts: &Opts, max: usize) -> Result<OptsBuilder> {
+    let max = max.max(1);
+    let constraints = PoolConstraints::new(max.min(2), max)
+        .ok_or_else(|| Error::new(ErrorKind::Invalid, format!("invalid pool size {max}")))?;
+    // No reset on return to the pool: it would cost a round trip per operation and
+    // drop the server-side prepared statements the multi-row INSERTs reuse. Nothing
+    // leaks between uses: every transaction ends in COMMIT or ROLLBACK.
+    let pool_opts = PoolOpts::default()
+        .with_constraints(constraints)
+        .with_reset_connection(false)
+        .with_inactive_connection_ttl(Duration::from_secs(60));
+    Ok(OptsBuilder::from_opts(opts.clone())
+        .pool_opts(pool_opts)
+        .setup(vec![SESSION_SETUP])
+        .stmt_cache_size(64)
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        // affected_rows must count changed rows, not matched ones: that is how a
+        // duplicate line (ON DUPLICATE KEY UPDATE that changes nothing) counts as 0.
+        .client_found_rows(false))
+}
+
+async fn get_conn(pool: &Pool) -> Result<Conn> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn()).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("no MySQL connection within {CONNECT_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// Two pools on one database: writes (`apply`, claims, every transaction) and reads (job,
+/// line and document queries), so readers wait for each other, never for a writer's
+/// connection, and never hold one.
 pub(crate) struct MysqlStorage {
     pool: Pool,
+    read_pool: Pool,
+    /// Reads yield to `apply` (see [`crate::read_gate`]).
+    gate: ReadGate,
+}
+
+/// A connection of the read pool, with the read gate's permit while ingest writes.
+pub(crate) struct ReadConn {
+    conn: Conn,
+    _beside_ingest: Option<BusyRead>,
+}
+
+impl std::ops::Deref for ReadConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for ReadConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
 }
 
 impl MysqlStorage {
@@ -143,26 +201,10 @@ impl MysqlStorage {
                 "the MySQL URL names no database (mysql://user:pass@host:port/DATABASE)",
             ));
         }
-        let max = config.max_connections.max(1);
-        let constraints = PoolConstraints::new(max.min(2), max)
-            .ok_or_else(|| Error::new(ErrorKind::Invalid, format!("invalid pool size {max}")))?;
-        // No reset on return to the pool: it would cost a round trip per operation and
-        // drop the server-side prepared statements the multi-row INSERTs reuse. Nothing
-        // leaks between uses: every transaction ends in COMMIT or ROLLBACK.
-        let pool_opts = PoolOpts::default()
-            .with_constraints(constraints)
-            .with_reset_connection(false)
-            .with_inactive_connection_ttl(Duration::from_secs(60));
-        let builder = OptsBuilder::from_opts(opts)
-            .pool_opts(pool_opts)
-            .setup(vec![SESSION_SETUP])
-            .stmt_cache_size(64)
-            .tcp_keepalive(Some(Duration::from_secs(30)))
-            // affected_rows must count changed rows, not matched ones: that is how a
-            // duplicate line (ON DUPLICATE KEY UPDATE that changes nothing) counts as 0.
-            .client_found_rows(false);
         let storage = MysqlStorage {
-            pool: Pool::new(builder),
+            pool: Pool::new(pool_builder(&opts, config.max_connections)?),
+            read_pool: Pool::new(pool_builder(&opts, config.max_read_connections)?),
+            gate: ReadGate::new(config.busy_read_connections, config.busy_read_percent),
         };
         let migrated = tokio::time::timeout(OPEN_TIMEOUT, storage.migrate()).await;
         let result = match migrated {
@@ -173,21 +215,32 @@ impl MysqlStorage {
             )),
         };
         if let Err(e) = result {
-            // Close the pool's connections rather than leave them to the runtime.
+            // Close the pools' connections rather than leave them to the runtime.
             let _ = storage.pool.disconnect().await;
+            let _ = storage.read_pool.disconnect().await;
             return Err(e);
         }
         Ok(storage)
     }
 
+    /// A connection of the write pool.
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.pool.get_conn()).await {
-            Ok(conn) => Ok(conn?),
-            Err(_) => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!("no MySQL connection within {CONNECT_TIMEOUT:?}"),
-            )),
-        }
+        get_conn(&self.pool).await
+    }
+
+    /// A connection of the read pool (for queries that write nothing), once the read gate
+    /// lets the read run.
+    pub(crate) async fn read_conn(&self) -> Result<ReadConn> {
+        let permit = self.gate.read().await?;
+        Ok(ReadConn {
+            conn: get_conn(&self.read_pool).await?,
+            _beside_ingest: permit,
+        })
+    }
+
+    /// Marks a batch being applied: reads yield to it until the guard is dropped.
+    pub(crate) fn writing(&self) -> Writing<'_> {
+        self.gate.writing()
     }
 
     /// Runs `fut` with the operation time limit.

@@ -90,6 +90,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "retention",
         statements: MIGRATION_4,
     },
+    Migration {
+        version: 5,
+        name: "log lines by stream",
+        statements: MIGRATION_5,
+    },
 ];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -186,6 +191,14 @@ const MIGRATION_4: &[&str] = &[
 /// Server errors meaning a DDL statement's work is there already: duplicate column name,
 /// duplicate key name.
 const ALREADY_DONE: [u16; 2] = [1060, 1061];
+
+/// Schema version 5: the index that serves `stream=stdout|stderr` reads of a job's lines
+/// (`WHERE job_id = ? AND stream = ? AND seq > ? ORDER BY seq`) without scanning the
+/// other stream's rows. Online DDL on InnoDB and TiDB: ingest goes on while it builds. Run
+/// again after an interruption, the server answers 1061 (duplicate key name), which
+/// [`migrate_locked`] takes as done (MySQL 8 has no `ADD INDEX IF NOT EXISTS`).
+const MIGRATION_5: &[&str] =
+    &["ALTER TABLE log_lines ADD INDEX idx_log_lines_stream (job_id, stream, seq)"];
 
 impl MysqlStorage {
     /// Applies pending migrations holding the advisory lock on one connection (the lock

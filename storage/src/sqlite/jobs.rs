@@ -17,7 +17,7 @@ use crate::model::{
 use crate::sql::jobs::{
     list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql, read_output,
     read_text_sql, seq_from_db, seq_to_db, text_bytes, validate, JOB_INSERT, JOB_SELECT_COLUMNS,
-    JOB_UPDATE, OUTPUTS_SELECT,
+    JOB_UPDATE, OUTPUTS_SELECT, SQLITE_STREAM_INDEX,
 };
 use crate::sql::outbox::job_events;
 use crate::sql::placeholders;
@@ -167,6 +167,7 @@ impl JobStore for SqliteStorage {
         }
         // The blocking task needs an owned batch; copying it is cheap next to the I/O.
         let batch = batch.clone();
+        let _writing = self.writing();
         self.with_writer(move |conn| apply_batch(conn, &batch))
             .await
     }
@@ -196,14 +197,14 @@ impl JobStore for SqliteStorage {
     }
 
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>> {
-        let (sql, params) = read_lines_sql(query);
+        let (sql, params) = read_lines_sql(query, SQLITE_STREAM_INDEX);
         let job_id = query.job_id;
         self.with_reader(move |conn| query_all(conn, &sql, params, |r| read_line(job_id, r)))
             .await
     }
 
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
-        let (sql, params) = read_text_sql(&query.lines);
+        let (sql, params) = read_text_sql(&query.lines, SQLITE_STREAM_INDEX);
         let query = *query;
         self.with_reader(move |conn| {
             let mut text = TextAssembler::new(&query);

@@ -3,7 +3,8 @@
 //! rusqlite is blocking, so all of its work runs in `spawn_blocking`. SQLite allows one
 //! writer at a time anyway, so there is exactly one writer connection behind a mutex
 //! (writes queue there instead of spinning on `SQLITE_BUSY`), plus a small pool of reader
-//! connections that WAL mode lets read while the writer writes. An in-memory database
+//! connections (`max_read_connections`, at most 4) that WAL mode lets read while the writer
+//! writes; readers never take the writer. An in-memory database
 //! exists per connection, so it uses the writer connection for everything.
 //!
 //! # Layout
@@ -30,6 +31,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::read_gate::{ReadGate, Writing};
 use crate::sql::{Column, Param, RowAccess};
 use crate::Storage;
 
@@ -191,6 +193,8 @@ struct Readers {
 
 struct Inner {
     writer: Mutex<Connection>,
+    /// Reads yield to `apply` (see [`crate::read_gate`]).
+    gate: ReadGate,
     /// `None` for an in-memory database (readers would see other, empty databases).
     readers: Option<Readers>,
 }
@@ -202,7 +206,7 @@ pub(crate) struct SqliteStorage {
 impl SqliteStorage {
     pub(crate) async fn open(config: &crate::StorageConfig) -> Result<SqliteStorage> {
         let location = parse_url(&config.url)?;
-        let readers = config.max_connections.clamp(1, MAX_READERS);
+        let readers = config.max_read_connections.clamp(1, MAX_READERS);
         let writer_location = location.clone();
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection> {
             if let Location::File(path) = &writer_location {
@@ -239,9 +243,15 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
+                gate: ReadGate::new(config.busy_read_connections, config.busy_read_percent),
                 readers,
             }),
         })
+    }
+
+    /// Marks a batch being applied: reads yield to it until the guard is dropped.
+    pub(crate) fn writing(&self) -> Writing<'_> {
+        self.inner.gate.writing()
     }
 
     /// Runs `f` on the writer connection in a blocking task.
@@ -270,6 +280,7 @@ impl SqliteStorage {
         let Some(readers) = &self.inner.readers else {
             return self.with_writer(move |conn| f(conn)).await;
         };
+        let _beside_ingest = self.inner.gate.read().await?;
         let _permit = readers
             .permits
             .acquire()

@@ -81,6 +81,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
     version: 4,
     name: "retention",
     statements: MIGRATION_4,
+}, Migration {
+    version: 5,
+    name: "log lines by stream",
+    statements: MIGRATION_5,
 }];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -170,6 +174,12 @@ const MIGRATION_4: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS idx_jobs_run ON jobs (run)",
     "CREATE INDEX IF NOT EXISTS idx_webhook_deliveries_job ON webhook_deliveries (job_id, created_at)",
 ];
+
+/// Schema version 5: the index that serves `stream=stdout|stderr` reads of a job's lines
+/// without scanning the other stream's rows (it holds `(job_id, stream, seq)` and, as every
+/// index of a `WITHOUT ROWID` table, the primary key, so it points straight at the row).
+const MIGRATION_5: &[&str] =
+    &["CREATE INDEX IF NOT EXISTS idx_log_lines_stream ON log_lines (job_id, stream, seq)"];
 
 /// Applies pending migrations under `BEGIN IMMEDIATE`, which takes SQLite's write lock
 /// first: a second process opening the same file waits (busy timeout), then finds the

@@ -416,7 +416,7 @@ pub async fn retention_run_documents_go_with_the_last_job(t: &Target) {
     );
 }
 
-/// Schema version 4 on a database of version 3 with data (SQLite: the column and indexes
+/// Schema version 4 (and 5 after it) on a database of version 3 with data (SQLite: the column and indexes
 /// removed; MySQL: a version 4 cut short, one index missing and the rest there): opening
 /// applies it, and the stored job is read and expired as any other.
 pub async fn retention_migration_upgrades_an_existing_database(t: &Target) {
@@ -433,11 +433,11 @@ pub async fn retention_migration_upgrades_an_existing_database(t: &Target) {
             "DROP INDEX idx_jobs_run",
             "DROP INDEX idx_webhook_deliveries_job",
             "ALTER TABLE jobs DROP COLUMN line_bytes",
-            "DELETE FROM schema_migrations WHERE version = 4",
+            "DELETE FROM schema_migrations WHERE version >= 4",
         ],
         _ => &[
             "DROP INDEX idx_jobs_run ON jobs",
-            "DELETE FROM schema_migrations WHERE version = 4",
+            "DELETE FROM schema_migrations WHERE version >= 4",
         ],
     };
     for sql in downgrade {

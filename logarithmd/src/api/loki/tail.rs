@@ -8,14 +8,16 @@
 //! in-process job events), and within [`DISCOVER`] when another replica does. Messages are
 //! Loki's tail shape `{"streams": [...], "dropped_entries": []}`, at most
 //! [`MAX_LINES_PER_MESSAGE`] lines each. A tail follows at most `loki_max_jobs` jobs; past
-//! that, or on a storage error, the socket closes with the reason.
+//! that, or on a storage error, the socket closes with the reason (1011). A tail counts
+//! as a follow of its token (`max_follows_per_token`, 429 beyond) and stays open at most
+//! `max_stream_duration`, then closes normally (1000), as Loki's `tail_max_duration` does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use protocol::Stream;
@@ -23,12 +25,14 @@ use serde_json::json;
 use storage::EventKind;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::timeout_at;
 
 use super::labels;
 use super::logql::{self, LogQuery};
 use super::params::{Direction, LokiResult, Params, DEFAULT_RANGE_NS};
 use super::query::{find_lines, streams_json, Found, StreamValues};
 use super::select::{self, Selected};
+use crate::api::read_limits::ReadBudget;
 use crate::api::AppState;
 use crate::auth::{Authorized, Caller, Read};
 use crate::live::{FollowEvent, LogicalLine};
@@ -56,7 +60,16 @@ pub async fn tail(
     let limit = p.limit()?;
     select::check_bounds(&state, &q.matchers, start, now)?;
     let caller = auth.caller;
-    Ok(ws.on_upgrade(move |socket| run(state, caller, socket, q, start, limit)))
+    // A tail is a follow: it counts against the token's max_follows_per_token (429).
+    let slot = match state.follows.acquire(&caller) {
+        Ok(slot) => slot,
+        Err(e) => return Ok(e.into_response()),
+    };
+    let budget = ReadBudget::new(&state.config);
+    Ok(ws.on_upgrade(move |socket| async move {
+        run(state, caller, socket, q, start, limit, budget).await;
+        drop(slot);
+    }))
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -68,6 +81,7 @@ async fn run(
     q: LogQuery,
     start: i64,
     limit: usize,
+    budget: ReadBudget,
 ) {
     let (mut tx, mut rx) = socket.split();
     // The client only ever closes (or pings, which axum answers).
@@ -86,9 +100,20 @@ async fn run(
         jobs: HashMap::new(),
         followers: JoinSet::new(),
     };
-    let reason = tail.follow(&mut tx, limit, &mut closed).await.err();
+    let followed = timeout_at(budget.deadline(), tail.follow(&mut tx, limit, &mut closed)).await;
     closed.abort();
-    if let Some(reason) = reason {
+    let Ok(followed) = followed else {
+        // Open max_stream_duration: a normal close, as Loki's own tail_max_duration does.
+        let reason = format!("{} reached; reconnect", budget.time_limit().describe());
+        let _ = tx
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: Utf8Bytes::from(reason),
+            })))
+            .await;
+        return;
+    };
+    if let Some(reason) = followed.err() {
         tracing::warn!(%reason, "Loki tail ended");
         let _ = tx
             .send(Message::Close(Some(CloseFrame {

@@ -1,117 +1,12 @@
 //! Sections 1 and 2: logarithmd's ingest into SQLite and MariaDB, and the raw ceilings.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Result};
-use logarithm_tests::{Daemon, Db, TOKEN};
-use protocol::{Agent as WireAgent, Batch, ContainerMeta, ContainerSegment, Record, Stream};
+use logarithm_tests::ingest_client::{bodies, container_id, post_all};
+use logarithm_tests::{Daemon, Db};
 
 use crate::{line, Figure, BATCH, LINES, SENDERS};
-
-fn compress_batch(container: &str, first_seq: u64, n: u64, meta: bool) -> Result<Vec<u8>> {
-    let records = (first_seq..first_seq + n)
-        .map(|seq| {
-            Record::new(
-                seq,
-                1_764_000_000_000_000_000 + seq as i64,
-                if seq % 2 == 0 {
-                    Stream::Stderr
-                } else {
-                    Stream::Stdout
-                },
-                line(seq).into_bytes(),
-                false,
-            )
-        })
-        .collect();
-    let batch = Batch {
-        version: protocol::PROTOCOL_VERSION,
-        agent: WireAgent {
-            id: "bench".into(),
-            node: "bench-node".into(),
-        },
-        segments: vec![ContainerSegment {
-            container_id: container.to_owned(),
-            meta: meta.then(|| ContainerMeta {
-                name: format!("bench-{container}"),
-                image: "bench".into(),
-                labels: Default::default(),
-                created_at: 1,
-                started_at: 1,
-                restart_count: 0,
-                tty: false,
-                log_driver: "json-file".into(),
-            }),
-            records,
-            exit: None,
-            logs_unavailable: None,
-        }],
-    };
-    Ok(zstd::encode_all(&serde_json::to_vec(&batch)?[..], 1)?)
-}
-
-/// The zstd request bodies of `lines` lines of one container, in batches of [`BATCH`].
-pub fn bodies(container: &str, lines: u64) -> Result<Vec<Vec<u8>>> {
-    let mut list = Vec::new();
-    let mut seq = 1;
-    while seq <= lines {
-        let n = BATCH.min(lines - seq + 1);
-        list.push(compress_batch(container, seq, n, seq == 1)?);
-        seq += n;
-    }
-    Ok(list)
-}
-
-/// A random container id.
-pub fn container_id() -> String {
-    format!(
-        "{:016x}{:016x}{:016x}{:016x}",
-        logarithm_tests::rand_u64(),
-        logarithm_tests::rand_u64(),
-        logarithm_tests::rand_u64(),
-        logarithm_tests::rand_u64()
-    )
-}
-
-/// POSTs each list of bodies in order, the lists at once, as agents do (a 503 means
-/// "send the same batch again shortly"); returns how many were sent again.
-pub async fn post_all(daemon: &Daemon, lists: Vec<Vec<Vec<u8>>>) -> Result<u64> {
-    let mut tasks = Vec::new();
-    for list in lists {
-        let http = daemon.http.clone();
-        let url = format!("{}/api/v1/ingest", daemon.base);
-        tasks.push(tokio::spawn(async move {
-            let mut retries = 0u64;
-            for body in list {
-                loop {
-                    let r = http
-                        .post(&url)
-                        .header("authorization", format!("Bearer {TOKEN}"))
-                        .header("content-type", "application/json")
-                        .header("content-encoding", "zstd")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                        retries += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    if !r.status().is_success() {
-                        bail!("ingest answered {}: {}", r.status(), r.text().await?);
-                    }
-                    break;
-                }
-            }
-            Ok::<_, anyhow::Error>(retries)
-        }));
-    }
-    let mut retries = 0;
-    for t in tasks {
-        retries += t.await??;
-    }
-    Ok(retries)
-}
 
 pub async fn bench_ingest(db: &Db, label: &str) -> Result<Figure> {
     let daemon = Daemon::start(db.url()).await?;

@@ -24,12 +24,17 @@
 //! 7. Reading a stored 1,000,000-line job ([`read`]) on SQLite and MariaDB: the raw
 //!    download beside a plain `SELECT`, the first JSON page and the viewer's first view.
 //!
-//! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`procfs`]
-//! (CPU and memory of a process).
+//! 8. Reads beside ingest ([`load`]): 1,000,000 lines ingested alone, then beside 50 raw
+//!    downloads and 200 SSE follows, on SQLite and MariaDB: both rates, their ratio, 503s
+//!    to ingest, logarithmd's peak RSS.
+//!
+//! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`load`] (8),
+//! [`procfs`] (CPU and memory of a process).
 
 mod agent;
 mod ingest;
 mod live;
+mod load;
 mod procfs;
 mod read;
 
@@ -41,15 +46,10 @@ use logarithm_tests::Db;
 use agent::bench_agent;
 use ingest::{bench_ingest, raw_mysql, raw_sqlite};
 
-const LINES: u64 = 1_000_000;
-const LINE_BYTES: usize = 100;
-const BATCH: u64 = 5_000;
-const SENDERS: u64 = 4;
+use logarithm_tests::ingest_client::{line, BATCH, LINE_BYTES};
 
-fn line(seq: u64) -> String {
-    let s = format!("{seq:010} ");
-    format!("{s}{}", "x".repeat(LINE_BYTES - s.len()))
-}
+const LINES: u64 = 1_000_000;
+const SENDERS: u64 = 4;
 
 pub struct Figure {
     pub what: String,
@@ -71,7 +71,7 @@ impl Figure {
 }
 
 /// Runs every section, or those named on the command line (`ingest`, `agent`, `live`,
-/// `read`).
+/// `read`, `load`).
 #[tokio::main]
 async fn main() -> Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
@@ -114,6 +114,11 @@ async fn main() -> Result<()> {
         read::bench_read(&Db::mysql().await?, "MariaDB")
             .await?
             .print();
+    }
+    if wants("load") {
+        load::header();
+        load::bench_load(&Db::sqlite()?, "SQLite").await?;
+        load::bench_load(&Db::mysql().await?, "MariaDB").await?;
     }
     Ok(())
 }

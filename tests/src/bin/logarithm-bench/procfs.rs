@@ -12,19 +12,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-/// Peak resident memory of a process (VmHWM), in MiB.
-pub fn peak_rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("VmHWM")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kb / 1024.0)
-}
+pub use logarithm_tests::load::peak_rss_mib;
 
 /// dockerd's pid (the engine the bench's containers run on).
 pub fn dockerd_pid() -> Result<u32> {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use logarithm_tests::{Daemon, Db};
 
-use crate::ingest::{bodies, container_id, post_all};
 use crate::LINES;
+use logarithm_tests::ingest_client::{bodies, container_id, post_all};
 
 /// Repetitions of the small requests (the median is reported).
 const SMALL_RUNS: usize = 9;
