@@ -1,5 +1,6 @@
 //! Sections 1 and 2: logarithmd's ingest into SQLite and MariaDB, and the raw ceilings.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -113,8 +114,13 @@ pub async fn post_all(daemon: &Daemon, lists: Vec<Vec<Vec<u8>>>) -> Result<u64> 
     Ok(retries)
 }
 
-pub async fn bench_ingest(db: &Db, label: &str) -> Result<Figure> {
-    let daemon = Daemon::start(db.url()).await?;
+/// Ingest through this build's logarithmd, or through `baseline` (another binary, e.g.
+/// the build before a change: `LOGARITHM_BENCH_BASELINE`).
+pub async fn bench_ingest(db: &Db, label: &str, baseline: Option<&Path>) -> Result<Figure> {
+    let daemon = match baseline {
+        Some(bin) => Daemon::start_binary(bin, db.url()).await?,
+        None => Daemon::start(db.url()).await?,
+    };
     // Bodies are prepared before the clock starts: this measures logarithmd and storage.
     let mut lists = Vec::new();
     for _ in 0..SENDERS {
@@ -130,8 +136,13 @@ pub async fn bench_ingest(db: &Db, label: &str) -> Result<Figure> {
     if stored != LINES {
         bail!("{label}: stored {stored} of {LINES}");
     }
+    let build = if baseline.is_some() {
+        " (baseline)"
+    } else {
+        ""
+    };
     Ok(Figure {
-        what: format!("logarithmd ingest → {label}"),
+        what: format!("logarithmd ingest → {label}{build}"),
         secs,
         lines: LINES,
     })

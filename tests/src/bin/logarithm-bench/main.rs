@@ -24,6 +24,11 @@
 //! 7. Reading a stored 1,000,000-line job ([`read`]) on SQLite and MariaDB: the raw
 //!    download beside a plain `SELECT`, the first JSON page and the viewer's first view.
 //!
+//! With `LOGARITHM_BENCH_BASELINE=/path/to/logarithmd` (an older build; `scripts/bench.sh`
+//! builds one from `LOGARITHM_BENCH_BASELINE_REV`), section 1 also runs against that
+//! binary, alternating with this build's on each database, and prints old and new side
+//! by side with the ratio new / old.
+//!
 //! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`procfs`]
 //! (CPU and memory of a process).
 
@@ -34,6 +39,7 @@ mod procfs;
 mod read;
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use logarithm_tests::Db;
@@ -58,6 +64,11 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// Lines per second.
+    pub fn rate(&self) -> f64 {
+        self.lines as f64 / self.secs
+    }
+
     pub fn print(&self) {
         let mb = (self.lines as f64 * LINE_BYTES as f64) / 1e6;
         println!(
@@ -85,14 +96,28 @@ async fn main() -> Result<()> {
     );
     std::io::stdout().flush()?;
     let mut sqlite_ingest = None;
+    let baseline = std::env::var_os("LOGARITHM_BENCH_BASELINE").map(PathBuf::from);
+    let baseline = baseline.as_deref();
+    let mut versus = Vec::new();
     if wants("ingest") {
         raw_sqlite()?.print();
-        let ingest = bench_ingest(&Db::sqlite()?, "SQLite").await?;
+        let ingest = bench_ingest(&Db::sqlite()?, "SQLite", None).await?;
         ingest.print();
+        if let Some(bin) = baseline {
+            let old = bench_ingest(&Db::sqlite()?, "SQLite", Some(bin)).await?;
+            old.print();
+            versus.push((old, ingest.rate()));
+        }
         sqlite_ingest = Some(ingest);
         let server = logarithm_tests::mysql_server_url()?;
         raw_mysql(&server).await?.print();
-        bench_ingest(&Db::mysql().await?, "MariaDB").await?.print();
+        let ingest = bench_ingest(&Db::mysql().await?, "MariaDB", None).await?;
+        ingest.print();
+        if let Some(bin) = baseline {
+            let old = bench_ingest(&Db::mysql().await?, "MariaDB", Some(bin)).await?;
+            old.print();
+            versus.push((old, ingest.rate()));
+        }
     }
     let mut runs = Vec::new();
     if wants("agent") {
@@ -107,6 +132,15 @@ async fn main() -> Result<()> {
     }
     if wants("live") {
         live::bench_live().await?.print();
+    }
+    for (old, new_rate) in &versus {
+        println!(
+            "\n{}: new / old = {:.3} ({:.0} against {:.0} lines/s)",
+            old.what,
+            new_rate / old.rate(),
+            new_rate,
+            old.rate()
+        );
     }
     if wants("read") {
         read::ReadRun::header();
