@@ -25,9 +25,10 @@
 //!    download beside a plain `SELECT`, the first JSON page and the viewer's first view.
 //!
 //! With `LOGARITHM_BENCH_BASELINE=/path/to/logarithmd` (an older build; `scripts/bench.sh`
-//! builds one from `LOGARITHM_BENCH_BASELINE_REV`), section 1 also runs against that
-//! binary, alternating with this build's on each database, and prints old and new side
-//! by side with the ratio new / old.
+//! builds one from `LOGARITHM_BENCH_BASELINE_REV`), section 1 then runs that binary and
+//! this build's in turn on each database (`LOGARITHM_BENCH_BASELINE_ROUNDS` pairs, 3 by
+//! default, alternating which goes first) and prints both medians and the ratio new / old
+//! with its spread over the rounds, so a difference can be told from noise.
 //!
 //! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`procfs`]
 //! (CPU and memory of a process).
@@ -41,11 +42,11 @@ mod read;
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use logarithm_tests::Db;
 
 use agent::bench_agent;
-use ingest::{bench_ingest, raw_mysql, raw_sqlite};
+use ingest::{bench_ingest, raw_mysql, raw_sqlite, Versus};
 
 const LINES: u64 = 1_000_000;
 const LINE_BYTES: usize = 100;
@@ -97,26 +98,25 @@ async fn main() -> Result<()> {
     std::io::stdout().flush()?;
     let mut sqlite_ingest = None;
     let baseline = std::env::var_os("LOGARITHM_BENCH_BASELINE").map(PathBuf::from);
-    let baseline = baseline.as_deref();
     let mut versus = Vec::new();
     if wants("ingest") {
         raw_sqlite()?.print();
         let ingest = bench_ingest(&Db::sqlite()?, "SQLite", None).await?;
         ingest.print();
-        if let Some(bin) = baseline {
-            let old = bench_ingest(&Db::sqlite()?, "SQLite", Some(bin)).await?;
-            old.print();
-            versus.push((old, ingest.rate()));
-        }
         sqlite_ingest = Some(ingest);
         let server = logarithm_tests::mysql_server_url()?;
         raw_mysql(&server).await?.print();
-        let ingest = bench_ingest(&Db::mysql().await?, "MariaDB", None).await?;
-        ingest.print();
-        if let Some(bin) = baseline {
-            let old = bench_ingest(&Db::mysql().await?, "MariaDB", Some(bin)).await?;
-            old.print();
-            versus.push((old, ingest.rate()));
+        bench_ingest(&Db::mysql().await?, "MariaDB", None)
+            .await?
+            .print();
+        if let Some(bin) = &baseline {
+            let rounds = match std::env::var("LOGARITHM_BENCH_BASELINE_ROUNDS") {
+                Ok(v) => v.parse().context("LOGARITHM_BENCH_BASELINE_ROUNDS")?,
+                Err(_) => 3,
+            };
+            for mysql in [false, true] {
+                versus.push(Versus::run(mysql, bin, rounds).await?);
+            }
         }
     }
     let mut runs = Vec::new();
@@ -133,14 +133,11 @@ async fn main() -> Result<()> {
     if wants("live") {
         live::bench_live().await?.print();
     }
-    for (old, new_rate) in &versus {
-        println!(
-            "\n{}: new / old = {:.3} ({:.0} against {:.0} lines/s)",
-            old.what,
-            new_rate / old.rate(),
-            new_rate,
-            old.rate()
-        );
+    if !versus.is_empty() {
+        println!();
+    }
+    for v in &versus {
+        v.print();
     }
     if wants("read") {
         read::ReadRun::header();
