@@ -18,6 +18,11 @@
 //! one that owns it, and runs of a dead engine are taken over ([`crate::lease`]; the
 //! driver's side of it in `replicas`: heartbeats, takeover, claims on request, adopting
 //! the containers of jobs a dead replica was starting).
+//!
+//! Layout: this file holds the handle, the loop and the transitions; `commands` carries out
+//! the state machine's commands in spawned tasks, `reports` takes their reports and the
+//! verdicts, `reconcile` the reconciliation, `save` the save after a transition, `hooks`
+//! the scripts, `replicas` the replicas' side.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -30,15 +35,21 @@ use tokio_util::sync::CancellationToken;
 /// Completions of Docker calls waiting for the driver (each call's task waits when full).
 const INTERNAL_CAPACITY: usize = 1024;
 
+mod commands;
 mod hooks;
+mod reconcile;
 mod replicas;
+mod reports;
+mod save;
+
+use save::{save, SaveOutcome};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Flow;
 use crate::lease::{self, Liveness};
-use crate::results::{JobResult, JobResults, Notice};
-use crate::run::{Cause, Command, Event, JobKey, Nanos, Run, RunSummary, Status, Verdict};
-use crate::runner::{ContainerState, JobRunner};
+use crate::results::{JobResults, Notice};
+use crate::run::{Cause, Event, JobKey, Nanos, Run, RunSummary};
+use crate::runner::JobRunner;
 use crate::store::{RunQuery, RunStore, StoredFlow};
 
 /// Tuning of the driver.
@@ -476,211 +487,6 @@ impl Driver {
         }
     }
 
-    fn execute(&mut self, id: &str, cmds: Vec<Command>) {
-        for cmd in cmds {
-            match cmd {
-                Command::StartJob { job, mut spec } => {
-                    if !self.starting.insert((id.to_owned(), job)) {
-                        continue;
-                    }
-                    let pre = self
-                        .runs
-                        .get(id)
-                        .and_then(|slot| hooks::pre_task(&slot.run, job, self.config.scripts));
-                    let runner = self.runner.clone();
-                    let tx = self.internal_tx.clone();
-                    let run = id.to_owned();
-                    tokio::spawn(async move {
-                        if let Some(pre) = pre {
-                            match pre.run(spec.env.clone()).await {
-                                Ok(env) => spec.env = env,
-                                Err(reason) => {
-                                    tracing::info!(run = %run, job = %spec.name, reason = %reason, "pre script failed the job");
-                                    let event = Event::Refused { job, reason };
-                                    let _ = tx.send(Internal::Event { run, event }).await;
-                                    return;
-                                }
-                            }
-                        }
-                        let event = match runner.start(&spec).await {
-                            Ok(container_id) => {
-                                tracing::info!(run = %run, job = %spec.name, container_id = %container_id, "job started");
-                                Event::Launched { job, container_id }
-                            }
-                            Err(e) => {
-                                tracing::warn!(run = %run, job = %spec.name, error = %e, "job could not start");
-                                Event::LaunchFailed {
-                                    job,
-                                    error: e.to_string(),
-                                }
-                            }
-                        };
-                        let _ = tx.send(Internal::Event { run, event }).await;
-                    });
-                }
-                Command::Stop { container_id, .. } => {
-                    if !self.stopping.insert(container_id.clone()) {
-                        continue;
-                    }
-                    let runner = self.runner.clone();
-                    let grace = self.config.stop_grace;
-                    let tx = self.internal_tx.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = runner.stop(&container_id, grace).await {
-                            tracing::warn!(container_id = %container_id, error = %e, "cannot stop job container; will retry");
-                        }
-                        let _ = tx.send(Internal::StopDone { container_id }).await;
-                    });
-                }
-                Command::Remove { job, container_id } => {
-                    if !self.removing.insert((id.to_owned(), job)) {
-                        continue;
-                    }
-                    let runner = self.runner.clone();
-                    let tx = self.internal_tx.clone();
-                    let run = id.to_owned();
-                    tokio::spawn(async move {
-                        match runner.remove(&container_id).await {
-                            Ok(()) => {
-                                let _ = tx
-                                    .send(Internal::Event {
-                                        run,
-                                        event: Event::Removed { job },
-                                    })
-                                    .await;
-                            }
-                            Err(e) => {
-                                tracing::warn!(container_id = %container_id, error = %e, "cannot remove job container; will retry");
-                                let _ = tx
-                                    .send(Internal::Event {
-                                        run,
-                                        event: Event::Tick,
-                                    })
-                                    .await;
-                            }
-                        }
-                    });
-                }
-                Command::Finished => self.announce(id),
-            }
-        }
-    }
-
-    fn announce(&mut self, id: &str) {
-        let Some(slot) = self.runs.get(id) else {
-            return;
-        };
-        if !self.announcing.insert(id.to_owned()) {
-            return;
-        }
-        let summary = slot.run.summary();
-        let events = self.events.clone();
-        let tx = self.internal_tx.clone();
-        let run = id.to_owned();
-        tokio::spawn(async move {
-            match events.run_finished(&summary).await {
-                Ok(()) => {
-                    let _ = tx.send(Internal::Announced { run }).await;
-                }
-                Err(e) => {
-                    tracing::warn!(run = %run, error = %e, "cannot announce the end of the run; will retry");
-                    let _ = tx.send(Internal::AnnounceFailed { run }).await;
-                }
-            }
-        });
-    }
-
-    async fn internal(&mut self, msg: Internal) {
-        match msg {
-            Internal::Event { run, event } => {
-                match &event {
-                    Event::Launched { job, .. }
-                    | Event::LaunchFailed { job, .. }
-                    | Event::Refused { job, .. } => {
-                        self.starting.remove(&(run.clone(), *job));
-                    }
-                    Event::Verdict(v) => {
-                        self.posting.remove(&(run.clone(), v.job));
-                    }
-                    Event::Removed { job } => {
-                        self.removing.remove(&(run.clone(), *job));
-                    }
-                    Event::Tick => {
-                        // A failed removal: let reconciliation try again.
-                        self.removing.retain(|(r, _)| *r != run);
-                        return;
-                    }
-                    _ => {}
-                }
-                if let Err(e) = self.apply(&run, event).await {
-                    tracing::warn!(run = %run, error = %e, "runner report not applied");
-                }
-            }
-            Internal::StopDone { container_id } => {
-                self.stopping.remove(&container_id);
-            }
-            Internal::Announced { run } => {
-                self.announcing.remove(&run);
-                if let Some(slot) = self.runs.get_mut(&run) {
-                    slot.run.announced = true;
-                    if save(&*self.store, slot, &self.config.replica).await == SaveOutcome::Lost {
-                        self.runs.remove(&run);
-                    }
-                }
-                self.retire(&run);
-            }
-            Internal::AnnounceFailed { run } => {
-                self.announcing.remove(&run);
-            }
-        }
-    }
-
-    async fn result(&mut self, r: JobResult) {
-        let Some(slot) = self.runs.get(&r.run) else {
-            return;
-        };
-        let Some(job) = slot.run.key_of(&r.stage, &r.action, &r.job) else {
-            tracing::warn!(run = %r.run, stage = %r.stage, action = %r.action, job = %r.job, "verdict for a job the run does not have");
-            return;
-        };
-        let run = r.run.clone();
-        if let Some(post) = hooks::post_task(&slot.run, job, &r, self.config.scripts) {
-            if !self.posting.insert((run.clone(), job)) {
-                return;
-            }
-            let log = match self
-                .results
-                .log_tail(&r.container_id, post.log_lines())
-                .await
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(run = %run, container_id = %r.container_id, error = %e, "cannot read the log tail for a post script");
-                    Vec::new()
-                }
-            };
-            let tx = self.internal_tx.clone();
-            tokio::spawn(async move {
-                let event = Event::Verdict(post.run(job, r, log).await);
-                let _ = tx.send(Internal::Event { run, event }).await;
-            });
-            return;
-        }
-        let event = Event::Verdict(Verdict {
-            job,
-            container_id: r.container_id,
-            success: r.success,
-            reason: r.reason,
-            exit_code: r.exit_code,
-            outputs: r.outputs,
-            finished_at: r.finished_at,
-            overridden: None,
-        });
-        if let Err(e) = self.apply(&run, event).await {
-            tracing::warn!(run = %run, error = %e, "verdict not applied");
-        }
-    }
-
     async fn tick(&mut self) {
         let t = now();
         let due: Vec<String> = self
@@ -693,150 +499,6 @@ impl Driver {
             if let Err(e) = self.apply(&id, Event::Tick).await {
                 tracing::warn!(run = %id, error = %e, "timeout check failed");
             }
-        }
-    }
-
-    /// Brings every active run in line with the runner and the verdicts committed so far.
-    /// `resume`: the engine just started, so jobs saved as starting are started again.
-    async fn reconcile(&mut self, resume: bool) {
-        let ids: Vec<String> = self.runs.keys().cloned().collect();
-        for id in ids {
-            self.reconcile_run(&id, resume).await;
-        }
-    }
-
-    /// [`Driver::reconcile`] for one run.
-    async fn reconcile_run(&mut self, id: &str, resume: bool) {
-        let id = id.to_owned();
-        {
-            let Some(slot) = self.runs.get_mut(&id) else {
-                return;
-            };
-            if slot.dirty
-                && save(&*self.store, slot, &self.config.replica).await == SaveOutcome::Lost
-            {
-                self.runs.remove(&id);
-                return;
-            }
-            let run = slot.run.clone();
-            let mut cmds = Vec::new();
-            let mut verdicts = Vec::new();
-            let mut orphans = Vec::new();
-            for (key, job) in run.jobs() {
-                match &job.container_id {
-                    // Stopped while starting, and the engine went down before the start
-                    // reported back: look for the container by its labels.
-                    None if resume
-                        && job.status.is_final()
-                        && job.started_at.is_some()
-                        && !job.removed =>
-                    {
-                        orphans.push(key);
-                    }
-                    None if job.status == Status::Running && resume => {
-                        if let Ok(spec) = run.job_spec(key) {
-                            cmds.push(Command::StartJob {
-                                job: key,
-                                spec: Box::new(spec),
-                            });
-                        }
-                    }
-                    Some(c) if !job.exited => {
-                        let state = match self.runner.state(c).await {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::warn!(container_id = %c, error = %e, "cannot check job container");
-                                continue;
-                            }
-                        };
-                        if state == ContainerState::Running {
-                            if job.status.is_final() {
-                                // Stopped by us, but still running: stop again.
-                                cmds.push(Command::Stop {
-                                    job: key,
-                                    container_id: c.clone(),
-                                });
-                            }
-                            continue;
-                        }
-                        match self.results.lookup(c).await {
-                            Ok(Some(r)) => verdicts.push(r),
-                            Ok(None) => {
-                                tracing::debug!(container_id = %c, "job container exited; waiting for its verdict")
-                            }
-                            Err(e) => {
-                                tracing::warn!(container_id = %c, error = %e, "cannot look up a job verdict")
-                            }
-                        }
-                    }
-                    Some(c) if !job.removed => cmds.push(Command::Remove {
-                        job: key,
-                        container_id: c.clone(),
-                    }),
-                    _ => {}
-                }
-            }
-            if !orphans.is_empty() {
-                self.adopt(&run, orphans).await;
-            }
-            self.execute(&id, cmds);
-            for v in verdicts {
-                self.result(v).await;
-            }
-            // Deadlines that passed while the engine was down.
-            if run.next_deadline().is_some_and(|d| d <= now()) {
-                let _ = self.apply(&id, Event::Tick).await;
-            }
-            if let Some(slot) = self.runs.get(&id) {
-                if slot.run.status.is_final() && !slot.run.announced {
-                    self.announce(&id);
-                }
-            }
-            self.retire(&id);
-        }
-    }
-}
-
-/// What a save came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SaveOutcome {
-    Done,
-    /// Not saved (storage failed); the next transition or reconciliation tries again.
-    Failed,
-    /// Another replica owns the run now: it must be dropped here.
-    Lost,
-}
-
-/// Saves a run, tracking failures so the next attempt saves it again. A conflict means
-/// another engine changed the run: if that one owns it now, the run is lost to this one;
-/// otherwise (a write of ours raced one of our own) ours is saved over it.
-async fn save(store: &dyn RunStore, slot: &mut Slot, replica: &str) -> SaveOutcome {
-    match store.put_run(&slot.run, slot.version).await {
-        Ok(v) => {
-            slot.version = v;
-            slot.dirty = false;
-            SaveOutcome::Done
-        }
-        Err(e) if e.kind() == ErrorKind::Conflict => {
-            match store.get_run(&slot.run.id).await {
-                Ok(Some((stored, v))) => {
-                    if stored.owner.as_deref() != Some(replica) {
-                        tracing::info!(run = %slot.run.id, owner = stored.owner.as_deref().unwrap_or("-"), "flow run taken over by another replica; dropping it here");
-                        return SaveOutcome::Lost;
-                    }
-                    tracing::warn!(run = %slot.run.id, error = %e, "run changed in the store under us; saving ours over it");
-                    slot.version = v;
-                }
-                Ok(None) => slot.version = 0,
-                Err(_) => {}
-            }
-            slot.dirty = true;
-            SaveOutcome::Failed
-        }
-        Err(e) => {
-            tracing::error!(run = %slot.run.id, error = %e, "cannot save run state; will retry");
-            slot.dirty = true;
-            SaveOutcome::Failed
         }
     }
 }

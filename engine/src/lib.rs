@@ -7,10 +7,12 @@
 //!
 //! # Layout
 //! - [`flow`]: the flow file (YAML) as serde types, and its checks (errors name the line
-//!   and the field); `flow/labels.rs`, `flow/script.rs` and `flow/checks.rs` hold the
+//!   and the field; `flow/structure.rs` the structural ones); `flow/labels.rs`,
+//!   `flow/script.rs` and `flow/checks.rs` hold the
 //!   labels and scripts of jobs, `flow/service.rs` the checks of service jobs,
 //!   `flow/secrets.rs` the `secrets:` lists (names only; the embedder has the values).
-//! - [`run`]: the pure run state machine: state + event → new state + commands.
+//! - [`run`]: the pure run state machine: state + event → new state + commands
+//!   (`run/transitions.rs`); `run/job_spec.rs` builds a job's container spec.
 //! - [`runner`]: [`JobRunner`], with `docker` (bollard) and `kubernetes` (kube, a Pod per
 //!   job; only with the `kubernetes` feature, on by default). Service jobs (`type:
 //!   service`, an HTTP call) go through the same trait: the embedder's runner makes the
@@ -19,7 +21,10 @@
 //! - [`script`]: the Lua sandbox that runs a job's `pre` and `post` scripts under budgets.
 //! - [`store`]: [`RunStore`], persistence of flows and runs, and an in-memory store.
 //! - [`engine`]: the async driver: timers, persistence after each transition, resume of
-//!   in-flight runs at start; `engine/hooks.rs` runs the scripts around a job.
+//!   in-flight runs at start; `engine/hooks.rs` runs the scripts around a job,
+//!   `engine/commands.rs` carries out the state machine's commands, `engine/reports.rs`
+//!   takes their reports and the verdicts, `engine/reconcile.rs` reconciles, `engine/save.rs`
+//!   saves a run.
 //! - [`cron`]: the scheduler of `cron` triggers (one run per tick across replicas).
 //! - [`lease`]: several engines on one store: run owners, heartbeats, takeover of a dead
 //!   replica's runs.

@@ -19,8 +19,8 @@
 //! Times are nanoseconds since the Unix epoch, like storage's.
 //!
 //! Layout: this file holds the run's state (runs, stages, actions, jobs, events,
-//! commands, summaries) and the job's container spec; `transitions` holds how events move
-//! it ([`Run::apply`] and the rules above).
+//! commands, summaries); `transitions` holds how events move it ([`Run::apply`] and the
+//! rules above); `job_spec` builds a job's container spec ([`Run::job_spec`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,9 +28,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::flow::{env_map, Flow, StageKind};
+use crate::flow::{Flow, StageKind};
 use crate::runner::JobSpec;
 
+mod job_spec;
 mod transitions;
 
 /// Nanoseconds since the Unix epoch.
@@ -482,80 +483,6 @@ impl Run {
                 })
                 .collect(),
         }
-    }
-
-    /// The job's container: image, labels, limits, and its environment, merged from low
-    /// to high precedence: flow `environments`, job `environments`, subscriptions, and the
-    /// run's CO_DATA. A subscribed output the upstream job did not print is an error (the
-    /// job fails without starting).
-    pub fn job_spec(&self, key: JobKey) -> Result<JobSpec, String> {
-        let flow_job = self
-            .flow
-            .job(key.stage, key.action, key.job)
-            .ok_or_else(|| format!("no job {key:?} in the flow"))?;
-        let stage = &self.stages[key.stage];
-        let action = &stage.actions[key.action];
-        let mut env = env_map(&self.flow.environments);
-        env.extend(env_map(&flow_job.environments));
-        env.extend(self.env.clone());
-        let mut subscribed = BTreeMap::new();
-        for sub in flow_job.parsed_subscriptions() {
-            let upstream = self
-                .key_of(&sub.stage, &sub.action, &sub.job)
-                .and_then(|k| self.job(k));
-            match upstream.and_then(|j| j.outputs.get(&sub.key)) {
-                Some(v) => {
-                    env.insert(sub.env.clone(), v.clone());
-                    subscribed.insert(sub.source(), v.clone());
-                }
-                None if upstream.is_some_and(|j| j.status == Status::Skipped) => {
-                    return Err(format!(
-                        "subscription {}: the upstream job was skipped",
-                        sub.source()
-                    ))
-                }
-                None => {
-                    return Err(format!(
-                        "subscription {}: the upstream job printed no {}",
-                        sub.source(),
-                        sub.key
-                    ))
-                }
-            }
-        }
-        if let Some(d) = &self.co_data {
-            env.insert(CO_DATA.to_owned(), d.clone());
-        }
-        let job = &action.jobs[key.job];
-        let flow_stage = &self.flow.stages[key.stage];
-        let mut labels =
-            crate::flow::labels::merge([&self.flow.labels, &flow_stage.labels, &flow_job.labels]);
-        labels.extend([
-            (protocol::LABEL_FLOW.to_owned(), self.flow_name.clone()),
-            (protocol::LABEL_RUN.to_owned(), self.id.clone()),
-            (protocol::LABEL_STAGE.to_owned(), stage.name.clone()),
-            (protocol::LABEL_ACTION.to_owned(), action.name.clone()),
-            (protocol::LABEL_JOB.to_owned(), job.name.clone()),
-        ]);
-        Ok(JobSpec {
-            flow: self.flow_name.clone(),
-            run: self.id.clone(),
-            stage: stage.name.clone(),
-            action: action.name.clone(),
-            job: job.name.clone(),
-            name: format!("co-{}-{}-{}-{}", self.id, stage.name, action.name, job.name),
-            kind: flow_job.kind,
-            image: flow_job.endpoint.clone(),
-            command: flow_job.command.clone(),
-            env,
-            labels,
-            cpu: flow_job.resources.and_then(|r| r.cpu),
-            memory: flow_job.resources.and_then(|r| r.memory),
-            timeout: flow_job.timeout.map(|t| t.0),
-            subscribed,
-            secret: flow_job.secret.clone(),
-            secrets: self.flow.job_secrets(key.stage, key.action, key.job),
-        })
     }
 }
 

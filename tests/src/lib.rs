@@ -10,7 +10,8 @@
 //!   or a SQLite file.
 //! - [`docker`]: running test containers from the offline image and reading Docker's own
 //!   view of their logs.
-//! - [`prometheus`]: a real Prometheus scraping the daemons, and the dashboard checks.
+//! - [`prometheus`]: a real Prometheus scraping the daemons; `prometheus/dashboards.rs`
+//!   the dashboard checks.
 //! - [`mariadb`]: a MariaDB server of one test's own, to kill and start again.
 //! - [`ingest_client`]: numbered zstd batches POSTed as agents do (503 sent again).
 //! - [`load`]: the reads-beside-ingest scenario (the `load` bench section and
@@ -303,11 +304,28 @@ pub struct Daemon {
     /// What [`Daemon::start_again`] starts it with.
     storage_url: String,
     port: u16,
+    how: Launch,
+    dir: tempfile::TempDir,
+}
+
+/// How a logarithmd process is started.
+struct Launch {
+    /// The binary: this build's, or another (the benchmark's baseline).
+    bin: PathBuf,
     /// Whether it reads without a token (`--anonymous-read`, the default for tests).
     anonymous_read: bool,
     /// Environment variables it gets besides the test's own.
     env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
+}
+
+impl Launch {
+    fn this_build(anonymous_read: bool, env: Vec<(String, String)>) -> Result<Launch> {
+        Ok(Launch {
+            bin: bin_path("logarithmd")?,
+            anonymous_read,
+            env,
+        })
+    }
 }
 
 impl Daemon {
@@ -349,7 +367,21 @@ impl Daemon {
     ) -> Result<Daemon> {
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        Self::launch(storage_url, port, extra_toml, base, http, true, env).await
+        let how = Launch::this_build(true, env)?;
+        Self::launch(storage_url, port, extra_toml, base, http, how).await
+    }
+
+    /// Like [`Daemon::start`], with another logarithmd binary (the benchmark's baseline,
+    /// an older build).
+    pub async fn start_binary(bin: &std::path::Path, storage_url: &str) -> Result<Daemon> {
+        let port = free_port()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let how = Launch {
+            bin: bin.to_owned(),
+            anonymous_read: true,
+            env: Vec::new(),
+        };
+        Self::launch(storage_url, port, "", base, reqwest::Client::new(), how).await
     }
 
     /// Like [`Daemon::start_with`] for a configuration with `[tls]`: the API is
@@ -361,7 +393,8 @@ impl Daemon {
     ) -> Result<Daemon> {
         let port = free_port()?;
         let base = format!("https://127.0.0.1:{port}");
-        Self::launch(storage_url, port, extra_toml, base, http, true, Vec::new()).await
+        let how = Launch::this_build(true, Vec::new())?;
+        Self::launch(storage_url, port, extra_toml, base, http, how).await
     }
 
     /// Like [`Daemon::start_with`], but reading needs a token (no `--anonymous-read`).
@@ -374,8 +407,7 @@ impl Daemon {
             extra_toml,
             base,
             reqwest::Client::new(),
-            false,
-            Vec::new(),
+            Launch::this_build(false, Vec::new())?,
         )
         .await
     }
@@ -386,15 +418,13 @@ impl Daemon {
         extra_toml: &str,
         base: String,
         http: reqwest::Client,
-        anonymous_read: bool,
-        env: Vec<(String, String)>,
+        how: Launch,
     ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         if !extra_toml.is_empty() {
             std::fs::write(dir.path().join("logarithmd.toml"), extra_toml)?;
         }
-        let mut cmd = daemon_command(dir.path(), port, storage_url, anonymous_read)?;
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let cmd = daemon_command(dir.path(), port, storage_url, &how);
         let proc = Proc::spawn(cmd, dir.path().join("logarithmd.log"))?;
         let d = Daemon {
             proc,
@@ -402,8 +432,7 @@ impl Daemon {
             http,
             storage_url: storage_url.to_owned(),
             port,
-            anonymous_read,
-            env,
+            how,
             dir,
         };
         d.wait_ready().await?;
@@ -415,13 +444,7 @@ impl Daemon {
     /// is ready: agents retrying against the old address reach the new process.
     pub async fn start_again(&mut self) -> Result<()> {
         self.proc.kill();
-        let mut cmd = daemon_command(
-            self.dir.path(),
-            self.port,
-            &self.storage_url,
-            self.anonymous_read,
-        )?;
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let cmd = daemon_command(self.dir.path(), self.port, &self.storage_url, &self.how);
         self.proc = Proc::spawn(cmd, self.dir.path().join("logarithmd.log"))?;
         self.wait_ready().await
     }
@@ -519,13 +542,8 @@ impl Daemon {
 
 /// logarithmd's command line: `dir/logarithmd.toml` (when present), `127.0.0.1:port`,
 /// `storage_url` and [`TOKEN`].
-fn daemon_command(
-    dir: &std::path::Path,
-    port: u16,
-    storage_url: &str,
-    anonymous_read: bool,
-) -> Result<Command> {
-    let mut cmd = Command::new(bin_path("logarithmd")?);
+fn daemon_command(dir: &std::path::Path, port: u16, storage_url: &str, how: &Launch) -> Command {
+    let mut cmd = Command::new(&how.bin);
     let config = dir.join("logarithmd.toml");
     if config.exists() {
         cmd.arg("--config").arg(config);
@@ -536,12 +554,13 @@ fn daemon_command(
         .arg(storage_url)
         .arg("--ingest-token")
         .arg(TOKEN)
-        .env("RUST_LOG", "info,logarithmd=debug");
-    if anonymous_read {
+        .env("RUST_LOG", "info,logarithmd=debug")
+        .envs(how.env.iter().map(|(k, v)| (k, v)));
+    if how.anonymous_read {
         // The tests read without a token, as the README's local run does.
         cmd.arg("--anonymous-read");
     }
-    Ok(cmd)
+    cmd
 }
 
 /// A running antilog.

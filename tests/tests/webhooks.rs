@@ -187,6 +187,22 @@ impl Receiver {
     fn log(&self) -> Vec<Received> {
         self.state.log.lock().unwrap().clone()
     }
+
+    /// Waits (up to 30 s) until the requests received so far satisfy `done`, and returns
+    /// them; on failure the error carries `daemon`'s log.
+    async fn wait_log(
+        &self,
+        daemon: &Daemon,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Result<Vec<Received>> {
+        let got = wait_until(Duration::from_secs(30), what, || async {
+            let log = self.log();
+            Ok(done(&log).then_some(log))
+        })
+        .await;
+        with_log(daemon, got)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -352,9 +368,18 @@ async fn retries_until_2xx_and_records_every_attempt() -> Result<()> {
     )
     .await;
     with_log(&daemon, delivered)?;
-    // Nothing more arrives: it was delivered, and the nightly job does not match.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let log = rx.log();
+    // Nothing more arrives: it was delivered, and the nightly job does not match. A later
+    // release job is the marker: once its delivery succeeded, the dispatcher has passed
+    // whatever the first batch queued.
+    let marker = cid("re2");
+    ingest(&daemon, vec![finishing_segment(&marker, "release")]).await?;
+    let is_marker = |r: &Received| String::from_utf8_lossy(&r.body).contains(&marker);
+    let all = rx
+        .wait_log(&daemon, "the later job's delivery", |log| {
+            log.iter().any(|r| is_marker(r) && r.answered == 200)
+        })
+        .await?;
+    let log: Vec<Received> = all.into_iter().filter(|r| !is_marker(r)).collect();
     ensure!(
         log.iter().all(|r| r.verified),
         "a request failed verification: {log:?}"
@@ -449,8 +474,12 @@ async fn retries_until_2xx_and_records_every_attempt() -> Result<()> {
     );
     let sub = subs[0]["id"].as_str().context("id")?;
     let ds = deliveries(&daemon, sub).await?;
-    ensure!(ds.len() == 1, "{ds:?}");
-    let d = &ds[0];
+    // The first job's delivery, beside the marker's.
+    ensure!(ds.len() == 2, "{ds:?}");
+    let d = ds
+        .iter()
+        .find(|d| d["id"] == log[0].delivery_id.as_str())
+        .context("the first job's delivery")?;
     ensure!(
         d["id"] == log[0].delivery_id.as_str()
             && d["status"] == "delivered"
@@ -515,7 +544,7 @@ async fn retries_until_2xx_and_records_every_attempt() -> Result<()> {
     .await?;
     ensure!(s == 202 && b["status"] == "pending", "{s} {b}");
     let again = wait_until(Duration::from_secs(10), "the redelivery", || async {
-        Ok(rx.log().get(4).cloned())
+        Ok(rx.log().into_iter().find(|r| r.attempt == 5))
     })
     .await?;
     ensure!(
@@ -607,11 +636,17 @@ async fn a_delivery_survives_sigkill_between_attempts() -> Result<()> {
         c.last() == Some(&Some(200)) && c[..c.len() - 1].iter().all(Option::is_none),
         "{done}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A later job's delivery is the marker: once it has arrived, the first one was not
+    // sent again.
+    ingest(&second, vec![finishing_segment(&cid("kill2"), "release")]).await?;
+    let log = rx
+        .wait_log(&second, "a later job's delivery", |log| {
+            log.iter().any(|r| r.delivery_id != delivery_id)
+        })
+        .await?;
     ensure!(
-        rx.log().len() == 1,
-        "delivered more than once: {:?}",
-        rx.log()
+        log.iter().filter(|r| r.delivery_id == delivery_id).count() == 1,
+        "delivered more than once: {log:?}"
     );
     Ok(())
 }
@@ -653,14 +688,22 @@ async fn gone_disables_the_subscription() -> Result<()> {
         "{disabled}"
     );
 
-    // The job finishes and another job runs: nothing more is sent or even queued.
+    // The job finishes and another job runs: nothing more is sent or even queued. A
+    // second subscription is the marker: once it has both jobs' finishes, the dispatcher
+    // has passed the deliveries committed with them.
+    let witness = Receiver::start(SECRET, Script::Ok).await?;
+    subscribe(&daemon, &witness.url(), SECRET, &["job.finished"]).await?;
     ingest(
         &daemon,
         vec![json!({"container_id": container, "exit": exit})],
     )
     .await?;
     ingest(&daemon, vec![finishing_segment(&cid("gone2"), "release")]).await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    witness
+        .wait_log(&daemon, "both finishes at the second subscription", |log| {
+            log.iter().filter(|r| r.answered == 200).count() >= 2
+        })
+        .await?;
     let log = rx.log();
     ensure!(
         log.len() == 1

@@ -16,11 +16,14 @@
 //! holds except for rare sub-millisecond inversions between stdout and stderr.
 
 // Layout: `api` reads a run through Docker's logs endpoint, `files` from its json-file,
-// `resume` decides which re-read records are skipped; this file is the run loop (meta,
-// records, exit, restarts, removal) and the numbering both paths share.
+// `resume` decides which re-read records are skipped, `runs` enters and closes runs (meta,
+// exit), `emit` holds the waits and sends items into the pipeline; this file is the run
+// loop (restarts, removal, retries) and the state both paths share.
 mod api;
+mod emit;
 mod files;
 mod resume;
+mod runs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +34,7 @@ use bollard::query_parameters::LogsOptions;
 use bollard::Docker;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use protocol::{ContainerExit, Record, Stream};
+use protocol::{ContainerExit, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
@@ -411,265 +414,6 @@ impl Follower {
                 }
             }
         }
-    }
-
-    /// Makes `info`'s run the current one: closes a previous run that ended unobserved and
-    /// sends the new run's meta (unless the checkpoint says it was fully delivered).
-    async fn enter_run(&mut self, info: &Inspected) -> bool {
-        if self.run.as_ref().is_some_and(|r| r.key == info.run_key) {
-            return true;
-        }
-        if self.run.is_some() && !self.close_run(Some(info)).await {
-            return false;
-        }
-        if let Some(mark) = self.acked_exit.take() {
-            if !info.running && info.finished_at != 0 && info.finished_at == mark.finished_at {
-                debug!("exit already delivered before the restart; waiting for a new run");
-                self.run = Some(Run {
-                    key: info.run_key.clone(),
-                    started_at: info.meta.started_at,
-                    restart_count: mark.restart_count,
-                    logs_done: true,
-                    exit_sent: true,
-                    stream_ended: false,
-                    final_reads: 0,
-                });
-                return true;
-            }
-        }
-        info!(
-            name = %info.meta.name,
-            restart_count = info.meta.restart_count,
-            tty = info.meta.tty,
-            resume_seq = self.pos.seq,
-            "new run"
-        );
-        self.run = Some(Run {
-            key: info.run_key.clone(),
-            started_at: info.meta.started_at,
-            restart_count: info.meta.restart_count,
-            logs_done: false,
-            exit_sent: false,
-            stream_ended: false,
-            final_reads: 0,
-        });
-        self.send(ItemKind::Meta(info.meta.clone())).await
-    }
-
-    /// Ends the current run when Docker no longer shows it (removed: `now` is `None`; or
-    /// restarted between two looks): flushes what was read and sends an exit built from
-    /// the `die` event.
-    async fn close_run(&mut self, now: Option<&Inspected>) -> bool {
-        let Some(run) = self.run.take() else {
-            return true;
-        };
-        if !run.logs_done && !self.flush().await {
-            return false;
-        }
-        if run.exit_sent {
-            return true;
-        }
-        let die = self.die_after(run.started_at).await;
-        // A restarted container still shows the previous run's FinishedAt.
-        let finished_at = die
-            .map(|d| d.time_ns)
-            .or(now.map(|i| i.finished_at))
-            .unwrap_or(0);
-        let exit = ContainerExit {
-            exit_code: die.and_then(|d| d.exit_code).unwrap_or(-1),
-            finished_at,
-            last_seq: self.next_seq - 1,
-            restart_count: run.restart_count,
-        };
-        info!(
-            exit_code = exit.exit_code,
-            last_seq = exit.last_seq,
-            "run ended (seen afterwards)"
-        );
-        self.send(ItemKind::Exit(exit)).await
-    }
-
-    /// The `die` event of the run started at `started_at`, waiting briefly for it.
-    async fn die_after(&mut self, started_at: i64) -> Option<Die> {
-        let deadline = tokio::time::Instant::now() + DIE_EVENT_WAIT;
-        loop {
-            let die = self.signals.borrow_and_update().die;
-            if let Some(d) = die.filter(|d| d.time_ns >= started_at) {
-                return Some(d);
-            }
-            if !self.signals_open {
-                return None;
-            }
-            tokio::select! {
-                r = self.signals.changed() => if r.is_err() { self.signals_open = false },
-                _ = tokio::time::sleep_until(deadline) => return None,
-                _ = self.shared.shutdown.cancelled() => return None,
-            }
-        }
-    }
-
-    /// Waits for a signal from discovery (or `recheck`); false when shutting down.
-    async fn wait(&mut self, recheck: Option<Duration>) -> bool {
-        let tick = async {
-            match recheck {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.shared.shutdown.cancelled() => false,
-            r = self.signals.changed(), if self.signals_open => {
-                if r.is_err() {
-                    self.signals_open = false;
-                }
-                true
-            }
-            _ = tick => true,
-        }
-    }
-
-    /// A permit to read a finished run (`None` when shutting down: the read then stops
-    /// at once anyway).
-    async fn catch_up_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        tokio::select! {
-            p = self.shared.catch_up.clone().acquire_owned() => p.ok(),
-            _ = self.shared.shutdown.cancelled() => None,
-        }
-    }
-
-    async fn sleep(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.shared.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
-    }
-
-    /// Sends an item, waiting for room (backpressure); false when shutting down.
-    async fn send(&self, kind: ItemKind) -> bool {
-        let item = Item {
-            container_id: self.id.clone(),
-            kind,
-        };
-        let item = match self.shared.tx.try_send(item) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(item)) => item,
-        };
-        // The pipeline is full: reading stops until delivery catches up.
-        let _paused = self.shared.metrics.waiting_for_room();
-        tokio::select! {
-            biased;
-            r = self.shared.tx.send(item) => r.is_ok(),
-            _ = self.shared.shutdown.cancelled() => false,
-        }
-    }
-
-    /// End of a run's log: pending partial lines are complete lines.
-    async fn flush(&mut self) -> bool {
-        let mut pieces = Vec::new();
-        if let Some(a) = self.assembler.as_mut() {
-            a.flush(&mut pieces);
-            if a.malformed() > 0 {
-                warn!(
-                    messages = a.malformed(),
-                    "log messages without a Docker timestamp"
-                );
-            }
-        }
-        self.emit(&mut pieces).await
-    }
-
-    /// The container was seen created, then removed before a run could be read (a
-    /// `docker run --rm` that exits at once): if it ran (its `die` event came), its job
-    /// gets the meta, the reason and the exit, instead of no job at all.
-    async fn removed_unread(&mut self, mut meta: protocol::ContainerMeta) -> bool {
-        let Some(die) = self.die_after(meta.created_at).await else {
-            debug!("removed without having run");
-            return true;
-        };
-        if meta.started_at == 0 {
-            meta.started_at = meta.created_at;
-        }
-        warn!("container removed before its log could be read");
-        let exit = ContainerExit {
-            exit_code: die.exit_code.unwrap_or(-1),
-            finished_at: die.time_ns,
-            last_seq: self.next_seq - 1,
-            restart_count: 0,
-        };
-        self.send(ItemKind::Meta(meta)).await
-            && self
-                .send(ItemKind::Unavailable(REMOVED_UNREAD.to_string()))
-                .await
-            && self.send(ItemKind::Exit(exit)).await
-    }
-
-    /// Docker's log no longer holds the last delivered line (at `pos`), and the first line
-    /// it has is stamped `first_ts`: lines in between were rotated away before they were
-    /// read (a json-file log with `max-size` while the agent was down or behind). Docker
-    /// does not say how many: the job gets the time range in `logs_unavailable`.
-    async fn report_gap(&mut self, pos: &Position, first_ts: i64) -> bool {
-        let reason = format!(
-            "Docker's log no longer holds lines from {} to {}: rotated away before they were \
-             read, so lines in between may be lost",
-            rfc3339(pos.ts),
-            rfc3339(first_ts)
-        );
-        warn!(
-            last_delivered_seq = pos.seq,
-            %reason,
-            "lines may be lost to log rotation"
-        );
-        self.shared.metrics.log_gaps.inc();
-        self.send(ItemKind::Unavailable(reason)).await
-    }
-
-    /// Numbers pieces into records and sends them.
-    async fn emit(&mut self, pieces: &mut Vec<Piece>) -> bool {
-        for p in pieces.drain(..) {
-            let s = usize::from(p.stream == Stream::Stderr);
-            if p.first && self.resume_check.is_some_and(|pos| p.ts >= pos.ts) {
-                if let Some(pos) = self.resume_check.take() {
-                    if p.ts > pos.ts
-                        && self.skip.remaining == pos.at_ts
-                        && !self.report_gap(&pos, p.ts).await
-                    {
-                        return false;
-                    }
-                }
-            }
-            if p.first {
-                let delivered = self.skip.should_skip(p.ts);
-                let later = self.limit_ts.is_some_and(|l| p.ts > l);
-                let copy = !delivered && !later && self.replays[s].is_copy(p.ts);
-                self.skipping[s] = delivered || later || copy;
-            }
-            if self.skipping[s] {
-                continue;
-            }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let mut cut = None;
-            if p.last {
-                self.tentative.line_done(seq, p.ts);
-                if p.cut {
-                    self.tentative.file = self.file_pos;
-                    self.pos = self.tentative;
-                    cut = Some(self.pos);
-                }
-            }
-            if seq <= self.sent_seq {
-                continue; // sent before the stream broke
-            }
-            self.sent_seq = seq;
-            let (stream, ts, len) = (p.stream, p.ts, p.bytes.len());
-            let record = Record::new(seq, p.ts, p.stream, p.bytes, !p.last);
-            if !self.send(ItemKind::Record { record, cut }).await {
-                return false;
-            }
-            self.shared.metrics.record_read(stream, len, ts);
-        }
-        true
     }
 }
 

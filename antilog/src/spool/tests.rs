@@ -4,9 +4,9 @@ use std::io::Write as _;
 
 use protocol::{Agent, Batch, ContainerSegment, Record, Stream};
 
-use super::segment::{self, FrameMeta};
+use super::segment::{self, FrameMeta, ReadOutcome};
 use super::*;
-use crate::checkpoint::{CheckpointStore, Position};
+use crate::checkpoint::{CheckpointStore, Effect, Position};
 use crate::pipeline::shipper::acknowledged;
 
 /// Captures log output (tracing) of the current thread.

@@ -1,5 +1,6 @@
 //! Sections 1 and 2: logarithmd's ingest into SQLite and MariaDB, and the raw ceilings.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -8,8 +9,13 @@ use logarithm_tests::{Daemon, Db};
 
 use crate::{line, Figure, BATCH, LINES, SENDERS};
 
-pub async fn bench_ingest(db: &Db, label: &str) -> Result<Figure> {
-    let daemon = Daemon::start(db.url()).await?;
+/// Ingest through this build's logarithmd, or through `baseline` (another binary, e.g.
+/// the build before a change: `LOGARITHM_BENCH_BASELINE`).
+pub async fn bench_ingest(db: &Db, label: &str, baseline: Option<&Path>) -> Result<Figure> {
+    let daemon = match baseline {
+        Some(bin) => Daemon::start_binary(bin, db.url()).await?,
+        None => Daemon::start(db.url()).await?,
+    };
     // Bodies are prepared before the clock starts: this measures logarithmd and storage.
     let mut lists = Vec::new();
     for _ in 0..SENDERS {
@@ -25,11 +31,70 @@ pub async fn bench_ingest(db: &Db, label: &str) -> Result<Figure> {
     if stored != LINES {
         bail!("{label}: stored {stored} of {LINES}");
     }
+    let build = if baseline.is_some() {
+        " (baseline)"
+    } else {
+        ""
+    };
     Ok(Figure {
-        what: format!("logarithmd ingest → {label}"),
+        what: format!("logarithmd ingest → {label}{build}"),
         secs,
         lines: LINES,
     })
+}
+
+/// This build's ingest against a baseline binary's on one database.
+pub struct Versus {
+    label: &'static str,
+    /// Lines/s of each round: (this build, baseline).
+    rates: Vec<(f64, f64)>,
+}
+
+impl Versus {
+    /// `rounds` pairs of runs, each on a fresh database, alternating which binary goes
+    /// first (so a machine getting busier or quieter does not favour one); every figure
+    /// is printed as it comes.
+    pub async fn run(mysql: bool, baseline: &Path, rounds: usize) -> Result<Versus> {
+        let label = if mysql { "MariaDB" } else { "SQLite" };
+        let mut rates = Vec::new();
+        for round in 0..rounds {
+            let mut pair = [0.0; 2];
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let db = if mysql {
+                    Db::mysql().await?
+                } else {
+                    Db::sqlite()?
+                };
+                let bin = (which == 1).then_some(baseline);
+                let figure = bench_ingest(&db, label, bin).await?;
+                figure.print();
+                pair[which] = figure.rate();
+            }
+            rates.push((pair[0], pair[1]));
+        }
+        Ok(Versus { label, rates })
+    }
+
+    /// The medians and the spread of the ratio new / old over the rounds.
+    pub fn print(&self) {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let new = median(self.rates.iter().map(|r| r.0).collect());
+        let old = median(self.rates.iter().map(|r| r.1).collect());
+        let ratios: Vec<f64> = self.rates.iter().map(|(n, o)| n / o).collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        println!(
+            "ingest → {}: new {new:.0} lines/s, baseline {old:.0} lines/s (medians of {}); \
+             new / old = {:.3} (rounds: {lo:.3} to {hi:.3})",
+            self.label,
+            self.rates.len(),
+            new / old
+        );
+    }
 }
 
 pub async fn raw_mysql(server: &str) -> Result<Figure> {

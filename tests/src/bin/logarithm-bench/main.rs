@@ -28,6 +28,12 @@
 //!    downloads and 200 SSE follows, on SQLite and MariaDB: both rates, their ratio, 503s
 //!    to ingest, logarithmd's peak RSS.
 //!
+//! With `LOGARITHM_BENCH_BASELINE=/path/to/logarithmd` (an older build; `scripts/bench.sh`
+//! builds one from `LOGARITHM_BENCH_BASELINE_REV`), section 1 then runs that binary and
+//! this build's in turn on each database (`LOGARITHM_BENCH_BASELINE_ROUNDS` pairs, 3 by
+//! default, alternating which goes first) and prints both medians and the ratio new / old
+//! with its spread over the rounds, so a difference can be told from noise.
+//!
 //! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`load`] (8),
 //! [`procfs`] (CPU and memory of a process).
 
@@ -39,12 +45,13 @@ mod procfs;
 mod read;
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use logarithm_tests::Db;
 
 use agent::bench_agent;
-use ingest::{bench_ingest, raw_mysql, raw_sqlite};
+use ingest::{bench_ingest, raw_mysql, raw_sqlite, Versus};
 
 use logarithm_tests::ingest_client::{line, BATCH, LINE_BYTES};
 
@@ -58,6 +65,11 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// Lines per second.
+    pub fn rate(&self) -> f64 {
+        self.lines as f64 / self.secs
+    }
+
     pub fn print(&self) {
         let mb = (self.lines as f64 * LINE_BYTES as f64) / 1e6;
         println!(
@@ -85,14 +97,27 @@ async fn main() -> Result<()> {
     );
     std::io::stdout().flush()?;
     let mut sqlite_ingest = None;
+    let baseline = std::env::var_os("LOGARITHM_BENCH_BASELINE").map(PathBuf::from);
+    let mut versus = Vec::new();
     if wants("ingest") {
         raw_sqlite()?.print();
-        let ingest = bench_ingest(&Db::sqlite()?, "SQLite").await?;
+        let ingest = bench_ingest(&Db::sqlite()?, "SQLite", None).await?;
         ingest.print();
         sqlite_ingest = Some(ingest);
         let server = logarithm_tests::mysql_server_url()?;
         raw_mysql(&server).await?.print();
-        bench_ingest(&Db::mysql().await?, "MariaDB").await?.print();
+        bench_ingest(&Db::mysql().await?, "MariaDB", None)
+            .await?
+            .print();
+        if let Some(bin) = &baseline {
+            let rounds = match std::env::var("LOGARITHM_BENCH_BASELINE_ROUNDS") {
+                Ok(v) => v.parse().context("LOGARITHM_BENCH_BASELINE_ROUNDS")?,
+                Err(_) => 3,
+            };
+            for mysql in [false, true] {
+                versus.push(Versus::run(mysql, bin, rounds).await?);
+            }
+        }
     }
     let mut runs = Vec::new();
     if wants("agent") {
@@ -107,6 +132,12 @@ async fn main() -> Result<()> {
     }
     if wants("live") {
         live::bench_live().await?.print();
+    }
+    if !versus.is_empty() {
+        println!();
+    }
+    for v in &versus {
+        v.print();
     }
     if wants("read") {
         read::ReadRun::header();

@@ -1,0 +1,179 @@
+//! [`Follower`]'s waits (signals, catch-up permits, retry sleeps) and its output: items
+//! sent into the pipeline with backpressure, pieces turned into records, gaps reported.
+
+use std::time::Duration;
+
+use protocol::{ContainerExit, Record, Stream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{rfc3339, Follower, REMOVED_UNREAD};
+use crate::checkpoint::Position;
+use crate::docker::frames::Piece;
+use crate::pipeline::{Item, ItemKind};
+
+impl Follower {
+    /// Waits for a signal from discovery (or `recheck`); false when shutting down.
+    pub(super) async fn wait(&mut self, recheck: Option<Duration>) -> bool {
+        let tick = async {
+            match recheck {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.shared.shutdown.cancelled() => false,
+            r = self.signals.changed(), if self.signals_open => {
+                if r.is_err() {
+                    self.signals_open = false;
+                }
+                true
+            }
+            _ = tick => true,
+        }
+    }
+
+    /// A permit to read a finished run (`None` when shutting down: the read then stops
+    /// at once anyway).
+    pub(super) async fn catch_up_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            p = self.shared.catch_up.clone().acquire_owned() => p.ok(),
+            _ = self.shared.shutdown.cancelled() => None,
+        }
+    }
+
+    pub(super) async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.shared.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    /// Sends an item, waiting for room (backpressure); false when shutting down.
+    pub(super) async fn send(&self, kind: ItemKind) -> bool {
+        let item = Item {
+            container_id: self.id.clone(),
+            kind,
+        };
+        let item = match self.shared.tx.try_send(item) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
+        // The pipeline is full: reading stops until delivery catches up.
+        let _paused = self.shared.metrics.waiting_for_room();
+        tokio::select! {
+            biased;
+            r = self.shared.tx.send(item) => r.is_ok(),
+            _ = self.shared.shutdown.cancelled() => false,
+        }
+    }
+
+    /// End of a run's log: pending partial lines are complete lines.
+    pub(super) async fn flush(&mut self) -> bool {
+        let mut pieces = Vec::new();
+        if let Some(a) = self.assembler.as_mut() {
+            a.flush(&mut pieces);
+            if a.malformed() > 0 {
+                warn!(
+                    messages = a.malformed(),
+                    "log messages without a Docker timestamp"
+                );
+            }
+        }
+        self.emit(&mut pieces).await
+    }
+
+    /// The container was seen created, then removed before a run could be read (a
+    /// `docker run --rm` that exits at once): if it ran (its `die` event came), its job
+    /// gets the meta, the reason and the exit, instead of no job at all.
+    pub(super) async fn removed_unread(&mut self, mut meta: protocol::ContainerMeta) -> bool {
+        let Some(die) = self.die_after(meta.created_at).await else {
+            debug!("removed without having run");
+            return true;
+        };
+        if meta.started_at == 0 {
+            meta.started_at = meta.created_at;
+        }
+        warn!("container removed before its log could be read");
+        let exit = ContainerExit {
+            exit_code: die.exit_code.unwrap_or(-1),
+            finished_at: die.time_ns,
+            last_seq: self.next_seq - 1,
+            restart_count: 0,
+        };
+        self.send(ItemKind::Meta(meta)).await
+            && self
+                .send(ItemKind::Unavailable(REMOVED_UNREAD.to_string()))
+                .await
+            && self.send(ItemKind::Exit(exit)).await
+    }
+
+    /// Docker's log no longer holds the last delivered line (at `pos`), and the first line
+    /// it has is stamped `first_ts`: lines in between were rotated away before they were
+    /// read (a json-file log with `max-size` while the agent was down or behind). Docker
+    /// does not say how many: the job gets the time range in `logs_unavailable`.
+    pub(super) async fn report_gap(&mut self, pos: &Position, first_ts: i64) -> bool {
+        let reason = format!(
+            "Docker's log no longer holds lines from {} to {}: rotated away before they were \
+             read, so lines in between may be lost",
+            rfc3339(pos.ts),
+            rfc3339(first_ts)
+        );
+        warn!(
+            last_delivered_seq = pos.seq,
+            %reason,
+            "lines may be lost to log rotation"
+        );
+        self.shared.metrics.log_gaps.inc();
+        self.send(ItemKind::Unavailable(reason)).await
+    }
+
+    /// Numbers pieces into records and sends them.
+    pub(super) async fn emit(&mut self, pieces: &mut Vec<Piece>) -> bool {
+        for p in pieces.drain(..) {
+            let s = usize::from(p.stream == Stream::Stderr);
+            if p.first && self.resume_check.is_some_and(|pos| p.ts >= pos.ts) {
+                if let Some(pos) = self.resume_check.take() {
+                    if p.ts > pos.ts
+                        && self.skip.remaining == pos.at_ts
+                        && !self.report_gap(&pos, p.ts).await
+                    {
+                        return false;
+                    }
+                }
+            }
+            if p.first {
+                let delivered = self.skip.should_skip(p.ts);
+                let later = self.limit_ts.is_some_and(|l| p.ts > l);
+                let copy = !delivered && !later && self.replays[s].is_copy(p.ts);
+                self.skipping[s] = delivered || later || copy;
+            }
+            if self.skipping[s] {
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let mut cut = None;
+            if p.last {
+                self.tentative.line_done(seq, p.ts);
+                if p.cut {
+                    self.tentative.file = self.file_pos;
+                    self.pos = self.tentative;
+                    cut = Some(self.pos);
+                }
+            }
+            if seq <= self.sent_seq {
+                continue; // sent before the stream broke
+            }
+            self.sent_seq = seq;
+            let (stream, ts, len) = (p.stream, p.ts, p.bytes.len());
+            let record = Record::new(seq, p.ts, p.stream, p.bytes, !p.last);
+            if !self.send(ItemKind::Record { record, cut }).await {
+                return false;
+            }
+            self.shared.metrics.record_read(stream, len, ts);
+        }
+        true
+    }
+}
