@@ -46,6 +46,10 @@ pub struct ContainerMeta {
     pub restart_count: i32,
     /// Set once the current run ended (`state.terminated`).
     pub terminated: Option<Terminated>,
+    /// How the previous run ended (`lastState.terminated`), after a restart.
+    pub last_terminated: Option<Terminated>,
+    /// When the current run started (ns since the epoch; 0 if the API did not say).
+    pub started_at: i64,
 }
 
 /// What antilog keeps of a Pod.
@@ -56,6 +60,10 @@ pub struct PodMeta {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp`, ns since the epoch (0 if absent).
+    pub created_at: i64,
+    /// The first of `spec.containers` (not an init container).
+    pub main_container: Option<String>,
     pub containers: Vec<ContainerMeta>,
 }
 
@@ -75,6 +83,8 @@ impl PodMeta {
                         image: c.image.clone().unwrap_or_default(),
                         restart_count: 0,
                         terminated: None,
+                        last_terminated: None,
+                        started_at: 0,
                     })
                     .collect()
             })
@@ -90,18 +100,21 @@ impl PodMeta {
                 continue;
             };
             c.restart_count = st.restart_count;
-            c.terminated = st
-                .state
+            let state = st.state.as_ref();
+            c.terminated = state.and_then(|s| s.terminated.as_ref()).map(terminated);
+            c.last_terminated = st
+                .last_state
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
-                .map(|t| Terminated {
-                    exit_code: t.exit_code,
-                    finished_at: t
-                        .finished_at
+                .map(terminated);
+            c.started_at = state
+                .and_then(|s| {
+                    s.running
                         .as_ref()
-                        .and_then(|f| i64::try_from(f.0.as_nanosecond()).ok())
-                        .unwrap_or(0),
-                });
+                        .and_then(|r| r.started_at.as_ref())
+                        .or(s.terminated.as_ref().and_then(|t| t.started_at.as_ref()))
+                })
+                .map_or(0, ns_of);
         }
         Some(PodMeta {
             namespace: m.namespace.clone()?,
@@ -109,8 +122,25 @@ impl PodMeta {
             uid: m.uid.clone()?,
             labels: m.labels.clone().unwrap_or_default(),
             annotations: m.annotations.clone().unwrap_or_default(),
+            created_at: m.creation_timestamp.as_ref().map_or(0, ns_of),
+            main_container: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone()),
             containers,
         })
+    }
+}
+
+fn ns_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    i64::try_from(t.0.as_nanosecond()).unwrap_or(0)
+}
+
+fn terminated(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Terminated {
+    Terminated {
+        exit_code: t.exit_code,
+        finished_at: t.finished_at.as_ref().map_or(0, ns_of),
     }
 }
 

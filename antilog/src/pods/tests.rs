@@ -237,6 +237,8 @@ async fn lists_watches_follows_bookmarks_and_lists_again_after_410() {
                 exit_code: 0,
                 finished_at: 1_795_777_825_000_000_000
             }),
+            last_terminated: None,
+            started_at: 0,
         }]
     );
     assert_eq!(pods.len(), 2);
