@@ -256,3 +256,6 @@ pub fn meta_of(
         log_driver: "cri".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;
