@@ -136,11 +136,16 @@ impl Follower {
     async fn main(&mut self, entry: Entry) -> End {
         // Where to begin: after an acknowledged exit, the next run; else the run holding
         // the checkpoint's file position, exactly there.
-        let (mut run, mut opened) = match self.resume_point(&entry) {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(error = %e, "cannot open the container's logs");
-                return End::Cancelled;
+        let (mut run, mut opened) = loop {
+            match self.resume_point(&entry) {
+                Ok(v) => break v,
+                Err(_) if !self.logs.dir.exists() => return End::Gone,
+                Err(e) => {
+                    warn!(error = %e, "cannot open the container's logs; trying again");
+                    if !crate::pipeline::send::sleep(&self.shared.shutdown, IDLE_POLL).await {
+                        return End::Cancelled;
+                    }
+                }
             }
         };
         loop {

@@ -169,6 +169,16 @@ pub async fn run(shared: Arc<Shared>, root: PathBuf, client: Client, node: Strin
         match scan {
             Ok(Ok(found)) => {
                 warned = false;
+                // Directories gone (Pods deleted) are forgotten, so `known` stays bounded;
+                // not after a truncated scan, which does not show every directory.
+                let complete = found.len() < pod_logs::MAX_CONTAINERS;
+                let present: HashSet<(String, String)> = found
+                    .iter()
+                    .map(|c| (c.uid.clone(), c.container.clone()))
+                    .collect();
+                if complete {
+                    known.retain(|k| present.contains(k));
+                }
                 for c in found {
                     let key = (c.uid.clone(), c.container.clone());
                     if known.insert(key.clone()) {
