@@ -18,6 +18,10 @@
 //! reports it) and it carries the Pod's `io.containerops.*` labels; the verdict comes from
 //! `state.terminated.exitCode` plus the `[COUT] CO_RESULT` line; antilog SIGKILLed while
 //! reading and started again loses and doubles nothing. About 2 s.
+//!
+//! The kill lands inside the first file (measured: resumed at seq 820 to 1,301 of 2,000),
+//! which is then rotated, gzipped and deleted as plain file while antilog is down: the
+//! restart resumes inside the `.gz` by its content's fingerprint.
 
 #[path = "cri/api.rs"]
 mod api;
@@ -304,17 +308,28 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
     .await
     .with_context(|| agents.logs())?;
 
-    // While antilog reads: more lines, a rotation in the middle; SIGKILL mid-way (as soon
-    // as the reading has begun: wherever it lands, nothing may be lost or doubled).
-    log.lines(200, 1500)?;
-    log.rotate("20261201-100001", None)?;
-    log.lines(1500, 2000)?;
+    // While antilog reads: a writer goes on (with short pauses, so antilog keeps up and is
+    // killed mid-file), a rotation in the middle; SIGKILL as soon as the reading has gone
+    // on. Wherever it lands, nothing may be lost or doubled.
+    let writer = std::thread::spawn(move || -> Result<PodLog> {
+        for from in (200..2000).step_by(20) {
+            if from == 1500 {
+                log.rotate("20261201-100001", None)?;
+            }
+            log.lines(from, from + 20)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(log)
+    });
     wait_until(Duration::from_secs(20), "the reading to go on", || async {
-        Ok((line_count(&daemon).await? > 200).then_some(()))
+        Ok((line_count(&daemon).await? >= 600).then_some(()))
     })
     .await
     .with_context(|| agents.logs())?;
     agents.kill();
+    let mut log = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
 
     // While antilog is down: the next rotation compresses the older file (and deletes the
     // plain one); then run 0 fails and the kubelet restarts the container (`1.log`).
