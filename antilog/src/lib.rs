@@ -1,5 +1,6 @@
-//! antilog, Logarithm's node agent: follows the logs of every Docker container on this host
-//! (through the Docker API) and ships them, in order and acknowledged, to logarithmd.
+//! antilog, Logarithm's node agent: follows the logs of every container on this host (a
+//! Docker host: its json-file logs or the Docker API; a Kubernetes node: the kubelet's pod
+//! log files, see [`cri`]) and ships them, in order and acknowledged, to logarithmd.
 //!
 //! Data flow: discovery -> one follower per container -> one bounded channel -> batcher ->
 //! spool (segment files on disk; each frame carries its checkpoint effects) -> shipper (up

@@ -95,6 +95,15 @@ async fn auto_picks_cri_only_when_the_api_answers() {
         ..c
     };
     assert!(matches!(choose(&c).await.unwrap(), Chosen::Cri(_)));
+    // An https API server (in-cluster): the TLS client builds (kube's rustls with ring).
+    let https = dir.path().join("kubeconfig-https");
+    let text = std::fs::read_to_string(c.kubeconfig.as_ref().unwrap()).unwrap();
+    std::fs::write(&https, text.replace("http://", "https://")).unwrap();
+    let c = Config {
+        kubeconfig: Some(https),
+        ..c
+    };
+    assert!(matches!(choose(&c).await.unwrap(), Chosen::Cri(_)));
     let parsed =
         Config::from_toml("source = \"cri\"\npod_log_root = \"/host/pods\"\nkubeconfig = \"/k\"")
             .unwrap();
