@@ -3,8 +3,8 @@
 //! ([`crate::pods`]) for what the files do not say (labels, image, exit codes).
 //!
 //! - [`choose`]: which source `source = "auto"` stands for, and the Kubernetes client.
-//! - [`run`]: discovery: scans the pod log root every [`SCAN_INTERVAL`] and starts one
-//!   follower per container directory.
+//! - [`run`]: discovery: scans the pod log root every [`SCAN_INTERVAL`] (and soon after a
+//!   Pod of this node changes) and starts one follower per container directory.
 //! - [`follower`]: one container, run after run (`<restart>.log`), as pipeline items: the
 //!   same meta, records, cuts and exits as the Docker follower sends.
 //!
@@ -40,6 +40,8 @@ use crate::pods::Pods;
 
 /// How often the pod log root is listed for new containers.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest time between two scans prompted by Pod changes.
+const RESCAN_MIN: Duration = Duration::from_millis(200);
 /// How long `auto` waits for the Kubernetes API to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -194,10 +196,17 @@ pub async fn run(shared: Arc<Shared>, root: PathBuf, client: Client, node: Strin
             }
             _ => {}
         }
+        let scanned = tokio::time::Instant::now();
         let deadline = tokio::time::sleep(SCAN_INTERVAL);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
+                // A Pod changed (a new one on this node, a container started): look now,
+                // not up to a whole interval later, but at most every [`RESCAN_MIN`].
+                _ = shared.pods.changed.notified() => {
+                    let at = (scanned + RESCAN_MIN).min(deadline.deadline());
+                    deadline.as_mut().reset(at);
+                }
                 _ = shared.shutdown.cancelled() => {
                     while tasks.join_next().await.is_some() {}
                     let _ = watcher.await;
