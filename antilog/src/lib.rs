@@ -148,7 +148,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 resume: std::sync::Mutex::new(resume),
             });
             let root = config.pod_log_root.clone();
-            cri::run(shared, root, client, config.node_name.clone()).await;
+            let node = config.node_name.clone();
+            cri::run(shared, store.clone(), root, client, node).await;
             Ok(())
         }
         (cri::Chosen::Docker(source), Some(docker)) => {

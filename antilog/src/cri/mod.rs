@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::Entry;
+use crate::checkpoint::{CheckpointStore, Entry};
 use crate::config::{Config, Source};
 use crate::error::{Error, ErrorKind};
 use crate::files::pod_logs;
@@ -151,7 +151,13 @@ impl Shared {
 
 /// Follows every container under `root` until shutdown; the Pod watcher runs meanwhile.
 /// Returns once every follower has stopped.
-pub async fn run(shared: Arc<Shared>, root: PathBuf, client: Client, node: String) {
+pub async fn run(
+    shared: Arc<Shared>,
+    store: Arc<CheckpointStore>,
+    root: PathBuf,
+    client: Client,
+    node: String,
+) {
     info!(root = %root.display(), %node, "cri source: following the pod log root");
     let watcher = tokio::spawn(crate::pods::watch_pods(
         client,
@@ -163,6 +169,7 @@ pub async fn run(shared: Arc<Shared>, root: PathBuf, client: Client, node: Strin
     let mut known: HashSet<(String, String)> = HashSet::new();
     let mut tasks = JoinSet::new();
     let mut warned = false;
+    let mut pruned = false;
     loop {
         let scan = {
             let root = root.clone();
@@ -174,6 +181,17 @@ pub async fn run(shared: Arc<Shared>, root: PathBuf, client: Client, node: Strin
                 // Directories gone (Pods deleted) are forgotten, so `known` stays bounded;
                 // not after a truncated scan, which does not show every directory.
                 let complete = found.len() < pod_logs::MAX_CONTAINERS;
+                if complete && !pruned {
+                    // Checkpoint entries of containers whose directories went away while
+                    // antilog was down are dropped (each directory keeps both ids it can
+                    // have, as its Pod is not known yet).
+                    pruned = true;
+                    let ids: HashSet<String> = found
+                        .iter()
+                        .flat_map(|c| [c.pod.clone(), path_id(&c.namespace, &c.pod, &c.container)])
+                        .collect();
+                    store.retain_existing(&ids);
+                }
                 let present: HashSet<(String, String)> = found
                     .iter()
                     .map(|c| (c.uid.clone(), c.container.clone()))
@@ -230,8 +248,13 @@ pub fn container_id(pod: &crate::pods::PodMeta, container: &str) -> String {
     {
         pod.name.clone()
     } else {
-        format!("{}/{}/{}", pod.namespace, pod.name, container)
+        path_id(&pod.namespace, &pod.name, container)
     }
+}
+
+/// The container id of a container that is not a job Pod's: `<namespace>/<pod>/<container>`.
+fn path_id(namespace: &str, pod: &str, container: &str) -> String {
+    format!("{namespace}/{pod}/{container}")
 }
 
 /// The metadata shipped for run `restart` of `container`.
