@@ -22,6 +22,8 @@ use tracing::{debug, info, warn};
 
 /// Most Pods kept (a node runs at most a few hundred).
 pub const MAX_PODS: usize = 8_192;
+/// Deleted Pods whose last state is kept.
+pub const MAX_DELETED: usize = 1_024;
 /// Pods per list page.
 const PAGE: u32 = 500;
 /// How long one watch request lasts before it is renewed (the API server's limit is
@@ -148,6 +150,9 @@ fn terminated(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Termi
 #[derive(Debug, Default)]
 pub struct Pods {
     by_uid: RwLock<HashMap<String, PodMeta>>,
+    /// The last state of Pods deleted lately (the newest last, at most [`MAX_DELETED`]):
+    /// a follower that had not looked since the Pod's end still learns its exit codes.
+    deleted: std::sync::Mutex<std::collections::VecDeque<PodMeta>>,
     /// Woken at every change.
     pub changed: Notify,
 }
@@ -155,6 +160,12 @@ pub struct Pods {
 impl Pods {
     pub fn get(&self, uid: &str) -> Option<PodMeta> {
         self.read().get(uid).cloned()
+    }
+
+    /// The last state of a Pod deleted lately (its `DELETED` event's object).
+    pub fn get_deleted(&self, uid: &str) -> Option<PodMeta> {
+        let d = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+        d.iter().rev().find(|p| p.uid == uid).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -199,6 +210,13 @@ impl Pods {
     fn remove(&self, pod: &Pod) {
         if let Some(uid) = pod.metadata.uid.as_deref() {
             self.write().remove(uid);
+            if let Some(last) = PodMeta::of(pod) {
+                let mut d = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+                if d.len() >= MAX_DELETED {
+                    d.pop_front();
+                }
+                d.push_back(last);
+            }
             self.changed.notify_waiters();
         }
     }

@@ -113,7 +113,9 @@ pub async fn follow(shared: Arc<Shared>, logs: ContainerLogs) -> End {
 async fn wait_pod(shared: &Shared, logs: &ContainerLogs) -> Option<PodMeta> {
     let mut warned = Instant::now();
     loop {
-        if let Some(p) = shared.pods.get(&logs.uid) {
+        // A Pod deleted already (a short job) is still read, with its last state.
+        let pods = &shared.pods;
+        if let Some(p) = pods.get(&logs.uid).or_else(|| pods.get_deleted(&logs.uid)) {
             return Some(p);
         }
         if !logs.dir.exists() {
@@ -337,9 +339,11 @@ impl Follower {
 
     /// Whether run `n` is over (see the module's doc).
     fn run_state(&mut self, n: u32) -> RunState {
-        let listed = self.shared.pods.get(&self.logs.uid);
+        let pods = &self.shared.pods;
+        let listed = pods.get(&self.logs.uid);
         let in_table = listed.is_some();
-        if let Some(p) = listed {
+        // A deleted Pod's last state still tells how its runs ended.
+        if let Some(p) = listed.or_else(|| pods.get_deleted(&self.logs.uid)) {
             self.pod = p;
         }
         let c = self
