@@ -161,7 +161,18 @@ fn time(ns: i64) -> Result<Time> {
 /// The job Pod, as the API server shows it: run `restart` running, or terminated with
 /// `exit`; the previous run's end in `lastState`.
 fn pod(label: &str, restart: i32, exit: Option<i32>, last_exit: Option<i32>) -> Result<Pod> {
-    let labels = BTreeMap::from([
+    named_pod((POD, UID, true), label, restart, exit, last_exit)
+}
+
+/// [`pod`] with another name and UID; `flow`: labelled as a flow run's job.
+fn named_pod(
+    (name, uid, flow): (&str, &str, bool),
+    label: &str,
+    restart: i32,
+    exit: Option<i32>,
+    last_exit: Option<i32>,
+) -> Result<Pod> {
+    let mut labels = BTreeMap::from([
         ("logarithm.test".to_string(), label.to_string()),
         (protocol::LABEL_FLOW.to_string(), "build".to_string()),
         (protocol::LABEL_RUN.to_string(), "run-42".to_string()),
@@ -169,6 +180,9 @@ fn pod(label: &str, restart: i32, exit: Option<i32>, last_exit: Option<i32>) -> 
         (protocol::LABEL_ACTION.to_string(), "make".to_string()),
         (protocol::LABEL_JOB.to_string(), "job".to_string()),
     ]);
+    if !flow {
+        labels.retain(|k, _| !k.starts_with("io.containerops."));
+    }
     let started = time(1_795_000_000_000_000_000 + i64::from(restart))?;
     let terminated = |code: i32| -> Result<ContainerStateTerminated> {
         Ok(ContainerStateTerminated {
@@ -200,9 +214,9 @@ fn pod(label: &str, restart: i32, exit: Option<i32>, last_exit: Option<i32>) -> 
     };
     Ok(Pod {
         metadata: ObjectMeta {
-            name: Some(POD.into()),
+            name: Some(name.into()),
             namespace: Some("ci".into()),
-            uid: Some(UID.into()),
+            uid: Some(uid.into()),
             labels: Some(labels),
             creation_timestamp: Some(time(1_794_999_999_000_000_000)?),
             ..Default::default()
@@ -240,6 +254,16 @@ fn pod(label: &str, restart: i32, exit: Option<i32>, last_exit: Option<i32>) -> 
     })
 }
 
+/// antilog on `source = "cri"` with the mock API and the pod log root `root`.
+fn cri_agent(daemon: &Daemon, label: &str, root: &Path, kubeconfig: &Path) -> Result<Agents> {
+    let extra = format!(
+        "source = \"cri\"\npod_log_root = \"{}\"\nkubeconfig = \"{}\"\n",
+        root.display(),
+        kubeconfig.display()
+    );
+    Agents::start_with(&daemon.base, label, &extra)
+}
+
 fn kubeconfig(dir: &Path, server: &str) -> Result<PathBuf> {
     let path = dir.join("kubeconfig");
     std::fs::write(
@@ -275,7 +299,11 @@ fn stored_lines(stored: &[Value]) -> Result<Vec<Line>> {
 }
 
 async fn line_count(d: &Daemon) -> Result<u64> {
-    Ok(d.job_of(POD)
+    line_count_of(d, POD).await
+}
+
+async fn line_count_of(d: &Daemon, container_id: &str) -> Result<u64> {
+    Ok(d.job_of(container_id)
         .await?
         .and_then(|j| j["line_count"].as_u64())
         .unwrap_or(0))
@@ -296,12 +324,7 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
     // Run 0 has printed before antilog starts.
     let mut log = PodLog::open(&dir, 0, 1_795_000_000_000_000_001, Vec::new())?;
     log.lines(0, 200)?;
-    let extra = format!(
-        "source = \"cri\"\npod_log_root = \"{}\"\nkubeconfig = \"{}\"\n",
-        root.path().display(),
-        kubeconfig.display()
-    );
-    let mut agents = Agents::start_with(&daemon.base, &label, &extra)?;
+    let mut agents = cri_agent(&daemon, &label, root.path(), &kubeconfig)?;
     wait_until(Duration::from_secs(20), "the first lines", || async {
         Ok((line_count(&daemon).await? >= 200).then_some(()))
     })
@@ -401,6 +424,89 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
         "cri: {} lines ({} long), 2 rotations (1 gzipped while antilog was down), 1 restart, 1 SIGKILL",
         written.len(),
         written.iter().filter(|l| l.text.len() > PARTIAL).count()
+    );
+    Ok(())
+}
+
+/// A job Pod that ends and is deleted at once (the kubelet removes its log directory) is
+/// read to its end through the files antilog holds open, with the exit code of its last
+/// state; a Pod of no flow run is the job `<namespace>_<pod>_<container>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let api = api::PodApi::start().await?;
+    let label = format!("cri-{}", rand_u64());
+    let root = tempfile::tempdir()?;
+    let config_dir = tempfile::tempdir()?;
+    let kubeconfig = kubeconfig(config_dir.path(), &api.url)?;
+    let short = ("short-job", "0a1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
+    let web = ("web-1", "0b1c2a4e-1b2c-4d5e-8f90-0123456789ab", false);
+    let pod_dir = |(name, uid, _): (&str, &str, bool)| root.path().join(format!("ci_{name}_{uid}"));
+    api.set(named_pod(short, &label, 0, None, None)?);
+    api.set(named_pod(web, &label, 0, None, None)?);
+    let mut short_log = PodLog::open(
+        &pod_dir(short).join("job"),
+        0,
+        1_795_000_000_000_000_001,
+        Vec::new(),
+    )?;
+    short_log.lines(0, 1)?;
+    let mut web_log = PodLog::open(
+        &pod_dir(web).join("job"),
+        0,
+        1_795_000_000_000_000_001,
+        Vec::new(),
+    )?;
+    web_log.lines(0, 3)?;
+    let agents = cri_agent(&daemon, &label, root.path(), &kubeconfig)?;
+    wait_until(
+        Duration::from_secs(20),
+        "both jobs' first lines",
+        || async {
+            let short_seen = line_count_of(&daemon, short.0).await? >= 1;
+            Ok((short_seen && line_count_of(&daemon, "ci_web-1_job").await? >= 3).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+
+    // The rest of the job, its end, the Pod deleted and its directory removed at once.
+    short_log.lines(1, 300)?;
+    api.set(named_pod(short, &label, 0, Some(3), None)?);
+    api.delete(short.0);
+    std::fs::remove_dir_all(pod_dir(short))?;
+    let written = short_log.written.clone();
+    let job = wait_until(
+        Duration::from_secs(20),
+        "the deleted Pod's job to finish",
+        || async {
+            Ok(daemon
+                .job_of(short.0)
+                .await?
+                .filter(|j| j["status"] != "running"))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    assert_eq!(job["status"], "failure", "{job}");
+    assert_eq!(job["exit_code"], 3, "{job}");
+    let id = job["id"].as_str().context("job id")?;
+    let stored = stored_lines(&daemon.all_lines(id).await?)?;
+    ensure!(
+        stored == written,
+        "{} stored, {} written, or they differ",
+        stored.len(),
+        written.len()
+    );
+    let web_job = daemon
+        .job_of("ci_web-1_job")
+        .await?
+        .context("the web job")?;
+    assert!(web_job["flow"].is_null(), "{web_job}");
+    assert_eq!(
+        web_job["labels"]["io.kubernetes.pod.name"], "web-1",
+        "{web_job}"
     );
     Ok(())
 }

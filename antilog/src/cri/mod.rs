@@ -10,7 +10,7 @@
 //!
 //! Job identity: a job Pod of a flow run (one labelled [`protocol::LABEL_RUN`]) is the job
 //! of its first container, and its container id is the Pod's name, the id the engine's
-//! Kubernetes runner reports. Every other container is `<namespace>/<pod>/<container>`.
+//! Kubernetes runner reports. Every other container is `<namespace>_<pod>_<container>`.
 //! A container restart (`<n + 1>.log`) is a new run of the same job, as Docker's restart
 //! policy is.
 
@@ -252,9 +252,26 @@ pub fn container_id(pod: &crate::pods::PodMeta, container: &str) -> String {
     }
 }
 
-/// The container id of a container that is not a job Pod's: `<namespace>/<pod>/<container>`.
+/// Longest container id logarithmd accepts.
+const MAX_ID: usize = 128;
+
+/// The container id of a container that is not a job Pod's: `<namespace>_<pod>_<container>`
+/// (as the kubelet names Pod directories: none of the three holds `_`, and logarithmd
+/// accepts `[A-Za-z0-9_.:-]`). Past 128 bytes (Pod names reach 253), it is cut and ends
+/// with `.` and an FNV-1a hash of the whole, so it stays unique.
 fn path_id(namespace: &str, pod: &str, container: &str) -> String {
-    format!("{namespace}/{pod}/{container}")
+    let id = format!("{namespace}_{pod}_{container}");
+    if id.len() <= MAX_ID {
+        return id;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let suffix = format!(".{h:016x}");
+    // Kubernetes names are ASCII: any byte is a char boundary.
+    format!("{}{suffix}", &id[..MAX_ID - suffix.len()])
 }
 
 /// The metadata shipped for run `restart` of `container`.

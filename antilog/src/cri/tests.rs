@@ -34,10 +34,17 @@ fn pod(labels: &[(&str, &str)]) -> PodMeta {
 fn a_job_pod_is_its_first_container_by_the_pod_name_others_by_their_path() {
     let job = pod(&[(protocol::LABEL_RUN, "r1")]);
     assert_eq!(container_id(&job, "job"), "build-42");
-    assert_eq!(container_id(&job, "sidecar"), "ci/build-42/sidecar");
-    assert_eq!(container_id(&job, "init"), "ci/build-42/init");
+    assert_eq!(container_id(&job, "sidecar"), "ci_build-42_sidecar");
+    assert_eq!(container_id(&job, "init"), "ci_build-42_init");
     let other = pod(&[("app", "web")]);
-    assert_eq!(container_id(&other, "job"), "ci/build-42/job");
+    assert_eq!(container_id(&other, "job"), "ci_build-42_job");
+
+    let long = path_id("ns", &"p".repeat(253), "c");
+    assert_eq!(long.len(), 128);
+    assert_ne!(long, path_id("ns", &"p".repeat(252), "c"));
+    assert!(long
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)));
 
     let meta = meta_of(&job, "job", "build-42", 0, 99);
     assert_eq!(meta.name, "build-42");

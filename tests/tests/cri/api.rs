@@ -1,7 +1,7 @@
 //! The mock Kubernetes API server of the `cri` test: the two endpoints antilog's Pod
 //! watcher calls, `GET /api/v1/pods` (a `PodList`) and the same with `watch=true` (a stream
-//! of newline-separated watch events: the current Pods as `MODIFIED` when the watch
-//! starts and after every change the test makes). Objects are k8s-openapi's `Pod`, so they
+//! of newline-separated watch events: the current Pods as `MODIFIED`, and the deleted ones
+//! as `DELETED`, when the watch starts and after every change the test makes). Objects are k8s-openapi's `Pod`, so they
 //! have the shape a real API server sends. Every query string is recorded.
 
 use std::collections::HashMap;
@@ -20,6 +20,8 @@ use tokio::sync::watch;
 #[derive(Default)]
 struct Inner {
     pods: Vec<Pod>,
+    /// Pods deleted, sent as `DELETED` events (again at every change: harmless).
+    deleted: Vec<Pod>,
     version: u64,
     queries: Vec<HashMap<String, String>>,
 }
@@ -67,6 +69,21 @@ impl PodApi {
         self.changed.send_replace(version);
     }
 
+    /// Deletes the Pod named `name` (a `DELETED` event with its last state).
+    pub fn delete(&self, name: &str) {
+        let version = {
+            let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            i.version += 1;
+            let (gone, kept): (Vec<Pod>, Vec<Pod>) = std::mem::take(&mut i.pods)
+                .into_iter()
+                .partition(|p| p.metadata.name.as_deref() == Some(name));
+            i.pods = kept;
+            i.deleted.extend(gone);
+            i.version
+        };
+        self.changed.send_replace(version);
+    }
+
     /// The query strings received, in order.
     pub fn queries(&self) -> Vec<HashMap<String, String>> {
         self.inner
@@ -76,12 +93,13 @@ impl PodApi {
             .clone()
     }
 
-    /// Every Pod as one `MODIFIED` event line each.
+    /// Every Pod as one `MODIFIED` event line each, every deleted one as `DELETED`.
     fn events(&self) -> Vec<u8> {
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        for p in &i.pods {
-            let event = json!({"type": "MODIFIED", "object": p});
+        let events = i.pods.iter().map(|p| ("MODIFIED", p));
+        for (kind, p) in events.chain(i.deleted.iter().map(|p| ("DELETED", p))) {
+            let event = json!({"type": kind, "object": p});
             out.extend(serde_json::to_vec(&event).unwrap_or_default());
             out.push(b'\n');
         }
