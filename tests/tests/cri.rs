@@ -298,6 +298,38 @@ fn stored_lines(stored: &[Value]) -> Result<Vec<Line>> {
     Ok(out)
 }
 
+/// What each test starts with: logarithmd on SQLite, the mock API server, an empty pod
+/// log root and a kubeconfig pointing at the mock.
+struct Setup {
+    _db: Db,
+    daemon: Daemon,
+    api: api::PodApi,
+    /// The test's `logarithm.test` label (antilog collects only those Pods).
+    label: String,
+    root: tempfile::TempDir,
+    _config_dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Setup {
+    async fn start() -> Result<Setup> {
+        let db = Db::sqlite()?;
+        let daemon = Daemon::start(db.url()).await?;
+        let api = api::PodApi::start().await?;
+        let config_dir = tempfile::tempdir()?;
+        let kubeconfig = kubeconfig(config_dir.path(), &api.url)?;
+        Ok(Setup {
+            _db: db,
+            daemon,
+            api,
+            label: format!("cri-{}", rand_u64()),
+            root: tempfile::tempdir()?,
+            _config_dir: config_dir,
+            kubeconfig,
+        })
+    }
+}
+
 async fn line_count(d: &Daemon) -> Result<u64> {
     line_count_of(d, POD).await
 }
@@ -311,22 +343,18 @@ async fn line_count_of(d: &Daemon, container_id: &str) -> Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> Result<()> {
-    let db = Db::sqlite()?;
-    let daemon = Daemon::start(db.url()).await?;
-    let api = api::PodApi::start().await?;
-    let label = format!("cri-{}", rand_u64());
-    let root = tempfile::tempdir()?;
+    let setup = Setup::start().await?;
+    let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
+    let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
     let dir = root.path().join(format!("ci_{POD}_{UID}")).join("job");
-    let config_dir = tempfile::tempdir()?;
-    let kubeconfig = kubeconfig(config_dir.path(), &api.url)?;
-    api.set(pod(&label, 0, None, None)?);
+    api.set(pod(label, 0, None, None)?);
 
     // Run 0 has printed before antilog starts.
     let mut log = PodLog::open(&dir, 0, 1_795_000_000_000_000_001, Vec::new())?;
     log.lines(0, 200)?;
-    let mut agents = cri_agent(&daemon, &label, root.path(), &kubeconfig)?;
+    let mut agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
     wait_until(Duration::from_secs(20), "the first lines", || async {
-        Ok((line_count(&daemon).await? >= 200).then_some(()))
+        Ok((line_count(daemon).await? >= 200).then_some(()))
     })
     .await
     .with_context(|| agents.logs())?;
@@ -345,7 +373,7 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
         Ok(log)
     });
     wait_until(Duration::from_secs(20), "the reading to go on", || async {
-        Ok((line_count(&daemon).await? >= 600).then_some(()))
+        Ok((line_count(daemon).await? >= 600).then_some(()))
     })
     .await
     .with_context(|| agents.logs())?;
@@ -359,13 +387,13 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
     log.lines(2000, 2100)?;
     log.rotate("20261201-100002", Some("20261201-100001"))?;
     log.lines(2100, 2200)?;
-    api.set(pod(&label, 1, None, Some(1))?);
+    api.set(pod(label, 1, None, Some(1))?);
     let mut log1 = PodLog::open(&dir, 1, log.ts, std::mem::take(&mut log.written))?;
     log1.lines(0, 120)?;
     log1.line("[COUT] CO_RESULT = true".into(), "stdout")?;
     agents.restart()?;
     log1.lines(120, 180)?;
-    api.set(pod(&label, 1, Some(0), Some(1))?);
+    api.set(pod(label, 1, Some(0), Some(1))?);
     let written = log1.written.clone();
 
     let job = wait_until(
@@ -433,18 +461,14 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
 /// state; a Pod of no flow run is the job `<namespace>_<pod>_<container>`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
-    let db = Db::sqlite()?;
-    let daemon = Daemon::start(db.url()).await?;
-    let api = api::PodApi::start().await?;
-    let label = format!("cri-{}", rand_u64());
-    let root = tempfile::tempdir()?;
-    let config_dir = tempfile::tempdir()?;
-    let kubeconfig = kubeconfig(config_dir.path(), &api.url)?;
+    let setup = Setup::start().await?;
+    let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
+    let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
     let short = ("short-job", "0a1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
     let web = ("web-1", "0b1c2a4e-1b2c-4d5e-8f90-0123456789ab", false);
     let pod_dir = |(name, uid, _): (&str, &str, bool)| root.path().join(format!("ci_{name}_{uid}"));
-    api.set(named_pod(short, &label, 0, None, None)?);
-    api.set(named_pod(web, &label, 0, None, None)?);
+    api.set(named_pod(short, label, 0, None, None)?);
+    api.set(named_pod(web, label, 0, None, None)?);
     let mut short_log = PodLog::open(
         &pod_dir(short).join("job"),
         0,
@@ -459,13 +483,13 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
         Vec::new(),
     )?;
     web_log.lines(0, 3)?;
-    let agents = cri_agent(&daemon, &label, root.path(), &kubeconfig)?;
+    let agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
     wait_until(
         Duration::from_secs(20),
         "both jobs' first lines",
         || async {
-            let short_seen = line_count_of(&daemon, short.0).await? >= 1;
-            Ok((short_seen && line_count_of(&daemon, "ci_web-1_job").await? >= 3).then_some(()))
+            let short_seen = line_count_of(daemon, short.0).await? >= 1;
+            Ok((short_seen && line_count_of(daemon, "ci_web-1_job").await? >= 3).then_some(()))
         },
     )
     .await
@@ -473,7 +497,7 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
 
     // The rest of the job, its end, the Pod deleted and its directory removed at once.
     short_log.lines(1, 300)?;
-    api.set(named_pod(short, &label, 0, Some(3), None)?);
+    api.set(named_pod(short, label, 0, Some(3), None)?);
     api.delete(short.0);
     std::fs::remove_dir_all(pod_dir(short))?;
     let written = short_log.written.clone();
