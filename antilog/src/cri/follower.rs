@@ -33,7 +33,8 @@ const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(250);
 /// How often a finished container's directory is looked at for a next run.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// How long a run whose next run has started waits for the API to tell its exit code.
+/// How long a run whose next run has started, or whose Pod or directory is gone, waits for
+/// the API to tell its exit code (the watch may lag behind the files).
 const STATUS_WAIT: Duration = Duration::from_secs(2);
 /// How far numbering jumps after lines were lost at a resume (as on `docker-files`): past
 /// any seq the spool and the checkpoint interval can have handed out.
@@ -369,7 +370,7 @@ impl Follower {
         if newer || !in_table || !self.logs.dir.exists() {
             // The API may tell the exit a moment later: wait for it, briefly.
             let seen = *self.newer_seen.get_or_insert_with(Instant::now);
-            if seen.elapsed() >= STATUS_WAIT || !self.logs.dir.exists() {
+            if seen.elapsed() >= STATUS_WAIT {
                 self.newer_seen = None;
                 return RunState::Over(None);
             }
