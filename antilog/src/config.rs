@@ -12,6 +12,8 @@ use crate::error::{Error, ErrorKind};
 
 /// Environment variable read for the token when the configuration has none.
 pub const TOKEN_ENV: &str = "LOGARITHM_TOKEN";
+/// Environment variable naming the node (the downward API's `spec.nodeName`).
+pub const NODE_NAME_ENV: &str = "NODE_NAME";
 /// Smallest accepted `spool_segment_bytes`.
 pub const MIN_SPOOL_SEGMENT_BYTES: u64 = 4096;
 
@@ -29,6 +31,7 @@ pub enum Compression {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
+    /// `cri` when `pod_log_root` exists and the Kubernetes API answers, else
     /// `docker-files` when `<docker_root>/containers` is readable, else `docker-api`.
     #[default]
     Auto,
@@ -37,12 +40,15 @@ pub enum Source {
     /// The `json-file` log files under `<docker_root>` for containers with that log
     /// driver (the API for discovery, metadata and exits; other drivers stay on the API).
     DockerFiles,
+    /// A Kubernetes node: the kubelet's CRI log files under `pod_log_root`, with Pod
+    /// metadata, exit codes and labels from the Kubernetes API (see [`crate::cri`]).
+    Cri,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where log lines are read from: `auto`, `docker-api` or `docker-files`.
+    /// Where log lines are read from: `auto`, `docker-api`, `docker-files` or `cri`.
     #[serde(default)]
     pub source: Source,
     /// Docker's data root (`docker info` shows it as `Docker Root Dir`); `auto` checks that
@@ -50,6 +56,14 @@ pub struct Config {
     /// Docker reports for each container (`LogPath`).
     #[serde(default = "default_docker_root")]
     pub docker_root: PathBuf,
+    /// The kubelet's pod log root (`cri`): `<root>/<namespace>_<pod>_<uid>/<container>/
+    /// <restart>.log`.
+    #[serde(default = "default_pod_log_root")]
+    pub pod_log_root: PathBuf,
+    /// Kubeconfig file for the Kubernetes API (`cri`); default: as `kubectl` finds it
+    /// (`KUBECONFIG`, `~/.kube/config`), else the in-cluster service account.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
     /// Base URL of logarithmd; batches go to `{server_url}/api/v1/ingest`.
     #[serde(default = "default_server_url")]
     pub server_url: String,
@@ -57,7 +71,9 @@ pub struct Config {
     /// is used; with neither, requests carry no `Authorization` header.
     #[serde(default)]
     pub token: Option<String>,
-    /// Name of this node, sent with every batch (default: the kernel's hostname).
+    /// Name of this node, sent with every batch; on `cri`, the Pods whose `spec.nodeName`
+    /// is this are followed (default: the `NODE_NAME` environment variable, set from the
+    /// downward API in a DaemonSet, else the kernel's hostname).
     #[serde(default = "default_node_name")]
     pub node_name: String,
     /// Id of this agent instance, for diagnostics (default: random per start).
@@ -154,6 +170,9 @@ fn default_server_url() -> String {
     "http://127.0.0.1:7300".to_string()
 }
 fn default_node_name() -> String {
+    if let Some(n) = std::env::var(NODE_NAME_ENV).ok().filter(|n| !n.is_empty()) {
+        return n;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
@@ -165,6 +184,9 @@ fn default_agent_id() -> String {
 }
 fn default_docker_root() -> PathBuf {
     PathBuf::from("/var/lib/docker")
+}
+fn default_pod_log_root() -> PathBuf {
+    PathBuf::from(crate::files::pod_logs::DEFAULT_ROOT)
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data/antilog")
@@ -222,6 +244,8 @@ impl Default for Config {
         Config {
             source: Source::default(),
             docker_root: default_docker_root(),
+            pod_log_root: default_pod_log_root(),
+            kubeconfig: None,
             server_url: default_server_url(),
             token: None,
             node_name: default_node_name(),
@@ -357,7 +381,8 @@ impl Config {
         })
     }
 
-    /// The source `auto` stands for on this machine (other values are returned as they are).
+    /// The Docker source `auto` stands for on this machine (other values are returned as
+    /// they are); whether `auto` means `cri` is decided first by [`crate::cri::choose`].
     pub fn effective_source(&self) -> Source {
         match self.source {
             Source::Auto if std::fs::read_dir(self.docker_root.join("containers")).is_ok() => {

@@ -10,6 +10,8 @@ pub enum ErrorKind {
     Config,
     /// The Docker engine cannot be reached or answered something unusable at start.
     Docker,
+    /// The Kubernetes API cannot be reached or its configuration read (source `cri`).
+    Kubernetes,
     /// The checkpoint directory or file cannot be read or written.
     Checkpoint,
     /// The HTTP client cannot be built.
@@ -25,6 +27,7 @@ impl fmt::Display for ErrorKind {
         f.write_str(match self {
             ErrorKind::Config => "configuration error",
             ErrorKind::Docker => "docker error",
+            ErrorKind::Kubernetes => "kubernetes error",
             ErrorKind::Checkpoint => "checkpoint error",
             ErrorKind::Http => "http client error",
             ErrorKind::Spool => "spool error",

@@ -1,5 +1,6 @@
-//! antilog, Logarithm's node agent: follows the logs of every Docker container on this host
-//! (through the Docker API) and ships them, in order and acknowledged, to logarithmd.
+//! antilog, Logarithm's node agent: follows the logs of every container on this host (a
+//! Docker host: its json-file logs or the Docker API; a Kubernetes node: the kubelet's pod
+//! log files, see [`cri`]) and ships them, in order and acknowledged, to logarithmd.
 //!
 //! Data flow: discovery -> one follower per container -> one bounded channel -> batcher ->
 //! spool (segment files on disk; each frame carries its checkpoint effects) -> shipper (up
@@ -26,6 +27,8 @@
 //! - [`files`]: reading log files (`tailer` across rotations, `identity` of a file,
 //!   `json_file` records, `cri` records with their partials joined) for the
 //!   `docker-files` source and Kubernetes nodes.
+//! - [`cri`]: the `cri` source (Kubernetes nodes): choosing the source, discovery of the
+//!   pod log root, one follower per container run after run.
 //! - [`pods`]: Pod metadata of this node from the Kubernetes API (list, watch, re-list
 //!   after 410 Gone), for the CRI source.
 //! - [`checkpoint`]: acknowledged progress per container (and per log file), persisted
@@ -40,6 +43,7 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod config;
+pub mod cri;
 pub mod dead_letter;
 pub mod docker;
 pub mod error;
@@ -83,7 +87,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         metrics.clone(),
     )?;
     let shipper = pipeline::shipper::Shipper::new(&config, metrics.clone())?;
-    let docker = docker::connect(config.docker_host.as_deref()).await?;
+    let chosen = cri::choose(&config).await?;
+    let docker = match chosen {
+        cri::Chosen::Cri(_) => None,
+        cri::Chosen::Docker(_) => Some(docker::connect(config.docker_host.as_deref()).await?),
+    };
     // Serves until the very end, so the drain can be watched too.
     let metrics_stop = CancellationToken::new();
     let metrics_server = match config.metrics_addr()? {
@@ -94,7 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         node = %config.node_name,
         agent_id = %config.agent_id,
         server = %config.server_url,
-        source = ?config.effective_source(),
+        source = ?chosen,
         "antilog starting"
     );
 
@@ -126,25 +134,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(checkpoint::run_writer(store.clone(), writer_stop.clone()));
 
-    let logs =
-        docker::logs::LogClient::new(config.docker_host.as_deref(), &docker.client_version());
-    let shared = Arc::new(docker::follower::Shared {
-        docker,
-        logs,
-        tx: item_tx,
-        max_line_bytes: config.max_line_bytes,
-        filter,
-        shutdown: shutdown.clone(),
-        catch_up: Arc::new(tokio::sync::Semaphore::new(
-            docker::follower::CATCH_UP_CONCURRENCY,
-        )),
-        metrics,
-        files_root: (config.effective_source() == config::Source::DockerFiles)
-            .then(|| config.docker_root.clone()),
-    });
     // Returns once shutdown is requested and every follower has stopped; with it go the
     // last senders of the item channel, which lets the batcher flush and finish.
-    let discovery = docker::discovery::run(shared, store.clone(), resume).await;
+    let discovery = match (chosen, docker) {
+        (cri::Chosen::Cri(client), _) => {
+            let shared = Arc::new(cri::Shared {
+                tx: item_tx,
+                max_line_bytes: config.max_line_bytes,
+                filter,
+                shutdown: shutdown.clone(),
+                metrics,
+                pods: Arc::new(pods::Pods::default()),
+                resume: std::sync::Mutex::new(resume),
+            });
+            let root = config.pod_log_root.clone();
+            let node = config.node_name.clone();
+            cri::run(shared, store.clone(), root, client, node).await;
+            Ok(())
+        }
+        (cri::Chosen::Docker(source), Some(docker)) => {
+            let logs = docker::logs::LogClient::new(
+                config.docker_host.as_deref(),
+                &docker.client_version(),
+            );
+            let shared = Arc::new(docker::follower::Shared {
+                docker,
+                logs,
+                tx: item_tx,
+                max_line_bytes: config.max_line_bytes,
+                filter,
+                shutdown: shutdown.clone(),
+                catch_up: Arc::new(tokio::sync::Semaphore::new(
+                    docker::follower::CATCH_UP_CONCURRENCY,
+                )),
+                metrics,
+                files_root: (source == config::Source::DockerFiles)
+                    .then(|| config.docker_root.clone()),
+            });
+            docker::discovery::run(shared, store.clone(), resume).await
+        }
+        (cri::Chosen::Docker(_), None) => Err(Error::new(ErrorKind::Internal, "no Docker client")),
+    };
     if let Err(e) = &discovery {
         // Stop the pipeline too (nothing was read).
         warn!(error = %e, "discovery failed");

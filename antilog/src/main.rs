@@ -7,7 +7,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Logarithm's node agent: ships every Docker container's log to logarithmd.
+/// Logarithm's node agent: ships every container's log (Docker or Kubernetes) to logarithmd.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {

@@ -22,6 +22,8 @@ use tracing::{debug, info, warn};
 
 /// Most Pods kept (a node runs at most a few hundred).
 pub const MAX_PODS: usize = 8_192;
+/// Deleted Pods whose last state is kept.
+pub const MAX_DELETED: usize = 1_024;
 /// Pods per list page.
 const PAGE: u32 = 500;
 /// How long one watch request lasts before it is renewed (the API server's limit is
@@ -46,6 +48,10 @@ pub struct ContainerMeta {
     pub restart_count: i32,
     /// Set once the current run ended (`state.terminated`).
     pub terminated: Option<Terminated>,
+    /// How the previous run ended (`lastState.terminated`), after a restart.
+    pub last_terminated: Option<Terminated>,
+    /// When the current run started (ns since the epoch; 0 if the API did not say).
+    pub started_at: i64,
 }
 
 /// What antilog keeps of a Pod.
@@ -56,6 +62,10 @@ pub struct PodMeta {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp`, ns since the epoch (0 if absent).
+    pub created_at: i64,
+    /// The first of `spec.containers` (not an init container).
+    pub main_container: Option<String>,
     pub containers: Vec<ContainerMeta>,
 }
 
@@ -75,6 +85,8 @@ impl PodMeta {
                         image: c.image.clone().unwrap_or_default(),
                         restart_count: 0,
                         terminated: None,
+                        last_terminated: None,
+                        started_at: 0,
                     })
                     .collect()
             })
@@ -90,18 +102,21 @@ impl PodMeta {
                 continue;
             };
             c.restart_count = st.restart_count;
-            c.terminated = st
-                .state
+            let state = st.state.as_ref();
+            c.terminated = state.and_then(|s| s.terminated.as_ref()).map(terminated);
+            c.last_terminated = st
+                .last_state
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
-                .map(|t| Terminated {
-                    exit_code: t.exit_code,
-                    finished_at: t
-                        .finished_at
+                .map(terminated);
+            c.started_at = state
+                .and_then(|s| {
+                    s.running
                         .as_ref()
-                        .and_then(|f| i64::try_from(f.0.as_nanosecond()).ok())
-                        .unwrap_or(0),
-                });
+                        .and_then(|r| r.started_at.as_ref())
+                        .or(s.terminated.as_ref().and_then(|t| t.started_at.as_ref()))
+                })
+                .map_or(0, ns_of);
         }
         Some(PodMeta {
             namespace: m.namespace.clone()?,
@@ -109,8 +124,25 @@ impl PodMeta {
             uid: m.uid.clone()?,
             labels: m.labels.clone().unwrap_or_default(),
             annotations: m.annotations.clone().unwrap_or_default(),
+            created_at: m.creation_timestamp.as_ref().map_or(0, ns_of),
+            main_container: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone()),
             containers,
         })
+    }
+}
+
+fn ns_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    i64::try_from(t.0.as_nanosecond()).unwrap_or(0)
+}
+
+fn terminated(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Terminated {
+    Terminated {
+        exit_code: t.exit_code,
+        finished_at: t.finished_at.as_ref().map_or(0, ns_of),
     }
 }
 
@@ -118,6 +150,9 @@ impl PodMeta {
 #[derive(Debug, Default)]
 pub struct Pods {
     by_uid: RwLock<HashMap<String, PodMeta>>,
+    /// The last state of Pods deleted lately (the newest last, at most [`MAX_DELETED`]):
+    /// a follower that had not looked since the Pod's end still learns its exit codes.
+    deleted: std::sync::Mutex<std::collections::VecDeque<PodMeta>>,
     /// Woken at every change.
     pub changed: Notify,
 }
@@ -125,6 +160,12 @@ pub struct Pods {
 impl Pods {
     pub fn get(&self, uid: &str) -> Option<PodMeta> {
         self.read().get(uid).cloned()
+    }
+
+    /// The last state of a Pod deleted lately (its `DELETED` event's object).
+    pub fn get_deleted(&self, uid: &str) -> Option<PodMeta> {
+        let d = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+        d.iter().rev().find(|p| p.uid == uid).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -169,6 +210,13 @@ impl Pods {
     fn remove(&self, pod: &Pod) {
         if let Some(uid) = pod.metadata.uid.as_deref() {
             self.write().remove(uid);
+            if let Some(last) = PodMeta::of(pod) {
+                let mut d = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+                if d.len() >= MAX_DELETED {
+                    d.pop_front();
+                }
+                d.push_back(last);
+            }
             self.changed.notify_waiters();
         }
     }

@@ -108,7 +108,7 @@ pub fn scan(root: &Path) -> io::Result<Vec<ContainerLogs>> {
 }
 
 /// The restart numbers with files in a container's directory, ascending.
-fn restarts_in(dir: &Path) -> io::Result<Vec<u32>> {
+pub fn restarts_in(dir: &Path) -> io::Result<Vec<u32>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -109,6 +109,16 @@ pub struct Tailer {
     pub truncations: u64,
 }
 
+/// The gap reported for a compressed file that cannot be opened (logged).
+fn unreadable_gz(path: &Path, e: &io::Error) -> String {
+    let gap = format!(
+        "compressed log file {} cannot be read ({e}); lines may be missing",
+        path.display()
+    );
+    warn!("{gap}");
+    gap
+}
+
 /// Takes a listed file to read.
 fn open_file(l: &Listed) -> io::Result<Open> {
     let file = l.file.try_clone()?;
@@ -171,9 +181,20 @@ impl Tailer {
         };
         let listed = t.list()?;
         let last = listed.len().saturating_sub(1);
+        // A `.gz` that cannot be opened (corrupt) is a gap before the next file, not a
+        // failure: the files after it are still read.
+        let mut gap = None;
         for (i, l) in listed.iter().enumerate() {
-            let mut f = open_file(l)?;
+            let mut f = match open_file(l) {
+                Ok(f) => f,
+                Err(e) if l.gz => {
+                    gap = Some(unreadable_gz(&l.path, &e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             f.rotated = l.rank != 0 || i != last;
+            f.gap_before = gap.take();
             t.files.push_back(f);
         }
         let Some(from) = from else {
@@ -409,12 +430,7 @@ impl Tailer {
             let mut f = match open_file(l) {
                 Ok(f) => f,
                 Err(e) if l.gz => {
-                    let gap = format!(
-                        "compressed log file {} cannot be read ({e}); lines may be missing",
-                        l.path.display()
-                    );
-                    warn!("{gap}");
-                    new_gap = Some(gap);
+                    new_gap = Some(unreadable_gz(&l.path, &e));
                     continue;
                 }
                 Err(e) => return Err(e),

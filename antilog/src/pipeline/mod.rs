@@ -3,9 +3,11 @@
 //! ([`crate::spool::run_writer`]) makes them durable, checkpoint effects included; the
 //! [`shipper`] POSTs the spooled batches (several at once, each container's in order) until
 //! they are settled, then applies their checkpoint effects in spool order; [`split`] halves
-//! a batch logarithmd refused, to isolate the refused records.
+//! a batch logarithmd refused, to isolate the refused records; [`send`] is how followers
+//! hand items in (backpressure).
 
 pub mod batcher;
+pub mod send;
 pub mod shipper;
 pub mod split;
 

@@ -237,6 +237,8 @@ async fn lists_watches_follows_bookmarks_and_lists_again_after_410() {
                 exit_code: 0,
                 finished_at: 1_795_777_825_000_000_000
             }),
+            last_terminated: None,
+            started_at: 0,
         }]
     );
     assert_eq!(pods.len(), 2);
@@ -273,4 +275,21 @@ async fn lists_watches_follows_bookmarks_and_lists_again_after_410() {
         Some("true")
     );
     assert_eq!(requests[0].get("limit").map(String::as_str), Some("500"));
+}
+
+#[test]
+fn a_deleted_pod_keeps_its_last_state_for_a_while() {
+    let pods = Pods::default();
+    pods.upsert(&pod("a", "uid-a", "1", None));
+    pods.remove(&pod("a", "uid-a", "2", Some(3)));
+    assert_eq!(pods.get("uid-a"), None);
+    let last = pods.get_deleted("uid-a").unwrap();
+    assert_eq!(last.containers[0].terminated.as_ref().unwrap().exit_code, 3);
+    for i in 0..MAX_DELETED {
+        pods.remove(&pod("b", &format!("uid-b{i}"), "3", None));
+    }
+    assert_eq!(pods.get_deleted("uid-a"), None, "bounded: the oldest goes");
+    assert!(pods
+        .get_deleted(&format!("uid-b{}", MAX_DELETED - 1))
+        .is_some());
 }

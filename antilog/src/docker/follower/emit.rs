@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use protocol::{ContainerExit, Record, Stream};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{rfc3339, Follower, REMOVED_UNREAD};
 use crate::checkpoint::Position;
 use crate::docker::frames::Piece;
-use crate::pipeline::{Item, ItemKind};
+use crate::pipeline::ItemKind;
 
 impl Follower {
     /// Waits for a signal from discovery (or `recheck`); false when shutting down.
@@ -43,30 +42,13 @@ impl Follower {
     }
 
     pub(super) async fn sleep(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.shared.shutdown.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
+        crate::pipeline::send::sleep(&self.shared.shutdown, d).await
     }
 
     /// Sends an item, waiting for room (backpressure); false when shutting down.
     pub(super) async fn send(&self, kind: ItemKind) -> bool {
-        let item = Item {
-            container_id: self.id.clone(),
-            kind,
-        };
-        let item = match self.shared.tx.try_send(item) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(item)) => item,
-        };
-        // The pipeline is full: reading stops until delivery catches up.
-        let _paused = self.shared.metrics.waiting_for_room();
-        tokio::select! {
-            biased;
-            r = self.shared.tx.send(item) => r.is_ok(),
-            _ = self.shared.shutdown.cancelled() => false,
-        }
+        let s = &self.shared;
+        crate::pipeline::send::send(&s.tx, &s.shutdown, &s.metrics, &self.id, kind).await
     }
 
     /// End of a run's log: pending partial lines are complete lines.

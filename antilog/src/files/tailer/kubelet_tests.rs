@@ -430,3 +430,21 @@ fn a_container_restart_is_another_chain() {
     let (mut t1, _) = Tailer::open(dir.path(), layout("1.log"), None).unwrap();
     assert_lines(&read_all(&mut t1), &[want1[0].clone(), more]);
 }
+
+#[test]
+fn a_corrupt_gz_found_at_start_is_a_gap_not_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut k = Kubelet::new(dir.path(), "0.log", 10);
+    k.line(Stream::Stdout, b"a1");
+    k.rotate();
+    let b1 = k.line(Stream::Stdout, b"b1");
+    k.rotate();
+    let c1 = k.line(Stream::Stderr, b"c1");
+    let names = k.rotated_names();
+    let gz = names.iter().find(|n| n.ends_with(".gz")).expect("a .gz");
+    // The gzip header is damaged: the file cannot even be opened as gzip.
+    std::fs::write(dir.path().join(gz), b"not gzip at all").unwrap();
+    let (mut t, start) = Tailer::open(dir.path(), layout("0.log"), None).unwrap();
+    assert_eq!(start, Start::Beginning);
+    assert_lines(&read_all(&mut t), &[gap(), b1, c1]);
+}

@@ -1,0 +1,453 @@
+//! One container of a Pod, run after run, as pipeline items (source `cri`).
+//!
+//! Run `n` is the chain `<n>.log` (rotations `.<time>`, `.<time>.gz`) in the container's
+//! directory. For each run the follower sends the meta, the records (P/F partials joined
+//! by [`CriDecoder`], numbered by `seq` gapless across runs, as on Docker) with a cut after
+//! every line that leaves nothing pending, then the exit. Cuts carry the file position, so
+//! a restart of antilog resumes exactly there.
+//!
+//! A run is over when the Pod's status says so (`state.terminated` of run `n`, or a
+//! restart count past `n`), when `<n + 1>.log` exists, or when the directory is gone. The
+//! runtime closes the log before the kubelet reports the end, so once the end is seen,
+//! reading to the end of the file once more reads everything. The exit code and finish
+//! time come from `state.terminated` (or `lastState.terminated` for the run before the
+//! current one); a run whose end the API never told is closed with exit code -1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::{ContainerExit, Record};
+use tracing::{debug, info, instrument, warn};
+
+use super::{container_id, meta_of, Shared};
+use crate::checkpoint::{Entry, FilePos, Position};
+use crate::docker::frames::Piece;
+use crate::files::cri::CriDecoder;
+use crate::files::pod_logs::{restart_of, restarts_in, ContainerLogs};
+use crate::files::tailer::{Event, Start, Tailer};
+use crate::pipeline::ItemKind;
+use crate::pods::{PodMeta, Terminated};
+
+/// First wait at the end of a file; doubles while nothing arrives, up to [`POLL_MAX`].
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(250);
+/// How often a finished container's directory is looked at for a next run.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long a run whose next run has started, or whose Pod or directory is gone, waits for
+/// the API to tell its exit code (the watch may lag behind the files).
+const STATUS_WAIT: Duration = Duration::from_secs(2);
+/// How far numbering jumps after lines were lost at a resume (as on `docker-files`): past
+/// any seq the spool and the checkpoint interval can have handed out.
+const SEQ_JUMP: u64 = 1 << 32;
+
+/// Why a follower ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The container's directory is gone (the Pod was deleted).
+    Gone,
+    /// The filter excludes it.
+    Ignored,
+    Cancelled,
+}
+
+/// Whether a run is over, as far as the API and the directory tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunState {
+    Going,
+    /// Over; how it ended, when the API said.
+    Over(Option<Terminated>),
+}
+
+struct Follower {
+    shared: Arc<Shared>,
+    logs: ContainerLogs,
+    id: Arc<str>,
+    /// The Pod as last seen (kept when the Pod leaves the table).
+    pod: PodMeta,
+    /// Last cut (resumable position).
+    pos: Position,
+    tentative: Position,
+    next_seq: u64,
+    /// The newer run was seen started at this instant (see [`STATUS_WAIT`]).
+    newer_seen: Option<Instant>,
+}
+
+/// Follows the container of `logs` until its directory is gone or shutdown.
+#[instrument(name = "cri", skip_all, fields(pod = %logs.pod, container = %logs.container))]
+pub async fn follow(shared: Arc<Shared>, logs: ContainerLogs) -> End {
+    let Some(pod) = wait_pod(&shared, &logs).await else {
+        return if logs.dir.exists() {
+            End::Cancelled
+        } else {
+            End::Gone
+        };
+    };
+    let id: Arc<str> = container_id(&pod, &logs.container).into();
+    let name = pod.name.clone();
+    if !shared.filter.matches(&name, &pod.labels) {
+        debug!("excluded by the filter");
+        return End::Ignored;
+    }
+    let _followed = shared.metrics.following();
+    let entry = shared.take_resume(&id).unwrap_or_default();
+    let mut f = Follower {
+        shared,
+        logs,
+        id,
+        pod,
+        pos: entry.pos,
+        tentative: entry.pos,
+        next_seq: entry.pos.seq + 1,
+        newer_seen: None,
+    };
+    let end = f.main(entry).await;
+    if end == End::Gone {
+        // After everything else of this container, so its checkpoint entry goes last.
+        f.send(ItemKind::Forget).await;
+    }
+    debug!(?end, "follower ended");
+    end
+}
+
+/// The Pod of `logs`, waiting for the API to list it; `None` on shutdown or when the
+/// directory goes away first.
+async fn wait_pod(shared: &Shared, logs: &ContainerLogs) -> Option<PodMeta> {
+    let mut warned = Instant::now();
+    loop {
+        // A Pod deleted already (a short job) is still read, with its last state.
+        let pods = &shared.pods;
+        if let Some(p) = pods.get(&logs.uid).or_else(|| pods.get_deleted(&logs.uid)) {
+            return Some(p);
+        }
+        if !logs.dir.exists() {
+            return None;
+        }
+        if warned.elapsed() > Duration::from_secs(30) {
+            warned = Instant::now();
+            warn!(uid = %logs.uid, "the Kubernetes API does not list this Pod yet; waiting");
+        }
+        let changed = shared.pods.changed.notified();
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return None,
+            _ = changed => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+        }
+    }
+}
+
+impl Follower {
+    async fn main(&mut self, entry: Entry) -> End {
+        // Where to begin: after an acknowledged exit, the next run; else the run holding
+        // the checkpoint's file position, exactly there.
+        let (mut run, mut opened) = loop {
+            match self.resume_point(&entry) {
+                Ok(v) => break v,
+                Err(_) if !self.logs.dir.exists() => return End::Gone,
+                Err(e) => {
+                    warn!(error = %e, "cannot open the container's logs; trying again");
+                    if !crate::pipeline::send::sleep(&self.shared.shutdown, IDLE_POLL).await {
+                        return End::Cancelled;
+                    }
+                }
+            }
+        };
+        loop {
+            let Some(n) = run else {
+                // Every run so far is delivered: wait for the next, or the removal.
+                match self.wait_run(entry.exit.map(|m| m.restart_count)).await {
+                    Some(Some(n)) => {
+                        run = Some(n);
+                        continue;
+                    }
+                    Some(None) => return End::Gone,
+                    None => return End::Cancelled,
+                }
+            };
+            if !self.read_run(n, opened.take()).await {
+                return End::Cancelled;
+            }
+            match self.wait_run(Some(n)).await {
+                Some(Some(next)) => run = Some(next),
+                Some(None) => return End::Gone,
+                None => return End::Cancelled,
+            }
+        }
+    }
+
+    /// The first run to read and, when resuming inside it, its tailer.
+    #[allow(clippy::type_complexity)]
+    fn resume_point(
+        &mut self,
+        entry: &Entry,
+    ) -> std::io::Result<(Option<u32>, Option<(Tailer, Start)>)> {
+        let restarts = restarts_in(&self.logs.dir)?;
+        if let Some(mark) = entry.exit {
+            return Ok((restarts.into_iter().find(|&r| r > mark.restart_count), None));
+        }
+        let Some(file) = self.pos.file else {
+            return Ok((restarts.first().copied(), None));
+        };
+        // The run whose chain holds the file (by inode; a `.gz` by content, below).
+        let holding = run_holding(&self.logs.dir, &file);
+        let order = holding.into_iter().chain(
+            restarts
+                .iter()
+                .rev()
+                .copied()
+                .filter(|&r| Some(r) != holding),
+        );
+        for r in order {
+            let (t, start) = Tailer::open(&self.logs.dir, ContainerLogs::layout(r), Some(file))?;
+            if start == Start::Exact {
+                return Ok((Some(r), Some((t, start))));
+            }
+        }
+        // The checkpoint's file is gone from every chain: read the newest run from its
+        // start, and say lines may be lost.
+        let newest = restarts.last().copied();
+        match newest {
+            Some(r) => {
+                let (t, _) = Tailer::open(&self.logs.dir, ContainerLogs::layout(r), None)?;
+                Ok((Some(r), Some((t, Start::Lost))))
+            }
+            None => Ok((None, None)),
+        }
+    }
+
+    /// After run `after` (or before any, `None`): the next run with files, `Some(None)`
+    /// when the directory is gone, `None` on shutdown.
+    async fn wait_run(&mut self, after: Option<u32>) -> Option<Option<u32>> {
+        loop {
+            match restarts_in(&self.logs.dir) {
+                Ok(r) => {
+                    if let Some(&n) = r.iter().find(|&&n| after.is_none_or(|a| n > a)) {
+                        return Some(Some(n));
+                    }
+                    if !self.logs.dir.exists() {
+                        return Some(None);
+                    }
+                }
+                Err(e) => debug!(error = %e, "cannot list the container's directory"),
+            }
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+
+    /// Reads run `n` to its end: meta, records, exit. False on shutdown.
+    async fn read_run(&mut self, n: u32, opened: Option<(Tailer, Start)>) -> bool {
+        let layout = ContainerLogs::layout(n);
+        let (mut tailer, start) = match opened {
+            Some(v) => v,
+            None => match Tailer::open(&self.logs.dir, layout, None) {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, run = n, "cannot open the run's log");
+                    return self.report_loss(format!("cannot open {n}.log: {e}")).await
+                        && self.close_run(n, &mut Vec::new(), None).await;
+                }
+            },
+        };
+        if let Some(p) = self.shared.pods.get(&self.logs.uid) {
+            self.pod = p;
+        }
+        let meta = meta_of(&self.pod, &self.logs.container, &self.id, n, self.pos.ts);
+        info!(run = n, resume_seq = self.pos.seq, ?start, "new run");
+        if !self.send(ItemKind::Meta(meta)).await {
+            return false;
+        }
+        if start == Start::Lost {
+            self.next_seq = self.pos.seq + SEQ_JUMP + 1;
+            let reason = format!(
+                "log file rotated away before it was read: lines after seq {} may be missing",
+                self.pos.seq
+            );
+            if !self.report_loss(reason).await {
+                return false;
+            }
+        }
+        let source = format!("{}/{n}.log", self.logs.dir.display());
+        let mut decoder = CriDecoder::new(
+            self.shared.max_line_bytes,
+            self.shared.metrics.clone(),
+            source,
+        );
+        let mut pieces = Vec::new();
+        let mut poll = POLL_MIN;
+        // The end of the run was seen before the read now going on.
+        let mut ending: Option<RunState> = None;
+        let mut reported = (0, 0);
+        loop {
+            if self.shared.shutdown.is_cancelled() {
+                return false;
+            }
+            let step = match tailer.next_event() {
+                Ok(Event::Line { line, pos }) => {
+                    decoder.push_line(line, &mut pieces);
+                    Some(Ok(pos))
+                }
+                Ok(Event::Gap(reason)) => Some(Err(reason)),
+                Ok(Event::Eof) => None,
+                Err(e) => {
+                    warn!(error = %e, run = n, "reading the run's log failed; retrying");
+                    if !crate::pipeline::send::sleep(&self.shared.shutdown, POLL_MAX).await {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            match step {
+                Some(Ok(pos)) => {
+                    poll = POLL_MIN;
+                    if !self.emit(&mut pieces, Some(pos)).await {
+                        return false;
+                    }
+                }
+                Some(Err(reason)) => {
+                    if !self.report_loss(reason).await {
+                        return false;
+                    }
+                }
+                None => {
+                    let now = (tailer.malformed, tailer.truncations);
+                    let metrics = &self.shared.metrics;
+                    metrics.file_event("malformed", now.0 - reported.0);
+                    metrics.file_event("truncated", now.1 - reported.1);
+                    reported = now;
+                    if let Some(RunState::Over(t)) = ending.take() {
+                        decoder.flush(&mut pieces);
+                        return self.close_run(n, &mut pieces, t).await;
+                    }
+                    let state = self.run_state(n);
+                    if state != RunState::Going {
+                        // Read to the end once more: everything is written now.
+                        ending = Some(state);
+                        continue;
+                    }
+                    let changed = self.shared.pods.changed.notified();
+                    tokio::select! {
+                        _ = self.shared.shutdown.cancelled() => return false,
+                        _ = changed => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    poll = (poll * 2).min(POLL_MAX);
+                }
+            }
+        }
+    }
+
+    /// Whether run `n` is over (see the module's doc).
+    fn run_state(&mut self, n: u32) -> RunState {
+        let pods = &self.shared.pods;
+        let listed = pods.get(&self.logs.uid);
+        let in_table = listed.is_some();
+        // A deleted Pod's last state still tells how its runs ended.
+        if let Some(p) = listed.or_else(|| pods.get_deleted(&self.logs.uid)) {
+            self.pod = p;
+        }
+        let c = self
+            .pod
+            .containers
+            .iter()
+            .find(|c| c.name == self.logs.container);
+        let count = c.and_then(|c| u32::try_from(c.restart_count).ok());
+        if let Some(c) = c {
+            if count == Some(n) && c.terminated.is_some() {
+                return RunState::Over(c.terminated.clone());
+            }
+            if count.is_some_and(|k| k > n) {
+                let t = (count == Some(n + 1))
+                    .then(|| c.last_terminated.clone())
+                    .flatten();
+                return RunState::Over(t);
+            }
+        }
+        let newer = restarts_in(&self.logs.dir)
+            .map(|r| r.iter().any(|&k| k > n))
+            .unwrap_or(false);
+        if newer || !in_table || !self.logs.dir.exists() {
+            // The API may tell the exit a moment later: wait for it, briefly.
+            let seen = *self.newer_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= STATUS_WAIT {
+                self.newer_seen = None;
+                return RunState::Over(None);
+            }
+        }
+        RunState::Going
+    }
+
+    /// Sends what is pending and the exit of run `n`.
+    async fn close_run(
+        &mut self,
+        n: u32,
+        pieces: &mut Vec<Piece>,
+        ended: Option<Terminated>,
+    ) -> bool {
+        if !self.emit(pieces, None).await {
+            return false;
+        }
+        self.newer_seen = None;
+        let exit = ContainerExit {
+            exit_code: ended.as_ref().map_or(-1, |t| i64::from(t.exit_code)),
+            finished_at: ended.as_ref().map_or(0, |t| t.finished_at),
+            last_seq: self.next_seq - 1,
+            restart_count: n,
+        };
+        info!(
+            run = n,
+            exit_code = exit.exit_code,
+            last_seq = exit.last_seq,
+            "container exited"
+        );
+        self.send(ItemKind::Exit(exit)).await
+    }
+
+    /// Numbers pieces into records and sends them; a cut after the file position `at`.
+    async fn emit(&mut self, pieces: &mut Vec<Piece>, at: Option<FilePos>) -> bool {
+        for p in pieces.drain(..) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let mut cut = None;
+            if p.last {
+                self.tentative.line_done(seq, p.ts);
+                if p.cut && at.is_some() {
+                    self.tentative.file = at;
+                    self.pos = self.tentative;
+                    cut = Some(self.pos);
+                }
+            }
+            // Counted as read when handed to the pipeline.
+            let metrics = &self.shared.metrics;
+            metrics.record_read(p.stream, p.bytes.len(), p.ts);
+            let record = Record::new(seq, p.ts, p.stream, p.bytes, !p.last);
+            if !self.send(ItemKind::Record { record, cut }).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Records that lines may be missing: on the job, and in the metric.
+    async fn report_loss(&mut self, reason: String) -> bool {
+        warn!(%reason, "log lines lost to rotation");
+        self.shared.metrics.file_event("lost", 1);
+        self.send(ItemKind::Unavailable(reason)).await
+    }
+
+    /// Sends an item, waiting for room (backpressure); false when shutting down.
+    async fn send(&self, kind: ItemKind) -> bool {
+        let s = &self.shared;
+        crate::pipeline::send::send(&s.tx, &s.shutdown, &s.metrics, &self.id, kind).await
+    }
+}
+/// The run whose chain has a plain file with `file`'s device and inode.
+fn run_holding(dir: &std::path::Path, file: &FilePos) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let r = e.file_name().to_str().and_then(restart_of)?;
+        let m = e.metadata().ok()?;
+        (m.dev() == file.dev && m.ino() == file.ino).then_some(r)
+    })
+}
