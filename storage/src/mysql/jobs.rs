@@ -308,7 +308,8 @@ impl JobStore for MysqlStorage {
         let (sql, params) = read_text_sql(&query.lines, MYSQL_STREAM_INDEX);
         let job_id = query.lines.job_id;
         self.bounded("read_text", async {
-            let mut conn = self.conn().await?;
+            // The read pool, through the read gate, as every read (see `crate::read_gate`).
+            let mut conn = self.read_conn().await?;
             let mut rows = conn.exec_iter(sql, positional(params)).await?;
             let mut text = TextAssembler::new(query);
             // Rows borrowed as they arrive: no row vector, no record struct.
