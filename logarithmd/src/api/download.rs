@@ -78,8 +78,7 @@ impl Pages {
         let storage = self.storage.clone();
         let mut query = self.query;
         // Never more records than lines left in the budget (a record ends a line at most).
-        let left = u32::try_from(self.budget.lines_left()).unwrap_or(u32::MAX);
-        query.lines.limit = query.lines.limit.min(left.max(1));
+        query.lines.limit = query.lines.limit.min(self.records_left().max(1));
         AbortOnDropHandle::new(tokio::spawn(async move { storage.read_text(&query).await }))
     }
 
@@ -100,7 +99,7 @@ impl Pages {
                 return self.fail(e);
             }
         };
-        let more = page.is_full(&self.query) || page.records >= self.budget.lines_left() as u32;
+        let more = page.is_full(&self.query) || page.records >= self.records_left();
         self.budget.count_many(page.lines);
         if let Some(limit) = self.budget.reached().filter(|_| more) {
             // Stop after the last whole line, if lines are left. A line already begun on
@@ -140,6 +139,11 @@ impl Pages {
             }
         }
         Some(Ok(Bytes::from(page.text)))
+    }
+
+    /// Records a page may read within the line budget (a record ends a line at most).
+    fn records_left(&self) -> u32 {
+        u32::try_from(self.budget.lines_left()).unwrap_or(u32::MAX)
     }
 
     /// Whether a record is stored after `seq` (so a download stopped there has more).
