@@ -151,6 +151,8 @@ impl Pages {
         let mut query = self.query;
         query.lines.after_seq = seq;
         query.lines.limit = 1;
+        // One record is enough to know: no page-sized buffer for it.
+        query.max_bytes = 1;
         query.open_len = None;
         match self.storage.read_text(&query).await {
             Ok(page) => page.records > 0,
