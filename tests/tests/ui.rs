@@ -272,7 +272,7 @@ async fn regex_search_steps_through_matches() -> Result<()> {
     b.wait_js(
         "match 2",
         WAIT,
-        "return document.querySelector('#match-count').textContent === '2 / 4'",
+        "return document.querySelector('#match-count').textContent === '2 / 4' && document.querySelector('.row.current')?.dataset.seq === '150'",
     )
     .await?;
     assert_eq!(
@@ -285,7 +285,7 @@ async fn regex_search_steps_through_matches() -> Result<()> {
     b.wait_js(
         "wrapped to the last",
         WAIT,
-        "return document.querySelector('#match-count').textContent === '4 / 4'",
+        "return document.querySelector('#match-count').textContent === '4 / 4' && document.querySelector('.row.current')?.dataset.seq === '250'",
     )
     .await?;
     assert_eq!(
