@@ -258,6 +258,81 @@ async fn raw_download_spans_storage_pages() {
     assert_eq!(text.lines().collect::<Vec<_>>(), want);
 }
 
+/// After its first page, the raw download reads the job as seq ranges, two at once, from a
+/// file database's read pool. The log here makes every case of that happen: short first
+/// lines (so a range spans 20,000 seqs), then long ones (so each range ends at the page's
+/// byte cap and goes on from there), a line continued across a range's first seq (so the
+/// range read ahead of it is read again), and a gap in the seqs. The text must be the
+/// same as reading the records one after another.
+#[tokio::test]
+async fn raw_download_reads_ranges_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("logs.db").display());
+    let store = storage::open(&storage::StorageConfig::new(&url))
+        .await
+        .unwrap();
+    let config = Config {
+        ingest_tokens: vec!["t0k".into()],
+        anonymous_read: true,
+        ..Config::default()
+    };
+    let app = router(AppState::new(store, config));
+    let long = "x".repeat(200);
+    let last = 45_000u64;
+    let mut want: Vec<String> = Vec::new();
+    let mut records: Vec<Value> = Vec::new();
+    for i in 1..=last {
+        if (30_000..30_100).contains(&i) {
+            continue; // never stored
+        }
+        let text = if i <= 1000 {
+            format!("s{i}")
+        } else {
+            format!("{i} {long}")
+        };
+        let mut r = record(i, "stdout", &text);
+        // The first range starts after seq 1,000 and spans 20,000 seqs: the second
+        // starts after 21,000, inside this line.
+        if i == 21_000 {
+            r["cont"] = json!(true);
+            want.push(text);
+        } else if i == 21_001 {
+            let joined = want.pop().unwrap() + &text;
+            want.push(joined);
+        } else {
+            want.push(text);
+        }
+        records.push(r);
+    }
+    for (n, chunk) in records.chunks(1000).enumerate() {
+        let mut seg = json!({"container_id": CID, "records": chunk});
+        if n == 0 {
+            seg["meta"] = json!({"name": "big", "image": "i", "labels": {}, "created_at": 1, "started_at": 2});
+        }
+        let batch = json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [seg]});
+        assert_eq!(ingest(&app, batch).await.0, StatusCode::OK);
+    }
+    let (_, page) = get(&app, "/api/v1/jobs").await;
+    let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
+    for after in [0, 500, 20_999] {
+        let req = Request::get(format!("/api/v1/jobs/{id}/logs?format=text&after={after}"))
+            .body(Body::empty())
+            .unwrap();
+        let (s, body) = call(&app, req).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = String::from_utf8(body).unwrap();
+        let skip = match after {
+            0 => 0,
+            500 => 500,
+            // After 20,999: from the joined line's first record on.
+            _ => 20_999,
+        };
+        let got: Vec<&str> = text.lines().collect();
+        assert_eq!(got.len(), want.len() - skip, "after {after}");
+        assert!(got == want[skip..], "after {after}: the text differs");
+    }
+}
+
 #[tokio::test]
 async fn health_and_unknown_routes() {
     let app = app().await;

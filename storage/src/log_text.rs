@@ -23,6 +23,8 @@ pub struct TextQuery {
     pub max_joined: usize,
     /// The length of the line the previous page left open, if it did.
     pub open_len: Option<usize>,
+    /// Read no record past this seq (a page of a seq range; `None`: up to `lines.limit`).
+    pub until_seq: Option<u64>,
 }
 
 /// One page of text.
@@ -115,6 +117,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_joined: 8,
             open_len,
+            until_seq: None,
         }
     }
 

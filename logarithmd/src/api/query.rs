@@ -307,6 +307,7 @@ pub async fn job_logs(
             filter: params.filter,
             limit: params.limit,
             budget,
+            last_seq: job.last_seq,
         };
         return Ok(raw_download(state.storage.clone(), req));
     }

@@ -305,7 +305,7 @@ impl JobStore for MysqlStorage {
     }
 
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
-        let (sql, params) = read_text_sql(&query.lines, MYSQL_STREAM_INDEX);
+        let (sql, params) = read_text_sql(query, MYSQL_STREAM_INDEX);
         let job_id = query.lines.job_id;
         self.bounded("read_text", async {
             // The read pool, through the read gate, as every read (see `crate::read_gate`).

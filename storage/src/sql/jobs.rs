@@ -11,6 +11,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::job_row::JobRow;
+use crate::log_text::TextQuery;
 use crate::model::{
     JobId, JobQuery, JobStatus, JobWrite, LineQuery, NewLine, StoredLine, WriteBatch,
 };
@@ -307,15 +308,20 @@ pub(crate) const MYSQL_STREAM_INDEX: &str = "FORCE INDEX (idx_log_lines_stream)"
 /// goes through the `(job_id, stream, seq)` index (`stream_index`, the backend's hint
 /// naming it): its cost is the rows it returns, never the job's other stream.
 pub(crate) fn read_lines_sql(q: &LineQuery, stream_index: &str) -> (String, Vec<Param>) {
-    lines_sql("seq, ts, stream, cont, line", q, stream_index)
+    lines_sql("seq, ts, stream, cont, line", q, None, stream_index)
 }
 
 /// The query of a page of raw text ([`crate::log_text`]): each record's `seq, cont, line`.
-pub(crate) fn read_text_sql(q: &LineQuery, stream_index: &str) -> (String, Vec<Param>) {
-    lines_sql("seq, cont, line", q, stream_index)
+pub(crate) fn read_text_sql(q: &TextQuery, stream_index: &str) -> (String, Vec<Param>) {
+    lines_sql("seq, cont, line", &q.lines, q.until_seq, stream_index)
 }
 
-fn lines_sql(columns: &str, q: &LineQuery, stream_index: &str) -> (String, Vec<Param>) {
+fn lines_sql(
+    columns: &str,
+    q: &LineQuery,
+    until_seq: Option<u64>,
+    stream_index: &str,
+) -> (String, Vec<Param>) {
     let mut sql = format!("SELECT {columns} FROM log_lines ");
     if q.stream.is_some() {
         sql.push_str(stream_index);
@@ -325,6 +331,10 @@ fn lines_sql(columns: &str, q: &LineQuery, stream_index: &str) -> (String, Vec<P
         q.job_id.into(),
         i64::try_from(q.after_seq).unwrap_or(i64::MAX).into(),
     ];
+    if let Some(until) = until_seq {
+        sql.push_str(" AND seq <= ?");
+        params.push(i64::try_from(until).unwrap_or(i64::MAX).into());
+    }
     if let Some(stream) = q.stream {
         sql.push_str(" AND stream = ?");
         params.push(i64::from(stream.as_u8()).into());

@@ -204,7 +204,7 @@ impl JobStore for SqliteStorage {
     }
 
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
-        let (sql, params) = read_text_sql(&query.lines, SQLITE_STREAM_INDEX);
+        let (sql, params) = read_text_sql(query, SQLITE_STREAM_INDEX);
         let query = *query;
         self.with_reader(move |conn| {
             let mut text = TextAssembler::new(&query);

@@ -23,6 +23,7 @@ async fn read_all_text(
         max_bytes,
         max_joined,
         open_len: None,
+        until_seq: None,
     };
     let mut text = Vec::new();
     let mut pages = 0;
@@ -109,6 +110,50 @@ pub async fn raw_text_pages_join_continuations(t: &Target) {
     // One stream.
     let (text, _) = read_all_text(s, id, 5, 1 << 20, 40, Some(Stream::Stderr)).await;
     assert_eq!(text, expected_stderr, "[{}] stderr only", t.name);
+
+    // Seq ranges (as a parallel download reads them): each range holds exactly its own
+    // records, whatever the record cap, and joined in order they give the same text.
+    let last = seq;
+    for span in [1u64, 5, 64, 1000] {
+        let mut text = Vec::new();
+        let mut open_len = None;
+        let mut after = 0;
+        while after < last {
+            let until = (after + span).min(last);
+            let query = TextQuery {
+                lines: LineQuery {
+                    job_id: id,
+                    after_seq: after,
+                    limit: 10_000,
+                    stream: None,
+                },
+                max_bytes: 1 << 20,
+                max_joined: 40,
+                open_len,
+                until_seq: Some(until),
+            };
+            let page = s.read_text(&query).await.expect("read_text");
+            assert_eq!(
+                page.records as u64,
+                until - after,
+                "[{}] range ({after}, {until}]",
+                t.name
+            );
+            assert_eq!(
+                page.last_seq,
+                Some(until),
+                "[{}] range ends at {until}",
+                t.name
+            );
+            text.extend_from_slice(&page.text);
+            open_len = page.open_len;
+            after = until;
+        }
+        if open_len.is_some() {
+            text.push(b'\n');
+        }
+        assert_eq!(text, expected, "[{}] ranges of {span} seqs", t.name);
+    }
 
     // An unknown job reads as nothing.
     let (text, _) = read_all_text(s, job_id_for_container("none"), 100, 1 << 20, 40, None).await;
