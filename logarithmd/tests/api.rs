@@ -14,7 +14,11 @@ async fn app() -> axum::Router {
 }
 
 async fn app_with(max_page_bytes: usize) -> axum::Router {
-    let store = storage::open(&storage::StorageConfig::new("sqlite::memory:"))
+    app_on("sqlite::memory:", max_page_bytes).await
+}
+
+async fn app_on(url: &str, max_page_bytes: usize) -> axum::Router {
+    let store = storage::open(&storage::StorageConfig::new(url))
         .await
         .unwrap();
     let config = Config {
@@ -57,6 +61,20 @@ async fn ingest(app: &axum::Router, batch: Value) -> (StatusCode, Value) {
 
 fn record(seq: u64, stream: &str, text: &str) -> Value {
     json!({"seq": seq, "ts": 1000 + seq as i64, "stream": stream, "text": text})
+}
+
+/// Ingests `records` as one job ("big") in batches of 1,000; returns its id.
+async fn ingest_job(app: &axum::Router, records: &[Value]) -> String {
+    for (n, chunk) in records.chunks(1000).enumerate() {
+        let mut seg = json!({"container_id": CID, "records": chunk});
+        if n == 0 {
+            seg["meta"] = json!({"name": "big", "image": "i", "labels": {}, "created_at": 1, "started_at": 2});
+        }
+        let batch = json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [seg]});
+        assert_eq!(ingest(app, batch).await.0, StatusCode::OK);
+    }
+    let (_, page) = get(app, "/api/v1/jobs").await;
+    page["jobs"][0]["id"].as_str().unwrap().to_owned()
 }
 
 const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -236,16 +254,7 @@ async fn raw_download_spans_storage_pages() {
         .collect();
     // Records 1000 and 1001 are one line: the join crosses the first page boundary.
     records[999]["cont"] = json!(true);
-    for (n, chunk) in records.chunks(1000).enumerate() {
-        let mut seg = json!({"container_id": CID, "records": chunk});
-        if n == 0 {
-            seg["meta"] = json!({"name": "big", "image": "i", "labels": {}, "created_at": 1, "started_at": 2});
-        }
-        let batch = json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [seg]});
-        assert_eq!(ingest(&app, batch).await.0, StatusCode::OK);
-    }
-    let (_, page) = get(&app, "/api/v1/jobs").await;
-    let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let id = ingest_job(&app, &records).await;
     let req = Request::get(format!("/api/v1/jobs/{id}/logs?format=text"))
         .body(Body::empty())
         .unwrap();
@@ -268,15 +277,7 @@ async fn raw_download_spans_storage_pages() {
 async fn raw_download_reads_ranges_in_parallel() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("logs.db").display());
-    let store = storage::open(&storage::StorageConfig::new(&url))
-        .await
-        .unwrap();
-    let config = Config {
-        ingest_tokens: vec!["t0k".into()],
-        anonymous_read: true,
-        ..Config::default()
-    };
-    let app = router(AppState::new(store, config));
+    let app = app_on(&url, Config::default().max_page_bytes).await;
     let long = "x".repeat(200);
     let last = 45_000u64;
     let mut want: Vec<String> = Vec::new();
@@ -304,16 +305,7 @@ async fn raw_download_reads_ranges_in_parallel() {
         }
         records.push(r);
     }
-    for (n, chunk) in records.chunks(1000).enumerate() {
-        let mut seg = json!({"container_id": CID, "records": chunk});
-        if n == 0 {
-            seg["meta"] = json!({"name": "big", "image": "i", "labels": {}, "created_at": 1, "started_at": 2});
-        }
-        let batch = json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [seg]});
-        assert_eq!(ingest(&app, batch).await.0, StatusCode::OK);
-    }
-    let (_, page) = get(&app, "/api/v1/jobs").await;
-    let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let id = ingest_job(&app, &records).await;
     for after in [0, 500, 20_999] {
         let req = Request::get(format!("/api/v1/jobs/{id}/logs?format=text&after={after}"))
             .body(Body::empty())
