@@ -105,12 +105,7 @@ impl Setup {
                 .body(b.to_owned());
         }
         let r = req.send().await?;
-        let status = r.status().as_u16();
-        let text = r.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        logarithm_tests::status_and_json(r).await
     }
 
     /// Registers the flow and starts a run of it; returns the run id.
@@ -226,25 +221,9 @@ fn job<'a>(run: &'a Value, stage: &str, action: &str, name: &str) -> &'a Value {
 }
 
 fn one_job(name: &str, script: &str, timeout: Option<u32>) -> String {
-    let timeout = timeout.map_or(String::new(), |t| format!("\n            timeout: {t}"));
-    format!(
-        r#"uri: logarithm/k8s/{name}
-stages:
-  - type: start
-    name: start
-  - type: normal
-    name: work
-    actions:
-      - name: act
-        jobs:
-          - type: component
-            name: job
-            endpoint: {IMAGE}{timeout}
-            command: ["sh", "-c", "{script}"]
-  - type: end
-    name: end
-"#
-    )
+    let timeout = logarithm_tests::flows::timeout_key(timeout);
+    let head = format!("uri: logarithm/k8s/{name}");
+    logarithm_tests::flows::one_job_flow(&head, "", IMAGE, &timeout, script)
 }
 
 /// A parallel stage of two jobs whose output a later job receives, then a job that fails
