@@ -36,3 +36,43 @@ stages:
 pub fn timeout_key(timeout: Option<u32>) -> String {
     timeout.map_or(String::new(), |t| format!("\n            timeout: {t}"))
 }
+
+/// Two normal stages, as the YAML lines to put after the `start` stage: `build`, parallel,
+/// whose job `compile.version` prints `VERSION = 1.2.3` as an output while `lint.lint`
+/// runs `sh -c lint`; then `package`, whose job `image.tag` gets the version as
+/// `APP_VERSION` and checks it. Every job runs in `image`, with a 60 s timeout.
+pub fn build_and_package(image: &str, lint: &str) -> String {
+    format!(
+        r#"  - type: normal
+    name: build
+    sequencing: parallel
+    actions:
+      - name: compile
+        jobs:
+          - type: component
+            name: version
+            endpoint: {image}
+            timeout: 60
+            command: ["sh", "-c", "echo building; sleep 1; echo '[COUT] VERSION = 1.2.3'; echo '[COUT] CO_RESULT = true'"]
+            outputs: [VERSION]
+      - name: lint
+        jobs:
+          - type: component
+            name: lint
+            endpoint: {image}
+            timeout: 60
+            command: ["sh", "-c", "{lint}"]
+  - type: normal
+    name: package
+    actions:
+      - name: image
+        jobs:
+          - type: component
+            name: tag
+            endpoint: {image}
+            timeout: 60
+            command: ["sh", "-c", "echo \"tagging $APP_VERSION with $CO_DATA\"; test \"$APP_VERSION\" = 1.2.3"]
+            subscriptions:
+              - "build.compile.version[VERSION]": APP_VERSION"#
+    )
+}

@@ -231,6 +231,8 @@ fn received(rx: &Receiver) -> Vec<Received> {
 // Flows.
 
 fn main_flow(tag: &str) -> String {
+    let build_and_package =
+        flows::build_and_package(IMAGE, "echo linting; seq 1 500; sleep 1; echo lint ok");
     format!(
         r#"uri: logarithm/e2e/main-{tag}
 title: Issue 5
@@ -240,37 +242,7 @@ environments:
 stages:
   - type: start
     name: start
-  - type: normal
-    name: build
-    sequencing: parallel
-    actions:
-      - name: compile
-        jobs:
-          - type: component
-            name: version
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo building; sleep 1; echo '[COUT] VERSION = 1.2.3'; echo '[COUT] CO_RESULT = true'"]
-            outputs: [VERSION]
-      - name: lint
-        jobs:
-          - type: component
-            name: lint
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo linting; seq 1 500; sleep 1; echo lint ok"]
-  - type: normal
-    name: package
-    actions:
-      - name: image
-        jobs:
-          - type: component
-            name: tag
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo \"tagging $APP_VERSION with $CO_DATA\"; test \"$APP_VERSION\" = 1.2.3"]
-            subscriptions:
-              - "build.compile.version[VERSION]": APP_VERSION
+{build_and_package}
   - type: pause
     name: approval
     timeout: 5m

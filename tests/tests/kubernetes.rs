@@ -232,6 +232,8 @@ fn one_job(name: &str, script: &str, timeout: Option<u32>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_runs_as_pods_with_a_parallel_stage() -> Result<()> {
     let s = Setup::start().await?;
+    let build_and_package =
+        logarithm_tests::flows::build_and_package(IMAGE, "echo linting; sleep 1; echo lint ok");
     let flow = format!(
         r#"uri: logarithm/k8s/main
 environments:
@@ -239,37 +241,7 @@ environments:
 stages:
   - type: start
     name: start
-  - type: normal
-    name: build
-    sequencing: parallel
-    actions:
-      - name: compile
-        jobs:
-          - type: component
-            name: version
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo building; sleep 1; echo '[COUT] VERSION = 1.2.3'; echo '[COUT] CO_RESULT = true'"]
-            outputs: [VERSION]
-      - name: lint
-        jobs:
-          - type: component
-            name: lint
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo linting; sleep 1; echo lint ok"]
-  - type: normal
-    name: package
-    actions:
-      - name: image
-        jobs:
-          - type: component
-            name: tag
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo \"tagging $APP_VERSION with $CO_DATA\"; test \"$APP_VERSION\" = 1.2.3"]
-            subscriptions:
-              - "build.compile.version[VERSION]": APP_VERSION
+{build_and_package}
   - type: normal
     name: publish
     actions:
