@@ -19,10 +19,11 @@
 //! driver's side of it in `replicas`: heartbeats, takeover, claims on request, adopting
 //! the containers of jobs a dead replica was starting).
 //!
-//! Layout: this file holds the handle, the loop and the transitions; `commands` carries out
-//! the state machine's commands in spawned tasks, `reports` takes their reports and the
-//! verdicts, `reconcile` the reconciliation, `save` the save after a transition, `hooks`
-//! the scripts, `replicas` the replicas' side.
+//! Layout: this file holds the handle, the loop and the transitions; `config` the engine's
+//! tuning and a run's start options; `commands` carries out the state machine's commands
+//! in spawned tasks, `reports` takes their reports and the verdicts, `reconcile` the
+//! reconciliation, `save` the save after a transition, `hooks` the scripts, `replicas` the
+//! replicas' side.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,51 +37,23 @@ use tokio_util::sync::CancellationToken;
 const INTERNAL_CAPACITY: usize = 1024;
 
 mod commands;
+mod config;
 mod hooks;
 mod reconcile;
 mod replicas;
 mod reports;
 mod save;
 
+pub use config::{EngineConfig, RunOptions};
 use save::{save, SaveOutcome};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Flow;
 use crate::lease::{self, Liveness};
 use crate::results::{JobResults, Notice};
-use crate::run::{Cause, Event, JobKey, Nanos, Run, RunSummary};
+use crate::run::{Event, JobKey, Nanos, Run, RunSummary};
 use crate::runner::JobRunner;
 use crate::store::{RunQuery, RunStore, StoredFlow};
-
-/// Tuning of the driver.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// How long a stopped container gets between SIGTERM and SIGKILL.
-    pub stop_grace: Duration,
-    /// How often every waiting job is checked against the runner and the verdict lookup
-    /// (a safety net: verdicts normally arrive as notices).
-    pub reconcile_every: Duration,
-    /// Budgets of pre and post scripts.
-    pub scripts: crate::script::Limits,
-    /// This engine's replica id, the owner it writes into the runs it drives
-    /// ([`lease::replica_id`] by default: unique per process).
-    pub replica: String,
-    /// How long another engine's heartbeat may stand still before its runs are taken over.
-    /// Heartbeats and takeover checks happen every fifth of it.
-    pub lease_ttl: Duration,
-}
-
-impl Default for EngineConfig {
-    fn default() -> EngineConfig {
-        EngineConfig {
-            stop_grace: Duration::from_secs(10),
-            reconcile_every: Duration::from_secs(15),
-            scripts: crate::script::Limits::default(),
-            replica: lease::replica_id(),
-            lease_ttl: Duration::from_secs(15),
-        }
-    }
-}
 
 /// Told when a run reaches its final status (logarithmd turns it into `flow.finished`).
 /// Called at least once per finished run: again after a restart if the engine could not
@@ -105,21 +78,6 @@ impl RunEvents for LogRunEvents {
 /// Current time as nanoseconds since the Unix epoch.
 pub fn now() -> Nanos {
     protocol::now_ns()
-}
-
-/// How a run starts, besides its flow.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunOptions {
-    /// Replaces CO_DATA for every job.
-    pub co_data: Option<String>,
-    /// Environment values every job gets, above the flow's and the job's own.
-    pub env: BTreeMap<String, String>,
-    /// What started it.
-    pub cause: Cause,
-    /// The run's id (a trigger derives it from its event, so an event starts one run
-    /// across replicas); random when `None`. A run with this id that exists already is a
-    /// [`ErrorKind::Conflict`].
-    pub id: Option<String>,
 }
 
 enum Request {

@@ -59,6 +59,16 @@ async fn ingest(app: &axum::Router, batch: Value) -> (StatusCode, Value) {
     (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
 }
 
+/// The texts of a page of lines.
+fn texts_of(page: &Value) -> Vec<&str> {
+    page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect()
+}
+
 fn record(seq: u64, stream: &str, text: &str) -> Value {
     json!({"seq": seq, "ts": 1000 + seq as i64, "stream": stream, "text": text})
 }
@@ -163,22 +173,12 @@ async fn logs_page_filter_and_join_continuations() {
     assert_eq!(p["next_after"], 124);
 
     let (_, p) = get(&app, &format!("{base}?stream=stderr&limit=3")).await;
-    let texts: Vec<&str> = p["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["text"].as_str().unwrap())
-        .collect();
+    let texts = texts_of(&p);
     assert_eq!(texts, ["line 2", "line 4", "line 6"]);
 
     // `contains` scans at most max_scan_lines (50 here) per call, then says where to go on.
     let (_, p) = get(&app, &format!("{base}?contains=line%2011")).await;
-    let texts: Vec<&str> = p["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["text"].as_str().unwrap())
-        .collect();
+    let texts = texts_of(&p);
     assert_eq!(texts, ["line 11"]);
     assert_eq!(p["next_after"], 50);
     assert_eq!(p["more"], true);
@@ -208,12 +208,7 @@ async fn logs_page_filter_and_join_continuations() {
     assert_eq!(after, 126);
 
     let (_, p) = get(&app, &format!("{base}?regex=%5Eline%20(7%7C77)%24")).await;
-    let texts: Vec<&str> = p["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["text"].as_str().unwrap())
-        .collect();
+    let texts = texts_of(&p);
     assert_eq!(texts, ["line 7"]);
 
     let (s, body) = get(&app, &format!("{base}?regex=(")).await;

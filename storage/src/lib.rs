@@ -27,13 +27,14 @@
 //! - [`log_text`]: a page of a job's records read straight into raw text (downloads).
 //! - `job_row`: the in-memory `jobs` row and the rule steps of a job write.
 //! - `sql`: the SQL text, bind values and row decoders both backends share, by concern
-//!   (`jobs`, `webhooks`, `outbox`, `documents`, `retention`), and the row-access trait
-//!   each driver implements.
+//!   (`jobs`, `webhooks`, `outbox`, `documents`, `retention`), the row-access trait each
+//!   driver implements, and `exec`, the transaction trait over which multi-statement steps
+//!   (`retention_delete`: retention's delete steps) are written once.
 //! - `read_gate`: reads yield to ingest (fewer reads at once while batches are applied),
 //!   used by both backends.
 //! - `sqlite/` and `mysql/`: the backends, a file per concern (`jobs`, `webhooks`,
 //!   `documents`, `retention`), plus `schema` (migrations) and `mod.rs` (connections,
-//!   error kinds).
+//!   error kinds); MySQL's `conflicts` ends transactions and reruns conflicted ones.
 //! - [`open`]: picks the backend from a URL (`mysql://…` or `sqlite://…`).
 
 pub mod documents;

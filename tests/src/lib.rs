@@ -8,6 +8,7 @@
 //! - [`browser`]: a headless Chromium over WebDriver, with screenshots as artefacts.
 //! - [`Db`]: a fresh database per test, on the MariaDB named by `LOGARITHM_TEST_MYSQL_URL`,
 //!   or a SQLite file.
+//! - [`flows`]: flow YAML the tests share.
 //! - [`docker`]: running test containers from the offline image and reading Docker's own
 //!   view of their logs.
 //! - [`prometheus`]: a real Prometheus scraping the daemons; `prometheus/dashboards.rs`
@@ -16,15 +17,19 @@
 //! - [`ingest_client`]: numbered zstd batches POSTed as agents do (503 sent again).
 //! - [`load`]: the reads-beside-ingest scenario (the `load` bench section and
 //!   `tests/tests/reads.rs`).
+//! - [`webhook_receiver`]: a webhook receiver that verifies signatures on its own.
 //! - [`wait_until`]: polling with a deadline.
+//! - [`on_both_backends!`]: one scenario as two tests, on SQLite and on MariaDB.
 
 pub mod browser;
 pub mod docker;
+pub mod flows;
 pub mod ingest_client;
 pub mod load;
 pub mod mariadb;
 pub mod pki;
 pub mod prometheus;
+pub mod webhook_receiver;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -84,6 +89,35 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Two tests of one scenario (an `async fn(Db) -> Result<()>`), on a fresh SQLite file
+/// and on a fresh MariaDB database, under the test attribute given:
+/// `on_both_backends!(#[tokio::test] name_sqlite, name_mariadb => scenario);`.
+#[macro_export]
+macro_rules! on_both_backends {
+    (#[$test:meta] $sqlite:ident, $mariadb:ident => $scenario:path) => {
+        #[$test]
+        async fn $sqlite() -> anyhow::Result<()> {
+            $scenario($crate::Db::sqlite()?).await
+        }
+
+        #[$test]
+        async fn $mariadb() -> anyhow::Result<()> {
+            $scenario($crate::Db::mysql().await?).await
+        }
+    };
+}
+
+/// A response's status and body: the body as JSON when it parses, else its text as a JSON
+/// string.
+pub async fn status_and_json(r: reqwest::Response) -> Result<(u16, serde_json::Value)> {
+    let status = r.status().as_u16();
+    let text = r.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    ))
 }
 
 /// A storage for one test.
@@ -475,6 +509,44 @@ impl Daemon {
         let status = r.status().as_u16();
         let body = r.json().await?;
         Ok((status, body))
+    }
+
+    /// POSTs an ingest batch (JSON) with the agent token [`TOKEN`]; fails unless it is
+    /// answered 200.
+    pub async fn ingest_json(&self, batch: &serde_json::Value) -> Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/ingest", self.base))
+            .bearer_auth(TOKEN)
+            .json(batch)
+            .send()
+            .await?;
+        let status = resp.status();
+        if status != 200 {
+            bail!("ingest: {status} {}", resp.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// A job's raw download: its lines as text, each ending in a newline.
+    pub async fn raw_logs(&self, job_id: &str) -> Result<axum::body::Bytes> {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/jobs/{job_id}/logs", self.base))
+            .header("accept", "text/plain")
+            .send()
+            .await?;
+        Ok(r.bytes().await?)
+    }
+
+    /// The daemon's Prometheus page.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
+        Ok(r.text().await?)
     }
 
     /// The job of a container, once logarithmd knows it.

@@ -5,20 +5,14 @@
 //! test's `logarithm.test` label (`[engine] extra_labels`), so only this test's agent
 //! collects it.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use logarithm_tests::docker::parse_ts;
+use logarithm_tests::flows;
+use logarithm_tests::webhook_receiver::{Receiver, Script};
 use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const ADMIN: &str = "engine-admin-token";
 const SECRET: &str = "flow-receiver-secret";
@@ -98,12 +92,7 @@ async fn call(
         None => req,
     };
     let r = req.send().await?;
-    let status = r.status().as_u16();
-    let text = r.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
+    logarithm_tests::status_and_json(r).await
 }
 
 enum Body<'a> {
@@ -217,8 +206,7 @@ async fn container_running(docker: &bollard::Docker, id: &str) -> Result<bool> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The webhook receiver, verifying signatures independently of logarithmd (Standard
-// Webhooks: v1,base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}"))).
+// The webhook receiver (`logarithm_tests::webhook_receiver`), its requests as JSON.
 
 #[derive(Debug, Clone)]
 struct Received {
@@ -227,89 +215,24 @@ struct Received {
     body: Value,
 }
 
-struct Receiver {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn header(h: &HeaderMap, name: &str) -> String {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn verify(id: &str, timestamp: &str, body: &[u8], signatures: &str) -> bool {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()) else {
-        return false;
-    };
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    signatures
-        .split(' ')
-        .filter_map(|s| s.strip_prefix("v1,"))
-        .any(|s| s == expected)
-}
-
-async fn receive(
-    State(log): State<Arc<Mutex<Vec<Received>>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let id = header(&headers, "webhook-id");
-    let verified = verify(
-        &id,
-        &header(&headers, "webhook-timestamp"),
-        &body,
-        &header(&headers, "webhook-signature"),
-    );
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let verified = verified && v["delivery_id"] == id.as_str();
-    if let Ok(mut log) = log.lock() {
-        log.push(Received {
-            event: header(&headers, "logarithm-event"),
-            verified,
-            body: v,
-        });
-    }
-    if verified {
-        StatusCode::OK
-    } else {
-        StatusCode::UNAUTHORIZED
-    }
-}
-
-impl Receiver {
-    async fn start() -> Result<Receiver> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(receive))
-            .with_state(Arc::clone(&log));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Receiver { addr, log, task })
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
+/// What `rx` received so far, with the bodies parsed.
+fn received(rx: &Receiver) -> Vec<Received> {
+    rx.log()
+        .into_iter()
+        .map(|r| Received {
+            event: r.event,
+            verified: r.verified,
+            body: serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
 // Flows.
 
 fn main_flow(tag: &str) -> String {
+    let build_and_package =
+        flows::build_and_package(IMAGE, "echo linting; seq 1 500; sleep 1; echo lint ok");
     format!(
         r#"uri: logarithm/e2e/main-{tag}
 title: Issue 5
@@ -319,37 +242,7 @@ environments:
 stages:
   - type: start
     name: start
-  - type: normal
-    name: build
-    sequencing: parallel
-    actions:
-      - name: compile
-        jobs:
-          - type: component
-            name: version
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo building; sleep 1; echo '[COUT] VERSION = 1.2.3'; echo '[COUT] CO_RESULT = true'"]
-            outputs: [VERSION]
-      - name: lint
-        jobs:
-          - type: component
-            name: lint
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo linting; seq 1 500; sleep 1; echo lint ok"]
-  - type: normal
-    name: package
-    actions:
-      - name: image
-        jobs:
-          - type: component
-            name: tag
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo \"tagging $APP_VERSION with $CO_DATA\"; test \"$APP_VERSION\" = 1.2.3"]
-            subscriptions:
-              - "build.compile.version[VERSION]": APP_VERSION
+{build_and_package}
   - type: pause
     name: approval
     timeout: 5m
@@ -380,29 +273,17 @@ stages:
 /// One normal stage with one job running `script`, optionally with a job timeout, and
 /// optionally a pause stage before it.
 fn one_job_flow(name: &str, script: &str, timeout: Option<u32>, pause: bool) -> String {
-    let timeout = timeout.map_or(String::new(), |t| format!("\n            timeout: {t}"));
     let pause = if pause {
         "\n  - type: pause\n    name: approval"
     } else {
         ""
     };
-    format!(
-        r#"uri: logarithm/e2e/{name}
-stages:
-  - type: start
-    name: start{pause}
-  - type: normal
-    name: work
-    actions:
-      - name: act
-        jobs:
-          - type: component
-            name: job
-            endpoint: {IMAGE}{timeout}
-            command: ["sh", "-c", "{script}"]
-  - type: end
-    name: end
-"#
+    flows::one_job_flow(
+        &format!("uri: logarithm/e2e/{name}"),
+        pause,
+        IMAGE,
+        &flows::timeout_key(timeout),
+        script,
     )
 }
 
@@ -427,7 +308,7 @@ mod triggers;
 async fn issue_5_flow_runs_end_to_end() -> Result<()> {
     let s = Setup::start().await?;
     let d = &s.daemon;
-    let rx = Receiver::start().await?;
+    let rx = Receiver::start(SECRET, Script::Ok).await?;
     let flow_yaml = main_flow(&s.tag);
     let flow = register(d, &flow_yaml).await?;
     assert_eq!(flow, format!("logarithm.e2e.main-{}", s.tag));
@@ -587,8 +468,7 @@ async fn issue_5_flow_runs_end_to_end() -> Result<()> {
 
     // flow.finished, signed, with one line per job.
     let hook = wait_until(Duration::from_secs(30), "flow.finished", || async {
-        Ok(rx
-            .received()
+        Ok(received(&rx)
             .into_iter()
             .find(|r| r.event == "flow.finished"))
     })
@@ -630,7 +510,7 @@ async fn issue_5_flow_runs_end_to_end() -> Result<()> {
     // Exactly one delivery.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        rx.received()
+        received(&rx)
             .iter()
             .filter(|r| r.event == "flow.finished")
             .count(),

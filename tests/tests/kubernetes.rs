@@ -105,12 +105,7 @@ impl Setup {
                 .body(b.to_owned());
         }
         let r = req.send().await?;
-        let status = r.status().as_u16();
-        let text = r.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        logarithm_tests::status_and_json(r).await
     }
 
     /// Registers the flow and starts a run of it; returns the run id.
@@ -226,25 +221,9 @@ fn job<'a>(run: &'a Value, stage: &str, action: &str, name: &str) -> &'a Value {
 }
 
 fn one_job(name: &str, script: &str, timeout: Option<u32>) -> String {
-    let timeout = timeout.map_or(String::new(), |t| format!("\n            timeout: {t}"));
-    format!(
-        r#"uri: logarithm/k8s/{name}
-stages:
-  - type: start
-    name: start
-  - type: normal
-    name: work
-    actions:
-      - name: act
-        jobs:
-          - type: component
-            name: job
-            endpoint: {IMAGE}{timeout}
-            command: ["sh", "-c", "{script}"]
-  - type: end
-    name: end
-"#
-    )
+    let timeout = logarithm_tests::flows::timeout_key(timeout);
+    let head = format!("uri: logarithm/k8s/{name}");
+    logarithm_tests::flows::one_job_flow(&head, "", IMAGE, &timeout, script)
 }
 
 /// A parallel stage of two jobs whose output a later job receives, then a job that fails
@@ -253,6 +232,8 @@ stages:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_runs_as_pods_with_a_parallel_stage() -> Result<()> {
     let s = Setup::start().await?;
+    let build_and_package =
+        logarithm_tests::flows::build_and_package(IMAGE, "echo linting; sleep 1; echo lint ok");
     let flow = format!(
         r#"uri: logarithm/k8s/main
 environments:
@@ -260,37 +241,7 @@ environments:
 stages:
   - type: start
     name: start
-  - type: normal
-    name: build
-    sequencing: parallel
-    actions:
-      - name: compile
-        jobs:
-          - type: component
-            name: version
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo building; sleep 1; echo '[COUT] VERSION = 1.2.3'; echo '[COUT] CO_RESULT = true'"]
-            outputs: [VERSION]
-      - name: lint
-        jobs:
-          - type: component
-            name: lint
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo linting; sleep 1; echo lint ok"]
-  - type: normal
-    name: package
-    actions:
-      - name: image
-        jobs:
-          - type: component
-            name: tag
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo \"tagging $APP_VERSION with $CO_DATA\"; test \"$APP_VERSION\" = 1.2.3"]
-            subscriptions:
-              - "build.compile.version[VERSION]": APP_VERSION
+{build_and_package}
   - type: normal
     name: publish
     actions:

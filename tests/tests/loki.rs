@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
-use logarithm_tests::{rand_u64, Daemon, Db, TOKEN};
+use logarithm_tests::{rand_u64, Daemon, Db};
 use protocol::now_ns;
 use serde_json::{json, Value};
 
@@ -121,19 +121,7 @@ async fn ingest_fixture(d: &Daemon) -> Result<Fixture> {
     }
     let batch =
         json!({"version": 1, "agent": {"id": "loki-test", "node": "n1"}, "segments": segments});
-    let resp = d
-        .http
-        .post(format!("{}/api/v1/ingest", d.base))
-        .bearer_auth(TOKEN)
-        .json(&batch)
-        .send()
-        .await?;
-    ensure!(
-        resp.status() == 200,
-        "ingest: {} {}",
-        resp.status(),
-        resp.text().await?
-    );
+    d.ingest_json(&batch).await?;
     Ok(Fixture {
         flow,
         other_flow,
@@ -158,12 +146,7 @@ async fn get(d: &Daemon, path_and_query: &str) -> Result<(u16, Value)> {
         .get(format!("{}{path_and_query}", d.base))
         .send()
         .await?;
-    let status = r.status().as_u16();
-    let text = r.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
+    logarithm_tests::status_and_json(r).await
 }
 
 fn enc(s: &str) -> String {
@@ -656,14 +639,17 @@ async fn scenario(db: Db) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn grafana_requests_sqlite() -> Result<()> {
-    scenario(Db::sqlite()?).await
-}
+logarithm_tests::on_both_backends!(#[tokio::test] grafana_requests_sqlite, grafana_requests_mariadb => scenario);
 
-#[tokio::test]
-async fn grafana_requests_mariadb() -> Result<()> {
-    scenario(Db::mysql().await?).await
+/// The WebSocket tail of run 2 of the fixture's flow, with a backlog of 3 lines.
+fn tail_url(d: &Daemon, f: &Fixture) -> String {
+    let q = format!("{{flow=\"{}\", run=\"2\"}}", f.flow);
+    format!(
+        "ws://{}/loki/api/v1/tail?query={}&delay_for=0&limit=3&start={}",
+        d.base.trim_start_matches("http://"),
+        enc(&q),
+        f.t0 - 60 * S
+    )
 }
 
 /// A WebSocket tail gets the backlog, then a line ingested later within 1 s.
@@ -673,13 +659,7 @@ async fn tail_delivers_new_lines_within_a_second() -> Result<()> {
     let db = Db::sqlite()?;
     let d = Daemon::start(db.url()).await?;
     let f = ingest_fixture(&d).await?;
-    let q = format!("{{flow=\"{}\", run=\"2\"}}", f.flow);
-    let url = format!(
-        "ws://{}/loki/api/v1/tail?query={}&delay_for=0&limit=3&start={}",
-        d.base.trim_start_matches("http://"),
-        enc(&q),
-        f.t0 - 60 * S
-    );
+    let url = tail_url(&d, &f);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let next_text =
         |m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>| -> Result<Value> {
@@ -717,14 +697,7 @@ async fn tail_delivers_new_lines_within_a_second() -> Result<()> {
         "records": [{"seq": 11, "ts": ts, "stream": "stdout", "text": "b-10 live"}]
     }]});
     let sent = std::time::Instant::now();
-    let resp = d
-        .http
-        .post(format!("{}/api/v1/ingest", d.base))
-        .bearer_auth(TOKEN)
-        .json(&batch)
-        .send()
-        .await?;
-    ensure!(resp.status() == 200, "ingest {}", resp.status());
+    d.ingest_json(&batch).await?;
     let live = next_text(
         tokio::time::timeout(Duration::from_secs(1), ws.next())
             .await
@@ -748,14 +721,7 @@ async fn tail_delivers_new_lines_within_a_second() -> Result<()> {
         "records": [{"seq": 1, "ts": ts2, "stream": "stderr", "text": "d-0 new job"}]
     }]});
     let sent = std::time::Instant::now();
-    let resp = d
-        .http
-        .post(format!("{}/api/v1/ingest", d.base))
-        .bearer_auth(TOKEN)
-        .json(&batch)
-        .send()
-        .await?;
-    ensure!(resp.status() == 200, "ingest {}", resp.status());
+    d.ingest_json(&batch).await?;
     let live = next_text(
         tokio::time::timeout(Duration::from_secs(1), ws.next())
             .await
@@ -785,13 +751,7 @@ async fn a_tail_counts_against_max_follows_per_token() -> Result<()> {
     let db = Db::sqlite()?;
     let d = Daemon::start_with(db.url(), "max_follows_per_token = 1\n").await?;
     let f = ingest_fixture(&d).await?;
-    let q = format!("{{flow=\"{}\", run=\"2\"}}", f.flow);
-    let url = format!(
-        "ws://{}/loki/api/v1/tail?query={}&delay_for=0&limit=3&start={}",
-        d.base.trim_start_matches("http://"),
-        enc(&q),
-        f.t0 - 60 * S
-    );
+    let url = tail_url(&d, &f);
     let (mut first, _) = tokio_tungstenite::connect_async(url.clone()).await?;
     match tokio_tungstenite::connect_async(url.clone()).await {
         Err(WsError::Http(resp)) => ensure!(resp.status() == 429, "{resp:?}"),

@@ -11,13 +11,11 @@
 //! pieces: none is found, and the lines show `***`. One run of one job per backend, about
 //! 10 s each.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use axum::body::Bytes;
-use axum::extract::State;
 use base64::Engine as _;
+use logarithm_tests::webhook_receiver::{Receiver, Script};
 use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db};
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -87,45 +85,6 @@ stages:
     name: end
 "#
     )
-}
-
-/// A webhook receiver keeping every body it gets.
-struct Receiver {
-    addr: std::net::SocketAddr,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn receive(State(bodies): State<Arc<Mutex<Vec<Vec<u8>>>>>, body: Bytes) -> &'static str {
-    if let Ok(mut b) = bodies.lock() {
-        b.push(body.to_vec());
-    }
-    "ok"
-}
-
-impl Receiver {
-    async fn start() -> Result<Receiver> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(receive))
-            .with_state(Arc::clone(&bodies));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Receiver { addr, bodies, task })
-    }
-
-    fn bodies(&self) -> Vec<Vec<u8>> {
-        self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
-    }
 }
 
 /// GET with the admin token (admin sees flow environments too); the body as bytes.
@@ -227,7 +186,7 @@ async fn a_flow_secret_is_never_stored_or_shown(db: Db) -> Result<()> {
         data_dir,
         "batch_max_records = 1\nmax_line_bytes = 16384\n",
     )?;
-    let rx = Receiver::start().await?;
+    let rx = Receiver::start("masking-receiver-secret", Script::AcceptAll).await?;
 
     let yaml = flow(&tag);
     let v = post(
@@ -389,12 +348,4 @@ async fn a_flow_secret_is_never_stored_or_shown(db: Db) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flow_secret_is_never_stored_or_shown_sqlite() -> Result<()> {
-    a_flow_secret_is_never_stored_or_shown(Db::sqlite()?).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flow_secret_is_never_stored_or_shown_mariadb() -> Result<()> {
-    a_flow_secret_is_never_stored_or_shown(Db::mysql().await?).await
-}
+logarithm_tests::on_both_backends!(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] a_flow_secret_is_never_stored_or_shown_sqlite, a_flow_secret_is_never_stored_or_shown_mariadb => a_flow_secret_is_never_stored_or_shown);

@@ -138,14 +138,7 @@ async fn check_against_docker(
         ensure!(find(&|b| b == format!("line {i} to stderr").as_bytes()) == 1);
     }
     // The raw download is the same lines, newline-terminated.
-    let raw = daemon
-        .http
-        .get(format!("{}/api/v1/jobs/{job_id}/logs", daemon.base))
-        .header("accept", "text/plain")
-        .send()
-        .await?
-        .bytes()
-        .await?;
+    let raw = daemon.raw_logs(job_id).await?;
     let mut expected_raw = Vec::new();
     for d in &reference {
         expected_raw.extend_from_slice(&d.line);
@@ -205,15 +198,7 @@ async fn full_pipeline(db: Db) -> Result<()> {
     result
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pipeline_sqlite() -> Result<()> {
-    full_pipeline(Db::sqlite()?).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn pipeline_mariadb() -> Result<()> {
-    full_pipeline(Db::mysql().await?).await
-}
+logarithm_tests::on_both_backends!(#[tokio::test(flavor = "multi_thread")] pipeline_sqlite, pipeline_mariadb => full_pipeline);
 
 /// The verdict rules: CO_RESULT decides, a non-zero exit always fails.
 async fn verdicts(db: Db) -> Result<()> {
@@ -275,15 +260,7 @@ async fn verdicts(db: Db) -> Result<()> {
     result
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn verdicts_sqlite() -> Result<()> {
-    verdicts(Db::sqlite()?).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn verdicts_mariadb() -> Result<()> {
-    verdicts(Db::mysql().await?).await
-}
+logarithm_tests::on_both_backends!(#[tokio::test(flavor = "multi_thread")] verdicts_sqlite, verdicts_mariadb => verdicts);
 
 /// A container already running when the agent starts, and one started after: both are
 /// collected from their first line. Flow labels make them queryable as flow jobs.
@@ -363,12 +340,7 @@ async fn post(
         req = req.header("content-encoding", e);
     }
     let r = req.send().await?;
-    let status = r.status().as_u16();
-    let text = r.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
+    logarithm_tests::status_and_json(r).await
 }
 
 /// Bad ingest bodies get the documented answers and store nothing.
@@ -559,15 +531,7 @@ fn gzip_compress(data: &[u8]) -> Result<Vec<u8>> {
     Ok(e.finish()?)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_sqlite() -> Result<()> {
-    bad_input(Db::sqlite()?).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_mariadb() -> Result<()> {
-    bad_input(Db::mysql().await?).await
-}
+logarithm_tests::on_both_backends!(#[tokio::test(flavor = "multi_thread")] bad_input_sqlite, bad_input_mariadb => bad_input);
 
 /// Docker splits a line at 16 KiB even inside a multi-byte UTF-8 character. With the local
 /// driver the stored line is exactly the program's bytes; with json-file Docker encodes

@@ -57,12 +57,4 @@ async fn reads_beside_ingest(db: Db) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn reads_beside_ingest_sqlite() -> Result<()> {
-    reads_beside_ingest(Db::sqlite()?).await
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn reads_beside_ingest_mariadb() -> Result<()> {
-    reads_beside_ingest(Db::mysql().await?).await
-}
+logarithm_tests::on_both_backends!(#[tokio::test(flavor = "multi_thread")] reads_beside_ingest_sqlite, reads_beside_ingest_mariadb => reads_beside_ingest);

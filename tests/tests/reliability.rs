@@ -88,14 +88,7 @@ async fn verify_log(daemon: &Daemon, job_id: &str, expected: &[String]) -> Resul
     }
     let got = checksum(texts.iter().map(|s| s.as_bytes()));
     ensure!(got == want, "job {job_id}: checksum {got} != {want}");
-    let raw = daemon
-        .http
-        .get(format!("{}/api/v1/jobs/{job_id}/logs", daemon.base))
-        .header("accept", "text/plain")
-        .send()
-        .await?
-        .bytes()
-        .await?;
+    let raw = daemon.raw_logs(job_id).await?;
     let mut h = Sha256::new();
     h.update(&raw);
     let raw_sum: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();

@@ -12,15 +12,13 @@
 //! replicas start at once on a fresh database, so their migrations race.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use logarithm_tests::docker::{self, Spec};
+use logarithm_tests::webhook_receiver::{Receiver, Script};
 use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db};
 use serde_json::{json, Value};
 
@@ -60,48 +58,21 @@ fn flow(tag: &str) -> String {
     )
 }
 
-/// Webhook ids and event types as received (the receiver answers 200 to all).
-#[derive(Clone, Default)]
-struct Hooks(Arc<Mutex<Vec<(String, String, Value)>>>);
-
-async fn receive(
-    State(h): State<Hooks>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let get = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if let Ok(mut l) = h.0.lock() {
-        l.push((get("webhook-id"), get("logarithm-event"), v));
-    }
-    StatusCode::OK
-}
-
-async fn receiver() -> Result<(SocketAddr, Hooks, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let hooks = Hooks::default();
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(receive))
-        .with_state(hooks.clone());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, hooks, task))
+/// Webhook ids, event types and bodies as received (the receiver answers 200 to all).
+fn hooks(rx: &Receiver) -> Vec<(String, String, Value)> {
+    rx.log()
+        .into_iter()
+        .map(|r| {
+            let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            (r.delivery_id, r.event, v)
+        })
+        .collect()
 }
 
 /// Sends `req` with the admin token; fails unless it answers 2xx.
 async fn post(path: &str, req: reqwest::RequestBuilder) -> Result<(u16, Value)> {
     let r = req.bearer_auth(ADMIN).send().await?;
-    let status = r.status().as_u16();
-    let text = r.text().await?;
-    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    let (status, v) = logarithm_tests::status_and_json(r).await?;
     ensure!(status < 300, "POST {path} answered {status}: {v}");
     Ok((status, v))
 }
@@ -168,7 +139,7 @@ async fn three_replicas_on_one_database_behave_as_one() -> Result<()> {
     let logs = |d: &Daemon| tail(&d.proc.log(), 40);
 
     let docker = docker::connect().await?;
-    let (hook_addr, hooks, _hook_task) = receiver().await?;
+    let rx = Receiver::start("replicas-receiver-secret", Script::AcceptAll).await?;
     let http = reqwest::Client::new();
     let (_, f) = post(
         "/api/v1/flows",
@@ -180,7 +151,7 @@ async fn three_replicas_on_one_database_behave_as_one() -> Result<()> {
     let flow_name = f["name"].as_str().context("flow name")?.to_owned();
     let starts = count_starts(docker.clone(), flow_name.clone());
     let sub = json!({
-        "url": format!("http://{hook_addr}/hook"),
+        "url": rx.url(),
         "secret": "replicas-receiver-secret",
         "events": ["flow.finished", "job.finished"],
         "filters": {"io.containerops.flow": flow_name},
@@ -252,12 +223,12 @@ async fn three_replicas_on_one_database_behave_as_one() -> Result<()> {
 
     // Each delivery once: 20 flow.finished (one per run) and 60 job.finished.
     let all = wait_until(Duration::from_secs(60), "every webhook", || async {
-        let l = hooks.0.lock().map(|l| l.clone()).unwrap_or_default();
+        let l = hooks(&rx);
         Ok((l.len() >= RUNS * 4).then_some(l))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let all_now = hooks.0.lock().map(|l| l.clone()).unwrap_or_default();
+    let all_now = hooks(&rx);
     assert_eq!(all_now.len(), all.len(), "deliveries kept coming");
     let mut ids: Vec<&String> = all.iter().map(|(id, _, _)| id).collect();
     ids.sort();

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use logarithm_tests::{rand_u64, tail, wait_until, Daemon, Db, TOKEN};
+use logarithm_tests::{rand_u64, tail, wait_until, Daemon, Db};
 use protocol::now_ns;
 use serde_json::{json, Value};
 
@@ -39,26 +39,13 @@ async fn ingest(
     }
     let batch =
         json!({"version": 1, "agent": {"id": "retention", "node": "n1"}, "segments": [seg]});
-    let resp = d
-        .http
-        .post(format!("{}/api/v1/ingest", d.base))
-        .bearer_auth(TOKEN)
-        .json(&batch)
-        .send()
-        .await?;
-    ensure!(resp.status() == 200, "ingest: {}", resp.status());
+    d.ingest_json(&batch).await?;
     Ok(())
 }
 
 /// The value of `logarithmd_retention_deleted_total{kind}`.
 async fn deleted(d: &Daemon, kind: &str) -> Result<u64> {
-    let text = d
-        .http
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = d.metrics_text().await?;
     let series = format!("logarithmd_retention_deleted_total{{kind=\"{kind}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(series.as_str()))
@@ -185,12 +172,4 @@ async fn scenario(db: Db) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn expired_jobs_leave_with_what_they_own_sqlite() -> Result<()> {
-    scenario(Db::sqlite()?).await
-}
-
-#[tokio::test]
-async fn expired_jobs_leave_with_what_they_own_mariadb() -> Result<()> {
-    scenario(Db::mysql().await?).await
-}
+logarithm_tests::on_both_backends!(#[tokio::test] expired_jobs_leave_with_what_they_own_sqlite, expired_jobs_leave_with_what_they_own_mariadb => scenario);

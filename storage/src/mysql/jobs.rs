@@ -4,13 +4,13 @@
 //! rolled back for a deadlock or write conflict is run again.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Row, Transaction, TxOpts, Value};
 
+use super::conflicts::{conflict_reruns, finish, is_write_conflict};
 use super::{positional, MysqlStorage};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job_row::{self, JobRow};
@@ -19,8 +19,8 @@ use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
 use crate::sql::jobs::{
-    line_chunks, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
-    read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, validate, JOB_INSERT,
+    has_rows, line_chunks, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line,
+    read_lines_sql, read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, JOB_INSERT,
     JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES, MYSQL_STREAM_INDEX, OUTPUTS_SELECT,
 };
 use crate::sql::outbox::job_events;
@@ -206,56 +206,29 @@ async fn upsert_outputs(tx: &mut Transaction<'_>, jw: &JobWrite) -> Result<()> {
     Ok(())
 }
 
-/// Attempts of one batch that ends in a deadlock or write conflict.
-const CONFLICT_RETRIES: usize = 5;
-
-/// Deadlock (MySQL/MariaDB 1213) or a TiDB write conflict / retryable transaction (9007,
-/// 8022, 8028): the transaction was rolled back as a whole.
-pub(super) fn is_write_conflict(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<mysql_async::Error>())
-        .is_some_and(|m| matches!(m, mysql_async::Error::Server(s) if matches!(s.code, 1213 | 9007 | 8022 | 8028)))
-}
-
 impl MysqlStorage {
     /// One transaction of [`JobStore::apply`].
     async fn apply_once(&self, batch: &WriteBatch) -> Result<ApplyOutcome> {
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        match apply_batch(&mut tx, batch).await {
-            Ok(outcome) => {
-                tx.commit().await?;
-                Ok(outcome)
-            }
-            Err(e) => {
-                // If the rollback fails the connection is broken, and the server rolls
-                // back when it closes; the original error is the one to report.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let result = apply_batch(&mut tx, batch).await;
+        finish(tx, result).await
     }
 }
 
 #[async_trait::async_trait]
 impl JobStore for MysqlStorage {
     async fn apply(&self, batch: &WriteBatch) -> Result<ApplyOutcome> {
-        validate(batch)?;
-        if batch.jobs.is_empty() {
+        if !has_rows(batch)? {
             return Ok(ApplyOutcome::default());
         }
         // Concurrent first writes of new jobs can deadlock on InnoDB gap locks (and conflict
         // optimistically on TiDB): the server rolled the whole transaction back, so running
         // it again is safe and usually succeeds.
-        let conflicts = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(10))
-            .with_max_delay(Duration::from_millis(200))
-            .with_jitter()
-            .with_max_times(CONFLICT_RETRIES - 1);
         let _writing = self.writing();
         self.bounded("apply", async {
             (|| self.apply_once(batch))
-                .retry(conflicts)
+                .retry(conflict_reruns())
                 .when(is_write_conflict)
                 .notify(|e, retry_in| {
                     tracing::debug!(error = %e, ?retry_in, "write conflict; retrying the batch");

@@ -9,11 +9,14 @@
 //! - this file: the two pools, writes and reads (open, connections, time bounds), error kinds, bind values and
 //!   the [`RowAccess`] of a `mysql_async` row.
 //! - `schema`: migrations, under an advisory lock.
+//! - `conflicts`: ending a transaction; rerunning one rolled back for a write conflict.
 //! - `jobs`: [`crate::JobStore`]: `apply` (with its conflict reruns) and the reads.
 //! - `webhooks`: [`crate::WebhookStore`]: subscriptions, outbox, claims, attempts, events.
 //! - `documents`: [`crate::DocumentStore`].
-//! - `retention`: [`crate::RetentionStore`]: expired jobs, bounded delete steps.
+//! - `retention`: [`crate::RetentionStore`]: expired jobs, and the shared delete steps
+//!   (`crate::sql::retention_delete`), each in one transaction rerun on a write conflict.
 
+mod conflicts;
 mod documents;
 mod jobs;
 mod retention;
@@ -28,6 +31,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOp
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_gate::{BusyRead, ReadGate, Writing};
+use crate::sql::exec::Exec;
 use crate::sql::{Column, Param, RowAccess};
 use crate::{Storage, StorageConfig};
 
@@ -125,6 +129,28 @@ fn take<T: FromValue>(row: &mut Row, idx: usize) -> Result<T> {
 impl RowAccess for Row {
     fn column<T: Column>(&mut self, idx: usize) -> Result<T> {
         take(self, idx)
+    }
+}
+
+/// A transaction as the shared steps drive it.
+impl Exec for mysql_async::Transaction<'_> {
+    type Row<'r> = Row;
+
+    const LOCKING_READ: &'static str = " FOR UPDATE";
+
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+        mut decode: impl FnMut(&mut Row) -> Result<T> + Send,
+    ) -> Result<Vec<T>> {
+        let rows: Vec<Row> = self.exec(sql, positional(params)).await?;
+        rows.into_iter().map(|mut r| decode(&mut r)).collect()
+    }
+
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64> {
+        self.exec_drop(sql, positional(params)).await?;
+        Ok(self.affected_rows())
     }
 }
 

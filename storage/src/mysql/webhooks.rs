@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Transaction, TxOpts};
 use protocol::now_ns;
 
+use super::conflicts::finish;
 use super::{positional, MysqlStorage};
 use crate::error::Result;
 use crate::model::JobEvent;
@@ -46,21 +47,6 @@ async fn list_subscriptions<Q: Queryable>(
     rows.into_iter()
         .map(|mut r| read_subscription(&mut r))
         .collect()
-}
-
-/// Commits `result`'s transaction, or rolls it back and returns the error.
-async fn finish<T>(tx: Transaction<'_>, result: Result<T>) -> Result<T> {
-    match result {
-        Ok(v) => {
-            tx.commit().await?;
-            Ok(v)
-        }
-        Err(e) => {
-            // A failed rollback means a broken connection; the server rolls back on close.
-            let _ = tx.rollback().await;
-            Err(e)
-        }
-    }
 }
 
 async fn upsert_subscription(

@@ -9,7 +9,7 @@ use super::{
     chunk_by_size, clamp_bytes, clamp_chars, corrupt, invalid, Param, RowAccess, OUTPUT_NAME_MAX,
     OUTPUT_VALUE_MAX_BYTES,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::job_row::JobRow;
 use crate::log_text::TextQuery;
 use crate::model::{
@@ -21,7 +21,7 @@ use crate::model::{
 pub(crate) const LINE_CHUNK_ROWS: usize = 1000;
 pub(crate) const LINE_CHUNK_BYTES: usize = 4 << 20;
 
-/// Columns of `jobs` in the order [`RawJob`] is read.
+/// Columns of `jobs` in the order [`read_job`] reads them.
 pub(crate) const JOB_SELECT_COLUMNS: &str = "id, container_id, name, image, node, labels_json, \
      status, reason, exit_code, co_result, co_result_seq, created_at, started_at, finished_at, \
      updated_at, restart_count, tty, log_driver, logs_unavailable, placeholder, last_seq, line_count, \
@@ -49,6 +49,12 @@ pub(crate) fn seq_to_db(seq: u64) -> Result<i64> {
 
 /// Rejects what no backend can store, before any transaction starts. Limits of columns
 /// the database enforces itself (such as the container id's length) are left to it.
+/// Checks a batch ([`validate`]); `false` when it has no jobs, so nothing to write.
+pub(crate) fn has_rows(batch: &WriteBatch) -> Result<bool> {
+    validate(batch)?;
+    Ok(!batch.jobs.is_empty())
+}
+
 pub(crate) fn validate(batch: &WriteBatch) -> Result<()> {
     for jw in &batch.jobs {
         let cid = &jw.container_id;
@@ -101,101 +107,48 @@ pub(crate) fn line_chunks(lines: &[NewLine]) -> Vec<&[NewLine]> {
     })
 }
 
-/// A `jobs` row as read from either backend, before its values are checked.
-#[derive(Debug)]
-pub(crate) struct RawJob {
-    pub id: i64,
-    pub container_id: String,
-    pub name: String,
-    pub image: String,
-    pub node: String,
-    pub labels_json: String,
-    pub status: String,
-    pub reason: Option<String>,
-    pub exit_code: Option<i64>,
-    pub co_result: Option<String>,
-    pub co_result_seq: i64,
-    pub created_at: i64,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-    pub updated_at: i64,
-    pub restart_count: i64,
-    pub tty: i64,
-    pub log_driver: String,
-    pub logs_unavailable: Option<String>,
-    pub placeholder: i64,
-    pub last_seq: i64,
-    pub line_count: i64,
-    pub line_bytes: i64,
-}
-
-/// Reads a `jobs` row selected with [`JOB_SELECT_COLUMNS`].
-pub(crate) fn read_job(r: &mut impl RowAccess) -> Result<JobRow> {
-    JobRow::try_from(RawJob {
-        id: r.column(0)?,
+/// Reads a `jobs` row selected with [`JOB_SELECT_COLUMNS`], checking its values.
+pub(crate) fn read_job<R: RowAccess>(r: &mut R) -> Result<JobRow> {
+    let id: i64 = r.column(0)?;
+    let bad = |what: &str, v: &dyn std::fmt::Debug| corrupt(format!("job {id}: {what} {v:?}"));
+    // A counter column: never negative.
+    let count = |r: &mut R, idx: usize, what: &str| -> Result<u64> {
+        let v: i64 = r.column(idx)?;
+        u64::try_from(v).map_err(|_| bad(what, &v))
+    };
+    let labels_json: String = r.column(5)?;
+    let labels: BTreeMap<String, String> = serde_json::from_str(&labels_json)
+        .map_err(|e| corrupt(format!("job {id}: labels_json is not a JSON object: {e}")))?;
+    let status: String = r.column(6)?;
+    let restart_count: i64 = r.column(15)?;
+    let tty: i64 = r.column(16)?;
+    let placeholder: i64 = r.column(19)?;
+    Ok(JobRow {
+        id,
         container_id: r.column(1)?,
         name: r.column(2)?,
         image: r.column(3)?,
         node: r.column(4)?,
-        labels_json: r.column(5)?,
-        status: r.column(6)?,
+        labels,
+        status: JobStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
         reason: r.column(7)?,
         exit_code: r.column(8)?,
         co_result: r.column(9)?,
-        co_result_seq: r.column(10)?,
+        co_result_seq: count(r, 10, "co_result_seq")?,
         created_at: r.column(11)?,
         started_at: r.column(12)?,
         finished_at: r.column(13)?,
         updated_at: r.column(14)?,
-        restart_count: r.column(15)?,
-        tty: r.column(16)?,
+        restart_count: u32::try_from(restart_count)
+            .map_err(|_| bad("restart_count", &restart_count))?,
+        tty: tty != 0,
         log_driver: r.column(17)?,
         logs_unavailable: r.column(18)?,
-        placeholder: r.column(19)?,
-        last_seq: r.column(20)?,
-        line_count: r.column(21)?,
-        line_bytes: r.column(22)?,
+        placeholder: placeholder != 0,
+        last_seq: count(r, 20, "last_seq")?,
+        line_count: count(r, 21, "line_count")?,
+        line_bytes: count(r, 22, "line_bytes")?,
     })
-}
-
-impl TryFrom<RawJob> for JobRow {
-    type Error = Error;
-
-    fn try_from(raw: RawJob) -> Result<JobRow> {
-        let id = raw.id;
-        let bad = |what: &str, v: &dyn std::fmt::Debug| corrupt(format!("job {id}: {what} {v:?}"));
-        let labels: BTreeMap<String, String> = serde_json::from_str(&raw.labels_json)
-            .map_err(|e| corrupt(format!("job {id}: labels_json is not a JSON object: {e}")))?;
-        Ok(JobRow {
-            id,
-            container_id: raw.container_id,
-            name: raw.name,
-            image: raw.image,
-            node: raw.node,
-            labels,
-            status: JobStatus::parse(&raw.status).ok_or_else(|| bad("status", &raw.status))?,
-            reason: raw.reason,
-            exit_code: raw.exit_code,
-            co_result: raw.co_result,
-            co_result_seq: u64::try_from(raw.co_result_seq)
-                .map_err(|_| bad("co_result_seq", &raw.co_result_seq))?,
-            created_at: raw.created_at,
-            started_at: raw.started_at,
-            finished_at: raw.finished_at,
-            updated_at: raw.updated_at,
-            restart_count: u32::try_from(raw.restart_count)
-                .map_err(|_| bad("restart_count", &raw.restart_count))?,
-            tty: raw.tty != 0,
-            log_driver: raw.log_driver,
-            logs_unavailable: raw.logs_unavailable,
-            placeholder: raw.placeholder != 0,
-            last_seq: u64::try_from(raw.last_seq).map_err(|_| bad("last_seq", &raw.last_seq))?,
-            line_count: u64::try_from(raw.line_count)
-                .map_err(|_| bad("line_count", &raw.line_count))?,
-            line_bytes: u64::try_from(raw.line_bytes)
-                .map_err(|_| bad("line_bytes", &raw.line_bytes))?,
-        })
-    }
 }
 
 /// Deduplicates outputs of one write by name, keeping the highest seq, and clamps them to

@@ -9,12 +9,16 @@
 //!   outbox rules, row decoding.
 //! - [`outbox`]: which delivery rows an event gets (job events and announced events).
 //! - [`documents`]: the document table's statements and row decoding.
-//! - [`retention`]: finding expired jobs and deleting them by primary-key range.
+//! - [`retention`]: finding expired jobs and deleting them by primary-key range: the SQL.
+//! - [`retention_delete`]: retention's delete steps, written once over [`exec::Exec`].
+//! - [`exec`]: [`exec::Exec`], a transaction as the shared multi-statement steps drive it.
 
 pub(crate) mod documents;
+pub(crate) mod exec;
 pub(crate) mod jobs;
 pub(crate) mod outbox;
 pub(crate) mod retention;
+pub(crate) mod retention_delete;
 pub(crate) mod webhooks;
 
 use crate::error::{Error, ErrorKind, Result};

@@ -10,12 +10,19 @@ use super::{corrupt, Param, RowAccess};
 use crate::error::Result;
 use crate::retention::{FinishedQuery, FlowFilter, JobRef};
 
+/// The type of a range key column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeKey {
+    Int,
+    Text,
+}
+
 /// Tables a job owns rows of, deleted by range in this order (before its deliveries and
-/// its own row), with the column that follows `job_id` in their primary key.
-pub(crate) const OWNED_RANGES: [(&str, &str); 3] = [
-    ("log_lines", "seq"),
-    ("job_outputs", "name"),
-    ("job_labels", "name"),
+/// its own row), with the column that follows `job_id` in their primary key and its type.
+pub(crate) const OWNED_RANGES: [(&str, &str, RangeKey); 3] = [
+    ("log_lines", "seq", RangeKey::Int),
+    ("job_outputs", "name", RangeKey::Text),
+    ("job_labels", "name", RangeKey::Text),
 ];
 
 /// The job's row as a delete step checks it (locked by the MySQL backend with `FOR

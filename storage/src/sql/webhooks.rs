@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{clamp_chars, corrupt, Param, RowAccess};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::EventKind;
 use crate::webhooks::{
     Attempt, AttemptOutcome, AttemptRecord, ClaimRequest, Delivery, DeliveryHistory, DeliveryId,
@@ -66,6 +66,14 @@ pub(crate) const ATTEMPT_INSERT: &str = "INSERT INTO webhook_attempts (delivery_
      subscription_id, owner, started_at, latency_ms, status_code, error) \
      SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM webhook_deliveries WHERE id = ?";
 
+/// The attempt's error, cut to its column.
+fn attempt_error(rec: &AttemptRecord) -> Param {
+    rec.error
+        .as_deref()
+        .map(|e| clamp_chars(e, ERROR_MAX))
+        .into()
+}
+
 pub(crate) fn attempt_insert_params(rec: &AttemptRecord) -> Vec<Param> {
     vec![
         rec.delivery_id.into(),
@@ -75,10 +83,7 @@ pub(crate) fn attempt_insert_params(rec: &AttemptRecord) -> Vec<Param> {
         rec.started_at.into(),
         i64::try_from(rec.latency_ms).unwrap_or(i64::MAX).into(),
         rec.status_code.map(i64::from).into(),
-        rec.error
-            .as_deref()
-            .map(|e| clamp_chars(e, ERROR_MAX))
-            .into(),
+        attempt_error(rec),
         rec.delivery_id.into(),
     ]
 }
@@ -100,10 +105,7 @@ pub(crate) fn complete_params(rec: &AttemptRecord, now: i64) -> Vec<Param> {
         status.as_str().into(),
         next.into(),
         rec.status_code.map(i64::from).into(),
-        rec.error
-            .as_deref()
-            .map(|e| clamp_chars(e, ERROR_MAX))
-            .into(),
+        attempt_error(rec),
         completed.into(),
         rec.delivery_id.into(),
         rec.owner.as_str().into(),
@@ -183,68 +185,39 @@ pub(crate) fn list_subscriptions_sql(
     (sql, params)
 }
 
-/// A subscriptions row as read, before its values are checked.
-#[derive(Debug)]
-struct RawSubscription {
-    pub id: i64,
-    pub name: Option<String>,
-    pub source: String,
-    pub url: String,
-    pub secret: String,
-    pub events: String,
-    pub filters_json: String,
-    pub enabled: i64,
-    pub disabled_reason: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
 /// Reads a `webhook_subscriptions` row selected with [`SUB_COLUMNS`].
 pub(crate) fn read_subscription(row: &mut impl RowAccess) -> Result<Subscription> {
-    let r = RawSubscription {
-        id: row.column(0)?,
-        name: row.column(1)?,
-        source: row.column(2)?,
-        url: row.column(3)?,
-        secret: row.column(4)?,
-        events: row.column(5)?,
-        filters_json: row.column(6)?,
-        enabled: row.column(7)?,
+    let id: i64 = row.column(0)?;
+    let bad =
+        |what: &str, v: &dyn std::fmt::Debug| corrupt(format!("subscription {id}: {what} {v:?}"));
+    let mut events = BTreeSet::new();
+    let listed: String = row.column(5)?;
+    for e in listed.split(',').filter(|e| !e.is_empty()) {
+        events.insert(EventKind::parse(e).ok_or_else(|| bad("unknown event", &e))?);
+    }
+    let filters_json: String = row.column(6)?;
+    let filters = serde_json::from_str(&filters_json).map_err(|e| {
+        corrupt(format!(
+            "subscription {id}: filters_json is not a JSON object: {e}"
+        ))
+    })?;
+    let source: String = row.column(2)?;
+    let enabled: i64 = row.column(7)?;
+    Ok(Subscription {
+        spec: SubscriptionSpec {
+            id,
+            name: row.column(1)?,
+            source: SubscriptionSource::parse(&source).ok_or_else(|| bad("source", &source))?,
+            url: row.column(3)?,
+            secret: row.column(4)?,
+            events,
+            filters,
+        },
+        enabled: enabled != 0,
         disabled_reason: row.column(8)?,
         created_at: row.column(9)?,
         updated_at: row.column(10)?,
-    };
-    {
-        let id = r.id;
-        let mut events = BTreeSet::new();
-        for e in r.events.split(',').filter(|e| !e.is_empty()) {
-            events.insert(
-                EventKind::parse(e)
-                    .ok_or_else(|| corrupt(format!("subscription {id}: unknown event {e:?}")))?,
-            );
-        }
-        let filters = serde_json::from_str(&r.filters_json).map_err(|e| {
-            corrupt(format!(
-                "subscription {id}: filters_json is not a JSON object: {e}"
-            ))
-        })?;
-        Ok(Subscription {
-            spec: SubscriptionSpec {
-                id,
-                name: r.name,
-                source: SubscriptionSource::parse(&r.source)
-                    .ok_or_else(|| corrupt(format!("subscription {id}: source {:?}", r.source)))?,
-                url: r.url,
-                secret: r.secret,
-                events,
-                filters,
-            },
-            enabled: r.enabled != 0,
-            disabled_reason: r.disabled_reason,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
-    }
+    })
 }
 
 fn events_column(events: &BTreeSet<EventKind>) -> String {
@@ -295,9 +268,9 @@ pub(crate) fn upsert_rule(
     }
 }
 
-pub(crate) fn sub_insert_params(s: &Subscription) -> Vec<Param> {
+/// The columns [`SUB_INSERT`] and [`SUB_UPDATE`] both set, from `name` to `disabled_reason`.
+fn sub_value_params(s: &Subscription) -> Vec<Param> {
     vec![
-        s.spec.id.into(),
         s.spec.name.clone().into(),
         s.spec.source.as_str().into(),
         s.spec.url.as_str().into(),
@@ -306,108 +279,67 @@ pub(crate) fn sub_insert_params(s: &Subscription) -> Vec<Param> {
         filters_column(&s.spec.filters).into(),
         i64::from(s.enabled).into(),
         s.disabled_reason.clone().into(),
-        s.created_at.into(),
-        s.updated_at.into(),
     ]
+}
+
+pub(crate) fn sub_insert_params(s: &Subscription) -> Vec<Param> {
+    let mut params = vec![s.spec.id.into()];
+    params.extend(sub_value_params(s));
+    params.extend([s.created_at.into(), s.updated_at.into()]);
+    params
 }
 
 pub(crate) fn sub_update_params(s: &Subscription) -> Vec<Param> {
-    vec![
-        s.spec.name.clone().into(),
-        s.spec.source.as_str().into(),
-        s.spec.url.as_str().into(),
-        s.spec.secret.as_str().into(),
-        events_column(&s.spec.events).into(),
-        filters_column(&s.spec.filters).into(),
-        i64::from(s.enabled).into(),
-        s.disabled_reason.clone().into(),
-        s.updated_at.into(),
-        s.spec.id.into(),
-    ]
-}
-
-/// A deliveries row as read, before its values are checked.
-#[derive(Debug)]
-struct RawDelivery {
-    pub id: i64,
-    pub subscription_id: i64,
-    pub event: String,
-    pub job_json: String,
-    pub status: String,
-    pub attempts: i64,
-    pub created_at: i64,
-    pub window_start: i64,
-    pub next_attempt_at: i64,
-    pub last_status_code: Option<i64>,
-    pub last_error: Option<String>,
-    pub completed_at: Option<i64>,
+    let mut params = sub_value_params(s);
+    params.extend([s.updated_at.into(), s.spec.id.into()]);
+    params
 }
 
 /// Reads a `webhook_deliveries` row selected with [`DELIVERY_COLUMNS`] (the first 12
 /// columns of [`CLAIM_CANDIDATES`] too).
 pub(crate) fn read_delivery(row: &mut impl RowAccess) -> Result<Delivery> {
-    let r = RawDelivery {
-        id: row.column(0)?,
+    let id: i64 = row.column(0)?;
+    let bad = |what: &str, v: &dyn std::fmt::Debug| corrupt(format!("delivery {id}: {what} {v:?}"));
+    let event: String = row.column(2)?;
+    let event = EventKind::parse(&event).ok_or_else(|| bad("event", &event))?;
+    // `job_json` holds the job of a job event, or the data of an announced event.
+    let json: String = row.column(3)?;
+    let (job, data) = match event {
+        EventKind::JobStarted | EventKind::JobFinished => (
+            Some(
+                serde_json::from_str(&json)
+                    .map_err(|e| corrupt(format!("delivery {id}: job_json: {e}")))?,
+            ),
+            None,
+        ),
+        EventKind::FlowFinished => (
+            None,
+            Some(
+                serde_json::from_str(&json)
+                    .map_err(|e| corrupt(format!("delivery {id}: data: {e}")))?,
+            ),
+        ),
+    };
+    let status: String = row.column(4)?;
+    let attempts: i64 = row.column(5)?;
+    let last_status_code: Option<i64> = row.column(9)?;
+    Ok(Delivery {
+        id,
         subscription_id: row.column(1)?,
-        event: row.column(2)?,
-        job_json: row.column(3)?,
-        status: row.column(4)?,
-        attempts: row.column(5)?,
+        event,
+        job,
+        data,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
+        attempts: u32::try_from(attempts).map_err(|_| bad("attempts", &attempts))?,
         created_at: row.column(6)?,
         window_start: row.column(7)?,
         next_attempt_at: row.column(8)?,
-        last_status_code: row.column(9)?,
+        last_status_code: last_status_code
+            .map(|c| u16::try_from(c).map_err(|_| bad("last_status_code", &c)))
+            .transpose()?,
         last_error: row.column(10)?,
         completed_at: row.column(11)?,
-    };
-    {
-        let id = r.id;
-        let bad =
-            |what: &str, v: &dyn std::fmt::Debug| corrupt(format!("delivery {id}: {what} {v:?}"));
-        let event = EventKind::parse(&r.event).ok_or_else(|| bad("event", &r.event))?;
-        Ok(Delivery {
-            id,
-            subscription_id: r.subscription_id,
-            event,
-            job: match event {
-                EventKind::JobStarted | EventKind::JobFinished => Some(
-                    serde_json::from_str(&r.job_json)
-                        .map_err(|e| corrupt(format!("delivery {id}: job_json: {e}")))?,
-                ),
-                EventKind::FlowFinished => None,
-            },
-            data: match event {
-                EventKind::JobStarted | EventKind::JobFinished => None,
-                EventKind::FlowFinished => Some(
-                    serde_json::from_str(&r.job_json)
-                        .map_err(|e| corrupt(format!("delivery {id}: data: {e}")))?,
-                ),
-            },
-            status: DeliveryStatus::parse(&r.status).ok_or_else(|| bad("status", &r.status))?,
-            attempts: u32::try_from(r.attempts).map_err(|_| bad("attempts", &r.attempts))?,
-            created_at: r.created_at,
-            window_start: r.window_start,
-            next_attempt_at: r.next_attempt_at,
-            last_status_code: r
-                .last_status_code
-                .map(|c| u16::try_from(c).map_err(|_| bad("last_status_code", &c)))
-                .transpose()?,
-            last_error: r.last_error,
-            completed_at: r.completed_at,
-        })
-    }
-}
-
-/// An attempts row as read.
-#[derive(Debug)]
-pub(crate) struct RawAttempt {
-    pub delivery_id: i64,
-    pub attempt: i64,
-    pub owner: String,
-    pub started_at: i64,
-    pub latency_ms: i64,
-    pub status_code: Option<i64>,
-    pub error: Option<String>,
+    })
 }
 
 /// A claim candidate: the delivery as read, with its subscription's URL and secret.
@@ -419,51 +351,35 @@ pub(crate) fn read_candidate(row: &mut impl RowAccess) -> Result<Candidate> {
     Ok((delivery, row.column(12)?, row.column(13)?))
 }
 
-/// Reads a `webhook_attempts` row selected by [`list_attempts_sql`].
-pub(crate) fn read_attempt(row: &mut impl RowAccess) -> Result<RawAttempt> {
-    Ok(RawAttempt {
-        delivery_id: row.column(0)?,
-        attempt: row.column(1)?,
+/// Reads a `webhook_attempts` row selected by [`list_attempts_sql`]: the delivery's id and
+/// the attempt.
+pub(crate) fn read_attempt(row: &mut impl RowAccess) -> Result<(DeliveryId, Attempt)> {
+    let id: i64 = row.column(0)?;
+    let bad = |what: &str, v: i64| corrupt(format!("delivery {id}: attempt {what} {v}"));
+    let attempt: i64 = row.column(1)?;
+    let latency_ms: i64 = row.column(4)?;
+    let status_code: Option<i64> = row.column(5)?;
+    let attempt = Attempt {
+        attempt: u32::try_from(attempt).map_err(|_| bad("number", attempt))?,
         owner: row.column(2)?,
         started_at: row.column(3)?,
-        latency_ms: row.column(4)?,
-        status_code: row.column(5)?,
+        latency_ms: u64::try_from(latency_ms).map_err(|_| bad("latency", latency_ms))?,
+        status_code: status_code
+            .map(|c| u16::try_from(c).map_err(|_| bad("status", c)))
+            .transpose()?,
         error: row.column(6)?,
-    })
-}
-
-impl TryFrom<RawAttempt> for Attempt {
-    type Error = Error;
-
-    fn try_from(r: RawAttempt) -> Result<Attempt> {
-        let id = r.delivery_id;
-        let bad = |what: &str, v: i64| corrupt(format!("delivery {id}: attempt {what} {v}"));
-        Ok(Attempt {
-            attempt: u32::try_from(r.attempt).map_err(|_| bad("number", r.attempt))?,
-            owner: r.owner,
-            started_at: r.started_at,
-            latency_ms: u64::try_from(r.latency_ms).map_err(|_| bad("latency", r.latency_ms))?,
-            status_code: r
-                .status_code
-                .map(|c| u16::try_from(c).map_err(|_| bad("status", c)))
-                .transpose()?,
-            error: r.error,
-        })
-    }
+    };
+    Ok((id, attempt))
 }
 
 /// Groups attempts (ordered by delivery, attempt) under their deliveries.
 pub(crate) fn histories(
     deliveries: Vec<Delivery>,
-    attempts: Vec<RawAttempt>,
+    attempts: Vec<(DeliveryId, Attempt)>,
 ) -> Result<Vec<DeliveryHistory>> {
     let mut by_delivery: BTreeMap<DeliveryId, Vec<Attempt>> = BTreeMap::new();
-    for a in attempts {
-        let id = a.delivery_id;
-        by_delivery
-            .entry(id)
-            .or_default()
-            .push(Attempt::try_from(a)?);
+    for (id, a) in attempts {
+        by_delivery.entry(id).or_default().push(a);
     }
     Ok(deliveries
         .into_iter()

@@ -15,8 +15,8 @@ use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
 use crate::sql::jobs::{
-    list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql, read_output,
-    read_text_sql, seq_from_db, seq_to_db, text_bytes, validate, JOB_INSERT, JOB_SELECT_COLUMNS,
+    has_rows, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
+    read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, JOB_INSERT, JOB_SELECT_COLUMNS,
     JOB_UPDATE, OUTPUTS_SELECT, SQLITE_STREAM_INDEX,
 };
 use crate::sql::outbox::job_events;
@@ -161,8 +161,7 @@ fn insert_lines(tx: &Transaction<'_>, job_id: JobId, jw: &JobWrite) -> Result<u6
 #[async_trait::async_trait]
 impl JobStore for SqliteStorage {
     async fn apply(&self, batch: &WriteBatch) -> Result<ApplyOutcome> {
-        validate(batch)?;
-        if batch.jobs.is_empty() {
+        if !has_rows(batch)? {
             return Ok(ApplyOutcome::default());
         }
         // The blocking task needs an owned batch; copying it is cheap next to the I/O.

@@ -14,7 +14,8 @@
 //! - `jobs`: [`crate::JobStore`]: `apply` and the job and line reads.
 //! - `webhooks`: [`crate::WebhookStore`]: subscriptions, outbox, claims, attempts, events.
 //! - `documents`: [`crate::DocumentStore`].
-//! - `retention`: [`crate::RetentionStore`]: expired jobs, bounded delete steps.
+//! - `retention`: [`crate::RetentionStore`]: expired jobs, and the shared delete steps
+//!   (`crate::sql::retention_delete`) each run in one IMMEDIATE transaction.
 
 mod documents;
 mod jobs;
@@ -27,11 +28,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::Value;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::read_gate::{ReadGate, Writing};
+use crate::sql::exec::Exec;
 use crate::sql::{Column, Param, RowAccess};
 use crate::Storage;
 
@@ -101,6 +103,26 @@ impl RowAccess for SqliteRow<'_, '_> {
     }
 }
 
+/// A writer transaction as the shared steps drive it; its futures never wait.
+impl Exec for rusqlite::Transaction<'_> {
+    type Row<'r> = SqliteRow<'r, 'r>;
+
+    const LOCKING_READ: &'static str = "";
+
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+        mut decode: impl FnMut(&mut Self::Row<'_>) -> Result<T> + Send,
+    ) -> Result<Vec<T>> {
+        query_all(self, sql, params, |r| decode(&mut SqliteRow(r.0)))
+    }
+
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64> {
+        Ok(self.prepare_cached(sql)?.execute(values(params))? as u64)
+    }
+}
+
 /// Runs a (cached) query and decodes every row with `decode`.
 pub(crate) fn query_all<T>(
     conn: &Connection,
@@ -124,12 +146,11 @@ pub(crate) fn query_opt<T>(
     params: Vec<Param>,
     mut decode: impl FnMut(&mut SqliteRow<'_, '_>) -> Result<T>,
 ) -> Result<Option<T>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(values(params))?;
-    match rows.next()? {
-        Some(row) => decode(&mut SqliteRow(row)).map(Some),
-        None => Ok(None),
-    }
+    let first = conn
+        .prepare_cached(sql)?
+        .query_row(values(params), |row| Ok(decode(&mut SqliteRow(row))))
+        .optional()?;
+    first.transpose()
 }
 
 /// Where the database is, from the URL.

@@ -4,6 +4,14 @@
 //! endpoint (retried, then failed), and a service job with an image refused at
 //! registration. No container runs.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use logarithm_tests::webhook_receiver::{header, verify};
+
 use super::*;
 
 /// What the test service received: path, verified signature, body.
@@ -36,6 +44,7 @@ async fn serve_call(
 ) -> (StatusCode, String) {
     let id = header(&headers, "webhook-id");
     let verified = verify(
+        SECRET,
         &id,
         &header(&headers, "webhook-timestamp"),
         &body,
@@ -325,13 +334,7 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
     );
 
     // Every attempt and callback is counted by outcome.
-    let page = d
-        .http
-        .get(format!("{}/metrics", d.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let page = d.metrics_text().await?;
     for (series, n) in [
         ("logarithmd_service_calls_total{outcome=\"answered\"}", 1),
         ("logarithmd_service_calls_total{outcome=\"accepted\"}", 1),

@@ -3,6 +3,9 @@
 //! once with two logarithmd on one database, their clock moved through a file
 //! (`[engine] clock_file`), and a tick missed while logarithmd was down runs once at start.
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use super::*;
 
 const HOOK_SECRET: &str = "It's a Secret to Everybody";
@@ -40,12 +43,7 @@ async fn deliver(
         .body(bytes)
         .send()
         .await?;
-    let status = r.status().as_u16();
-    let text = r.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
+    logarithm_tests::status_and_json(r).await
 }
 
 async fn runs_of(d: &Daemon, flow: &str) -> Result<Vec<Value>> {
@@ -61,7 +59,7 @@ async fn a_signed_github_push_starts_a_run_and_a_bad_signature_nothing() -> Resu
     ))
     .await?;
     let d = &s.daemon;
-    let yaml = format!(
+    let head = format!(
         r#"uri: logarithm/e2e/hook-{tag}
 triggers:
   - type: webhook
@@ -70,25 +68,11 @@ triggers:
     branches: [main]
     mapping:
       CO_DATA: after
-      PUSHER: pusher.name
-stages:
-  - type: start
-    name: start
-  - type: normal
-    name: work
-    actions:
-      - name: act
-        jobs:
-          - type: component
-            name: job
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo \"commit=$CO_DATA pusher=$PUSHER\""]
-  - type: end
-    name: end
-"#,
+      PUSHER: pusher.name"#,
         tag = s.tag
     );
+    let script = r#"echo \"commit=$CO_DATA pusher=$PUSHER\""#;
+    let yaml = flows::one_job_flow(&head, "", IMAGE, "\n            timeout: 60", script);
     let flow = register(d, &yaml).await?;
     let sha = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
     let push = json!({
@@ -175,30 +159,16 @@ async fn a_cron_tick_starts_one_run_across_two_replicas() -> Result<()> {
     let a = Daemon::start_with(db.url(), &config).await?;
     let b = Daemon::start_with(db.url(), &config).await?;
     let agent = Agent::start(&a.base, &label)?;
-    let yaml = format!(
+    let head = format!(
         r#"uri: logarithm/e2e/cron-{tag}
 triggers:
   - type: cron
     schedule: "0 4 * * *"
     timezone: Europe/Berlin
-    co_data: nightly
-stages:
-  - type: start
-    name: start
-  - type: normal
-    name: work
-    actions:
-      - name: act
-        jobs:
-          - type: component
-            name: job
-            endpoint: {IMAGE}
-            timeout: 60
-            command: ["sh", "-c", "echo \"cron $CO_DATA\""]
-  - type: end
-    name: end
-"#
+    co_data: nightly"#
     );
+    let script = r#"echo \"cron $CO_DATA\""#;
+    let yaml = flows::one_job_flow(&head, "", IMAGE, "\n            timeout: 60", script);
     let flow = register(&a, &yaml).await?;
     // Both replicas poll at least once before the tick.
     tokio::time::sleep(Duration::from_millis(1500)).await;
