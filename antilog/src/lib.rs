@@ -146,6 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 metrics,
                 pods: Arc::new(pods::Pods::default()),
                 resume: std::sync::Mutex::new(resume),
+                files_changed: tokio::sync::Notify::new(),
             });
             let root = config.pod_log_root.clone();
             let node = config.node_name.clone();

@@ -425,3 +425,89 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
     );
     Ok(())
 }
+
+/// Whether process `pid` holds `path` open (its `/proc/<pid>/fd` links).
+fn holds_open(pid: u32, path: &Path) -> Result<bool> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        if std::fs::read_link(fd?.path()).is_ok_and(|target| target == path) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A Pod whose directory appears and is removed between two scans of the pod log root,
+/// and which the API lists only once it is gone: antilog sees the directory through
+/// inotify, opens its log at once (before the Pod is known), and reads it to its end
+/// through the open file when the Pod's last state arrives. The positive marker that the
+/// file was seen: antilog holds it open (`/proc/<pid>/fd`) before the directory is
+/// removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_directory_removed_between_two_scans_is_read_to_its_end() -> Result<()> {
+    let setup = Setup::start().await?;
+    let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
+    let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
+    let marker = ("marker", "0c1c2a4e-1b2c-4d5e-8f90-0123456789ab", false);
+    let brief = ("brief-job", "0d1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
+    let pod_dir = |(name, uid, _): (&str, &str, bool)| root.path().join(format!("ci_{name}_{uid}"));
+    // antilog is up and following (its watches are set before its first scan).
+    api.set(named_pod(marker, label, 0, None, None)?);
+    let mut marker_log = PodLog::open(
+        &pod_dir(marker).join("job"),
+        0,
+        1_795_000_000_000_000_001,
+        Vec::new(),
+    )?;
+    marker_log.lines(0, 2)?;
+    let agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
+    let pid = agents.pid().context("antilog's pid")?;
+    wait_until(Duration::from_secs(20), "the marker's lines", || async {
+        Ok((line_count_of(daemon, "ci_marker_job").await? >= 2).then_some(()))
+    })
+    .await
+    .with_context(|| agents.logs())?;
+
+    // The Pod's directory and log appear; the API does not list it yet.
+    let dir = pod_dir(brief).join("job");
+    let mut log = PodLog::open(&dir, 0, 1_795_000_000_000_000_001, Vec::new())?;
+    log.lines(0, 50)?;
+    let file = dir.join("0.log");
+    wait_until(Duration::from_secs(20), "antilog to open the log", || async {
+        Ok(holds_open(pid, &file)?.then_some(()))
+    })
+    .await
+    .with_context(|| agents.logs())?;
+    // The rest, the end, the directory removed; only then the API tells of the Pod (its
+    // end, then its deletion).
+    log.lines(50, 400)?;
+    let written = log.written.clone();
+    drop(log);
+    std::fs::remove_dir_all(pod_dir(brief))?;
+    api.set(named_pod(brief, label, 0, Some(0), None)?);
+    api.delete(brief.0);
+    let job = wait_until(
+        Duration::from_secs(30),
+        "the brief Pod's job to finish",
+        || async {
+            Ok(daemon
+                .job_of(brief.0)
+                .await?
+                .filter(|j| j["status"] != "running"))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    assert_eq!(job["status"], "success", "{job}");
+    assert_eq!(job["exit_code"], 0, "{job}");
+    assert_eq!(job["flow"], "build", "{job}");
+    assert!(job["logs_unavailable"].is_null(), "{job}");
+    let id = job["id"].as_str().context("job id")?;
+    let stored = stored_lines(&daemon.all_lines(id).await?)?;
+    ensure!(
+        stored == written,
+        "{} stored, {} written, or they differ",
+        stored.len(),
+        written.len()
+    );
+    Ok(())
+}

@@ -259,6 +259,76 @@ async fn fast_writer_with_rotation_is_stored_exactly_once() -> Result<()> {
     result.with_context(|| format!("agent log (tail):\n{}", tail(&agent.proc.log(), 30)))
 }
 
+/// Docker's `compress=true` (`max-size=1m,max-file=5`): rotated files are gzipped
+/// (`-json.log.1.gz`, ...), the plain one deleted once its copy is written. A fast writer,
+/// antilog SIGKILLed once while it reads: every line Docker keeps (read back through
+/// `docker logs`, which decompresses them) is stored once, in order; lines deleted before
+/// antilog read them are reported on the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_rotations_are_read_exactly_once_across_a_sigkill() -> Result<()> {
+    let docker = docker::connect().await?;
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("files-gz-{:x}", rand_u64());
+    let mut agents = Agents::start_with(&daemon.base, &label, SOURCE)?;
+    const N: u64 = 150_000;
+    let mut spec = rotating(&label, numbered(1, N, "0.02"), 5);
+    spec.log_opts.push(("compress".into(), "true".into()));
+    let id = docker::run(&docker, &spec).await?;
+    let result = async {
+        wait_until(Duration::from_secs(60), "the first lines", || async {
+            Ok((db.count("log_lines").await? >= 20_000).then_some(()))
+        })
+        .await?;
+        agents.kill();
+        let at_kill = db.count("log_lines").await?;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        agents.restart()?;
+        ensure!(docker::wait_exit(&docker, &id).await? == 0);
+        let job = daemon.wait_finished(&id, Duration::from_secs(120)).await?;
+        ensure!(job["status"] == "success", "{job}");
+        let job_id = job["id"].as_str().context("id")?;
+        let got = numbers_in_order(&daemon.all_lines(job_id).await?, false)?;
+        let kept = docker_kept(&docker, &id).await?;
+        let gz = std::fs::read_dir(format!("/var/lib/docker/containers/{id}"))?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".gz"))
+            })
+            .count();
+        ensure!(gz >= 2, "only {gz} compressed rotations; the test proves nothing");
+        ensure!(
+            got.ends_with(&kept),
+            "every line Docker keeps is stored: stored {} (..{:?}), Docker keeps {} \
+             ({:?}..{:?})",
+            got.len(),
+            got.last(),
+            kept.len(),
+            kept.first(),
+            kept.last()
+        );
+        let reason = job["logs_unavailable"].as_str().unwrap_or_default();
+        if got.len() as u64 != N {
+            ensure!(
+                reason.contains("rotated away"),
+                "{} of {N} lines stored and no loss reported: {job}",
+                got.len()
+            );
+        }
+        eprintln!(
+            "files: compress=true max-size=1m max-file=5, SIGKILL at {at_kill} stored: \
+             printed={N} stored={} docker_kept={} gz_files={gz} lost_reported={:?}",
+            got.len(),
+            kept.len(),
+            reason
+        );
+        Ok(())
+    }
+    .await;
+    docker::remove(&docker, &id).await;
+    result.with_context(|| format!("agent log (tail):\n{}", tail(&agents.logs(), 30)))
+}
+
 /// Expected lines of the `i`th `--rm` container.
 fn rm_lines(i: usize) -> Vec<String> {
     let n = if i < RM_BIG { 20_000 } else { 3 };
