@@ -215,8 +215,7 @@ impl Follower {
                 break (Some(n), Some((r, Start::Beginning)));
             }
             let (dir, exit, file) = (self.logs.dir.clone(), entry.exit, self.pos.file);
-            let point =
-                tokio::task::spawn_blocking(move || resume_point(&dir, exit, file)).await;
+            let point = tokio::task::spawn_blocking(move || resume_point(&dir, exit, file)).await;
             let point = point.unwrap_or_else(|_| Err(std::io::Error::other("task failed")));
             match point {
                 Ok((run, t)) => break (run, t.map(|(t, start)| (FileReader::new(t), start))),

@@ -172,7 +172,10 @@ struct Follower {
     file_pos: Option<FilePos>,
     /// The log file opened as soon as the container started, before it was inspected
     /// (see `files::open_early`).
-    early: Option<(crate::files::reader::FileReader, crate::files::tailer::Start)>,
+    early: Option<(
+        crate::files::reader::FileReader,
+        crate::files::tailer::Start,
+    )>,
     /// What the container looked like before it first started.
     created: Option<Inspected>,
 }

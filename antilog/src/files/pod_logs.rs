@@ -102,7 +102,12 @@ fn scan_pod_into(
     // Removed meanwhile (the Pod was deleted): nothing to follow there.
     let containers = match std::fs::read_dir(&pod_dir) {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
             return Ok(true)
         }
         Err(e) => return Err(e),

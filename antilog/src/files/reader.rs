@@ -30,7 +30,10 @@ pub enum Read<'a> {
 #[derive(Debug)]
 enum Item {
     /// A line ending at `end` in the chunk's buffer (it starts where the previous ended).
-    Line { end: usize, pos: FilePos },
+    Line {
+        end: usize,
+        pos: FilePos,
+    },
     Gap(String),
 }
 

@@ -39,12 +39,18 @@ fn drain(t: &mut Tailer) -> (Vec<String>, Option<FilePos>) {
 
 /// Docker's rotation: `.1` -> `.2`, ..., the active file -> `.1`, a new active file.
 fn rotate(dir: &Path, keep: usize) {
+    rotate_rotated(dir, keep, "");
+}
+
+/// Docker's rotation of rotated files named `.<n><suffix>`: the oldest deleted, the
+/// others moved one up, the active file renamed to `.1` (no suffix) and created anew.
+fn rotate_rotated(dir: &Path, keep: usize, suffix: &str) {
     let base = dir.join("c-json.log");
-    let _ = std::fs::remove_file(dir.join(format!("c-json.log.{keep}")));
+    let _ = std::fs::remove_file(dir.join(format!("c-json.log.{keep}{suffix}")));
     for i in (1..keep).rev() {
-        let from = dir.join(format!("c-json.log.{i}"));
+        let from = dir.join(format!("c-json.log.{i}{suffix}"));
         if from.exists() {
-            std::fs::rename(&from, dir.join(format!("c-json.log.{}", i + 1))).unwrap();
+            std::fs::rename(&from, dir.join(format!("c-json.log.{}{suffix}", i + 1))).unwrap();
         }
     }
     std::fs::rename(&base, dir.join("c-json.log.1")).unwrap();
@@ -185,17 +191,8 @@ fn over_long_lines_are_skipped_and_counted() {
 /// active file -> `.1`, a new active file; then `.1` gzipped into `.1.gz` in place and
 /// deleted.
 fn rotate_compressed(dir: &Path, keep: usize) {
-    let base = dir.join("c-json.log");
-    let _ = std::fs::remove_file(dir.join(format!("c-json.log.{keep}.gz")));
-    for i in (1..keep).rev() {
-        let from = dir.join(format!("c-json.log.{i}.gz"));
-        if from.exists() {
-            std::fs::rename(&from, dir.join(format!("c-json.log.{}.gz", i + 1))).unwrap();
-        }
-    }
+    rotate_rotated(dir, keep, ".gz");
     let plain = dir.join("c-json.log.1");
-    std::fs::rename(&base, &plain).unwrap();
-    File::create(&base).unwrap();
     let content = std::fs::read(&plain).unwrap();
     let mut enc = flate2::write::GzEncoder::new(
         File::create(dir.join("c-json.log.1.gz")).unwrap(),
