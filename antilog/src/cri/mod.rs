@@ -198,6 +198,9 @@ impl Discovery {
 
     /// Looks at one Pod directory now (inotify said something was created in it).
     async fn scan_pod(&mut self, tasks: &mut Followers, name: &OsStr) {
+        if name.to_str().and_then(pod_logs::parse_pod_dir).is_none() {
+            return;
+        }
         if let Some(w) = self.watch.as_mut() {
             // Watched before it is listed: what is created after the listing is an event.
             w.watch_pod(name);

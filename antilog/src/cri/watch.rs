@@ -107,7 +107,15 @@ impl DirWatch {
         }
         match self.add(path, what) {
             Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            // Gone, or not a directory: nothing to watch there.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                false
+            }
             Err(e) => {
                 if !self.warned {
                     self.warned = true;
@@ -191,5 +199,9 @@ mod tests {
         assert_eq!(w.next().await, Some(Change::Pod("ns_other_uid".into())));
         assert_eq!(w.by_wd.len(), 1, "{:?}", w.by_wd);
         assert!(!w.watch_pod("ns_gone_uid".as_ref()));
+        // A file where a directory was expected is not watched, and not a failure.
+        std::fs::write(root.path().join("ns_file_uid"), b"").unwrap();
+        assert!(!w.watch_pod("ns_file_uid".as_ref()));
+        assert!(!w.warned);
     }
 }
