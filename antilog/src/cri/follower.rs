@@ -191,6 +191,15 @@ async fn open_first(dir: &Path) -> Option<Early> {
     }
 }
 
+/// The restart numbers in a container's directory, and whether it still exists, looked
+/// at on the blocking pool.
+async fn look(dir: &Path) -> (std::io::Result<Vec<u32>>, bool) {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || (restarts_in(&dir), dir.exists()))
+        .await
+        .unwrap_or_else(|_| (Err(std::io::Error::other("task failed")), true))
+}
+
 /// A Pod the API never told of, as its directory names it (no labels, no exit codes).
 fn orphan(logs: &ContainerLogs) -> PodMeta {
     PodMeta {
@@ -257,12 +266,13 @@ impl Follower {
         loop {
             // Before looking, so a file created meanwhile wakes the wait below.
             let files = self.shared.files_changed.notified();
-            match restarts_in(&self.logs.dir) {
+            let (restarts, exists) = look(&self.logs.dir).await;
+            match restarts {
                 Ok(r) => {
                     if let Some(&n) = r.iter().find(|&&n| after.is_none_or(|a| n > a)) {
                         return Some(Some(n));
                     }
-                    if !self.logs.dir.exists() {
+                    if !exists {
                         return Some(None);
                     }
                 }
@@ -363,7 +373,7 @@ impl Follower {
                 decoder.flush(&mut pieces);
                 return self.close_run(n, &mut pieces, t).await;
             }
-            let state = self.run_state(n);
+            let state = self.run_state(n).await;
             if state != RunState::Going {
                 // Read to the end once more: everything is written now.
                 ending = Some(state);
@@ -380,7 +390,7 @@ impl Follower {
     }
 
     /// Whether run `n` is over (see the module's doc).
-    fn run_state(&mut self, n: u32) -> RunState {
+    async fn run_state(&mut self, n: u32) -> RunState {
         let pods = &self.shared.pods;
         let listed = pods.get(&self.logs.uid);
         let in_table = listed.is_some();
@@ -405,10 +415,9 @@ impl Follower {
                 return RunState::Over(t);
             }
         }
-        let newer = restarts_in(&self.logs.dir)
-            .map(|r| r.iter().any(|&k| k > n))
-            .unwrap_or(false);
-        if newer || !in_table || !self.logs.dir.exists() {
+        let (restarts, exists) = look(&self.logs.dir).await;
+        let newer = restarts.is_ok_and(|r| r.iter().any(|&k| k > n));
+        if newer || !in_table || !exists {
             // The API may tell the exit a moment later: wait for it, briefly.
             let seen = *self.newer_seen.get_or_insert_with(Instant::now);
             if seen.elapsed() >= STATUS_WAIT {
