@@ -26,14 +26,17 @@ use protocol::{ContainerExit, Record};
 use tracing::{debug, info, instrument, warn};
 
 use super::{container_id, meta_of, Shared};
-use crate::checkpoint::{Entry, ExitMark, FilePos, Position};
+use crate::checkpoint::{Entry, FilePos, Position};
 use crate::docker::frames::Piece;
 use crate::files::cri::CriDecoder;
-use crate::files::pod_logs::{restart_of, restarts_in, ContainerLogs};
+use crate::files::pod_logs::{restarts_in, ContainerLogs};
 use crate::files::reader::{FileReader, Read};
 use crate::files::tailer::{Start, Tailer};
 use crate::pipeline::ItemKind;
 use crate::pods::{PodMeta, Terminated};
+use resume::resume_point;
+
+mod resume;
 
 /// First wait at the end of a file; doubles while nothing arrives, up to [`POLL_MAX`].
 const POLL_MIN: Duration = Duration::from_millis(5);
@@ -491,54 +494,4 @@ impl Follower {
         let s = &self.shared;
         crate::pipeline::send::send(&s.tx, &s.shutdown, &s.metrics, &self.id, kind).await
     }
-}
-/// The first run to read and, when resuming inside it, its tailer: after an acknowledged
-/// exit (`exit`), the next run; else the run holding the checkpoint's `file`.
-#[allow(clippy::type_complexity)]
-fn resume_point(
-    dir: &Path,
-    exit: Option<ExitMark>,
-    file: Option<FilePos>,
-) -> std::io::Result<(Option<u32>, Option<(Tailer, Start)>)> {
-    let restarts = restarts_in(dir)?;
-    if let Some(mark) = exit {
-        return Ok((restarts.into_iter().find(|&r| r > mark.restart_count), None));
-    }
-    let Some(file) = file else {
-        return Ok((restarts.first().copied(), None));
-    };
-    // The run whose chain holds the file (by inode; a `.gz` by content, below).
-    let holding = run_holding(dir, &file);
-    let order = holding.into_iter().chain(
-        restarts
-            .iter()
-            .rev()
-            .copied()
-            .filter(|&r| Some(r) != holding),
-    );
-    for r in order {
-        let (t, start) = Tailer::open(dir, ContainerLogs::layout(r), Some(file))?;
-        if start == Start::Exact {
-            return Ok((Some(r), Some((t, start))));
-        }
-    }
-    // The checkpoint's file is gone from every chain: read the newest run from its
-    // start, and say lines may be lost.
-    match restarts.last().copied() {
-        Some(r) => {
-            let (t, _) = Tailer::open(dir, ContainerLogs::layout(r), None)?;
-            Ok((Some(r), Some((t, Start::Lost))))
-        }
-        None => Ok((None, None)),
-    }
-}
-
-/// The run whose chain has a plain file with `file`'s device and inode.
-fn run_holding(dir: &std::path::Path, file: &FilePos) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-        let r = e.file_name().to_str().and_then(restart_of)?;
-        let m = e.metadata().ok()?;
-        (m.dev() == file.dev && m.ino() == file.ino).then_some(r)
-    })
 }

@@ -9,7 +9,8 @@
 //!   cannot tell; one follower per container directory.
 //! - [`watch`]: the inotify watches of the root, its Pod and container directories.
 //! - [`follower`]: one container, run after run (`<restart>.log`), as pipeline items: the
-//!   same meta, records, cuts and exits as the Docker follower sends.
+//!   same meta, records, cuts and exits as the Docker follower sends (`follower/resume.rs`:
+//!   where it resumes after a restart of antilog).
 //!
 //! Job identity: a job Pod of a flow run (one labelled [`protocol::LABEL_RUN`]) is the job
 //! of its first container, and its container id is the Pod's name, the id the engine's
