@@ -24,11 +24,11 @@
 //!   flight, retries, refused batches split) and `split` (halving a refused batch).
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
 //!   (`segment`: checksummed frames and the ack file).
-//! - [`files`]: reading log files (`tailer` across rotations, `identity` of a file,
-//!   `json_file` records, `cri` records with their partials joined) for the
-//!   `docker-files` source and Kubernetes nodes.
+//! - [`files`]: reading log files (`tailer` across rotations, `reader`: the tailer on
+//!   the blocking pool, `identity` of a file, `json_file` records, `cri` records with
+//!   their partials joined) for the `docker-files` source and Kubernetes nodes.
 //! - [`cri`]: the `cri` source (Kubernetes nodes): choosing the source, discovery of the
-//!   pod log root, one follower per container run after run.
+//!   pod log root (scan and inotify `watch`), one follower per container run after run.
 //! - [`pods`]: Pod metadata of this node from the Kubernetes API (list, watch, re-list
 //!   after 410 Gone), for the CRI source.
 //! - [`checkpoint`]: acknowledged progress per container (and per log file), persisted
@@ -146,6 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 metrics,
                 pods: Arc::new(pods::Pods::default()),
                 resume: std::sync::Mutex::new(resume),
+                files_changed: tokio::sync::Notify::new(),
             });
             let root = config.pod_log_root.clone();
             let node = config.node_name.clone();

@@ -746,6 +746,11 @@ impl Agents {
         Ok(())
     }
 
+    /// The running incarnation's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.current.as_ref().and_then(|a| a.proc.pid())
+    }
+
     /// What every incarnation printed, oldest first.
     pub fn logs(&self) -> String {
         let mut s = self.old_logs.clone();

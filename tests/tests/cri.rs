@@ -221,6 +221,51 @@ impl Setup {
     }
 }
 
+/// A Pod as the tests name it: name, UID, and whether it is labelled as a flow run's job.
+type PodId<'a> = (&'a str, &'a str, bool);
+
+/// The time of the first record the tests write.
+const T0: i64 = 1_795_000_000_000_000_001;
+
+impl Setup {
+    /// The directory of Pod `pod` in namespace `ci`.
+    fn pod_dir(&self, (name, uid, _): PodId) -> PathBuf {
+        self.root.path().join(format!("ci_{name}_{uid}"))
+    }
+
+    /// Run 0 of the Pod's container `job`, from [`T0`].
+    fn job_log(&self, pod: PodId) -> Result<PodLog> {
+        PodLog::open(&self.pod_dir(pod).join("job"), 0, T0, Vec::new())
+    }
+}
+
+/// The job of `container_id` once it is no longer running; checks that its stored lines
+/// are `written`.
+async fn finished(
+    daemon: &Daemon,
+    agents: &Agents,
+    container_id: &str,
+    written: &[Line],
+) -> Result<Value> {
+    let job = wait_until(Duration::from_secs(30), "the job to finish", || async {
+        Ok(daemon
+            .job_of(container_id)
+            .await?
+            .filter(|j| j["status"] != "running"))
+    })
+    .await
+    .with_context(|| agents.logs())?;
+    let id = job["id"].as_str().context("job id")?;
+    let stored = stored_lines(&daemon.all_lines(id).await?)?;
+    ensure!(
+        stored == written,
+        "{} stored, {} written, or they differ",
+        stored.len(),
+        written.len()
+    );
+    Ok(job)
+}
+
 async fn line_count(d: &Daemon) -> Result<u64> {
     line_count_of(d, POD).await
 }
@@ -357,22 +402,11 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
     let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
     let short = ("short-job", "0a1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
     let web = ("web-1", "0b1c2a4e-1b2c-4d5e-8f90-0123456789ab", false);
-    let pod_dir = |(name, uid, _): (&str, &str, bool)| root.path().join(format!("ci_{name}_{uid}"));
     api.set(named_pod(short, label, 0, None, None)?);
     api.set(named_pod(web, label, 0, None, None)?);
-    let mut short_log = PodLog::open(
-        &pod_dir(short).join("job"),
-        0,
-        1_795_000_000_000_000_001,
-        Vec::new(),
-    )?;
+    let mut short_log = setup.job_log(short)?;
     short_log.lines(0, 1)?;
-    let mut web_log = PodLog::open(
-        &pod_dir(web).join("job"),
-        0,
-        1_795_000_000_000_000_001,
-        Vec::new(),
-    )?;
+    let mut web_log = setup.job_log(web)?;
     web_log.lines(0, 3)?;
     let agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
     wait_until(
@@ -390,30 +424,10 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
     short_log.lines(1, 300)?;
     api.set(named_pod(short, label, 0, Some(3), None)?);
     api.delete(short.0);
-    std::fs::remove_dir_all(pod_dir(short))?;
-    let written = short_log.written.clone();
-    let job = wait_until(
-        Duration::from_secs(20),
-        "the deleted Pod's job to finish",
-        || async {
-            Ok(daemon
-                .job_of(short.0)
-                .await?
-                .filter(|j| j["status"] != "running"))
-        },
-    )
-    .await
-    .with_context(|| agents.logs())?;
+    std::fs::remove_dir_all(setup.pod_dir(short))?;
+    let job = finished(daemon, &agents, short.0, &short_log.written).await?;
     assert_eq!(job["status"], "failure", "{job}");
     assert_eq!(job["exit_code"], 3, "{job}");
-    let id = job["id"].as_str().context("job id")?;
-    let stored = stored_lines(&daemon.all_lines(id).await?)?;
-    ensure!(
-        stored == written,
-        "{} stored, {} written, or they differ",
-        stored.len(),
-        written.len()
-    );
     let web_job = daemon
         .job_of("ci_web-1_job")
         .await?
@@ -423,5 +437,64 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
         web_job["labels"]["io.kubernetes.pod.name"], "web-1",
         "{web_job}"
     );
+    Ok(())
+}
+
+/// Whether process `pid` holds `path` open (its `/proc/<pid>/fd` links).
+fn holds_open(pid: u32, path: &Path) -> Result<bool> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        if std::fs::read_link(fd?.path()).is_ok_and(|target| target == path) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A Pod whose directory appears and is removed between two scans of the pod log root,
+/// and which the API lists only once it is gone: antilog sees the directory through
+/// inotify, opens its log at once (before the Pod is known), and reads it to its end
+/// through the open file when the Pod's last state arrives. The positive marker that the
+/// file was seen: antilog holds it open (`/proc/<pid>/fd`) before the directory is
+/// removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_directory_removed_between_two_scans_is_read_to_its_end() -> Result<()> {
+    let setup = Setup::start().await?;
+    let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
+    let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
+    let marker = ("marker", "0c1c2a4e-1b2c-4d5e-8f90-0123456789ab", false);
+    let brief = ("brief-job", "0d1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
+    // antilog is up and following (its watches are set before its first scan).
+    api.set(named_pod(marker, label, 0, None, None)?);
+    setup.job_log(marker)?.lines(0, 2)?;
+    let agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
+    let pid = agents.pid().context("antilog's pid")?;
+    wait_until(Duration::from_secs(20), "the marker's lines", || async {
+        Ok((line_count_of(daemon, "ci_marker_job").await? >= 2).then_some(()))
+    })
+    .await
+    .with_context(|| agents.logs())?;
+
+    // The Pod's directory and log appear; the API does not list it yet.
+    let mut log = setup.job_log(brief)?;
+    log.lines(0, 50)?;
+    let file = setup.pod_dir(brief).join("job").join("0.log");
+    wait_until(
+        Duration::from_secs(20),
+        "antilog to open the log",
+        || async { Ok(holds_open(pid, &file)?.then_some(())) },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    // The rest, the end, the directory removed; only then the API tells of the Pod (its
+    // end, then its deletion).
+    log.lines(50, 400)?;
+    std::fs::remove_dir_all(setup.pod_dir(brief))?;
+    api.set(named_pod(brief, label, 0, Some(0), None)?);
+    api.delete(brief.0);
+    let job = finished(daemon, &agents, brief.0, &log.written).await?;
+    assert_eq!(job["status"], "success", "{job}");
+    assert_eq!(job["exit_code"], 0, "{job}");
+    assert_eq!(job["flow"], "build", "{job}");
+    assert!(job["logs_unavailable"].is_null(), "{job}");
     Ok(())
 }

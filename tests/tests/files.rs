@@ -259,6 +259,99 @@ async fn fast_writer_with_rotation_is_stored_exactly_once() -> Result<()> {
     result.with_context(|| format!("agent log (tail):\n{}", tail(&agent.proc.log(), 30)))
 }
 
+const GZ_LINES: u64 = 150_000;
+
+/// Docker's `compress=true` (`max-size=1m,max-file=5`): rotated files are gzipped
+/// (`-json.log.1.gz`, ...), the plain one deleted once its copy is written. A fast writer
+/// (150,000 lines, a 20 ms pause every 1,000), antilog SIGKILLed once after 20,000 lines
+/// are stored and started again `down` later. Checks: every line Docker keeps (read back
+/// through `docker logs`, which decompresses them) is stored once, in order; if any line
+/// is missing, the loss is reported on the job. Returns how many lines were stored.
+async fn compressed_rotations(down: Duration) -> Result<usize> {
+    let docker = docker::connect().await?;
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("files-gz-{:x}", rand_u64());
+    let mut agents = Agents::start_with(&daemon.base, &label, SOURCE)?;
+    let mut spec = rotating(&label, numbered(1, GZ_LINES, "0.02"), 5);
+    spec.log_opts.push(("compress".into(), "true".into()));
+    let id = docker::run(&docker, &spec).await?;
+    let result = async {
+        wait_until(Duration::from_secs(60), "the first lines", || async {
+            Ok((db.count("log_lines").await? >= 20_000).then_some(()))
+        })
+        .await?;
+        agents.kill();
+        tokio::time::sleep(down).await;
+        agents.restart()?;
+        ensure!(docker::wait_exit(&docker, &id).await? == 0);
+        let job = daemon.wait_finished(&id, Duration::from_secs(120)).await?;
+        ensure!(job["status"] == "success", "{job}");
+        let job_id = job["id"].as_str().context("id")?;
+        let got = numbers_in_order(&daemon.all_lines(job_id).await?, false)?;
+        let kept = docker_kept(&docker, &id).await?;
+        let gz_files = std::fs::read_dir(format!("/var/lib/docker/containers/{id}"))?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".gz"))
+            })
+            .count();
+        ensure!(
+            gz_files >= 2,
+            "only {gz_files} compressed rotations; the test proves nothing"
+        );
+        ensure!(
+            got.ends_with(&kept),
+            "every line Docker keeps is stored: stored {} (..{:?}), Docker keeps {} \
+             ({:?}..{:?})",
+            got.len(),
+            got.last(),
+            kept.len(),
+            kept.first(),
+            kept.last()
+        );
+        let reason = job["logs_unavailable"].as_str().unwrap_or_default();
+        if got.len() as u64 != GZ_LINES {
+            ensure!(
+                reason.contains("rotated away"),
+                "{} of {GZ_LINES} lines stored and no loss reported: {job}",
+                got.len()
+            );
+        }
+        eprintln!(
+            "files: compress=true max-size=1m max-file=5, down {down:?}: printed={GZ_LINES} \
+             stored={} docker_kept={} gz_files={gz_files} lost_reported={reason:?}",
+            got.len(),
+            kept.len()
+        );
+        Ok(got.len())
+    }
+    .await;
+    docker::remove(&docker, &id).await;
+    result.with_context(|| format!("agent log (tail):\n{}", tail(&agents.logs(), 30)))
+}
+
+/// [`compressed_rotations`] with antilog down 0.8 s: the rotated files it held, or that
+/// were gzipped before it looked, are read from their descriptors or decoders.
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_rotations_are_read_exactly_once_across_a_sigkill() -> Result<()> {
+    compressed_rotations(Duration::from_millis(800)).await?;
+    Ok(())
+}
+
+/// [`compressed_rotations`] with antilog down 4 s, longer than the writer needs to fill
+/// Docker's retention: the compressed files holding the checkpoint are deleted unread,
+/// so lines are missing, and the job says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_rotations_deleted_unread_are_reported_on_the_job() -> Result<()> {
+    let stored = compressed_rotations(Duration::from_secs(4)).await?;
+    ensure!(
+        (stored as u64) < GZ_LINES,
+        "nothing was rotated away unread; the test proves nothing"
+    );
+    Ok(())
+}
+
 /// Expected lines of the `i`th `--rm` container.
 fn rm_lines(i: usize) -> Vec<String> {
     let n = if i < RM_BIG { 20_000 } else { 3 };

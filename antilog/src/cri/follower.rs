@@ -12,7 +12,13 @@
 //! reading to the end of the file once more reads everything. The exit code and finish
 //! time come from `state.terminated` (or `lastState.terminated` for the run before the
 //! current one); a run whose end the API never told is closed with exit code -1.
+//!
+//! A container antilog has no checkpoint of has its first run's log opened as soon as
+//! the file exists, before the API lists its Pod: a short-lived Pod whose directory is
+//! removed right after its end is still read to its end through the open descriptor.
+//! Files are read on tokio's blocking pool ([`FileReader`]), a chunk of lines at a time.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +29,14 @@ use super::{container_id, meta_of, Shared};
 use crate::checkpoint::{Entry, FilePos, Position};
 use crate::docker::frames::Piece;
 use crate::files::cri::CriDecoder;
-use crate::files::pod_logs::{restart_of, restarts_in, ContainerLogs};
-use crate::files::tailer::{Event, Start, Tailer};
+use crate::files::pod_logs::{restarts_in, ContainerLogs};
+use crate::files::reader::{FileReader, Read};
+use crate::files::tailer::{Start, Tailer};
 use crate::pipeline::ItemKind;
 use crate::pods::{PodMeta, Terminated};
+use resume::resume_point;
+
+mod resume;
 
 /// First wait at the end of a file; doubles while nothing arrives, up to [`POLL_MAX`].
 const POLL_MIN: Duration = Duration::from_millis(5);
@@ -39,6 +49,9 @@ const STATUS_WAIT: Duration = Duration::from_secs(2);
 /// How far numbering jumps after lines were lost at a resume (as on `docker-files`): past
 /// any seq the spool and the checkpoint interval can have handed out.
 const SEQ_JUMP: u64 = 1 << 32;
+/// How long a container whose log is held open, and whose directory is gone, waits for
+/// the API to list its Pod before it is shipped under its directory's names only.
+const ORPHAN_WAIT: Duration = Duration::from_secs(60);
 
 /// Why a follower ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +88,7 @@ struct Follower {
 /// Follows the container of `logs` until its directory is gone or shutdown.
 #[instrument(name = "cri", skip_all, fields(pod = %logs.pod, container = %logs.container))]
 pub async fn follow(shared: Arc<Shared>, logs: ContainerLogs) -> End {
-    let Some(pod) = wait_pod(&shared, &logs).await else {
+    let Some((pod, early)) = wait_pod(&shared, &logs).await else {
         return if logs.dir.exists() {
             End::Cancelled
         } else {
@@ -100,7 +113,9 @@ pub async fn follow(shared: Arc<Shared>, logs: ContainerLogs) -> End {
         next_seq: entry.pos.seq + 1,
         newer_seen: None,
     };
-    let end = f.main(entry).await;
+    // The early-opened run is read only by a follower starting from nothing.
+    let fresh = entry.exit.is_none() && entry.pos.file.is_none() && entry.pos.seq == 0;
+    let end = f.main(entry, early.filter(|_| fresh)).await;
     if end == End::Gone {
         // After everything else of this container, so its checkpoint entry goes last.
         f.send(ItemKind::Forget).await;
@@ -109,39 +124,113 @@ pub async fn follow(shared: Arc<Shared>, logs: ContainerLogs) -> End {
     end
 }
 
-/// The Pod of `logs`, waiting for the API to list it; `None` on shutdown or when the
-/// directory goes away first.
-async fn wait_pod(shared: &Shared, logs: &ContainerLogs) -> Option<PodMeta> {
+/// The first run of a container's directory, opened, if it has a file yet.
+type Early = (u32, FileReader);
+
+/// The Pod of `logs`, waiting for the API to list it. Meanwhile, a container with no
+/// checkpoint has its first run's log opened as soon as it exists (see the module's doc).
+/// `None` on shutdown, or when the directory goes away with nothing opened.
+async fn wait_pod(shared: &Shared, logs: &ContainerLogs) -> Option<(PodMeta, Option<Early>)> {
     let mut warned = Instant::now();
+    let fresh = !shared.has_resume(logs);
+    let mut early: Option<Early> = None;
+    let mut gone_since: Option<Instant> = None;
     loop {
+        // Before looking, so a change meanwhile wakes the wait below.
+        let changed = shared.pods.changed.notified();
+        let files = shared.files_changed.notified();
         // A Pod deleted already (a short job) is still read, with its last state.
         let pods = &shared.pods;
         if let Some(p) = pods.get(&logs.uid).or_else(|| pods.get_deleted(&logs.uid)) {
-            return Some(p);
+            return Some((p, early));
+        }
+        if fresh && early.is_none() {
+            early = open_first(&logs.dir).await;
         }
         if !logs.dir.exists() {
-            return None;
+            early.as_ref()?;
+            // Its log is held open: the API lists the Pod (or its deletion) soon.
+            let since = *gone_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= ORPHAN_WAIT {
+                warn!(uid = %logs.uid, "the Kubernetes API never listed this Pod; shipping its log under its directory's names");
+                return Some((orphan(logs), early));
+            }
         }
         if warned.elapsed() > Duration::from_secs(30) {
             warned = Instant::now();
             warn!(uid = %logs.uid, "the Kubernetes API does not list this Pod yet; waiting");
         }
-        let changed = shared.pods.changed.notified();
         tokio::select! {
             _ = shared.shutdown.cancelled() => return None,
             _ = changed => {}
+            _ = files => {}
             _ = tokio::time::sleep(IDLE_POLL) => {}
         }
     }
 }
 
+/// The first run's log in `dir`, opened (on the blocking pool) if it has a file.
+async fn open_first(dir: &Path) -> Option<Early> {
+    let dir = dir.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(u32, Tailer)>> {
+        let Some(&first) = restarts_in(&dir)?.first() else {
+            return Ok(None);
+        };
+        let (t, _) = Tailer::open(&dir, ContainerLogs::layout(first), None)?;
+        Ok(t.position().is_some().then_some((first, t)))
+    })
+    .await;
+    match opened {
+        Ok(Ok(Some((n, t)))) => {
+            debug!(run = n, "log opened before the Pod is known");
+            Some((n, FileReader::new(t)))
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            debug!(error = %e, "cannot open the log yet");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The restart numbers in a container's directory, and whether it still exists, looked
+/// at on the blocking pool.
+async fn look(dir: &Path) -> (std::io::Result<Vec<u32>>, bool) {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || (restarts_in(&dir), dir.exists()))
+        .await
+        .unwrap_or_else(|_| (Err(std::io::Error::other("task failed")), true))
+}
+
+/// A Pod the API never told of, as its directory names it (no labels, no exit codes).
+fn orphan(logs: &ContainerLogs) -> PodMeta {
+    PodMeta {
+        namespace: logs.namespace.clone(),
+        name: logs.pod.clone(),
+        uid: logs.uid.clone(),
+        labels: Default::default(),
+        annotations: Default::default(),
+        created_at: 0,
+        main_container: None,
+        containers: Vec::new(),
+    }
+}
+
 impl Follower {
-    async fn main(&mut self, entry: Entry) -> End {
-        // Where to begin: after an acknowledged exit, the next run; else the run holding
-        // the checkpoint's file position, exactly there.
+    async fn main(&mut self, entry: Entry, mut early: Option<Early>) -> End {
+        // Where to begin: the run opened early, from its start; after an acknowledged
+        // exit, the next run; else the run holding the checkpoint's file position,
+        // exactly there.
         let (mut run, mut opened) = loop {
-            match self.resume_point(&entry) {
-                Ok(v) => break v,
+            if let Some((n, r)) = early.take() {
+                break (Some(n), Some((r, Start::Beginning)));
+            }
+            let (dir, exit, file) = (self.logs.dir.clone(), entry.exit, self.pos.file);
+            let point = tokio::task::spawn_blocking(move || resume_point(&dir, exit, file)).await;
+            let point = point.unwrap_or_else(|_| Err(std::io::Error::other("task failed")));
+            match point {
+                Ok((run, t)) => break (run, t.map(|(t, start)| (FileReader::new(t), start))),
                 Err(_) if !self.logs.dir.exists() => return End::Gone,
                 Err(e) => {
                     warn!(error = %e, "cannot open the container's logs; trying again");
@@ -174,56 +263,19 @@ impl Follower {
         }
     }
 
-    /// The first run to read and, when resuming inside it, its tailer.
-    #[allow(clippy::type_complexity)]
-    fn resume_point(
-        &mut self,
-        entry: &Entry,
-    ) -> std::io::Result<(Option<u32>, Option<(Tailer, Start)>)> {
-        let restarts = restarts_in(&self.logs.dir)?;
-        if let Some(mark) = entry.exit {
-            return Ok((restarts.into_iter().find(|&r| r > mark.restart_count), None));
-        }
-        let Some(file) = self.pos.file else {
-            return Ok((restarts.first().copied(), None));
-        };
-        // The run whose chain holds the file (by inode; a `.gz` by content, below).
-        let holding = run_holding(&self.logs.dir, &file);
-        let order = holding.into_iter().chain(
-            restarts
-                .iter()
-                .rev()
-                .copied()
-                .filter(|&r| Some(r) != holding),
-        );
-        for r in order {
-            let (t, start) = Tailer::open(&self.logs.dir, ContainerLogs::layout(r), Some(file))?;
-            if start == Start::Exact {
-                return Ok((Some(r), Some((t, start))));
-            }
-        }
-        // The checkpoint's file is gone from every chain: read the newest run from its
-        // start, and say lines may be lost.
-        let newest = restarts.last().copied();
-        match newest {
-            Some(r) => {
-                let (t, _) = Tailer::open(&self.logs.dir, ContainerLogs::layout(r), None)?;
-                Ok((Some(r), Some((t, Start::Lost))))
-            }
-            None => Ok((None, None)),
-        }
-    }
-
     /// After run `after` (or before any, `None`): the next run with files, `Some(None)`
     /// when the directory is gone, `None` on shutdown.
     async fn wait_run(&mut self, after: Option<u32>) -> Option<Option<u32>> {
         loop {
-            match restarts_in(&self.logs.dir) {
+            // Before looking, so a file created meanwhile wakes the wait below.
+            let files = self.shared.files_changed.notified();
+            let (restarts, exists) = look(&self.logs.dir).await;
+            match restarts {
                 Ok(r) => {
                     if let Some(&n) = r.iter().find(|&&n| after.is_none_or(|a| n > a)) {
                         return Some(Some(n));
                     }
-                    if !self.logs.dir.exists() {
+                    if !exists {
                         return Some(None);
                     }
                 }
@@ -231,17 +283,18 @@ impl Follower {
             }
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return None,
+                _ = files => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
     }
 
     /// Reads run `n` to its end: meta, records, exit. False on shutdown.
-    async fn read_run(&mut self, n: u32, opened: Option<(Tailer, Start)>) -> bool {
+    async fn read_run(&mut self, n: u32, opened: Option<(FileReader, Start)>) -> bool {
         let layout = ContainerLogs::layout(n);
-        let (mut tailer, start) = match opened {
+        let (mut reader, start) = match opened {
             Some(v) => v,
-            None => match Tailer::open(&self.logs.dir, layout, None) {
+            None => match FileReader::open(&self.logs.dir, layout, None).await {
                 Ok(v) => v,
                 Err(e) => {
                     warn!(error = %e, run = n, "cannot open the run's log");
@@ -283,13 +336,8 @@ impl Follower {
             if self.shared.shutdown.is_cancelled() {
                 return false;
             }
-            let step = match tailer.next_event() {
-                Ok(Event::Line { line, pos }) => {
-                    decoder.push_line(line, &mut pieces);
-                    Some(Ok(pos))
-                }
-                Ok(Event::Gap(reason)) => Some(Err(reason)),
-                Ok(Event::Eof) => None,
+            let chunk = match reader.read().await {
+                Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, run = n, "reading the run's log failed; retrying");
                     if !crate::pipeline::send::sleep(&self.shared.shutdown, POLL_MAX).await {
@@ -298,48 +346,54 @@ impl Follower {
                     continue;
                 }
             };
-            match step {
-                Some(Ok(pos)) => {
-                    poll = POLL_MIN;
-                    if !self.emit(&mut pieces, Some(pos)).await {
-                        return false;
+            if !chunk.is_empty() {
+                poll = POLL_MIN;
+            }
+            for read in chunk.iter() {
+                match read {
+                    Read::Line { line, pos } => {
+                        decoder.push_line(line, &mut pieces);
+                        if !self.emit(&mut pieces, Some(pos)).await {
+                            return false;
+                        }
                     }
-                }
-                Some(Err(reason)) => {
-                    if !self.report_loss(reason).await {
-                        return false;
+                    Read::Gap(reason) => {
+                        if !self.report_loss(reason.to_string()).await {
+                            return false;
+                        }
                     }
-                }
-                None => {
-                    let now = (tailer.malformed, tailer.truncations);
-                    let metrics = &self.shared.metrics;
-                    metrics.file_event("malformed", now.0 - reported.0);
-                    metrics.file_event("truncated", now.1 - reported.1);
-                    reported = now;
-                    if let Some(RunState::Over(t)) = ending.take() {
-                        decoder.flush(&mut pieces);
-                        return self.close_run(n, &mut pieces, t).await;
-                    }
-                    let state = self.run_state(n);
-                    if state != RunState::Going {
-                        // Read to the end once more: everything is written now.
-                        ending = Some(state);
-                        continue;
-                    }
-                    let changed = self.shared.pods.changed.notified();
-                    tokio::select! {
-                        _ = self.shared.shutdown.cancelled() => return false,
-                        _ = changed => {}
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                    poll = (poll * 2).min(POLL_MAX);
                 }
             }
+            if !chunk.eof {
+                continue;
+            }
+            let now = (chunk.malformed, chunk.truncations);
+            let metrics = &self.shared.metrics;
+            metrics.file_event("malformed", now.0 - reported.0);
+            metrics.file_event("truncated", now.1 - reported.1);
+            reported = now;
+            if let Some(RunState::Over(t)) = ending.take() {
+                decoder.flush(&mut pieces);
+                return self.close_run(n, &mut pieces, t).await;
+            }
+            let state = self.run_state(n).await;
+            if state != RunState::Going {
+                // Read to the end once more: everything is written now.
+                ending = Some(state);
+                continue;
+            }
+            let changed = self.shared.pods.changed.notified();
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return false,
+                _ = changed => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            poll = (poll * 2).min(POLL_MAX);
         }
     }
 
     /// Whether run `n` is over (see the module's doc).
-    fn run_state(&mut self, n: u32) -> RunState {
+    async fn run_state(&mut self, n: u32) -> RunState {
         let pods = &self.shared.pods;
         let listed = pods.get(&self.logs.uid);
         let in_table = listed.is_some();
@@ -364,10 +418,9 @@ impl Follower {
                 return RunState::Over(t);
             }
         }
-        let newer = restarts_in(&self.logs.dir)
-            .map(|r| r.iter().any(|&k| k > n))
-            .unwrap_or(false);
-        if newer || !in_table || !self.logs.dir.exists() {
+        let (restarts, exists) = look(&self.logs.dir).await;
+        let newer = restarts.is_ok_and(|r| r.iter().any(|&k| k > n));
+        if newer || !in_table || !exists {
             // The API may tell the exit a moment later: wait for it, briefly.
             let seen = *self.newer_seen.get_or_insert_with(Instant::now);
             if seen.elapsed() >= STATUS_WAIT {
@@ -441,13 +494,4 @@ impl Follower {
         let s = &self.shared;
         crate::pipeline::send::send(&s.tx, &s.shutdown, &s.metrics, &self.id, kind).await
     }
-}
-/// The run whose chain has a plain file with `file`'s device and inode.
-fn run_holding(dir: &std::path::Path, file: &FilePos) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-        let r = e.file_name().to_str().and_then(restart_of)?;
-        let m = e.metadata().ok()?;
-        (m.dev() == file.dev && m.ino() == file.ino).then_some(r)
-    })
 }

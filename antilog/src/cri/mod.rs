@@ -3,10 +3,14 @@
 //! ([`crate::pods`]) for what the files do not say (labels, image, exit codes).
 //!
 //! - [`choose`]: which source `source = "auto"` stands for, and the Kubernetes client.
-//! - [`run`]: discovery: scans the pod log root every [`SCAN_INTERVAL`] (and soon after a
-//!   Pod of this node changes) and starts one follower per container directory.
+//! - [`run`]: discovery: watches the pod log root with inotify ([`watch`]), so a
+//!   container directory is followed as soon as it is created, and scans the root every
+//!   [`SCAN_INTERVAL`] (and soon after a Pod of this node changes) for what inotify
+//!   cannot tell; one follower per container directory.
+//! - [`watch`]: the inotify watches of the root, its Pod and container directories.
 //! - [`follower`]: one container, run after run (`<restart>.log`), as pipeline items: the
-//!   same meta, records, cuts and exits as the Docker follower sends.
+//!   same meta, records, cuts and exits as the Docker follower sends (`follower/resume.rs`:
+//!   where it resumes after a restart of antilog).
 //!
 //! Job identity: a job Pod of a flow run (one labelled [`protocol::LABEL_RUN`]) is the job
 //! of its first container, and its container id is the Pod's name, the id the engine's
@@ -15,8 +19,10 @@
 //! policy is.
 
 pub mod follower;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::{CheckpointStore, Entry};
 use crate::config::{Config, Source};
 use crate::error::{Error, ErrorKind};
-use crate::files::pod_logs;
+use crate::files::pod_logs::{self, ContainerLogs};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
 use crate::pipeline::Item;
@@ -137,6 +143,8 @@ pub struct Shared {
     pub pods: Arc<Pods>,
     /// Checkpoint entries to resume from, taken by the follower of each container id.
     pub resume: Mutex<BTreeMap<String, Entry>>,
+    /// Woken when a file is created in a container directory (see [`watch`]).
+    pub files_changed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -146,6 +154,79 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)
+    }
+
+    /// Whether a checkpoint entry waits under either container id `logs` can have (its
+    /// Pod, not known yet, decides which).
+    fn has_resume(&self, logs: &ContainerLogs) -> bool {
+        let r = self.resume.lock().unwrap_or_else(|e| e.into_inner());
+        r.contains_key(&logs.pod)
+            || r.contains_key(&path_id(&logs.namespace, &logs.pod, &logs.container))
+    }
+}
+
+/// What discovery keeps: the containers followed and the inotify watches.
+struct Discovery {
+    shared: Arc<Shared>,
+    root: PathBuf,
+    /// (Pod UID, container) of every directory with a follower, or ignored by the filter.
+    known: HashSet<(String, String)>,
+    watch: Option<watch::DirWatch>,
+}
+
+/// The followers' tasks, each ending with its container's key and why it ended.
+type Followers = JoinSet<((String, String), follower::End)>;
+
+impl Discovery {
+    /// Starts a follower for each container not followed yet (watching its directories
+    /// first, so nothing created after the listing goes unseen).
+    fn follow_new(&mut self, tasks: &mut Followers, found: Vec<ContainerLogs>) {
+        for c in found {
+            if let Some(w) = self.watch.as_mut() {
+                if let Some(pod_dir) = c.dir.parent().and_then(|d| d.file_name()) {
+                    w.watch_pod(pod_dir);
+                }
+                w.watch_container(&c.dir);
+            }
+            let key = (c.uid.clone(), c.container.clone());
+            if self.known.insert(key.clone()) {
+                debug!(dir = %c.dir.display(), "new container log directory");
+                let s = self.shared.clone();
+                tasks.spawn(async move { (key, follower::follow(s, c).await) });
+            }
+        }
+    }
+
+    /// Looks at one Pod directory now (inotify said something was created in it).
+    async fn scan_pod(&mut self, tasks: &mut Followers, name: &OsStr) {
+        if name.to_str().and_then(pod_logs::parse_pod_dir).is_none() {
+            return;
+        }
+        if let Some(w) = self.watch.as_mut() {
+            // Watched before it is listed: what is created after the listing is an event.
+            w.watch_pod(name);
+        }
+        let (root, owned) = (self.root.clone(), name.to_os_string());
+        let scan = tokio::task::spawn_blocking(move || pod_logs::scan_pod(&root, &owned)).await;
+        if let Some(w) = self.watch.as_mut() {
+            // Container directories listed: watch them before their followers list them.
+            for c in scan.iter().flatten().flatten() {
+                w.watch_container(&c.dir);
+            }
+        }
+        match scan {
+            Ok(Ok(found)) => self.follow_new(tasks, found),
+            Ok(Err(e)) => debug!(pod = ?name, error = %e, "cannot list the pod directory"),
+            Err(_) => {}
+        }
+    }
+
+    /// The next inotify change (never, without a watch).
+    async fn change(&mut self) -> Option<watch::Change> {
+        match self.watch.as_mut() {
+            Some(w) => w.next().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -165,12 +246,24 @@ pub async fn run(
         shared.pods.clone(),
         shared.shutdown.clone(),
     ));
-    // (Pod UID, container) of every directory with a follower, or ignored by the filter.
-    let mut known: HashSet<(String, String)> = HashSet::new();
-    let mut tasks = JoinSet::new();
+    let mut d = Discovery {
+        shared: shared.clone(),
+        root: root.clone(),
+        known: HashSet::new(),
+        watch: None,
+    };
+    let mut tasks = Followers::new();
     let mut warned = false;
     let mut pruned = false;
     loop {
+        if d.watch.is_none() {
+            // Before the scan, so what is created after it is an event. (The root may
+            // appear later: tried again at every scan.)
+            match watch::DirWatch::new(&root) {
+                Ok(w) => d.watch = Some(w),
+                Err(e) => debug!(error = %e, "cannot watch the pod log root with inotify"),
+            }
+        }
         let scan = {
             let root = root.clone();
             tokio::task::spawn_blocking(move || pod_logs::scan(&root)).await
@@ -197,16 +290,9 @@ pub async fn run(
                     .map(|c| (c.uid.clone(), c.container.clone()))
                     .collect();
                 if complete {
-                    known.retain(|k| present.contains(k));
+                    d.known.retain(|k| present.contains(k));
                 }
-                for c in found {
-                    let key = (c.uid.clone(), c.container.clone());
-                    if known.insert(key.clone()) {
-                        debug!(dir = %c.dir.display(), "new container log directory");
-                        let s = shared.clone();
-                        tasks.spawn(async move { (key, follower::follow(s, c).await) });
-                    }
-                }
+                d.follow_new(&mut tasks, found);
             }
             Ok(Err(e)) if !warned => {
                 warned = true;
@@ -232,9 +318,18 @@ pub async fn run(
                 }
                 Some(done) = tasks.join_next() => {
                     if let Ok((key, follower::End::Gone)) = done {
-                        known.remove(&key);
+                        d.known.remove(&key);
                     }
                 }
+                change = d.change() => match change {
+                    Some(watch::Change::Pod(name)) => d.scan_pod(&mut tasks, &name).await,
+                    Some(watch::Change::Files) => shared.files_changed.notify_waiters(),
+                    Some(watch::Change::Rescan) => break,
+                    None => {
+                        // The descriptor failed: scan only (a new watch at the next scan).
+                        d.watch = None;
+                    }
+                },
                 _ = &mut deadline => break,
             }
         }

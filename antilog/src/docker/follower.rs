@@ -172,7 +172,10 @@ struct Follower {
     file_pos: Option<FilePos>,
     /// The log file opened as soon as the container started, before it was inspected
     /// (see `files::open_early`).
-    early: Option<(crate::files::tailer::Tailer, crate::files::tailer::Start)>,
+    early: Option<(
+        crate::files::reader::FileReader,
+        crate::files::tailer::Start,
+    )>,
     /// What the container looked like before it first started.
     created: Option<Inspected>,
 }
@@ -285,7 +288,7 @@ impl Follower {
                 }
                 // Most likely started: open its log file before anything else, so a `--rm`
                 // container that is gone by the time it is inspected is still read.
-                self.open_early(&info);
+                self.open_early(&info).await;
                 self.created = Some(info);
                 continue;
             }

@@ -1,7 +1,11 @@
 //! How the files of one log's chain are named, and the order of age they give.
 //!
 //! - Docker `json-file`: `<id>-json.log` is active; rotation renames it to `.1` after
-//!   moving `.1` to `.2`, and so on.
+//!   moving `.1` to `.2`, and so on. With `--log-opt compress=true` the rotated files are
+//!   `.1.gz`, `.2.gz`, ...: rotation moves `.1.gz` to `.2.gz` and so on, renames the
+//!   active file to `.1`, then compresses `.1` into `.1.gz` (written in place) and
+//!   deletes `.1` once the copy is complete (`daemon/logger/loggerutils/logfile.go`).
+//!   While both exist the plain `.1` is the one read.
 //! - The kubelet (CRI): `<restart>.log` is active; rotation renames it to
 //!   `<restart>.log.<YYYYMMDD-hhmmss>`, then at the next rotation compresses every rotated
 //!   file but the newest to `<name>.gz` (written as `<name>.tmp`, then renamed), and
@@ -12,6 +16,7 @@
 #[derive(Debug, Clone)]
 pub enum Layout {
     /// Docker json-file: `<name>` is active; `<name>.1` the newest rotated, `.2` older...
+    /// (`<name>.1.gz`, ... when Docker compresses them).
     Numbered { name: String },
     /// The kubelet's: `<name>` is active (`0.log`), `<name>.<YYYYMMDD-hhmmss>` rotated,
     /// `<name>.<YYYYMMDD-hhmmss>.gz` rotated and compressed.
@@ -45,12 +50,16 @@ impl Layout {
                     return Some(Ranked { rank: 0, gz: false });
                 }
                 let n = rest.strip_prefix('.')?;
+                let (n, gz) = match n.strip_suffix(".gz") {
+                    Some(n) => (n, true),
+                    None => (n, false),
+                };
                 if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
                     return None;
                 }
                 Some(Ranked {
                     rank: n.parse().ok()?,
-                    gz: false,
+                    gz,
                 })
             }
             Layout::Kubelet { name } => {
@@ -98,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn numbered_files_rank_by_their_number() {
+    fn numbered_files_rank_by_their_number_compressed_or_not() {
         let l = Layout::Numbered {
             name: "c-json.log".into(),
         };
@@ -111,6 +120,9 @@ mod tests {
                     "c-json.log.12",
                     "c-json.log.x",
                     "c-json.log.1.gz",
+                    "c-json.log.3.gz",
+                    "c-json.log.gz",
+                    "c-json.log.1.tmp",
                     "d-json.log"
                 ]
             ),
@@ -118,6 +130,9 @@ mod tests {
                 Some((0, false)),
                 Some((1, false)),
                 Some((12, false)),
+                None,
+                Some((1, true)),
+                Some((3, true)),
                 None,
                 None,
                 None

@@ -10,6 +10,8 @@
 //!   <restart>.log`): which containers and runs have logs.
 //! - [`tailer`]: one log's chain of files read as one stream of lines across rotations,
 //!   with exact positions (identity + offset) for checkpoints.
+//! - [`reader`]: a tailer driven from async code, its blocking reads on tokio's blocking
+//!   pool one chunk of lines at a time.
 //! - [`json_file`]: Docker's `json-file` record format.
 //! - [`cri`]: the CRI record format of Kubernetes nodes (`P`/`F` partials joined).
 //!
@@ -23,4 +25,5 @@ pub mod identity;
 pub mod json_file;
 pub mod layout;
 pub mod pod_logs;
+pub mod reader;
 pub mod tailer;

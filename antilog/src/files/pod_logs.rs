@@ -6,7 +6,8 @@
 //! Namespace and Pod names are DNS labels / subdomains and the UID a UUID: none holds
 //! `_`, so the directory name splits unambiguously.
 //!
-//! [`scan`] lists the containers found, bounded by [`MAX_CONTAINERS`]; metadata
+//! [`scan`] lists the containers found, bounded by [`MAX_CONTAINERS`] ([`scan_pod`]
+//! those of one Pod directory); metadata
 //! (labels, exit codes) comes from the Kubernetes API, not from here.
 
 use std::io;
@@ -70,41 +71,69 @@ pub fn restart_of(file_name: &str) -> Option<u32> {
 pub fn scan(root: &Path) -> io::Result<Vec<ContainerLogs>> {
     let mut out = Vec::new();
     for pod in std::fs::read_dir(root)? {
-        let pod = pod?;
-        let name = pod.file_name();
-        let Some((ns, pod_name, uid)) = name.to_str().and_then(parse_pod_dir) else {
-            continue;
-        };
-        // Removed meanwhile (the Pod was deleted): nothing to follow there.
-        let containers = match std::fs::read_dir(pod.path()) {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for c in containers {
-            let c = c?;
-            if !c.file_type()?.is_dir() {
-                continue;
-            }
-            let Some(container) = c.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if out.len() >= MAX_CONTAINERS {
-                warn!(root = %root.display(), "more than {MAX_CONTAINERS} container log directories; the rest is not followed");
-                return Ok(out);
-            }
-            let restarts = restarts_in(&c.path())?;
-            out.push(ContainerLogs {
-                namespace: ns.to_string(),
-                pod: pod_name.to_string(),
-                uid: uid.to_string(),
-                container,
-                dir: c.path(),
-                restarts,
-            });
+        let name = pod?.file_name();
+        if !scan_pod_into(root, &name, &mut out)? {
+            warn!(root = %root.display(), "more than {MAX_CONTAINERS} container log directories; the rest is not followed");
+            break;
         }
     }
     Ok(out)
+}
+
+/// The containers of the Pod directory `name` under `root` (none if it is not one, or
+/// is gone).
+pub fn scan_pod(root: &Path, name: &std::ffi::OsStr) -> io::Result<Vec<ContainerLogs>> {
+    let mut out = Vec::new();
+    scan_pod_into(root, name, &mut out)?;
+    Ok(out)
+}
+
+/// Adds the containers of the Pod directory `name` to `out`; false once `out` holds
+/// [`MAX_CONTAINERS`].
+fn scan_pod_into(
+    root: &Path,
+    name: &std::ffi::OsStr,
+    out: &mut Vec<ContainerLogs>,
+) -> io::Result<bool> {
+    let Some((ns, pod_name, uid)) = name.to_str().and_then(parse_pod_dir) else {
+        return Ok(true);
+    };
+    let pod_dir = root.join(name);
+    // Removed meanwhile (the Pod was deleted): nothing to follow there.
+    let containers = match std::fs::read_dir(&pod_dir) {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(true)
+        }
+        Err(e) => return Err(e),
+    };
+    for c in containers {
+        let c = c?;
+        if !c.file_type()?.is_dir() {
+            continue;
+        }
+        let Some(container) = c.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if out.len() >= MAX_CONTAINERS {
+            return Ok(false);
+        }
+        let restarts = restarts_in(&c.path())?;
+        out.push(ContainerLogs {
+            namespace: ns.to_string(),
+            pod: pod_name.to_string(),
+            uid: uid.to_string(),
+            container,
+            dir: c.path(),
+            restarts,
+        });
+    }
+    Ok(true)
 }
 
 /// The restart numbers with files in a container's directory, ascending.

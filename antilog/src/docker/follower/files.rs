@@ -1,8 +1,9 @@
 //! The follower's file path (source `docker-files`): a `json-file` container's log is read
-//! from its files with a [`Tailer`] instead of Docker's logs stream. Records go through
+//! from its files with a [`crate::files::tailer::Tailer`] instead of Docker's logs stream. Records go through
 //! the same assembler, numbering, skipping and cuts as the API's, so what is shipped is
 //! the same, byte for byte; cuts also carry the file position, and resuming from one
-//! starts exactly there (no timestamp scan).
+//! starts exactly there (no timestamp scan). The files are read on tokio's blocking pool,
+//! a chunk of lines at a time ([`FileReader`]).
 //!
 //! Following ends when the run's `die` event was seen before a read that found nothing
 //! new: Docker closes the log before it announces `die`, so the file is complete then.
@@ -18,7 +19,8 @@ use super::{Follower, Skip, StreamEnd};
 use crate::docker::frames::Assembler;
 use crate::docker::inspect::{inspect, Inspected};
 use crate::files::json_file;
-use crate::files::tailer::{Event, Layout, Start, Tailer};
+use crate::files::reader::{FileReader, Read};
+use crate::files::tailer::{Layout, Start};
 use crate::pipeline::ItemKind;
 
 /// First wait at the end of a file; doubles while nothing arrives, up to [`POLL_MAX`].
@@ -30,12 +32,6 @@ const IDLE_INSPECT: Duration = Duration::from_secs(10);
 /// How far numbering jumps after lines were lost at a resume: more records than the spool
 /// and a checkpoint interval can hold.
 pub const SEQ_JUMP: u64 = 1 << 32;
-
-enum Step {
-    Line(Option<json_file::Message>, crate::checkpoint::FilePos),
-    Eof,
-    Gap(String),
-}
 
 impl Follower {
     /// The file to read this run's log from, if it is read from a file.
@@ -57,7 +53,7 @@ impl Follower {
     /// Opens the log of a container that was just started (woken from "created"), so its
     /// files are held open even if Docker removes the container (`--rm`) before it is
     /// inspected again.
-    pub(super) fn open_early(&mut self, created: &Inspected) {
+    pub(super) async fn open_early(&mut self, created: &Inspected) {
         if self.early.is_some() || self.pos.seq != 0 {
             return;
         }
@@ -71,7 +67,7 @@ impl Follower {
         let layout = Layout::Numbered {
             name: name.to_string(),
         };
-        match Tailer::open(dir, layout, None) {
+        match FileReader::open(dir, layout, None).await {
             Ok(t) => self.early = Some(t),
             Err(e) => debug!(error = %e, "cannot open the log file yet"),
         }
@@ -140,9 +136,9 @@ impl Follower {
         };
         let opened = match self.early.take() {
             Some(t) => Ok(t),
-            None => Tailer::open(dir, layout, self.pos.file),
+            None => FileReader::open(dir, layout, self.pos.file).await,
         };
-        let (mut tailer, start) = match opened {
+        let (mut reader, start) = match opened {
             Ok(v) => v,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 warn!(path = %path.display(), error = %e, "cannot read the log file; using the Docker API for this container");
@@ -187,72 +183,74 @@ impl Follower {
         let mut poll = POLL_MIN;
         let mut idle_since = Instant::now();
         let mut reported = (0, 0);
+        // Lines that are not json-file records.
+        let mut unparsed = 0;
         loop {
             if self.shared.shutdown.is_cancelled() {
                 return StreamEnd::Cancelled;
             }
             let died = self.run_died();
-            let step = match tailer.next_event() {
-                Ok(Event::Line { line, pos }) => {
-                    Step::Line(json_file::parse(line, &mut content), pos)
-                }
-                Ok(Event::Eof) => Step::Eof,
-                Ok(Event::Gap(reason)) => Step::Gap(reason),
+            let chunk = match reader.read().await {
+                Ok(c) => c,
                 Err(e) => return StreamEnd::Broken(format!("reading {}: {e}", path.display())),
             };
-            match step {
-                Step::Line(Some(m), pos) => {
-                    received = true;
-                    self.file_pos = Some(pos);
-                    if let Some(a) = self.assembler.as_mut() {
-                        a.push_message(m.stream, m.ts, &content, &mut pieces);
-                    }
-                    if !self.emit(&mut pieces).await {
-                        return StreamEnd::Cancelled;
-                    }
-                }
-                Step::Line(None, _) => {
-                    tailer.malformed += 1;
-                }
-                Step::Gap(reason) => {
-                    if !self.report_loss(reason).await {
-                        return StreamEnd::Cancelled;
-                    }
-                }
-                Step::Eof => {
-                    let now = (tailer.malformed, tailer.truncations);
-                    self.shared
-                        .metrics
-                        .file_event("malformed", now.0 - reported.0);
-                    self.shared
-                        .metrics
-                        .file_event("truncated", now.1 - reported.1);
-                    reported = now;
-                    if !follow || died {
-                        return StreamEnd::Ended { received };
-                    }
-                    if received {
-                        poll = POLL_MIN;
-                        idle_since = Instant::now();
-                        received = false;
-                    }
-                    tokio::select! {
-                        _ = self.shared.shutdown.cancelled() => return StreamEnd::Cancelled,
-                        r = self.signals.changed(), if self.signals_open => {
-                            if r.is_err() {
-                                self.signals_open = false;
-                            }
+            for read in chunk.iter() {
+                match read {
+                    Read::Line { line, pos } => {
+                        let Some(m) = json_file::parse(line, &mut content) else {
+                            unparsed += 1;
+                            continue;
+                        };
+                        received = true;
+                        self.file_pos = Some(pos);
+                        if let Some(a) = self.assembler.as_mut() {
+                            a.push_message(m.stream, m.ts, &content, &mut pieces);
                         }
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                    poll = (poll * 2).min(POLL_MAX);
-                    if idle_since.elapsed() >= IDLE_INSPECT {
-                        idle_since = Instant::now();
-                        if let Ok(i) = inspect(&self.shared.docker, &self.id).await {
-                            if !i.running {
-                                return StreamEnd::Ended { received: true };
-                            }
+                        if !self.emit(&mut pieces).await {
+                            return StreamEnd::Cancelled;
                         }
+                    }
+                    Read::Gap(reason) => {
+                        if !self.report_loss(reason.to_string()).await {
+                            return StreamEnd::Cancelled;
+                        }
+                    }
+                }
+            }
+            if !chunk.eof {
+                continue;
+            }
+            let now = (chunk.malformed + unparsed, chunk.truncations);
+            self.shared
+                .metrics
+                .file_event("malformed", now.0 - reported.0);
+            self.shared
+                .metrics
+                .file_event("truncated", now.1 - reported.1);
+            reported = now;
+            if !follow || died {
+                return StreamEnd::Ended { received };
+            }
+            if received {
+                poll = POLL_MIN;
+                idle_since = Instant::now();
+                received = false;
+            }
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return StreamEnd::Cancelled,
+                r = self.signals.changed(), if self.signals_open => {
+                    if r.is_err() {
+                        self.signals_open = false;
+                    }
+                }
+                _ = tokio::time::sleep(poll) => {}
+            }
+            poll = (poll * 2).min(POLL_MAX);
+            if idle_since.elapsed() >= IDLE_INSPECT {
+                idle_since = Instant::now();
+                if let Ok(i) = inspect(&self.shared.docker, &self.id).await {
+                    if !i.running {
+                        return StreamEnd::Ended { received: true };
                     }
                 }
             }

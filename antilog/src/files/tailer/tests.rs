@@ -39,12 +39,18 @@ fn drain(t: &mut Tailer) -> (Vec<String>, Option<FilePos>) {
 
 /// Docker's rotation: `.1` -> `.2`, ..., the active file -> `.1`, a new active file.
 fn rotate(dir: &Path, keep: usize) {
+    rotate_rotated(dir, keep, "");
+}
+
+/// Docker's rotation of rotated files named `.<n><suffix>`: the oldest deleted, the
+/// others moved one up, the active file renamed to `.1` (no suffix) and created anew.
+fn rotate_rotated(dir: &Path, keep: usize, suffix: &str) {
     let base = dir.join("c-json.log");
-    let _ = std::fs::remove_file(dir.join(format!("c-json.log.{keep}")));
+    let _ = std::fs::remove_file(dir.join(format!("c-json.log.{keep}{suffix}")));
     for i in (1..keep).rev() {
-        let from = dir.join(format!("c-json.log.{i}"));
+        let from = dir.join(format!("c-json.log.{i}{suffix}"));
         if from.exists() {
-            std::fs::rename(&from, dir.join(format!("c-json.log.{}", i + 1))).unwrap();
+            std::fs::rename(&from, dir.join(format!("c-json.log.{}{suffix}", i + 1))).unwrap();
         }
     }
     std::fs::rename(&base, dir.join("c-json.log.1")).unwrap();
@@ -179,4 +185,61 @@ fn over_long_lines_are_skipped_and_counted() {
     assert_eq!(lines, vec!["a", "b"]);
     assert_eq!(t.malformed, 1);
     assert_eq!(pos.unwrap().offset, (2 + long.len() + 1 + 2) as u64);
+}
+
+/// Docker's rotation with `compress=true`: `.1.gz` -> `.2.gz`, ..., the oldest deleted, the
+/// active file -> `.1`, a new active file; then `.1` gzipped into `.1.gz` in place and
+/// deleted.
+fn rotate_compressed(dir: &Path, keep: usize) {
+    rotate_rotated(dir, keep, ".gz");
+    let plain = dir.join("c-json.log.1");
+    let content = std::fs::read(&plain).unwrap();
+    let mut enc = flate2::write::GzEncoder::new(
+        File::create(dir.join("c-json.log.1.gz")).unwrap(),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(&content).unwrap();
+    enc.finish().unwrap();
+    std::fs::remove_file(&plain).unwrap();
+}
+
+#[test]
+fn compressed_numbered_rotations_are_read_like_plain_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("c-json.log");
+    append(&base, &["1", "2"]);
+    let (mut t, _) = Tailer::open(dir.path(), layout(), None).unwrap();
+    assert_eq!(drain(&mut t).0, vec!["1", "2"]);
+    // The held file is rotated and compressed (the plain file deleted) while unread: read
+    // on through its descriptor; the .gz is the same content, not read again.
+    append(&base, &["3"]);
+    rotate_compressed(dir.path(), 4);
+    append(&base, &["4"]);
+    assert_eq!(drain(&mut t).0, vec!["3", "4"]);
+    let pos = t.position().unwrap();
+    drop(t);
+    // While not reading: two more rotations, both compressed. Resuming from the position
+    // in a file now only in `.2.gz` is exact; a tailer from nothing reads every .gz,
+    // oldest first.
+    append(&base, &["5"]);
+    rotate_compressed(dir.path(), 4);
+    append(&base, &["6"]);
+    rotate_compressed(dir.path(), 4);
+    append(&base, &["7"]);
+    let (mut t, start) = Tailer::open(dir.path(), layout(), Some(pos)).unwrap();
+    assert_eq!(start, Start::Exact);
+    assert_eq!(drain(&mut t).0, vec!["5", "6", "7"]);
+    let (mut t, start) = Tailer::open(dir.path(), layout(), None).unwrap();
+    assert_eq!(start, Start::Beginning);
+    assert_eq!(drain(&mut t).0, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    // Rotated away (three rotations, three rotated files kept) while not reading: the
+    // checkpointed file is gone.
+    for l in ["8", "9", "10"] {
+        append(&base, &[l]);
+        rotate_compressed(dir.path(), 3);
+    }
+    let (mut t, start) = Tailer::open(dir.path(), layout(), Some(pos)).unwrap();
+    assert_eq!(start, Start::Lost);
+    assert_eq!(drain(&mut t).0, vec!["7", "8", "9", "10"]);
+    assert_eq!((t.malformed, t.truncations), (0, 0));
 }
