@@ -678,7 +678,7 @@ async fn mixed_output(driver: &str) {
     let exits = rx.exits(&id);
     assert_eq!(exits.len(), 1);
     let last_seq = *records.keys().last().unwrap();
-    assert_eq!(exits[0].exit_code, 3);
+    assert_eq!(exits[0].exit_code, Some(3));
     assert_eq!(exits[0].last_seq, last_seq);
     assert_eq!(exits[0].restart_count, 0);
     assert!(exits[0].finished_at > 0);
@@ -746,7 +746,7 @@ async fn tty_container_lines_are_split_from_the_raw_stream() {
     assert_lines_eq(&lines, &expected);
     assert_lines_eq(&lines, &tty_lines_from_cli(&id));
     assert!(rx.metas(&id)[0].tty);
-    assert_eq!(rx.exits(&id)[0].exit_code, 0);
+    assert_eq!(rx.exits(&id)[0].exit_code, Some(0));
     agent.stop().await;
 }
 
@@ -939,7 +939,7 @@ async fn unreadable_logs_and_restarts_are_reported() {
     .await;
     assert_eq!(rx.unavailable(&none).len(), 1);
     assert!(rx.records(&none).is_empty());
-    assert_eq!(rx.exits(&none)[0].exit_code, 4);
+    assert_eq!(rx.exits(&none)[0].exit_code, Some(4));
     assert_eq!(rx.metas(&none)[0].log_driver, "none");
 
     rx.wait_for("three runs", |r| r.exits(&restarted).len() == 3)
@@ -960,7 +960,7 @@ async fn unreadable_logs_and_restarts_are_reported() {
             .iter()
             .map(|e| (e.exit_code, e.last_seq, e.restart_count))
             .collect::<Vec<_>>(),
-        vec![(1, 1, 0), (1, 2, 1), (1, 3, 2)]
+        vec![(Some(1), 1, 0), (Some(1), 2, 1), (Some(1), 3, 2)]
     );
     rx.check_segments(&restarted);
     agent.stop().await;

@@ -128,8 +128,12 @@ pub struct ContainerMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerExit {
-    /// Exit code as Docker reports it.
-    pub exit_code: i64,
+    /// Exit code as the runtime reports it; `None` (`null`) when the run's end was never
+    /// reported (no `die` event, and the container was gone or restarted before the agent
+    /// could inspect it): the job then fails with a reason saying the code is unknown,
+    /// rather than with an invented one.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
     /// Finish time, ns since the Unix epoch.
     pub finished_at: i64,
     /// The `seq` of the last record of this run (0 if it printed nothing), so the receiver

@@ -16,6 +16,8 @@
 //! - [`ingest_client`]: numbered zstd batches POSTed as agents do (503 sent again).
 //! - [`load`]: the reads-beside-ingest scenario (the `load` bench section and
 //!   `tests/tests/reads.rs`).
+//! - [`rotation`]: numbered writers under json-file rotation and the checks the rotation
+//!   tests of both Docker sources share; the `--rm` containers scenario.
 //! - [`wait_until`]: polling with a deadline.
 
 pub mod browser;
@@ -25,6 +27,7 @@ pub mod load;
 pub mod mariadb;
 pub mod pki;
 pub mod prometheus;
+pub mod rotation;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -9,82 +9,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use logarithm_tests::docker::{self, Spec};
+use logarithm_tests::docker;
+use logarithm_tests::rotation::{
+    docker_kept, numbered, numbers_in_order, rm_containers, rotating, rotations,
+};
 use logarithm_tests::{rand_u64, tail, wait_until, Agent, Agents, Daemon, Db};
-use serde_json::Value;
 
 const SOURCE: &str = "source = \"docker-files\"\n";
-
-/// `n` lines `line <i> payload` from `from`, with a pause of `pause` s every 1,000 lines.
-fn numbered(from: u64, to: u64, pause: &str) -> String {
-    format!(
-        "seq {from} {to} | awk '{{print \"line \" $1 \" payload\"; \
-         if ($1 % 1000 == 0) {{ fflush(); system(\"sleep {pause}\") }}}}'"
-    )
-}
-
-/// The number in a stored `line <i> payload`.
-fn number(line: &Value) -> Result<u64> {
-    let t = line["text"].as_str().context("text")?;
-    t.strip_prefix("line ")
-        .and_then(|r| r.strip_suffix(" payload"))
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("unexpected line {t:?}"))
-}
-
-/// Checks the stored lines: seqs 1..=N (or, where lines were lost, strictly increasing:
-/// numbering jumps past a loss), numbers strictly increasing (in order, no duplicate),
-/// timestamps never decreasing; returns the numbers.
-fn numbers_in_order(stored: &[Value], contiguous: bool) -> Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(stored.len());
-    let mut last_ts = i64::MIN;
-    let mut last_seq = 0;
-    for (i, l) in stored.iter().enumerate() {
-        let seq = l["seq"].as_u64().context("seq")?;
-        if contiguous {
-            ensure!(seq == i as u64 + 1, "line {i} has seq {seq}");
-        } else {
-            ensure!(seq > last_seq, "line {i} has seq {seq} after {last_seq}");
-        }
-        last_seq = seq;
-        let n = number(l)?;
-        ensure!(
-            out.last().is_none_or(|&p| p < n),
-            "seq {seq}: line {n} after {:?} (duplicate or out of order)",
-            out.last()
-        );
-        let ts = l["ts"].as_i64().context("ts")?;
-        ensure!(ts >= last_ts, "ts goes back at seq {seq}");
-        last_ts = ts;
-        out.push(n);
-    }
-    Ok(out)
-}
-
-/// The numbers of the lines Docker still keeps (its rotated files that were not deleted).
-async fn docker_kept(docker: &bollard::Docker, id: &str) -> Result<Vec<u64>> {
-    docker::docker_lines(docker, id)
-        .await?
-        .iter()
-        .map(|l| {
-            let t = std::str::from_utf8(&l.line)?;
-            t.strip_prefix("line ")
-                .and_then(|r| r.strip_suffix(" payload"))
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("unexpected line {t:?}"))
-        })
-        .collect()
-}
-
-fn rotating(label: &str, script: String, max_file: u32) -> Spec {
-    let mut spec = Spec::new(label, &script);
-    spec.log_driver = Some("json-file".into());
-    spec.log_opts = vec![
-        ("max-size".into(), "1m".into()),
-        ("max-file".into(), max_file.to_string()),
-    ];
-    spec
-}
 
 const KILLED_LINES: u64 = 200_000;
 
@@ -125,12 +56,7 @@ async fn sigkills_during_rotation_lose_and_double_nothing() -> Result<()> {
             "{} lines stored of {KILLED_LINES}",
             got.len()
         );
-        let rotations = std::fs::read_dir(format!("/var/lib/docker/containers/{id}"))?
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().contains("-json.log."))
-            })
-            .count();
+        let rotations = rotations(&id)?;
         ensure!(rotations >= 10, "only {rotations} rotations");
         eprintln!(
             "files: docker-files SIGKILLed x5 during {KILLED_LINES} lines, {rotations} rotations: \
@@ -259,96 +185,13 @@ async fn fast_writer_with_rotation_is_stored_exactly_once() -> Result<()> {
     result.with_context(|| format!("agent log (tail):\n{}", tail(&agent.proc.log(), 30)))
 }
 
-/// Expected lines of the `i`th `--rm` container.
-fn rm_lines(i: usize) -> Vec<String> {
-    let n = if i < RM_BIG { 20_000 } else { 3 };
-    (1..=n).map(|k| format!("c{i} line {k}")).collect()
-}
-
-const RM_SMALL: usize = 50;
-const RM_BIG: usize = 5;
-
-/// What became of one `--rm` container's log.
-#[derive(Debug)]
-struct RmJob {
-    /// Lines stored (printed ones, in order, none twice: checked).
-    stored: usize,
-    printed: usize,
-}
-
-/// Starts 50 `--rm` containers that print 3 lines and exit at once, and 5 that print
-/// 20,000; checks that each job stored only lines it printed, in order, none twice.
-async fn rm_containers(source: &str) -> Result<Vec<RmJob>> {
-    let docker = docker::connect().await?;
-    let db = Db::sqlite()?;
-    let daemon = Daemon::start(db.url()).await?;
-    let label = format!("files-rm-{:x}", rand_u64());
-    let data = tempfile::tempdir()?;
-    let agent = Agent::start_with(
-        &daemon.base,
-        &label,
-        tempfile::tempdir()?,
-        data.path().join("data"),
-        &format!("source = \"{source}\"\n"),
-    )?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut ids = Vec::new();
-    for i in 0..RM_BIG + RM_SMALL {
-        let script = if i < RM_BIG {
-            format!("seq 1 20000 | awk '{{print \"c{i} line \" $1}}'")
-        } else {
-            format!("echo c{i} line 1; echo c{i} line 2; echo c{i} line 3")
-        };
-        let mut spec = Spec::new(&label, &script);
-        spec.auto_remove = true;
-        ids.push(docker::run(&docker, &spec).await?);
-    }
-    let mut out = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        // A container never seen has no job: give the agent time, then count it as such.
-        let job = match daemon.wait_finished(id, Duration::from_secs(20)).await {
-            Ok(j) => j,
-            Err(_) => {
-                out.push(RmJob {
-                    stored: 0,
-                    printed: rm_lines(i).len(),
-                });
-                continue;
-            }
-        };
-        let job_id = job["id"].as_str().context("id")?;
-        let stored: Vec<String> = daemon
-            .all_lines(job_id)
-            .await?
-            .iter()
-            .map(|l| l["text"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        let want = rm_lines(i);
-        let mut printed = want.iter();
-        ensure!(
-            stored.iter().all(|l| printed.any(|p| p == l)),
-            "container {i}: stored lines are not printed ones in order: {job}\nagent log:\n{}",
-            tail(&agent.proc.log(), 20)
-        );
-        ensure!(
-            stored.len() < want.len() || job["exit_code"] == 0,
-            "container {i}: exit code {job}"
-        );
-        out.push(RmJob {
-            stored: stored.len(),
-            printed: want.len(),
-        });
-    }
-    Ok(out)
-}
-
 /// `--rm` containers on `docker-files`: the log file is opened as soon as the container
 /// starts and read to its end after Docker removed it, so every line of every job is
 /// stored, with the exit code from the `die` event.
 #[tokio::test(flavor = "multi_thread")]
 async fn rm_containers_keep_every_line_on_the_file_source() -> Result<()> {
     let r = rm_containers("docker-files").await?;
-    let complete = r.iter().filter(|c| c.stored == c.printed).count();
+    let complete = r.iter().filter(|c| c.complete()).count();
     eprintln!(
         "files: --rm on docker-files: {complete} of {} jobs complete",
         r.len()

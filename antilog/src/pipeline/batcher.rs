@@ -293,7 +293,7 @@ mod tests {
         };
         let task = tokio::spawn(run(rx, btx, agent(), limits));
         let exit = ContainerExit {
-            exit_code: 3,
+            exit_code: Some(3),
             finished_at: 5,
             last_seq: 2,
             restart_count: 0,
