@@ -3,13 +3,13 @@
 //! json-file `max-size` / `max-file`, the checks of what was stored against what the
 //! container printed and what Docker still keeps, and the `--rm` containers scenario.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
 use crate::docker::{self, Spec};
-use crate::{rand_u64, tail, Agent, Daemon, Db};
+use crate::{rand_u64, tail, wait_until, Agent, Agents, Daemon, Db};
 
 /// `n` lines `line <i> payload` from `from`, with a pause of `pause` s every 1,000 lines.
 pub fn numbered(from: u64, to: u64, pause: &str) -> String {
@@ -95,6 +95,167 @@ pub fn rotations(id: &str) -> Result<usize> {
     )
 }
 
+/// Lines the SIGKILL scenario writes.
+pub const KILLED_LINES: u64 = 200_000;
+
+/// What [`sigkills_during_rotation`] measured.
+#[derive(Debug)]
+pub struct Killed {
+    pub stored: usize,
+    pub rotations: usize,
+    /// Lines stored when each kill landed.
+    pub at_kill: Vec<u64>,
+    pub seconds: f64,
+}
+
+/// 200,000 lines rotating about 18 times under `max-size=1m` with room for every file
+/// (`max-file=40`), antilog on `source` SIGKILLed 5 times meanwhile: checks that every
+/// line is stored exactly once (seqs 1..=200,000, in order), the job succeeds and nothing
+/// is reported lost, and that Docker rotated at least 10 times.
+pub async fn sigkills_during_rotation(source: &str) -> Result<Killed> {
+    let started = Instant::now();
+    let docker = docker::connect().await?;
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("kill-{source}-{:x}", rand_u64());
+    let mut agents = Agents::start_with(&daemon.base, &label, &source_toml(source))?;
+    let id = docker::run(
+        &docker,
+        &rotating(&label, numbered(1, KILLED_LINES, "0.1"), 40),
+    )
+    .await?;
+    let result = async {
+        let mut at_kill = Vec::new();
+        for k in 0..5 {
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            agents.kill();
+            at_kill.push(db.count("log_lines").await?);
+            tokio::time::sleep(Duration::from_millis(500 + 200 * k)).await;
+            agents.restart()?;
+        }
+        ensure!(docker::wait_exit(&docker, &id).await? == 0);
+        let job = daemon.wait_finished(&id, Duration::from_secs(120)).await?;
+        ensure!(job["status"] == "success", "{job}");
+        ensure!(job["logs_unavailable"].is_null(), "{job}");
+        let job_id = job["id"].as_str().context("id")?;
+        let stored = daemon.all_lines(job_id).await?;
+        let got = numbers_in_order(&stored, true)?;
+        ensure!(
+            got == (1..=KILLED_LINES).collect::<Vec<_>>(),
+            "{} lines stored of {KILLED_LINES}",
+            got.len()
+        );
+        let rotations = rotations(&id)?;
+        ensure!(rotations >= 10, "only {rotations} rotations");
+        Ok(Killed {
+            stored: got.len(),
+            rotations,
+            at_kill,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+    .await;
+    docker::remove(&docker, &id).await;
+    result.with_context(|| format!("agent log (tail):\n{}", tail(&agents.logs(), 30)))
+}
+
+/// What [`rotated_away_while_down`] measured.
+#[derive(Debug)]
+pub struct Lost {
+    pub stored: usize,
+    pub kept: usize,
+    pub missing: usize,
+    /// The seqs on either side of the gap.
+    pub seq_at_gap: (u64, u64),
+    pub reason: String,
+}
+
+/// Tight retention (`max-size=1m,max-file=2`) while antilog on `source` is down: the
+/// files rotated away meanwhile are gone. Checks that every line read before the kill and
+/// every line Docker still keeps is stored once, in order; that the job says lines were
+/// lost; and that the lines read after the gap are numbered past every seq that can have
+/// been handed out before it (a line never takes another's seq, which logarithmd would
+/// drop as a duplicate).
+pub async fn rotated_away_while_down(source: &str) -> Result<Lost> {
+    let docker = docker::connect().await?;
+    let db = Db::sqlite()?;
+    let daemon = Daemon::start(db.url()).await?;
+    let label = format!("lost-{source}-{:x}", rand_u64());
+    let mut agents = Agents::start_with(&daemon.base, &label, &source_toml(source))?;
+    // 10,000 lines, a pause to have them read, then 60,000 (about 5 MB of json-file:
+    // several rotations with one rotated file kept) while the agent is down.
+    let script = format!(
+        "{}; sleep 4; {}; sleep 3",
+        numbered(1, 10_000, "0"),
+        numbered(10_001, 70_000, "0")
+    );
+    let id = docker::run(&docker, &rotating(&label, script, 2)).await?;
+    let result = async {
+        wait_until(Duration::from_secs(30), "the first lines", || async {
+            Ok((db.count("log_lines").await? >= 10_000).then_some(()))
+        })
+        .await?;
+        agents.kill();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        agents.restart()?;
+        ensure!(docker::wait_exit(&docker, &id).await? == 0);
+        let job = daemon.wait_finished(&id, Duration::from_secs(60)).await?;
+        ensure!(job["status"] == "success", "{job}");
+        let job_id = job["id"].as_str().context("id")?;
+        let stored = daemon.all_lines(job_id).await?;
+        let got = numbers_in_order(&stored, false)?;
+        let kept = docker_kept(&docker, &id).await?;
+        ensure!(
+            got[..10_000] == (1..=10_000).collect::<Vec<_>>()[..],
+            "the lines read before the kill"
+        );
+        ensure!(
+            got.ends_with(&kept),
+            "every line Docker keeps is stored: stored {} ({:?}..{:?}), Docker keeps {} \
+             ({:?}..{:?})",
+            got.len(),
+            got.get(10_000),
+            got.last(),
+            kept.len(),
+            kept.first(),
+            kept.last()
+        );
+        let missing = 70_000 - got.len();
+        ensure!(
+            missing > 0,
+            "nothing was rotated away; the test proves nothing"
+        );
+        let reason = job["logs_unavailable"].as_str().unwrap_or_default();
+        ensure!(reason.contains("rotated away"), "loss not reported: {job}");
+        // Where the numbers jump, the seqs jump past anything handed out before.
+        let gap = got
+            .windows(2)
+            .position(|w| w[1] != w[0] + 1)
+            .context("no gap in the numbers")?;
+        let seq = |i: usize| stored[i]["seq"].as_u64().context("seq");
+        let seq_at_gap = (seq(gap)?, seq(gap + 1)?);
+        ensure!(
+            seq_at_gap.1 > seq_at_gap.0 + (1 << 32),
+            "seqs {seq_at_gap:?} at the gap"
+        );
+        Ok(Lost {
+            stored: got.len(),
+            kept: kept.len(),
+            missing,
+            seq_at_gap,
+            reason: reason.to_owned(),
+        })
+    }
+    .await;
+    docker::remove(&docker, &id).await;
+    result.with_context(|| format!("agent log (tail):\n{}", tail(&agents.logs(), 30)))
+}
+
+/// The configuration line choosing `source`.
+pub fn source_toml(source: &str) -> String {
+    format!("source = \"{source}\"\n")
+}
+
 /// `--rm` containers that print 3 lines and exit at once.
 pub const RM_SMALL: usize = 50;
 /// `--rm` containers that print 20,000 lines.
@@ -138,7 +299,7 @@ pub async fn rm_containers(source: &str) -> Result<Vec<RmJob>> {
         &label,
         tempfile::tempdir()?,
         data.path().join("data"),
-        &format!("source = \"{source}\"\n"),
+        &source_toml(source),
     )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ids = Vec::new();

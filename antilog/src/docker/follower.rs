@@ -200,32 +200,7 @@ pub async fn follow(
     signals: watch::Receiver<Signals>,
     resume: Option<Entry>,
 ) -> End {
-    let entry = resume.unwrap_or_default();
-    let mut f = Follower {
-        shared,
-        id,
-        signals,
-        signals_open: true,
-        pos: entry.pos,
-        tentative: entry.pos,
-        next_seq: entry.pos.seq + 1,
-        sent_seq: entry.pos.seq,
-        run: None,
-        acked_exit: entry.exit,
-        assembler: None,
-        skip: Skip::from(&entry.pos),
-        skipping: [false; 2],
-        resume_check: None,
-        replays: Default::default(),
-        limit_ts: None,
-        followed: None,
-        seen: None,
-        log_file: None,
-        file_failed: false,
-        file_pos: None,
-        early: None,
-        created: None,
-    };
+    let mut f = Follower::new(shared, id, signals, resume.unwrap_or_default());
     let end = f.main().await;
     if end == End::Gone {
         // After everything else of this container, so its checkpoint entry goes last.
@@ -236,6 +211,39 @@ pub async fn follow(
 }
 
 impl Follower {
+    fn new(
+        shared: Arc<Shared>,
+        id: Arc<str>,
+        signals: watch::Receiver<Signals>,
+        entry: Entry,
+    ) -> Follower {
+        Follower {
+            shared,
+            id,
+            signals,
+            signals_open: true,
+            pos: entry.pos,
+            tentative: entry.pos,
+            next_seq: entry.pos.seq + 1,
+            sent_seq: entry.pos.seq,
+            run: None,
+            acked_exit: entry.exit,
+            assembler: None,
+            skip: Skip::from(&entry.pos),
+            skipping: [false; 2],
+            resume_check: None,
+            replays: Default::default(),
+            limit_ts: None,
+            followed: None,
+            seen: None,
+            log_file: None,
+            file_failed: false,
+            file_pos: None,
+            early: None,
+            created: None,
+        }
+    }
+
     async fn main(&mut self) -> End {
         let mut filtered = false;
         let mut retry = Retry::new(RETRY_INITIAL, RETRY_MAX);

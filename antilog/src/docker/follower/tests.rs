@@ -68,31 +68,8 @@ fn follower(pos: Position) -> (Follower, mpsc::Receiver<Item>) {
         files_root: None,
     });
     let (_, signals) = watch::channel(Signals::default());
-    let f = Follower {
-        shared,
-        id: "c1".into(),
-        signals,
-        signals_open: true,
-        pos,
-        tentative: pos,
-        next_seq: pos.seq + 1,
-        sent_seq: pos.seq,
-        run: None,
-        acked_exit: None,
-        assembler: Some(Assembler::new(false, 1024)),
-        skip: Skip::from(&pos),
-        skipping: [false; 2],
-        resume_check: None,
-        replays: Default::default(),
-        limit_ts: None,
-        followed: None,
-        seen: None,
-        log_file: None,
-        file_failed: false,
-        file_pos: None,
-        early: None,
-        created: None,
-    };
+    let mut f = Follower::new(shared, "c1".into(), signals, Entry { pos, exit: None });
+    f.assembler = Some(Assembler::new(false, 1024));
     (f, rx)
 }
 
