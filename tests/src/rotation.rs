@@ -109,10 +109,11 @@ pub struct Killed {
 }
 
 /// 200,000 lines rotating about 18 times under `max-size=1m` with room for every file
-/// (`max-file=40`), antilog on `source` SIGKILLed 5 times meanwhile: checks that every
-/// line is stored exactly once (seqs 1..=200,000, in order), the job succeeds and nothing
-/// is reported lost, and that Docker rotated at least 10 times.
-pub async fn sigkills_during_rotation(source: &str) -> Result<Killed> {
+/// (`max-file=40`), printed in bursts of 1,000 with `pause` seconds between them, antilog
+/// on `source` SIGKILLed 5 times meanwhile: checks that every line is stored exactly once
+/// (seqs 1..=200,000, in order), the job succeeds and nothing is reported lost, and that
+/// Docker rotated at least 10 times.
+pub async fn sigkills_during_rotation(source: &str, pause: &str) -> Result<Killed> {
     let started = Instant::now();
     let docker = docker::connect().await?;
     let db = Db::sqlite()?;
@@ -121,7 +122,7 @@ pub async fn sigkills_during_rotation(source: &str) -> Result<Killed> {
     let mut agents = Agents::start_with(&daemon.base, &label, &source_toml(source))?;
     let id = docker::run(
         &docker,
-        &rotating(&label, numbered(1, KILLED_LINES, "0.1"), 40),
+        &rotating(&label, numbered(1, KILLED_LINES, pause), 40),
     )
     .await?;
     let result = async {
@@ -139,7 +140,16 @@ pub async fn sigkills_during_rotation(source: &str) -> Result<Killed> {
         ensure!(job["logs_unavailable"].is_null(), "{job}");
         let job_id = job["id"].as_str().context("id")?;
         let stored = daemon.all_lines(job_id).await?;
-        let got = numbers_in_order(&stored, true)?;
+        let got = numbers_in_order(&stored, true).with_context(|| {
+            let all: Vec<u64> = stored.iter().filter_map(|l| number(l).ok()).collect();
+            let distinct: std::collections::BTreeSet<u64> = all.iter().copied().collect();
+            format!(
+                "{} lines stored, {} distinct, {} of 1..={KILLED_LINES} missing",
+                all.len(),
+                distinct.len(),
+                (1..=KILLED_LINES).filter(|n| !distinct.contains(n)).count()
+            )
+        })?;
         ensure!(
             got == (1..=KILLED_LINES).collect::<Vec<_>>(),
             "{} lines stored of {KILLED_LINES}",
@@ -352,14 +362,6 @@ pub async fn rm_containers(source: &str) -> Result<Vec<RmJob>> {
             reported: job["logs_unavailable"].as_str().map(str::to_owned),
             has_job: true,
         });
-    }
-    for l in agent
-        .proc
-        .log()
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("stream"))
-    {
-        eprintln!("DBG {l}");
     }
     Ok(out)
 }

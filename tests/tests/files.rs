@@ -21,7 +21,7 @@ use logarithm_tests::{rand_u64, tail, Agent, Daemon, Db};
 /// in order, and nothing reported lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkills_during_rotation_lose_and_double_nothing() -> Result<()> {
-    let k = sigkills_during_rotation("docker-files").await?;
+    let k = sigkills_during_rotation("docker-files", "0.1").await?;
     eprintln!(
         "files: docker-files SIGKILLed x5 during {KILLED_LINES} lines, {} rotations: \
          stored={} lost=0 duplicates=0 stored_at_kills={:?} total={:.1}s",
