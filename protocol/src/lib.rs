@@ -336,6 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_exit_code_is_null() {
+        let exit = |json: &str| {
+            serde_json::from_str::<ContainerExit>(json)
+                .unwrap()
+                .exit_code
+        };
+        let known = r#"{"exit_code":3,"finished_at":1,"last_seq":2,"restart_count":0}"#;
+        assert_eq!(exit(known), Some(3));
+        let unknown = r#"{"exit_code":null,"finished_at":1,"last_seq":2,"restart_count":0}"#;
+        assert_eq!(exit(unknown), None);
+        let e = ContainerExit {
+            exit_code: None,
+            finished_at: 1,
+            last_seq: 2,
+            restart_count: 0,
+        };
+        assert_eq!(serde_json::to_string(&e).unwrap(), unknown);
+    }
+
+    #[test]
     fn record_with_both_or_neither_payload_is_rejected() {
         let both: Record =
             serde_json::from_str(r#"{"seq":1,"ts":1,"stream":"stdout","text":"a","b64":"YQ=="}"#)

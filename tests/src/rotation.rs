@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
 use crate::docker::{self, Spec};
-use crate::{rand_u64, tail, wait_until, Agent, Agents, Daemon, Db};
+use crate::{rand_u64, tail, wait_until, Agents, Daemon, Db};
 
 /// `n` lines `line <i> payload` from `from`, with a pause of `pause` s every 1,000 lines.
 pub fn numbered(from: u64, to: u64, pause: &str) -> String {
@@ -303,14 +303,7 @@ pub async fn rm_containers(source: &str) -> Result<Vec<RmJob>> {
     let db = Db::sqlite()?;
     let daemon = Daemon::start(db.url()).await?;
     let label = format!("rm-{source}-{:x}", rand_u64());
-    let data = tempfile::tempdir()?;
-    let agent = Agent::start_with(
-        &daemon.base,
-        &label,
-        tempfile::tempdir()?,
-        data.path().join("data"),
-        &source_toml(source),
-    )?;
+    let agents = Agents::start_with(&daemon.base, &label, &source_toml(source))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ids = Vec::new();
     for i in 0..RM_BIG + RM_SMALL {
@@ -350,7 +343,7 @@ pub async fn rm_containers(source: &str) -> Result<Vec<RmJob>> {
         ensure!(
             stored.iter().all(|l| printed.any(|p| p == l)),
             "container {i}: stored lines are not printed ones in order: {job}\nagent log:\n{}",
-            tail(&agent.proc.log(), 20)
+            tail(&agents.logs(), 20)
         );
         ensure!(
             stored.len() < want.len() || job["exit_code"] == 0,

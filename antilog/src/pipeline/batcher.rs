@@ -247,7 +247,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use protocol::{ContainerExit, ContainerMeta, Record, Stream};
 
@@ -258,7 +258,8 @@ mod tests {
         }
     }
 
-    fn meta() -> ContainerMeta {
+    /// A container's meta for tests.
+    pub(crate) fn meta() -> ContainerMeta {
         ContainerMeta {
             name: "c".into(),
             image: "i".into(),

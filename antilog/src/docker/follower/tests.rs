@@ -75,16 +75,7 @@ fn follower(pos: Position) -> (Follower, mpsc::Receiver<Item>) {
 
 fn inspected(running: bool, exit_code: Option<i64>, finished_at: i64) -> Inspected {
     Inspected {
-        meta: protocol::ContainerMeta {
-            name: "c".into(),
-            image: "i".into(),
-            labels: Default::default(),
-            created_at: 1,
-            started_at: 2,
-            restart_count: 0,
-            tty: false,
-            log_driver: "json-file".into(),
-        },
+        meta: crate::pipeline::batcher::tests::meta(),
         run_key: "run-1".into(),
         has_run: true,
         running,
