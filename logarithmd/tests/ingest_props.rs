@@ -162,7 +162,7 @@ fn segment() -> impl Strategy<Value = GenSegment> {
                 lines.push(line);
             }
             let exit = exit.map(|(exit_code, finished_at, restart_count)| ContainerExit {
-                exit_code,
+                exit_code: Some(exit_code),
                 finished_at,
                 last_seq: seq,
                 restart_count,

@@ -128,8 +128,12 @@ pub struct ContainerMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerExit {
-    /// Exit code as Docker reports it.
-    pub exit_code: i64,
+    /// Exit code as the runtime reports it; `None` (`null`) when the run's end was never
+    /// reported (no `die` event, and the container was gone or restarted before the agent
+    /// could inspect it): the job then fails with a reason saying the code is unknown,
+    /// rather than with an invented one.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
     /// Finish time, ns since the Unix epoch.
     pub finished_at: i64,
     /// The `seq` of the last record of this run (0 if it printed nothing), so the receiver
@@ -329,6 +333,26 @@ mod tests {
         assert_eq!(r.bytes().unwrap(), vec![0xff, b'a']);
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"seq":2,"ts":5,"stream":"stderr","b64":"/2E="}"#);
+    }
+
+    #[test]
+    fn an_unknown_exit_code_is_null() {
+        let exit = |json: &str| {
+            serde_json::from_str::<ContainerExit>(json)
+                .unwrap()
+                .exit_code
+        };
+        let known = r#"{"exit_code":3,"finished_at":1,"last_seq":2,"restart_count":0}"#;
+        assert_eq!(exit(known), Some(3));
+        let unknown = r#"{"exit_code":null,"finished_at":1,"last_seq":2,"restart_count":0}"#;
+        assert_eq!(exit(unknown), None);
+        let e = ContainerExit {
+            exit_code: None,
+            finished_at: 1,
+            last_seq: 2,
+            restart_count: 0,
+        };
+        assert_eq!(serde_json::to_string(&e).unwrap(), unknown);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use protocol::{LABEL_ACTION, LABEL_FLOW, LABEL_JOB, LABEL_RUN, LABEL_STAGE};
 
 use crate::model::{
     decide, ApplyOutcome, CoResultWrite, ExitWrite, Job, JobId, JobMeta, JobStatus, JobWrite,
-    Transition, TransitionKind,
+    Transition, TransitionKind, EXIT_UNKNOWN,
 };
 use crate::sql::{
     clamp_chars, Param, LABEL_NAME_MAX, LABEL_VALUE_MAX, LOG_DRIVER_MAX, NAME_MAX, TEXT_MAX,
@@ -179,13 +179,14 @@ impl JobRow {
         if self.status.is_final() && exit.restart_count == self.restart_count {
             return None;
         }
-        let (status, reason) = match &exit.failure {
-            Some(why) => (JobStatus::Failure, why.clone()),
-            None => decide(self.co_result.as_deref(), exit.exit_code),
+        let (status, reason) = match (&exit.failure, exit.exit_code) {
+            (Some(why), _) => (JobStatus::Failure, why.clone()),
+            (None, Some(code)) => decide(self.co_result.as_deref(), code),
+            (None, None) => (JobStatus::Failure, EXIT_UNKNOWN.to_owned()),
         };
         self.status = status;
         self.reason = Some(clamp_chars(&reason, TEXT_MAX));
-        self.exit_code = Some(exit.exit_code);
+        self.exit_code = exit.exit_code;
         self.finished_at = Some(exit.finished_at);
         self.restart_count = exit.restart_count;
         Some(TransitionKind::Finished)

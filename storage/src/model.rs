@@ -61,6 +61,12 @@ impl JobStatus {
     }
 }
 
+/// The reason of a finished job whose exit code the runtime never reported (an exit with
+/// `exit_code: None`). Such a job fails whatever its `CO_RESULT`: only exit code 0 can
+/// confirm success.
+pub const EXIT_UNKNOWN: &str = "exit code unknown: the container runtime never reported how \
+     the run ended (the container was removed or restarted before its end was seen)";
+
 /// The verdict of a finished job, from its `CO_RESULT` value (if it printed one) and its
 /// exit code: `CO_RESULT` decides, except that a non-zero exit code always means failure;
 /// without `CO_RESULT`, exit code 0 is success.
@@ -138,7 +144,8 @@ pub struct CoResultWrite {
 /// The container stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitWrite {
-    pub exit_code: i64,
+    /// `None`: the runtime never reported how the run ended (the job fails, saying so).
+    pub exit_code: Option<i64>,
     pub finished_at: i64,
     pub last_seq: u64,
     pub restart_count: u32,

@@ -16,7 +16,7 @@ use protocol::Stream;
 use storage::{
     job_id_for_container, open, ApplyOutcome, CoResultWrite, ErrorKind, ExitWrite, Job, JobCursor,
     JobId, JobMeta, JobQuery, JobStatus, JobWrite, LineQuery, NewLine, OutputWrite, Storage,
-    StorageConfig, StoredLine, Transition, TransitionKind, WriteBatch,
+    StorageConfig, StoredLine, Transition, TransitionKind, WriteBatch, EXIT_UNKNOWN,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -216,6 +216,7 @@ conformance!(
     one_batch_spanning_a_restart,
     placeholder_then_meta,
     finished_placeholder_keeps_its_verdict,
+    unknown_exit_code_fails_and_says_so,
     metadata_and_logs_unavailable,
     list_jobs_filters_and_cursor,
     concurrent_open_and_reopen,
@@ -292,7 +293,7 @@ fn text_lines(seqs: std::ops::RangeInclusive<u64>) -> Vec<NewLine> {
 
 fn exit(code: i64, restart_count: u32) -> ExitWrite {
     ExitWrite {
-        exit_code: code,
+        exit_code: Some(code),
         finished_at: 1_700_000_009_000_000_000 + i64::from(restart_count),
         last_seq: 0,
         restart_count,
@@ -911,6 +912,33 @@ mod cases {
         assert_eq!(j.status, JobStatus::Failure);
         assert_eq!(j.reason.as_deref(), Some("exit code 4"));
         assert_eq!(j.exit_code, Some(4));
+    }
+
+    /// An exit whose code the runtime never reported: the job fails, even with
+    /// `CO_RESULT = true`, its exit code stays NULL and its reason says why.
+    pub async fn unknown_exit_code_fails_and_says_so(t: &Target) {
+        let s = &*t.open().await;
+        let c = cid("unk");
+        let id = job_id_for_container(&c);
+        let mut w = write(&c);
+        w.meta = Some(meta("unknown", &[], 0));
+        w.lines = vec![line(1, Stream::Stdout, b"[COUT] CO_RESULT = true")];
+        w.co_result = Some(CoResultWrite {
+            value: "true".into(),
+            seq: 1,
+        });
+        w.exit = Some(ExitWrite {
+            exit_code: None,
+            ..exit(0, 0)
+        });
+        assert_eq!(
+            apply(s, &batch(vec![w])).await.transitions,
+            vec![started(id), finished(id)]
+        );
+        let j = job(s, id).await;
+        assert_eq!(j.status, JobStatus::Failure);
+        assert_eq!(j.exit_code, None);
+        assert_eq!(j.reason.as_deref(), Some(EXIT_UNKNOWN));
     }
 
     pub async fn metadata_and_logs_unavailable(t: &Target) {

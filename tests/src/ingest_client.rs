@@ -79,7 +79,7 @@ pub fn batch_body(
             }),
             records,
             exit: exit.then(|| ContainerExit {
-                exit_code: 0,
+                exit_code: Some(0),
                 finished_at: protocol::now_ns(),
                 last_seq: (first_seq + n).saturating_sub(1),
                 restart_count: 0,

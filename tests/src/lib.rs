@@ -17,6 +17,8 @@
 //! - [`ingest_client`]: numbered zstd batches POSTed as agents do (503 sent again).
 //! - [`load`]: the reads-beside-ingest scenario (the `load` bench section and
 //!   `tests/tests/reads.rs`).
+//! - [`rotation`]: numbered writers under json-file rotation and the checks the rotation
+//!   tests of both Docker sources share; the `--rm` containers scenario.
 //! - [`webhook_receiver`]: a webhook receiver that verifies signatures on its own.
 //! - [`wait_until`]: polling with a deadline.
 //! - [`on_both_backends!`]: one scenario as two tests, on SQLite and on MariaDB.
@@ -29,6 +31,7 @@ pub mod load;
 pub mod mariadb;
 pub mod pki;
 pub mod prometheus;
+pub mod rotation;
 pub mod webhook_receiver;
 
 use std::path::PathBuf;

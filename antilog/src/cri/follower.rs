@@ -443,14 +443,14 @@ impl Follower {
         }
         self.newer_seen = None;
         let exit = ContainerExit {
-            exit_code: ended.as_ref().map_or(-1, |t| i64::from(t.exit_code)),
+            exit_code: ended.as_ref().map(|t| i64::from(t.exit_code)),
             finished_at: ended.as_ref().map_or(0, |t| t.finished_at),
             last_seq: self.next_seq - 1,
             restart_count: n,
         };
         info!(
             run = n,
-            exit_code = exit.exit_code,
+            exit_code = ?exit.exit_code,
             last_seq = exit.last_seq,
             "container exited"
         );

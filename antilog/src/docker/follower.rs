@@ -83,6 +83,12 @@ pub struct Shared {
 const REMOVED_UNREAD: &str = "the container was removed before its log could be read \
      (docker run --rm of a container that exited at once)";
 
+/// `logs_unavailable` of a run whose container was removed before its log was read after
+/// the run's end: Docker's follow stream can end before the last messages, and only a
+/// read after the end tells (see [`Run::tail_read`]).
+const REMOVED_BEFORE_END: &str = "the container was removed before its log was read to \
+     the end: its last lines may be missing";
+
 /// Finished runs read at the same time.
 pub const CATCH_UP_CONCURRENCY: usize = 8;
 
@@ -126,6 +132,15 @@ struct Run {
     stream_ended: bool,
     /// Non-following reads done after the run ended.
     final_reads: u32,
+    /// The log was read to its end after the run ended (a read after the end that ended
+    /// cleanly, or a log file read to its end after the `die`): nothing of the run can be
+    /// missing at its end. Reset whenever a follow stream starts.
+    tail_read: bool,
+    /// Why the last read after the run's end failed (for the job's report).
+    tail_error: Option<String>,
+    /// The run's end as the last inspection showed it (exit code, finished at), for when
+    /// its `die` event is missed.
+    seen_exit: Option<(Option<i64>, i64)>,
 }
 
 enum StreamEnd {
@@ -188,32 +203,7 @@ pub async fn follow(
     signals: watch::Receiver<Signals>,
     resume: Option<Entry>,
 ) -> End {
-    let entry = resume.unwrap_or_default();
-    let mut f = Follower {
-        shared,
-        id,
-        signals,
-        signals_open: true,
-        pos: entry.pos,
-        tentative: entry.pos,
-        next_seq: entry.pos.seq + 1,
-        sent_seq: entry.pos.seq,
-        run: None,
-        acked_exit: entry.exit,
-        assembler: None,
-        skip: Skip::from(&entry.pos),
-        skipping: [false; 2],
-        resume_check: None,
-        replays: Default::default(),
-        limit_ts: None,
-        followed: None,
-        seen: None,
-        log_file: None,
-        file_failed: false,
-        file_pos: None,
-        early: None,
-        created: None,
-    };
+    let mut f = Follower::new(shared, id, signals, resume.unwrap_or_default());
     let end = f.main().await;
     if end == End::Gone {
         // After everything else of this container, so its checkpoint entry goes last.
@@ -224,6 +214,39 @@ pub async fn follow(
 }
 
 impl Follower {
+    fn new(
+        shared: Arc<Shared>,
+        id: Arc<str>,
+        signals: watch::Receiver<Signals>,
+        entry: Entry,
+    ) -> Follower {
+        Follower {
+            shared,
+            id,
+            signals,
+            signals_open: true,
+            pos: entry.pos,
+            tentative: entry.pos,
+            next_seq: entry.pos.seq + 1,
+            sent_seq: entry.pos.seq,
+            run: None,
+            acked_exit: entry.exit,
+            assembler: None,
+            skip: Skip::from(&entry.pos),
+            skipping: [false; 2],
+            resume_check: None,
+            replays: Default::default(),
+            limit_ts: None,
+            followed: None,
+            seen: None,
+            log_file: None,
+            file_failed: false,
+            file_pos: None,
+            early: None,
+            created: None,
+        }
+    }
+
     async fn main(&mut self) -> End {
         let mut filtered = false;
         let mut retry = Retry::new(RETRY_INITIAL, RETRY_MAX);
@@ -299,6 +322,9 @@ impl Follower {
             let Some(run) = self.run.as_mut() else {
                 continue;
             };
+            if !info.running {
+                run.seen_exit = Some((info.exit_code, info.finished_at));
+            }
             if run.logs_done {
                 if !info.running && !run.exit_sent {
                     let exit = ContainerExit {
@@ -309,7 +335,7 @@ impl Follower {
                     };
                     run.exit_sent = true;
                     info!(
-                        exit_code = exit.exit_code,
+                        exit_code = ?exit.exit_code,
                         last_seq = exit.last_seq,
                         "container exited"
                     );
@@ -338,15 +364,14 @@ impl Follower {
                         let permit = self.catch_up_permit().await;
                         let end = self.stream(info.meta.tty, false).await;
                         drop(permit);
-                        match end {
-                            StreamEnd::Cancelled => return End::Cancelled,
-                            StreamEnd::Ended { .. } => {
+                        match self.tail_read(end) {
+                            None => return End::Cancelled,
+                            Some(true) => {
                                 if let Some(run) = self.run.as_mut() {
                                     run.final_reads = FINAL_READ_ATTEMPTS;
                                 }
                             }
-                            StreamEnd::Unavailable(reason) | StreamEnd::Broken(reason) => {
-                                warn!(%reason, "final log read failed");
+                            Some(false) => {
                                 if !self.sleep(retry.next_delay()).await {
                                     return End::Cancelled;
                                 }
@@ -355,13 +380,27 @@ impl Follower {
                         }
                     }
                     // What is pending now is all there is.
+                    let mut unread = None;
                     if let Some(run) = self.run.as_mut() {
                         run.logs_done = true;
+                        if !run.tail_read {
+                            unread = Some(run.tail_error.take().unwrap_or_default());
+                        }
                     }
                     let flushed = self.flush().await;
                     self.limit_ts = None;
                     if !flushed {
                         return End::Cancelled;
+                    }
+                    if let Some(reason) = unread {
+                        // Every read after the end failed: say so rather than end short.
+                        let text = format!(
+                            "the end of the log could not be read ({reason}): its last lines \
+                             may be missing"
+                        );
+                        if !self.send(ItemKind::Unavailable(text)).await {
+                            return End::Cancelled;
+                        }
                     }
                     continue;
                 }
@@ -379,6 +418,9 @@ impl Follower {
             } else {
                 self.catch_up_permit().await
             };
+            if let Some(run) = self.run.as_mut() {
+                run.tail_read = false;
+            }
             let end = self.stream(tty, true).await;
             drop(permit);
             match end {
@@ -395,6 +437,18 @@ impl Follower {
                 StreamEnd::Ended { received } => {
                     if let Some(run) = self.run.as_mut() {
                         run.stream_ended = true;
+                        // Begun after the run's end, Docker's read does not follow: it
+                        // ends cleanly only at the end of the log.
+                        run.tail_read |= !info.running;
+                    }
+                    if info.auto_remove && self.log_file.is_none() {
+                        // `--rm`: Docker removes the container right after its end, often
+                        // before the inspection below could lead to the read after the
+                        // end. Do that read now, while the container is still there.
+                        let end = self.stream(tty, false).await;
+                        if self.tail_read(end).is_none() {
+                            return End::Cancelled;
+                        }
                     }
                     if received {
                         retry.reset();

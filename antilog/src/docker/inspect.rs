@@ -18,14 +18,16 @@ pub struct Inspected {
     pub has_run: bool,
     /// The current run is still going (running or paused; not between restarts).
     pub running: bool,
-    /// Exit code of the last run that ended.
-    pub exit_code: i64,
+    /// Exit code of the last run that ended (`None` if Docker did not say).
+    pub exit_code: Option<i64>,
     /// When the last run ended, ns since the epoch (0 if unknown).
     pub finished_at: i64,
     /// Waiting to be restarted by its restart policy.
     pub restarting: bool,
     /// Where the log driver writes (`json-file`: the file's path on the host), if anywhere.
     pub log_path: String,
+    /// Docker removes it as soon as it exits (`docker run --rm`); it never restarts.
+    pub auto_remove: bool,
 }
 
 /// Docker's zero time (`0001-01-01T00:00:00Z`) and anything unparsable become 0.
@@ -39,11 +41,9 @@ pub fn from_response(r: ContainerInspectResponse) -> Inspected {
     let state = r.state.unwrap_or_default();
     let log_path = r.log_path.unwrap_or_default();
     let config = r.config.unwrap_or_default();
-    let log_driver = r
-        .host_config
-        .and_then(|h| h.log_config)
-        .and_then(|l| l.typ)
-        .unwrap_or_default();
+    let host = r.host_config.unwrap_or_default();
+    let auto_remove = host.auto_remove.unwrap_or(false);
+    let log_driver = host.log_config.and_then(|l| l.typ).unwrap_or_default();
     let started_at = time_ns(state.started_at.as_deref());
     let restarting = state.restarting.unwrap_or(false);
     let meta = ContainerMeta {
@@ -72,10 +72,11 @@ pub fn from_response(r: ContainerInspectResponse) -> Inspected {
         has_run: started_at > 0,
         // Between restarts Docker reports Running=true with Restarting=true: the run is over.
         running: state.running.unwrap_or(false) && !restarting,
-        exit_code: state.exit_code.unwrap_or(0),
+        exit_code: state.exit_code,
         finished_at: time_ns(state.finished_at.as_deref()),
         restarting,
         log_path,
+        auto_remove,
     }
 }
 
@@ -132,7 +133,8 @@ mod tests {
         assert_eq!(i.meta.log_driver, "local");
         assert_eq!(i.meta.labels.get("a").map(String::as_str), Some("b"));
         assert!(i.has_run && !i.running && i.restarting);
-        assert_eq!((i.exit_code, i.finished_at), (3, 0));
+        assert_eq!((i.exit_code, i.finished_at), (Some(3), 0));
+        assert!(!i.auto_remove);
         assert_eq!(i.run_key, "1970-01-01T00:00:02.5Z");
     }
 }

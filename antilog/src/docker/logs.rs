@@ -34,6 +34,8 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 const MAX_FRAME: usize = 16 << 20;
 /// Connecting and receiving the response head must not take longer.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// The stream byte of Docker's error messages in a multiplexed log (`stdcopy.Systemerr`).
+const SYSTEM_ERR: u8 = 3;
 
 #[derive(Debug, Clone)]
 enum Endpoint {
@@ -265,6 +267,10 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<LogOutput>, Failure> {
     Ok(Some(match stream {
         0 => LogOutput::StdIn { message },
         2 => LogOutput::StdErr { message },
+        // Stream 3 (`Systemerr`): Docker's own error, written into the log stream when its
+        // reader failed (`Error grabbing logs: ...`), never the container's output. It
+        // comes out as `Console`, which a multiplexed stream has no other use for.
+        SYSTEM_ERR => LogOutput::Console { message },
         _ => LogOutput::StdOut { message },
     }))
 }
@@ -318,7 +324,12 @@ mod tests {
     #[test]
     fn frames_are_split_across_chunks() {
         let mut wire = Vec::new();
-        for (stream, msg) in [(1u8, &b"out line\n"[..]), (2, b"err"), (1, b"")] {
+        for (stream, msg) in [
+            (1u8, &b"out line\n"[..]),
+            (2, b"err"),
+            (1, b""),
+            (3, b"Error grabbing logs: x\n"),
+        ] {
             wire.extend_from_slice(&[stream, 0, 0, 0]);
             wire.extend_from_slice(&(msg.len() as u32).to_be_bytes());
             wire.extend_from_slice(msg);
@@ -332,6 +343,7 @@ mod tests {
                 got.push(match out {
                     LogOutput::StdOut { message } => (1, message),
                     LogOutput::StdErr { message } => (2, message),
+                    LogOutput::Console { message } => (3, message),
                     other => panic!("{other:?}"),
                 });
             }
@@ -342,7 +354,8 @@ mod tests {
             vec![
                 (1, Bytes::from_static(b"out line\n")),
                 (2, Bytes::from_static(b"err")),
-                (1, Bytes::new())
+                (1, Bytes::new()),
+                (3, Bytes::from_static(b"Error grabbing logs: x\n"))
             ]
         );
         let mut bad = BytesMut::from(&[1u8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff][..]);

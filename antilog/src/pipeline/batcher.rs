@@ -247,7 +247,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use protocol::{ContainerExit, ContainerMeta, Record, Stream};
 
@@ -258,7 +258,8 @@ mod tests {
         }
     }
 
-    fn meta() -> ContainerMeta {
+    /// A container's meta for tests.
+    pub(crate) fn meta() -> ContainerMeta {
         ContainerMeta {
             name: "c".into(),
             image: "i".into(),
@@ -293,7 +294,7 @@ mod tests {
         };
         let task = tokio::spawn(run(rx, btx, agent(), limits));
         let exit = ContainerExit {
-            exit_code: 3,
+            exit_code: Some(3),
             finished_at: 5,
             last_seq: 2,
             restart_count: 0,

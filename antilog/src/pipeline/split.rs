@@ -105,7 +105,7 @@ mod tests {
                 .map(|s| Record::new(s, s as i64, Stream::Stdout, b"x".to_vec(), false))
                 .collect(),
             exit: exit.then_some(ContainerExit {
-                exit_code: 0,
+                exit_code: Some(0),
                 finished_at: 9,
                 last_seq: 9,
                 restart_count: 0,

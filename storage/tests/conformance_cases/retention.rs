@@ -47,7 +47,7 @@ pub fn retained_job(
         seq: 1,
     }];
     w.exit = finished_at.map(|at| ExitWrite {
-        exit_code: 0,
+        exit_code: Some(0),
         finished_at: at,
         last_seq: n,
         restart_count: 0,

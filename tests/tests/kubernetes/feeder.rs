@@ -107,7 +107,7 @@ impl Feeder {
                 })
                 .collect();
             let exit = state.terminated.as_ref().map(|t| ContainerExit {
-                exit_code: i64::from(t.exit_code),
+                exit_code: Some(i64::from(t.exit_code)),
                 finished_at: ns_of(t.finished_at.as_ref()),
                 last_seq: u64::try_from(lines.len()).unwrap_or(u64::MAX),
                 restart_count: 0,

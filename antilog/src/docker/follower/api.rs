@@ -35,7 +35,9 @@ impl Follower {
                 Err(Failure::NotFound) if follow => {
                     return StreamEnd::Unavailable(REMOVED_UNREAD.to_string())
                 }
-                Err(Failure::NotFound) => return StreamEnd::Ended { received: false },
+                // Removed before the read after its end: its last lines may be unread
+                // (reported when the run is closed).
+                Err(Failure::NotFound) => return StreamEnd::Broken(REMOVED_BEFORE_END.to_string()),
                 Err(Failure::Transient(reason)) => return StreamEnd::Broken(reason),
             },
             None => {
@@ -54,6 +56,7 @@ impl Follower {
             }
         };
         let mut received = false;
+        let mut reported = false;
         let mut pieces = Vec::new();
         loop {
             let next = tokio::select! {
@@ -65,6 +68,12 @@ impl Follower {
                 None => return StreamEnd::Ended { received },
                 Some(Ok(out)) => {
                     received = true;
+                    if let Some(message) = docker_error(self.assembler.as_ref(), &out) {
+                        if !self.docker_read_error(message, &mut reported).await {
+                            return StreamEnd::Cancelled;
+                        }
+                        continue;
+                    }
                     if let Some(a) = self.assembler.as_mut() {
                         feed(a, out, &mut pieces);
                     }
@@ -103,6 +112,18 @@ impl Source {
     }
 }
 
+/// Docker's own error message in a multiplexed stream (stream 3, see
+/// [`super::super::logs`]; bollard hands anything but stdin, stdout and stderr over as
+/// `Console` too): text about the log, never a line of it.
+pub(super) fn docker_error(a: Option<&Assembler>, out: &LogOutput) -> Option<String> {
+    match (a, out) {
+        (Some(Assembler::Mux(_)), LogOutput::Console { message }) => {
+            Some(String::from_utf8_lossy(message).trim_end().to_string())
+        }
+        _ => None,
+    }
+}
+
 fn feed(a: &mut Assembler, out: LogOutput, pieces: &mut Vec<Piece>) {
     match (a, out) {
         (Assembler::Mux(a), LogOutput::StdOut { message }) => {
@@ -111,11 +132,8 @@ fn feed(a: &mut Assembler, out: LogOutput, pieces: &mut Vec<Piece>) {
         (Assembler::Mux(a), LogOutput::StdErr { message }) => {
             a.push_frame(Stream::Stderr, &message, pieces)
         }
-        // Raw output for a non-TTY container should not happen; keep it as stdout.
-        (Assembler::Mux(a), LogOutput::Console { message }) => {
-            a.push_frame(Stream::Stdout, &message, pieces)
-        }
-        (Assembler::Mux(_), LogOutput::StdIn { .. }) => {}
+        // Docker's error messages are taken out before (`docker_error`).
+        (Assembler::Mux(_), LogOutput::StdIn { .. } | LogOutput::Console { .. }) => {}
         (
             Assembler::Tty(a),
             LogOutput::Console { message }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use protocol::{ContainerExit, Record, Stream};
 use tracing::{debug, warn};
 
+use super::files::SEQ_JUMP;
 use super::{rfc3339, Follower, REMOVED_UNREAD};
 use crate::checkpoint::Position;
 use crate::docker::frames::Piece;
@@ -79,7 +80,7 @@ impl Follower {
         }
         warn!("container removed before its log could be read");
         let exit = ContainerExit {
-            exit_code: die.exit_code.unwrap_or(-1),
+            exit_code: die.exit_code,
             finished_at: die.time_ns,
             last_seq: self.next_seq - 1,
             restart_count: 0,
@@ -108,6 +109,24 @@ impl Follower {
             "lines may be lost to log rotation"
         );
         self.shared.metrics.log_gaps.inc();
+        // The lines read from here are not the ones after `pos` that may have been handed
+        // out already (in this process, or before a restart: the checkpoint trails the
+        // acknowledgements and the spool may resend them). Numbering jumps past all of
+        // them, so a line read now never takes the seq (and the deduplication) of another.
+        self.next_seq = pos.seq.max(self.sent_seq) + SEQ_JUMP + 1;
+        self.send(ItemKind::Unavailable(reason)).await
+    }
+
+    /// Docker wrote an error of its own into the log stream (`Error grabbing logs: …`):
+    /// its reader failed, so lines may be missing there. Logged and counted each time,
+    /// reported on the job once per read (`reported`); never stored as a line.
+    pub(super) async fn docker_read_error(&mut self, message: String, reported: &mut bool) -> bool {
+        warn!(docker_error = %message, "Docker failed reading the log; lines may be missing");
+        self.shared.metrics.log_gaps.inc();
+        if std::mem::replace(reported, true) {
+            return true;
+        }
+        let reason = format!("Docker failed reading the log ({message}): lines may be missing");
         self.send(ItemKind::Unavailable(reason)).await
     }
 

@@ -101,6 +101,12 @@ impl Follower {
         )
     }
 
+    fn mark_tail_read(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            run.tail_read = true;
+        }
+    }
+
     /// Whether the current run's `die` was announced.
     fn run_died(&self) -> bool {
         let Some(started) = self.run.as_ref().map(|r| r.started_at) else {
@@ -229,6 +235,9 @@ impl Follower {
                 .file_event("truncated", now.1 - reported.1);
             reported = now;
             if !follow || died {
+                // The file is read to its end after the run ended (a read without
+                // follow comes only after the end).
+                self.mark_tail_read();
                 return StreamEnd::Ended { received };
             }
             if received {

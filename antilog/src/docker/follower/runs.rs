@@ -1,12 +1,30 @@
-//! [`Follower`]'s run boundaries: entering a run (its meta), closing one (its exit), and
-//! waiting briefly for a run's `die` event.
+//! [`Follower`]'s run boundaries: entering a run (its meta), closing one (its exit and,
+//! when its end was never read, the report), the reads after a run's end, and waiting
+//! briefly for a run's `die` event.
 
 use protocol::ContainerExit;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::{Die, Follower, Run, DIE_EVENT_WAIT};
+use super::{Die, Follower, Run, StreamEnd, DIE_EVENT_WAIT, REMOVED_BEFORE_END};
 use crate::docker::inspect::Inspected;
 use crate::pipeline::ItemKind;
+
+impl Run {
+    pub(super) fn new(info: &Inspected, restart_count: u32) -> Run {
+        Run {
+            key: info.run_key.clone(),
+            started_at: info.meta.started_at,
+            restart_count,
+            logs_done: false,
+            exit_sent: false,
+            stream_ended: false,
+            final_reads: 0,
+            tail_read: false,
+            tail_error: None,
+            seen_exit: None,
+        }
+    }
+}
 
 impl Follower {
     /// Makes `info`'s run the current one: closes a previous run that ended unobserved and
@@ -22,13 +40,9 @@ impl Follower {
             if !info.running && info.finished_at != 0 && info.finished_at == mark.finished_at {
                 debug!("exit already delivered before the restart; waiting for a new run");
                 self.run = Some(Run {
-                    key: info.run_key.clone(),
-                    started_at: info.meta.started_at,
-                    restart_count: mark.restart_count,
                     logs_done: true,
                     exit_sent: true,
-                    stream_ended: false,
-                    final_reads: 0,
+                    ..Run::new(info, mark.restart_count)
                 });
                 return true;
             }
@@ -40,45 +54,60 @@ impl Follower {
             resume_seq = self.pos.seq,
             "new run"
         );
-        self.run = Some(Run {
-            key: info.run_key.clone(),
-            started_at: info.meta.started_at,
-            restart_count: info.meta.restart_count,
-            logs_done: false,
-            exit_sent: false,
-            stream_ended: false,
-            final_reads: 0,
-        });
+        self.run = Some(Run::new(info, info.meta.restart_count));
         self.send(ItemKind::Meta(info.meta.clone())).await
     }
 
     /// Ends the current run when Docker no longer shows it (removed: `now` is `None`; or
     /// restarted between two looks): flushes what was read and sends an exit built from
-    /// the `die` event.
+    /// the `die` event, else from the last inspection that saw the run ended; when neither
+    /// saw it, the exit code is unknown (`None`), never invented.
+    ///
+    /// A run removed before its log was read after its end may lack its last lines: the
+    /// job says so (`logs_unavailable`). A restarted one does not: its next run's reads
+    /// start from the same position.
     pub(super) async fn close_run(&mut self, now: Option<&Inspected>) -> bool {
-        let Some(run) = self.run.take() else {
+        let Some(mut run) = self.run.take() else {
             return true;
         };
-        if !run.logs_done && !self.flush().await {
-            return false;
+        if !run.logs_done {
+            if !self.flush().await {
+                return false;
+            }
+            if now.is_none() && !run.tail_read {
+                let reason = match run.tail_error.take() {
+                    Some(e) if e != REMOVED_BEFORE_END => {
+                        format!("{}: {e}", REMOVED_BEFORE_END)
+                    }
+                    _ => REMOVED_BEFORE_END.to_string(),
+                };
+                warn!(%reason, "run closed without its log read to the end");
+                if !self.send(ItemKind::Unavailable(reason)).await {
+                    return false;
+                }
+            }
         }
         if run.exit_sent {
             return true;
         }
         let die = self.die_after(run.started_at).await;
-        // A restarted container still shows the previous run's FinishedAt.
-        let finished_at = die
-            .map(|d| d.time_ns)
-            .or(now.map(|i| i.finished_at))
-            .unwrap_or(0);
+        let (exit_code, finished_at) = match (die, run.seen_exit) {
+            (Some(d), seen) => (d.exit_code.or(seen.and_then(|s| s.0)), d.time_ns),
+            (None, Some(seen)) => seen,
+            // A restarted container still shows the previous run's FinishedAt.
+            (None, None) => (None, now.map_or(0, |i| i.finished_at)),
+        };
         let exit = ContainerExit {
-            exit_code: die.and_then(|d| d.exit_code).unwrap_or(-1),
+            exit_code,
             finished_at,
             last_seq: self.next_seq - 1,
             restart_count: run.restart_count,
         };
+        if exit_code.is_none() {
+            warn!("the run's end was never reported: its exit code is unknown");
+        }
         info!(
-            exit_code = exit.exit_code,
+            exit_code = ?exit.exit_code,
             last_seq = exit.last_seq,
             "run ended (seen afterwards)"
         );
@@ -102,5 +131,26 @@ impl Follower {
                 _ = self.shared.shutdown.cancelled() => return None,
             }
         }
+    }
+
+    /// Takes the end of a read done after the run's end (non-following): `Some(true)` when
+    /// it read the log to its end, `Some(false)` when it failed (the reason is kept for
+    /// the job), `None` when shutting down.
+    pub(super) fn tail_read(&mut self, end: StreamEnd) -> Option<bool> {
+        let reason = match end {
+            StreamEnd::Cancelled => return None,
+            StreamEnd::Ended { .. } => {
+                if let Some(run) = self.run.as_mut() {
+                    run.tail_read = true;
+                }
+                return Some(true);
+            }
+            StreamEnd::Unavailable(reason) | StreamEnd::Broken(reason) => reason,
+        };
+        warn!(%reason, "reading the log after the run's end failed");
+        if let Some(run) = self.run.as_mut() {
+            run.tail_error = Some(reason);
+        }
+        Some(false)
     }
 }

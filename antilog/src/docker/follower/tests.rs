@@ -1,3 +1,4 @@
+use super::files::SEQ_JUMP;
 use super::*;
 
 #[test]
@@ -46,4 +47,177 @@ fn replays_drop_copies_only() {
         .map(|ts| r.is_copy(ts))
         .collect();
     assert_eq!(got, vec![false, false, false, false, false, false]);
+}
+
+/// A follower on a Docker endpoint that is never called, whose items land in the returned
+/// receiver, and whose signals are closed (so a `die` is never waited for).
+fn follower(pos: Position) -> (Follower, mpsc::Receiver<Item>) {
+    let (tx, rx) = mpsc::channel(64);
+    // A port nothing listens on; the tests below never call Docker.
+    let docker = Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+        .expect("a client, not a connection");
+    let shared = Arc::new(Shared {
+        docker,
+        logs: None,
+        tx,
+        max_line_bytes: 1024,
+        filter: Filter::default(),
+        shutdown: CancellationToken::new(),
+        catch_up: Arc::new(tokio::sync::Semaphore::new(1)),
+        metrics: Arc::new(Metrics::new()),
+        files_root: None,
+    });
+    let (_, signals) = watch::channel(Signals::default());
+    let mut f = Follower::new(shared, "c1".into(), signals, Entry { pos, exit: None });
+    f.assembler = Some(Assembler::new(false, 1024));
+    (f, rx)
+}
+
+fn inspected(running: bool, exit_code: Option<i64>, finished_at: i64) -> Inspected {
+    Inspected {
+        meta: crate::pipeline::batcher::tests::meta(),
+        run_key: "run-1".into(),
+        has_run: true,
+        running,
+        exit_code,
+        finished_at,
+        restarting: false,
+        log_path: String::new(),
+        auto_remove: true,
+    }
+}
+
+fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<ItemKind> {
+    let mut out = Vec::new();
+    while let Ok(i) = rx.try_recv() {
+        out.push(i.kind);
+    }
+    out
+}
+
+fn piece(ts: i64, text: &str) -> Piece {
+    Piece {
+        stream: Stream::Stdout,
+        ts,
+        bytes: text.as_bytes().to_vec(),
+        first: true,
+        last: true,
+        cut: true,
+    }
+}
+
+/// A resume that finds the last delivered line gone reports the gap, and numbers the
+/// lines read next past every seq that can have been handed out (in this process or, via
+/// the spool, before a restart): a different line never reuses a seq.
+#[tokio::test]
+async fn a_gap_at_a_resume_numbers_past_every_seq_handed_out() {
+    let pos = Position {
+        seq: 10,
+        ts: 100,
+        at_ts: 1,
+        file: None,
+    };
+    let (mut f, mut rx) = follower(pos);
+    // Seqs 11 and 12 were sent after the cut before the stream broke.
+    f.sent_seq = 12;
+    f.resume_check = Some(pos);
+    let mut pieces = vec![
+        piece(200, "first line Docker still has"),
+        piece(201, "next"),
+    ];
+    assert!(f.emit(&mut pieces).await);
+    let items = drain(&mut rx);
+    assert!(
+        matches!(&items[0], ItemKind::Unavailable(r) if r.contains("rotated away")),
+        "{items:?}"
+    );
+    let seqs: Vec<u64> = items
+        .iter()
+        .filter_map(|i| match i {
+            ItemKind::Record { record, .. } => Some(record.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![12 + SEQ_JUMP + 1, 12 + SEQ_JUMP + 2]);
+    // Without a gap (the line at the position is read again), numbering goes on.
+    let (mut f, mut rx) = follower(pos);
+    f.resume_check = Some(pos);
+    let mut pieces = vec![piece(100, "delivered"), piece(150, "new")];
+    assert!(f.emit(&mut pieces).await);
+    let items = drain(&mut rx);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(matches!(&items[0], ItemKind::Record { record, .. } if record.seq == 11));
+}
+
+/// A run closed after its container was removed: without a read after its end the job
+/// says its last lines may be missing; the exit comes from the last inspection that saw
+/// the run ended when the `die` event was missed, and is unknown (never -1) when nothing
+/// saw it.
+#[tokio::test]
+async fn a_removed_run_reports_an_unread_end_and_never_invents_an_exit_code() {
+    // Seen ended by an inspection (exit code 3), removed before the read after its end.
+    let (mut f, mut rx) = follower(Position::default());
+    let info = inspected(false, Some(3), 55);
+    f.run = Some(Run::new(&info, 0));
+    if let Some(run) = f.run.as_mut() {
+        run.seen_exit = Some((info.exit_code, info.finished_at));
+    }
+    assert!(f.close_run(None).await);
+    let items = drain(&mut rx);
+    assert!(
+        matches!(&items[0], ItemKind::Unavailable(r) if r == REMOVED_BEFORE_END),
+        "{items:?}"
+    );
+    assert!(
+        matches!(&items[1], ItemKind::Exit(e) if e.exit_code == Some(3) && e.finished_at == 55),
+        "{items:?}"
+    );
+    // Read to its end after it ended; never seen ended: no report, exit code unknown.
+    let (mut f, mut rx) = follower(Position::default());
+    f.run = Some(Run {
+        tail_read: true,
+        ..Run::new(&inspected(true, None, 0), 0)
+    });
+    assert!(f.close_run(None).await);
+    let items = drain(&mut rx);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(
+        matches!(&items[0], ItemKind::Exit(e) if e.exit_code.is_none()),
+        "{items:?}"
+    );
+    // A read after the end failed: the report carries Docker's reason.
+    let (mut f, mut rx) = follower(Position::default());
+    f.run = Some(Run {
+        tail_error: Some("HTTP 409: marked for removal".into()),
+        ..Run::new(&inspected(true, None, 0), 0)
+    });
+    assert!(f.close_run(None).await);
+    let items = drain(&mut rx);
+    assert!(
+        matches!(&items[0], ItemKind::Unavailable(r) if r.contains("HTTP 409") && r.starts_with(REMOVED_BEFORE_END)),
+        "{items:?}"
+    );
+}
+
+/// Docker's own error message in a multiplexed log (stream 3) is reported on the job,
+/// once per read, and never becomes a line.
+#[tokio::test]
+async fn docker_error_frames_are_reported_not_stored() {
+    let (mut f, mut rx) = follower(Position::default());
+    let out = bollard::container::LogOutput::Console {
+        message: bytes::Bytes::from_static(b"Error grabbing logs: file already closed\n"),
+    };
+    let message = api::docker_error(f.assembler.as_ref(), &out).expect("an error frame");
+    let mut reported = false;
+    assert!(f.docker_read_error(message.clone(), &mut reported).await);
+    assert!(f.docker_read_error(message, &mut reported).await);
+    let items = drain(&mut rx);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(
+        matches!(&items[0], ItemKind::Unavailable(r) if r.contains("Error grabbing logs: file already closed")),
+        "{items:?}"
+    );
+    // A TTY log has no streams: its bytes are the container's.
+    let tty = Some(Assembler::new(true, 1024));
+    assert!(api::docker_error(tty.as_ref(), &out).is_none());
 }

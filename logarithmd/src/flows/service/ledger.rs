@@ -387,7 +387,7 @@ impl Ledger {
             }
         };
         w.exit = Some(ExitWrite {
-            exit_code: i64::from(failure.is_some()),
+            exit_code: Some(i64::from(failure.is_some())),
             finished_at: now(),
             last_seq: seq,
             restart_count: 0,
