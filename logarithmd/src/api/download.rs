@@ -69,7 +69,7 @@ type PageRead = AbortOnDropHandle<storage::Result<TextPage>>;
 /// held beyond the usual two, whatever the number of downloads.
 static PARALLEL_DOWNLOADS: Semaphore = Semaphore::const_new(2);
 /// Page reads in flight for a download that holds a [`PARALLEL_DOWNLOADS`] permit.
-const PARALLEL_READS: usize = 2;
+const PARALLEL_READS: usize = 3;
 
 /// One page read in flight, with the query it was started with.
 struct Ahead {
