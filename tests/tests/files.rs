@@ -185,7 +185,6 @@ async fn compressed_rotations_deleted_unread_are_reported_on_the_job() -> Result
     Ok(())
 }
 
-
 /// `--rm` containers on `docker-files`: the log file is opened as soon as the container
 /// starts and read to its end after Docker removed it, so every line of every job is
 /// stored, with the exit code from the `die` event.
