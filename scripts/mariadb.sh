@@ -31,7 +31,7 @@ start() {
     --skip-test-db >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; exit 1; }
   "$bin" --no-defaults --user=root --datadir="$dir/data" --port="$port" --bind-address=127.0.0.1 \
     --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --skip-name-resolve \
-    --innodb-buffer-pool-size=512M --innodb-flush-log-at-trx-commit=2 --max-connections=500 \
+    --innodb-buffer-pool-size=2G --innodb-log-file-size=1G --innodb-flush-log-at-trx-commit=2 --max-connections=500 \
     --max-allowed-packet=64M --log-error="$dir/error.log" >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 1 120); do
