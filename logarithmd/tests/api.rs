@@ -73,6 +73,13 @@ fn record(seq: u64, stream: &str, text: &str) -> Value {
     json!({"seq": seq, "ts": 1000 + seq as i64, "stream": stream, "text": text})
 }
 
+/// GETs `uri` (a raw download): asserts 200, returns the text.
+async fn raw_text(app: &axum::Router, uri: &str) -> String {
+    let (s, body) = call(app, Request::get(uri).body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{uri}");
+    String::from_utf8(body).unwrap()
+}
+
 /// Ingests `records` as one job ("big") in batches of 1,000; returns its id.
 async fn ingest_job(app: &axum::Router, records: &[Value]) -> String {
     for (n, chunk) in records.chunks(1000).enumerate() {
@@ -250,12 +257,7 @@ async fn raw_download_spans_storage_pages() {
     // Records 1000 and 1001 are one line: the join crosses the first page boundary.
     records[999]["cont"] = json!(true);
     let id = ingest_job(&app, &records).await;
-    let req = Request::get(format!("/api/v1/jobs/{id}/logs?format=text"))
-        .body(Body::empty())
-        .unwrap();
-    let (s, body) = call(&app, req).await;
-    assert_eq!(s, StatusCode::OK);
-    let text = String::from_utf8(body).unwrap();
+    let text = raw_text(&app, &format!("/api/v1/jobs/{id}/logs?format=text")).await;
     let mut want: Vec<String> = (1..=3500).map(|i| format!("line {i}")).collect();
     want[999] = "line 1000line 1001".into();
     want.remove(1000);
@@ -302,12 +304,11 @@ async fn raw_download_reads_ranges_in_parallel() {
     }
     let id = ingest_job(&app, &records).await;
     for after in [0, 500, 20_999] {
-        let req = Request::get(format!("/api/v1/jobs/{id}/logs?format=text&after={after}"))
-            .body(Body::empty())
-            .unwrap();
-        let (s, body) = call(&app, req).await;
-        assert_eq!(s, StatusCode::OK);
-        let text = String::from_utf8(body).unwrap();
+        let text = raw_text(
+            &app,
+            &format!("/api/v1/jobs/{id}/logs?format=text&after={after}"),
+        )
+        .await;
         let skip = match after {
             0 => 0,
             500 => 500,
