@@ -240,14 +240,17 @@ conformance!(
     retention_migration_upgrades_an_existing_database,
     retention_million_lines_over_simulated_days,
     retention_concurrent_sweeps_delete_each_row_once,
-    stream_filter_uses_its_index,
-    stream_index_migrates_an_existing_database,
+    stream_reads_go_through_runs,
+    stream_reads_across_rounds_replays_and_text,
+    stream_runs_migrate_an_existing_database,
 );
 
 #[path = "conformance_cases/retention.rs"]
 mod retention_cases;
 #[path = "conformance_cases/retention_days.rs"]
 mod retention_days;
+#[path = "conformance_cases/stream_runs.rs"]
+mod stream_run_cases;
 #[path = "conformance_cases/text.rs"]
 mod text_cases;
 
@@ -378,6 +381,10 @@ mod cases {
         retention_run_documents_go_with_the_last_job,
     };
     pub use super::retention_days::retention_million_lines_over_simulated_days;
+    pub use super::stream_run_cases::{
+        stream_reads_across_rounds_replays_and_text, stream_reads_go_through_runs,
+        stream_runs_migrate_an_existing_database,
+    };
     pub use super::text_cases::raw_text_pages_join_continuations;
     pub use super::webhook_cases::{
         webhook_claims_leases_and_attempts, webhook_concurrent_claimers_never_share_an_attempt,
@@ -1207,11 +1214,11 @@ mod cases {
         let (a, b) = tokio::join!(open(&t.config), open(&t.config));
         let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
         let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
-        // Version 1 (jobs, lines), 2 (webhooks), 3 (documents), 4 (retention) and 5 (lines
-        // by stream), each applied once.
+        // Version 1 (jobs, lines), 2 (webhooks), 3 (documents), 4 (retention), 5 (lines
+        // by stream) and 6 (stream runs), each applied once.
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            5
+            6
         );
 
         let c = cid("mig");
@@ -1227,103 +1234,10 @@ mod cases {
         let again = t.open().await;
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            5
+            6
         );
         assert_eq!(job(&*again, id).await.line_count, 3);
         assert_eq!(seqs(&lines(&*again, id, 0, 10, None).await), vec![1, 2, 3]);
-    }
-
-    /// A job of 4,000 lines, one in 10 on stderr, for the stream index cases.
-    async fn mixed_streams_job(s: &dyn Storage, tag: &str) -> JobId {
-        let c = cid(tag);
-        let mut w = write(&c);
-        w.meta = Some(meta(tag, &[], 0));
-        w.lines = (1..=4000)
-            .map(|seq| {
-                let stream = if seq % 10 == 0 {
-                    Stream::Stderr
-                } else {
-                    Stream::Stdout
-                };
-                line(seq, stream, format!("line {seq}").as_bytes())
-            })
-            .collect();
-        apply(s, &batch(vec![w])).await;
-        job_id_for_container(&c)
-    }
-
-    /// `stream=` reads (the `read_lines` statement with a stream) are a range of the
-    /// `(job_id, stream, seq)` index, in seq order, for either stream: never a scan of the
-    /// job's every row.
-    pub async fn stream_filter_uses_its_index(t: &Target) {
-        let s = &*t.open().await;
-        let id = mixed_streams_job(s, "idx").await;
-        let stderr = lines(s, id, 100, 5, Some(Stream::Stderr)).await;
-        assert_eq!(seqs(&stderr), vec![110, 120, 130, 140, 150]);
-        let stdout = lines(s, id, 8, 3, Some(Stream::Stdout)).await;
-        assert_eq!(seqs(&stdout), vec![9, 11, 12]);
-        if t.name == "mysql" {
-            t.raw_exec("ANALYZE TABLE log_lines").await;
-        }
-        for stream in [1, 2] {
-            // The statement `storage/src/sql/jobs.rs` (`read_lines_sql`) builds.
-            let hint = if t.name == "mysql" {
-                "FORCE INDEX (idx_log_lines_stream)"
-            } else {
-                "INDEXED BY idx_log_lines_stream"
-            };
-            let sql = format!(
-                "SELECT seq, ts, stream, cont, line FROM log_lines {hint} \
-                 WHERE job_id = {id} AND seq > 0 AND stream = {stream} ORDER BY seq LIMIT 1000"
-            );
-            let plan = t.raw_plan(&sql).await;
-            eprintln!("[{}] stream {stream}: {plan}", t.name);
-            assert!(plan.contains("idx_log_lines_stream"), "[{}] {plan}", t.name);
-            assert!(
-                !plan.to_lowercase().contains("temp b-tree"),
-                "[{}] {plan}",
-                t.name
-            );
-            assert!(!plan.contains("filesort"), "[{}] {plan}", t.name);
-        }
-    }
-
-    /// Version 5 adds its index to a database made by version 4 (with lines in it), and a
-    /// version 5 interrupted after its DDL (index there, not recorded) completes.
-    pub async fn stream_index_migrates_an_existing_database(t: &Target) {
-        let id = {
-            let s = t.open().await;
-            mixed_streams_job(&*s, "mig4").await
-        };
-        // Interrupted: the index exists, the version is not recorded.
-        t.raw_exec("DELETE FROM schema_migrations WHERE version = 5")
-            .await;
-        drop(t.open().await);
-        // A version 4 database: no index.
-        t.raw_exec("DELETE FROM schema_migrations WHERE version = 5")
-            .await;
-        t.raw_exec(if t.name == "mysql" {
-            "ALTER TABLE log_lines DROP INDEX idx_log_lines_stream"
-        } else {
-            "DROP INDEX idx_log_lines_stream"
-        })
-        .await;
-        let s = &*t.open().await;
-        assert_eq!(
-            t.raw_count("SELECT MAX(version) FROM schema_migrations")
-                .await,
-            5
-        );
-        let index_rows = if t.name == "mysql" {
-            "SELECT COUNT(*) FROM information_schema.statistics \
-             WHERE table_schema = DATABASE() AND index_name = 'idx_log_lines_stream'"
-        } else {
-            "SELECT COUNT(*) FROM pragma_index_list('log_lines') \
-             WHERE name = 'idx_log_lines_stream'"
-        };
-        assert!(t.raw_count(index_rows).await >= 1, "[{}] no index", t.name);
-        let stderr = lines(s, id, 3990, 10, Some(Stream::Stderr)).await;
-        assert_eq!(seqs(&stderr), vec![4000]);
     }
 
     pub async fn newer_schema_is_refused(t: &Target) {

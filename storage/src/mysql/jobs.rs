@@ -21,10 +21,11 @@ use crate::model::{
 use crate::sql::jobs::{
     has_rows, line_chunks, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line,
     read_lines_sql, read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, JOB_INSERT,
-    JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES, MYSQL_STREAM_INDEX, OUTPUTS_SELECT,
+    JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES, LINE_COLUMNS, OUTPUTS_SELECT, TEXT_COLUMNS,
 };
 use crate::sql::outbox::job_events;
-use crate::sql::{chunk_by_size, placeholders};
+use crate::sql::stream_runs::{mysql_runs_upsert, range_lines_sql, runs_of, Run, StreamRead};
+use crate::sql::{chunk_by_size, placeholders, Param};
 use crate::JobStore;
 
 /// Rows per multi-row INSERT into `job_outputs` / `job_labels`; outputs are also bounded
@@ -99,6 +100,7 @@ async fn apply_job(
     // 2. lines
     if !jw.lines.is_empty() {
         let stored = insert_lines(tx, jw).await?;
+        upsert_runs(tx, job_id, &runs_of(&jw.lines)?).await?;
         job_row::count_lines(&mut row, jw, stored, out);
     }
 
@@ -174,6 +176,24 @@ async fn insert_lines(tx: &mut Transaction<'_>, jw: &JobWrite) -> Result<u64> {
         stored += tx.affected_rows();
     }
     Ok(stored)
+}
+
+/// Upserts the runs of a write's lines (see [`crate::sql::stream_runs`]).
+async fn upsert_runs(tx: &mut Transaction<'_>, job_id: JobId, runs: &[Run]) -> Result<()> {
+    for chunk in runs.chunks(SMALL_CHUNK_ROWS) {
+        let mut params = Vec::with_capacity(chunk.len() * 4);
+        for &(stream, first, last) in chunk {
+            params.extend([
+                Value::Int(job_id),
+                Value::Int(i64::from(stream)),
+                Value::Int(first),
+                Value::Int(last),
+            ]);
+        }
+        tx.exec_drop(mysql_runs_upsert(chunk.len()), Params::Positional(params))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Upserts outputs; a stored value is replaced only by one with a higher seq. MySQL
@@ -266,9 +286,19 @@ impl JobStore for MysqlStorage {
     }
 
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>> {
-        let (sql, params) = read_lines_sql(query, MYSQL_STREAM_INDEX);
         self.bounded("read_lines", async {
             let mut conn = self.read_conn().await?;
+            if let Some(stream) = query.stream {
+                let mut read = StreamRead::new(query, stream, None);
+                let mut lines = Vec::new();
+                read_stream(&mut *conn, &mut read, LINE_COLUMNS, |mut row| {
+                    lines.push(read_line(query.job_id, &mut row)?);
+                    Ok(false)
+                })
+                .await?;
+                return Ok(lines);
+            }
+            let (sql, params) = read_lines_sql(query);
             let rows: Vec<Row> = conn.exec(sql, positional(params)).await?;
             rows.into_iter()
                 .map(|mut r| read_line(query.job_id, &mut r))
@@ -278,15 +308,12 @@ impl JobStore for MysqlStorage {
     }
 
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
-        let (sql, params) = read_text_sql(query, MYSQL_STREAM_INDEX);
         let job_id = query.lines.job_id;
         self.bounded("read_text", async {
             // The read pool, through the read gate, as every read (see `crate::read_gate`).
             let mut conn = self.read_conn().await?;
-            let mut rows = conn.exec_iter(sql, positional(params)).await?;
             let mut text = TextAssembler::new(query);
-            // Rows borrowed as they arrive: no row vector, no record struct.
-            while let Some(row) = rows.next().await? {
+            let mut push = |row: &Row| -> Result<bool> {
                 let int = |idx| match row.as_ref(idx) {
                     Some(Value::Int(v)) => Ok(*v),
                     Some(Value::UInt(v)) => i64::try_from(*v).map_err(|_| corrupt_column(idx)),
@@ -299,16 +326,64 @@ impl JobStore for MysqlStorage {
                     _ => None,
                 };
                 text.push(seq, cont, text_bytes(job_id, seq, line)?);
-                if text.is_full() {
-                    break;
+                Ok(text.is_full())
+            };
+            if let Some(stream) = query.lines.stream {
+                let mut read = StreamRead::new(&query.lines, stream, query.until_seq);
+                read_stream(&mut *conn, &mut read, TEXT_COLUMNS, |r| push(&r)).await?;
+            } else {
+                let (sql, params) = read_text_sql(query);
+                let mut rows = conn.exec_iter(sql, positional(params)).await?;
+                // Rows borrowed as they arrive: no row vector, no record struct.
+                while let Some(row) = rows.next().await? {
+                    if push(&row)? {
+                        break;
+                    }
                 }
+                // The rows past a full page are read again by the next page.
+                rows.drop_result().await?;
             }
-            // The rows past a full page are read again by the next page.
-            rows.drop_result().await?;
             Ok(text.finish())
         })
         .await
     }
+}
+
+/// Reads one stream's lines in rounds (see [`crate::sql::stream_runs`]), handing each row
+/// of `columns` to `row`, which says whether to stop: a round's ranges are one statement,
+/// which the range optimizer reads as ranges of the primary key, in order.
+async fn read_stream<Q: Queryable>(
+    conn: &mut Q,
+    read: &mut StreamRead,
+    columns: &str,
+    mut row: impl FnMut(Row) -> Result<bool>,
+) -> Result<()> {
+    while let Some((sql, params)) = read.runs_query() {
+        let runs: Vec<(i64, i64)> = conn.exec(sql, positional(params)).await?;
+        let ranges = read.ranges(&runs)?;
+        if ranges.is_empty() {
+            continue;
+        }
+        let mut params: Vec<Param> = read.lines_params().to_vec();
+        for (first, last) in &ranges {
+            params.extend([Param::from(*first), Param::from(*last)]);
+        }
+        params.push(i64::from(read.remaining()).into());
+        let mut rows = conn
+            .exec_iter(range_lines_sql(columns, ranges.len()), positional(params))
+            .await?;
+        let (mut lines, mut stopped) = (0u32, false);
+        while let Some(r) = rows.next().await? {
+            lines += 1;
+            if row(r)? {
+                stopped = true;
+                break;
+            }
+        }
+        rows.drop_result().await?;
+        read.read(lines, stopped);
+    }
+    Ok(())
 }
 
 /// The error for a `read_text` column of the wrong type.

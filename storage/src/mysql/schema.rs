@@ -95,6 +95,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "log lines by stream",
         statements: MIGRATION_5,
     },
+    Migration {
+        version: 6,
+        name: "stream runs",
+        statements: MIGRATION_6,
+    },
 ];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -189,8 +194,8 @@ const MIGRATION_4: &[&str] = &[
 ];
 
 /// Server errors meaning a DDL statement's work is there already: duplicate column name,
-/// duplicate key name.
-const ALREADY_DONE: [u16; 2] = [1060, 1061];
+/// duplicate key name, and (a `DROP INDEX` run again) no such key.
+const ALREADY_DONE: [u16; 3] = [1060, 1061, 1091];
 
 /// Schema version 5: the index that serves `stream=stdout|stderr` reads of a job's lines
 /// (`WHERE job_id = ? AND stream = ? AND seq > ? ORDER BY seq`) without scanning the
@@ -199,6 +204,33 @@ const ALREADY_DONE: [u16; 2] = [1060, 1061];
 /// [`migrate_locked`] takes as done (MySQL 8 has no `ADD INDEX IF NOT EXISTS`).
 const MIGRATION_5: &[&str] =
     &["ALTER TABLE log_lines ADD INDEX idx_log_lines_stream (job_id, stream, seq)"];
+
+/// Schema version 6: `log_runs`, the runs of each stream's lines that one-stream reads go
+/// through (see `crate::sql::stream_runs`), filled from the lines already stored, in place
+/// of version 5's index, which cost an entry per line at ingest. The fill splits each
+/// stream's consecutive seqs (`seq - row_number` is constant along them) into runs of at
+/// most 1,000 lines, as ingest does; it reads every stored line once, in one statement
+/// (`INSERT IGNORE`, so running it again after an interruption adds nothing twice). All
+/// replicas are upgraded together: version 5's binaries name the index this drops, and
+/// write no runs.
+const MIGRATION_6: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS log_runs (
+        job_id BIGINT NOT NULL,
+        stream TINYINT NOT NULL,
+        first_seq BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        PRIMARY KEY (job_id, stream, first_seq) /*T![clustered_index] CLUSTERED */
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "INSERT IGNORE INTO log_runs (job_id, stream, first_seq, last_seq)
+     SELECT job_id, stream, MIN(seq), MAX(seq) FROM (
+         SELECT job_id, stream, seq, seq - CAST(rn AS SIGNED) AS island,
+                (rn - 1) DIV 1000 AS part FROM (
+             SELECT job_id, stream, seq,
+                    ROW_NUMBER() OVER (PARTITION BY job_id, stream ORDER BY seq) AS rn
+             FROM log_lines) numbered) parted
+     GROUP BY job_id, stream, island, part",
+    "ALTER TABLE log_lines DROP INDEX idx_log_lines_stream",
+];
 
 impl MysqlStorage {
     /// Applies pending migrations holding the advisory lock on one connection (the lock

@@ -250,36 +250,25 @@ pub(crate) fn list_jobs_sql(q: &JobQuery) -> (String, Vec<Param>) {
     (sql, params)
 }
 
-/// How each backend names the `(job_id, stream, seq)` index (schema version 5) in a
-/// query: SQLite's planner has no statistics (it would range-scan the primary key and
-/// filter, reading every row of the other stream), so a stream read names its index.
-pub(crate) const SQLITE_STREAM_INDEX: &str = "INDEXED BY idx_log_lines_stream";
-/// MySQL, MariaDB and TiDB: the same hint (`FORCE INDEX`, which all three accept).
-pub(crate) const MYSQL_STREAM_INDEX: &str = "FORCE INDEX (idx_log_lines_stream)";
+/// The columns of a line as [`read_line`] reads them.
+pub(crate) const LINE_COLUMNS: &str = "seq, ts, stream, cont, line";
+/// The columns of a record of raw text ([`crate::log_text`]): `seq, cont, line`.
+pub(crate) const TEXT_COLUMNS: &str = "seq, cont, line";
 
-/// `SELECT` for [`crate::JobStore::read_lines`] with its parameters. A read of one stream
-/// goes through the `(job_id, stream, seq)` index (`stream_index`, the backend's hint
-/// naming it): its cost is the rows it returns, never the job's other stream.
-pub(crate) fn read_lines_sql(q: &LineQuery, stream_index: &str) -> (String, Vec<Param>) {
-    lines_sql("seq, ts, stream, cont, line", q, None, stream_index)
+/// `SELECT` for [`crate::JobStore::read_lines`] of every stream, with its parameters: a
+/// range of the primary key. A read of one stream goes through
+/// [`super::stream_runs::StreamRead`] instead.
+pub(crate) fn read_lines_sql(q: &LineQuery) -> (String, Vec<Param>) {
+    lines_sql(LINE_COLUMNS, q, None)
 }
 
-/// The query of a page of raw text ([`crate::log_text`]): each record's `seq, cont, line`.
-pub(crate) fn read_text_sql(q: &TextQuery, stream_index: &str) -> (String, Vec<Param>) {
-    lines_sql("seq, cont, line", &q.lines, q.until_seq, stream_index)
+/// The query of a page of raw text of every stream, as [`read_lines_sql`].
+pub(crate) fn read_text_sql(q: &TextQuery) -> (String, Vec<Param>) {
+    lines_sql(TEXT_COLUMNS, &q.lines, q.until_seq)
 }
 
-fn lines_sql(
-    columns: &str,
-    q: &LineQuery,
-    until_seq: Option<u64>,
-    stream_index: &str,
-) -> (String, Vec<Param>) {
-    let mut sql = format!("SELECT {columns} FROM log_lines ");
-    if q.stream.is_some() {
-        sql.push_str(stream_index);
-    }
-    sql.push_str(" WHERE job_id = ? AND seq > ?");
+fn lines_sql(columns: &str, q: &LineQuery, until_seq: Option<u64>) -> (String, Vec<Param>) {
+    let mut sql = format!("SELECT {columns} FROM log_lines WHERE job_id = ? AND seq > ?");
     let mut params: Vec<Param> = vec![
         q.job_id.into(),
         i64::try_from(q.after_seq).unwrap_or(i64::MAX).into(),
@@ -287,10 +276,6 @@ fn lines_sql(
     if let Some(until) = until_seq {
         sql.push_str(" AND seq <= ?");
         params.push(i64::try_from(until).unwrap_or(i64::MAX).into());
-    }
-    if let Some(stream) = q.stream {
-        sql.push_str(" AND stream = ?");
-        params.push(i64::from(stream.as_u8()).into());
     }
     sql.push_str(" ORDER BY seq LIMIT ?");
     params.push(i64::from(q.limit).into());

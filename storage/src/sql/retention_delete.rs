@@ -9,6 +9,7 @@ use super::retention::{
     DELIVERIES_OF_JOB, DOCUMENT_DELETE, JOB_CHECK, JOB_DELETE, OLD_EVENT_DELIVERIES,
     ORPHAN_DOCUMENTS, OWNED_RANGES, RUN_DOCUMENT_DELETE, RUN_HAS_JOBS,
 };
+use super::stream_runs::RUNS_DELETE_UPTO;
 use super::{Param, RowAccess};
 use crate::error::Result;
 use crate::retention::{DeleteStep, Deleted, StepOutcome};
@@ -38,6 +39,35 @@ async fn delete_range<E: Exec>(
         }
         None => tx.execute(&rest_delete_sql(table), vec![job.into()]).await,
     }
+}
+
+/// Deletes up to `budget` of a job's lines by seq range, with the runs that start in that
+/// range (see [`super::stream_runs`]); returns how many lines. The runs are the lines'
+/// index, as version 5's index entries were: at most one per line, deleted with them and
+/// not counted. A run that starts in the range and ends past it goes too: no stream read
+/// needs it once the job is being deleted.
+async fn delete_lines_with_runs<E: Exec>(tx: &mut E, job: i64, budget: u64) -> Result<u64> {
+    let offset = i64::try_from(budget.saturating_sub(1)).unwrap_or(i64::MAX);
+    let sql = range_end_sql("log_lines", "seq");
+    let end = first(tx, &sql, vec![job.into(), offset.into()], |r| {
+        r.column::<i64>(0)
+    })
+    .await?;
+    let lines = match end {
+        Some(end) => {
+            let params = vec![job.into(), end.into()];
+            tx.execute(RUNS_DELETE_UPTO, params.clone()).await?;
+            tx.execute(&range_delete_sql("log_lines", "seq"), params)
+                .await?
+        }
+        None => {
+            tx.execute(&rest_delete_sql("log_runs"), vec![job.into()])
+                .await?;
+            tx.execute(&rest_delete_sql("log_lines"), vec![job.into()])
+                .await?
+        }
+    };
+    Ok(lines)
 }
 
 /// Deletes deliveries with their attempts; returns `(deliveries, attempts)`.
@@ -90,12 +120,15 @@ pub(crate) async fn delete_step<E: Exec>(tx: &mut E, step: &DeleteStep) -> Resul
         finished: false,
     };
     for range in OWNED_RANGES {
-        let n = delete_range(tx, range, step.job, budget).await?;
-        if range.0 == "log_lines" {
+        let n = if range.0 == "log_lines" {
+            let n = delete_lines_with_runs(tx, step.job, budget).await?;
             deleted.lines += n;
+            n
         } else {
+            let n = delete_range(tx, range, step.job, budget).await?;
             deleted.other += n;
-        }
+            n
+        };
         budget -= n.min(budget);
         if budget == 0 {
             return Ok(more(deleted));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
-use super::{query_all, query_opt, values, SqliteStorage};
+use super::{query_all, query_opt, values, SqliteRow, SqliteStorage};
 use crate::error::Result;
 use crate::job_row::{self, JobRow};
 use crate::log_text::{TextAssembler, TextPage, TextQuery};
@@ -17,10 +17,11 @@ use crate::model::{
 use crate::sql::jobs::{
     has_rows, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
     read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, JOB_INSERT, JOB_SELECT_COLUMNS,
-    JOB_UPDATE, OUTPUTS_SELECT, SQLITE_STREAM_INDEX,
+    JOB_UPDATE, LINE_COLUMNS, OUTPUTS_SELECT, TEXT_COLUMNS,
 };
 use crate::sql::outbox::job_events;
-use crate::sql::placeholders;
+use crate::sql::stream_runs::{range_lines_sql, runs_of, StreamRead, SQLITE_RUN_UPSERT};
+use crate::sql::{placeholders, RowAccess};
 use crate::JobStore;
 
 /// Rows per multi-row line INSERT: one cached statement of this size takes the bulk of a
@@ -85,6 +86,10 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
     // 2. lines
     if !jw.lines.is_empty() {
         let stored = insert_lines(tx, job_id, jw)?;
+        let mut upsert = tx.prepare_cached(SQLITE_RUN_UPSERT)?;
+        for (stream, first, last) in runs_of(&jw.lines)? {
+            upsert.execute(params![job_id, stream, first, last])?;
+        }
         job_row::count_lines(&mut row, jw, stored, out);
     }
 
@@ -196,21 +201,31 @@ impl JobStore for SqliteStorage {
     }
 
     async fn read_lines(&self, query: &LineQuery) -> Result<Vec<StoredLine>> {
-        let (sql, params) = read_lines_sql(query, SQLITE_STREAM_INDEX);
         let job_id = query.job_id;
+        if let Some(stream) = query.stream {
+            let mut read = StreamRead::new(query, stream, None);
+            return self
+                .with_reader(move |conn| {
+                    let mut lines = Vec::new();
+                    read_stream(conn, &mut read, LINE_COLUMNS, |r| {
+                        lines.push(read_line(job_id, &mut SqliteRow(r))?);
+                        Ok(false)
+                    })?;
+                    Ok(lines)
+                })
+                .await;
+        }
+        let (sql, params) = read_lines_sql(query);
         self.with_reader(move |conn| query_all(conn, &sql, params, |r| read_line(job_id, r)))
             .await
     }
 
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
-        let (sql, params) = read_text_sql(query, SQLITE_STREAM_INDEX);
         let query = *query;
         self.with_reader(move |conn| {
             let mut text = TextAssembler::new(&query);
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(values(params))?;
             let job_id = query.lines.job_id;
-            while let Some(row) = rows.next()? {
+            let mut push = |row: &rusqlite::Row<'_>| -> Result<bool> {
                 let seq = seq_from_db(job_id, row.get(0)?)?;
                 let cont = row.get::<_, i64>(1)? != 0;
                 let line = match row.get_ref(2)? {
@@ -218,12 +233,59 @@ impl JobStore for SqliteStorage {
                     _ => None,
                 };
                 text.push(seq, cont, text_bytes(job_id, seq, line)?);
-                if text.is_full() {
-                    break;
+                Ok(text.is_full())
+            };
+            if let Some(stream) = query.lines.stream {
+                let mut read = StreamRead::new(&query.lines, stream, query.until_seq);
+                read_stream(conn, &mut read, TEXT_COLUMNS, push)?;
+            } else {
+                let (sql, params) = read_text_sql(&query);
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let mut rows = stmt.query(values(params))?;
+                while let Some(row) = rows.next()? {
+                    if push(row)? {
+                        break;
+                    }
                 }
             }
             Ok(text.finish())
         })
         .await
     }
+}
+
+/// Reads one stream's lines in rounds (see [`crate::sql::stream_runs`]), handing each row
+/// of `columns` to `row`, which says whether to stop. Each range is its own statement:
+/// SQLite would scan the whole job for an `OR` of ranges.
+fn read_stream(
+    conn: &Connection,
+    read: &mut StreamRead,
+    columns: &str,
+    mut row: impl FnMut(&rusqlite::Row<'_>) -> Result<bool>,
+) -> Result<()> {
+    let lines_sql = range_lines_sql(columns, 1);
+    while let Some((sql, params)) = read.runs_query() {
+        let runs = query_all(conn, sql, params, |r| Ok((r.column(0)?, r.column(1)?)))?;
+        let ranges = read.ranges(&runs)?;
+        let mut stmt = conn.prepare_cached(&lines_sql)?;
+        let (mut lines, mut stopped) = (0u32, false);
+        'ranges: for (first, last) in ranges {
+            let left = read.remaining().saturating_sub(lines);
+            if left == 0 {
+                break;
+            }
+            let mut params = read.lines_params().to_vec();
+            params.extend([first.into(), last.into(), i64::from(left).into()]);
+            let mut rows = stmt.query(values(params))?;
+            while let Some(r) = rows.next()? {
+                lines += 1;
+                if row(r)? {
+                    stopped = true;
+                    break 'ranges;
+                }
+            }
+        }
+        read.read(lines, stopped);
+    }
+    Ok(())
 }

@@ -85,6 +85,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
     version: 5,
     name: "log lines by stream",
     statements: MIGRATION_5,
+}, Migration {
+    version: 6,
+    name: "stream runs",
+    statements: MIGRATION_6,
 }];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -180,6 +184,29 @@ const MIGRATION_4: &[&str] = &[
 /// index of a `WITHOUT ROWID` table, the primary key, so it points straight at the row).
 const MIGRATION_5: &[&str] =
     &["CREATE INDEX IF NOT EXISTS idx_log_lines_stream ON log_lines (job_id, stream, seq)"];
+
+/// Schema version 6: `log_runs`, the runs of each stream's lines that one-stream reads go
+/// through (see `crate::sql::stream_runs`), filled from the lines already stored, in place
+/// of version 5's index, which cost an entry per line at ingest. The fill splits each
+/// stream's consecutive seqs (`seq - row_number` is constant along them) into runs of at
+/// most 1,000 lines, as ingest does; it reads every stored line once.
+const MIGRATION_6: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS log_runs (
+        job_id INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        PRIMARY KEY (job_id, stream, first_seq)
+    ) STRICT, WITHOUT ROWID",
+    "INSERT OR IGNORE INTO log_runs (job_id, stream, first_seq, last_seq)
+     SELECT job_id, stream, MIN(seq), MAX(seq) FROM (
+         SELECT job_id, stream, seq, seq - rn AS island, (rn - 1) / 1000 AS part FROM (
+             SELECT job_id, stream, seq,
+                    ROW_NUMBER() OVER (PARTITION BY job_id, stream ORDER BY seq) AS rn
+             FROM log_lines))
+     GROUP BY job_id, stream, island, part",
+    "DROP INDEX IF EXISTS idx_log_lines_stream",
+];
 
 /// Applies pending migrations under `BEGIN IMMEDIATE`, which takes SQLite's write lock
 /// first: a second process opening the same file waits (busy timeout), then finds the

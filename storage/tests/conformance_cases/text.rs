@@ -13,7 +13,7 @@ async fn read_all_text(
     max_joined: usize,
     stream: Option<Stream>,
 ) -> (Vec<u8>, usize) {
-    let mut query = TextQuery {
+    let query = TextQuery {
         lines: LineQuery {
             job_id: id,
             after_seq: 0,
@@ -25,6 +25,12 @@ async fn read_all_text(
         open_len: None,
         until_seq: None,
     };
+    read_all_text_of(s, query).await
+}
+
+/// Reads text pages from `query` on until one is not full; returns the text and how many
+/// pages it took.
+pub(super) async fn read_all_text_of(s: &dyn Storage, mut query: TextQuery) -> (Vec<u8>, usize) {
     let mut text = Vec::new();
     let mut pages = 0;
     loop {
