@@ -6,6 +6,7 @@ use mysql_async::Conn;
 
 use super::MysqlStorage;
 use crate::error::{Error, ErrorKind, Result};
+use crate::sql::stream_runs::runs_fill_sql;
 use crate::sql::{schema_too_new, Migration};
 
 /// Applied in order; see `docs/storage.md`. Indexes are declared inside `CREATE TABLE`
@@ -206,11 +207,10 @@ const MIGRATION_5: &[&str] =
     &["ALTER TABLE log_lines ADD INDEX idx_log_lines_stream (job_id, stream, seq)"];
 
 /// Schema version 6: `log_runs`, the runs of each stream's lines that one-stream reads go
-/// through (see `crate::sql::stream_runs`), filled from the lines already stored, in place
-/// of version 5's index, which cost an entry per line at ingest. The fill splits each
-/// stream's consecutive seqs (`seq - row_number` is constant along them) into runs of at
-/// most 1,000 lines, as ingest does; it reads every stored line once, in one statement
-/// (`INSERT IGNORE`, so running it again after an interruption adds nothing twice). All
+/// through (see `crate::sql::stream_runs`), filled from the lines already stored (reading
+/// each once, in one statement, [`runs_fill_sql`]; `INSERT IGNORE`, so running it again
+/// after an interruption adds nothing twice), in place of version 5's index, which cost an
+/// entry per line at ingest. All
 /// replicas are upgraded together: version 5's binaries name the index this drops, and
 /// write no runs.
 const MIGRATION_6: &[&str] = &[
@@ -221,14 +221,7 @@ const MIGRATION_6: &[&str] = &[
         last_seq BIGINT NOT NULL,
         PRIMARY KEY (job_id, stream, first_seq) /*T![clustered_index] CLUSTERED */
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    "INSERT IGNORE INTO log_runs (job_id, stream, first_seq, last_seq)
-     SELECT job_id, stream, MIN(seq), MAX(seq) FROM (
-         SELECT job_id, stream, seq, seq - CAST(rn AS SIGNED) AS island,
-                (rn - 1) DIV 1000 AS part FROM (
-             SELECT job_id, stream, seq,
-                    ROW_NUMBER() OVER (PARTITION BY job_id, stream ORDER BY seq) AS rn
-             FROM log_lines) numbered) parted
-     GROUP BY job_id, stream, island, part",
+    runs_fill_sql!("INSERT IGNORE", "DIV"),
     "ALTER TABLE log_lines DROP INDEX idx_log_lines_stream",
 ];
 

@@ -52,6 +52,30 @@ pub(crate) fn mysql_runs_upsert(n: usize) -> String {
 pub(crate) const RUNS_DELETE_UPTO: &str =
     "DELETE FROM log_runs WHERE job_id = ? AND stream IN (1, 2) AND first_seq <= ?";
 
+/// The statement of schema version 6 that fills `log_runs` from the lines already stored,
+/// in a backend's words: `$insert` (an insert that skips rows already there: `INSERT OR
+/// IGNORE`, `INSERT IGNORE`) and `$div` (integer division: `/`, `DIV`). Along a stream's
+/// consecutive seqs `seq - row_number` is constant; each such stretch is split where the
+/// row number passes a multiple of 1,000, so no run is [`RUN_MAX_LINES`] long.
+macro_rules! runs_fill_sql {
+    ($insert:literal, $div:literal) => {
+        concat!(
+            $insert,
+            " INTO log_runs (job_id, stream, first_seq, last_seq) \
+             SELECT job_id, stream, MIN(seq), MAX(seq) FROM ( \
+                 SELECT job_id, stream, seq, seq - CAST(rn AS SIGNED) AS island, \
+                        (rn - 1) ",
+            $div,
+            " 1000 AS part FROM ( \
+                     SELECT job_id, stream, seq, \
+                            ROW_NUMBER() OVER (PARTITION BY job_id, stream ORDER BY seq) AS rn \
+                     FROM log_lines) numbered) parted \
+             GROUP BY job_id, stream, island, part"
+        )
+    };
+}
+pub(crate) use runs_fill_sql;
+
 /// One run of a write: `(stream, first_seq, last_seq)`.
 pub(crate) type Run = (u8, i64, i64);
 

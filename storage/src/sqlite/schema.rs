@@ -3,6 +3,7 @@
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::error::Result;
+use crate::sql::stream_runs::runs_fill_sql;
 use crate::sql::{schema_too_new, Migration};
 
 /// Applied in order; see `docs/storage.md`. Tables are STRICT (types enforced) and CHECK
@@ -186,10 +187,9 @@ const MIGRATION_5: &[&str] =
     &["CREATE INDEX IF NOT EXISTS idx_log_lines_stream ON log_lines (job_id, stream, seq)"];
 
 /// Schema version 6: `log_runs`, the runs of each stream's lines that one-stream reads go
-/// through (see `crate::sql::stream_runs`), filled from the lines already stored, in place
-/// of version 5's index, which cost an entry per line at ingest. The fill splits each
-/// stream's consecutive seqs (`seq - row_number` is constant along them) into runs of at
-/// most 1,000 lines, as ingest does; it reads every stored line once.
+/// through (see `crate::sql::stream_runs`), filled from the lines already stored (reading
+/// each once; [`runs_fill_sql`]), in place of version 5's index, which cost an entry per
+/// line at ingest.
 const MIGRATION_6: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS log_runs (
         job_id INTEGER NOT NULL,
@@ -198,13 +198,7 @@ const MIGRATION_6: &[&str] = &[
         last_seq INTEGER NOT NULL,
         PRIMARY KEY (job_id, stream, first_seq)
     ) STRICT, WITHOUT ROWID",
-    "INSERT OR IGNORE INTO log_runs (job_id, stream, first_seq, last_seq)
-     SELECT job_id, stream, MIN(seq), MAX(seq) FROM (
-         SELECT job_id, stream, seq, seq - rn AS island, (rn - 1) / 1000 AS part FROM (
-             SELECT job_id, stream, seq,
-                    ROW_NUMBER() OVER (PARTITION BY job_id, stream ORDER BY seq) AS rn
-             FROM log_lines))
-     GROUP BY job_id, stream, island, part",
+    runs_fill_sql!("INSERT OR IGNORE", "/"),
     "DROP INDEX IF EXISTS idx_log_lines_stream",
 ];
 
