@@ -24,12 +24,13 @@ pub struct Config {
     /// so readers never hold a connection ingest needs (SQLite: at most 4 readers).
     #[serde(default = "default_storage_read_connections")]
     pub storage_read_connections: usize,
-    /// Reads that run at once while ingest writes (reads yield to ingest); the whole read
-    /// pool when no batch is being applied.
+    /// Reads of each kind (download pages; others) that run at once while ingest writes
+    /// (reads yield to ingest); the whole read pool when no batch is being applied.
     #[serde(default = "default_storage_busy_read_connections")]
     pub storage_busy_read_connections: usize,
-    /// Share of the time (percent, 1–100) reads may take while ingest writes: reads are
-    /// paced so the database serves batches the rest of the time.
+    /// Share of the time (percent, 1–100) the pages of raw downloads may take while ingest
+    /// writes: they are paced so the database serves batches the rest of the time (other
+    /// reads, bounded by their own budgets, are not).
     #[serde(default = "default_storage_busy_read_percent")]
     pub storage_busy_read_percent: u32,
     /// API tokens (`[[tokens]]`): a name, the SHA-256 of the secret (`logarithmd

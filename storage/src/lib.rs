@@ -79,11 +79,13 @@ pub struct StorageConfig {
     /// Upper bound on open connections for reads (log and job queries), a separate pool so
     /// readers never take a writer's connection (MySQL read pool; SQLite readers, at most 4).
     pub max_read_connections: usize,
-    /// Reads run at most this many at a time while batches are being applied (reads yield
-    /// to ingest; the whole read pool when no write is near). At least 1.
+    /// Reads of each kind (download pages; others) run at most this many at a time while
+    /// batches are being applied (reads yield to ingest; the whole read pool when no write
+    /// is near). At least 1.
     pub busy_read_connections: usize,
-    /// Share of the time (percent, 1–100) reads may take while batches are being applied:
-    /// after a read of `d`, the next waits `d × (100 − p) / p` (at most 1 s).
+    /// Share of the time (percent, 1–100) bulk reads (the pages of raw downloads) may take
+    /// while batches are being applied: after one of `d`, the next waits
+    /// `d × (100 − p) / p` (at most 1 s). Other reads are not paced.
     pub busy_read_percent: u32,
 }
 

@@ -1,11 +1,13 @@
 //! Reads yield to ingest: while batches are being applied (or were within the last
-//! [`QUIET`]), reads run at most `busy_read_connections` at a time (1 by default) instead of
-//! the read pool's full size, and are paced to take at most `busy_read_percent` of the time
-//! (after a read of `d`, the next waits `d × (100 − p) / p`, at most [`MAX_PAUSE`]). So
-//! downloads and follows take a bounded share of the database's (and, for SQLite,
-//! logarithmd's own) CPU while agents are shipping, and all of it when they are not. Both
-//! backends take a [`ReadGate`] permit before a read and hold a [`Writing`] guard for the
-//! whole of each `apply`.
+//! [`QUIET`]), reads run at most `busy_read_connections` at a time of each [`ReadClass`]
+//! instead of the read pool's full size, and bulk reads (the pages of raw downloads) are
+//! paced to take at most `busy_read_percent` of the time (after a read of `d`, the next
+//! waits `d × (100 − p) / p`, at most [`MAX_PAUSE`]). So downloads take a bounded share of
+//! the database's (and, for SQLite, logarithmd's own) CPU while agents are shipping, and
+//! all of it when they are not; the small reads of follows, tails and JSON pages, which are
+//! bounded by their own budgets, never queue behind a paced download page. Both backends
+//! take a [`ReadGate`] permit before a read and hold a [`Writing`] guard for the whole of
+//! each `apply`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,16 @@ const QUIET: Duration = Duration::from_millis(250);
 /// The longest pause pacing imposes between two reads.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
+/// What a read is, for the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadClass {
+    /// A page of a raw download: large, one after another; paced beside ingest.
+    Bulk,
+    /// Anything else (a job, a JSON page of lines, a follow's catch-up): bounded by its
+    /// own budgets; limited in number beside ingest, not paced.
+    Small,
+}
+
 /// Counts writes in flight and hands out read permits accordingly.
 #[derive(Debug)]
 pub(crate) struct ReadGate {
@@ -28,7 +40,8 @@ pub(crate) struct ReadGate {
     /// Milliseconds after `epoch` when the last write ended.
     last_write_ms: AtomicU64,
     epoch: Instant,
-    busy: Arc<Semaphore>,
+    busy_bulk: Arc<Semaphore>,
+    busy_small: Arc<Semaphore>,
     pacing: Arc<Pacing>,
 }
 
@@ -47,17 +60,20 @@ impl Pacing {
     }
 }
 
-/// A read running beside ingest; dropping it paces the next one.
+/// A read running beside ingest; dropping a bulk one paces the next.
 #[derive(Debug)]
 pub(crate) struct BusyRead {
     _permit: OwnedSemaphorePermit,
-    pacing: Arc<Pacing>,
+    /// Bulk reads only.
+    pacing: Option<Arc<Pacing>>,
     started_us: u64,
 }
 
 impl Drop for BusyRead {
     fn drop(&mut self) {
-        let p = &self.pacing;
+        let Some(p) = &self.pacing else {
+            return;
+        };
         let end = p.now_us();
         let pause = pause_us(end.saturating_sub(self.started_us), p.percent);
         p.not_before_us.fetch_max(end + pause, Ordering::Relaxed);
@@ -83,15 +99,16 @@ impl Drop for Writing<'_> {
 }
 
 impl ReadGate {
-    /// A gate letting `busy_reads` (at least 1) reads run at once beside ingest, taking
-    /// at most `percent` (1–100) of the time.
+    /// A gate letting `busy_reads` (at least 1) reads of each class run at once beside
+    /// ingest, bulk reads taking at most `percent` (1–100) of the time.
     pub(crate) fn new(busy_reads: usize, percent: u32) -> ReadGate {
         let epoch = Instant::now();
         ReadGate {
             writes: AtomicUsize::new(0),
             last_write_ms: AtomicU64::new(0),
             epoch,
-            busy: Arc::new(Semaphore::new(busy_reads.max(1))),
+            busy_bulk: Arc::new(Semaphore::new(busy_reads.max(1))),
+            busy_small: Arc::new(Semaphore::new(busy_reads.max(1))),
             pacing: Arc::new(Pacing {
                 epoch,
                 not_before_us: AtomicU64::new(0),
@@ -120,16 +137,28 @@ impl ReadGate {
     }
 
     /// A permit to read: `None` (no wait) when no write is near, else one of the
-    /// `busy_reads` permits once pacing allows, held for the read.
-    pub(crate) async fn read(&self) -> Result<Option<BusyRead>> {
+    /// `busy_reads` permits of its class (for a bulk read, once pacing allows), held for
+    /// the read.
+    pub(crate) async fn read(&self, class: ReadClass) -> Result<Option<BusyRead>> {
         if !self.busy() {
             return Ok(None);
         }
-        let permit = Arc::clone(&self.busy)
+        let busy = match class {
+            ReadClass::Bulk => &self.busy_bulk,
+            ReadClass::Small => &self.busy_small,
+        };
+        let permit = Arc::clone(busy)
             .acquire_owned()
             .await
             .map_err(|_| Error::new(ErrorKind::Internal, "the read gate closed"))?;
         let p = &self.pacing;
+        if class == ReadClass::Small {
+            return Ok(Some(BusyRead {
+                _permit: permit,
+                pacing: None,
+                started_us: 0,
+            }));
+        }
         let wait = p
             .not_before_us
             .load(Ordering::Relaxed)
@@ -139,7 +168,7 @@ impl ReadGate {
         }
         Ok(Some(BusyRead {
             _permit: permit,
-            pacing: Arc::clone(p),
+            pacing: Some(Arc::clone(p)),
             started_us: p.now_us(),
         }))
     }
@@ -152,15 +181,32 @@ mod tests {
     #[tokio::test]
     async fn reads_take_a_permit_only_beside_writes() {
         let gate = ReadGate::new(1, 100);
-        assert!(gate.read().await.ok().flatten().is_none());
+        assert!(gate.read(ReadClass::Bulk).await.ok().flatten().is_none());
         let w = gate.writing();
-        let first = gate.read().await.ok().flatten();
+        let first = gate.read(ReadClass::Bulk).await.ok().flatten();
         assert!(first.is_some());
-        // The one busy permit is taken: a second read waits for it.
-        let second = tokio::time::timeout(Duration::from_millis(50), gate.read()).await;
-        assert!(second.is_err());
-        drop(first);
+        // The one busy bulk permit is taken: a second bulk read waits for it...
+        let second = tokio::time::timeout(Duration::from_millis(50), gate.read(ReadClass::Bulk));
+        assert!(second.await.is_err());
+        // ... and a small read does not.
+        let small = gate.read(ReadClass::Small).await.ok().flatten();
+        assert!(small.is_some());
+        drop((first, small));
         drop(w);
+    }
+
+    #[tokio::test]
+    async fn only_bulk_reads_are_paced() {
+        let gate = ReadGate::new(1, 1);
+        let _w = gate.writing();
+        let bulk = gate.read(ReadClass::Bulk).await.ok().flatten();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A 5 ms bulk read at 1 %: the next bulk read waits about half a second.
+        drop(bulk);
+        let small = tokio::time::timeout(Duration::from_millis(100), gate.read(ReadClass::Small));
+        assert!(small.await.is_ok_and(|r| r.is_ok_and(|p| p.is_some())));
+        let next = tokio::time::timeout(Duration::from_millis(100), gate.read(ReadClass::Bulk));
+        assert!(next.await.is_err());
     }
 
     #[test]

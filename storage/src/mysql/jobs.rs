@@ -18,6 +18,7 @@ use crate::log_text::{TextAssembler, TextPage, TextQuery};
 use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
+use crate::read_gate::ReadClass;
 use crate::sql::jobs::{
     has_rows, line_chunks, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line,
     read_lines_sql, read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, JOB_INSERT,
@@ -310,8 +311,8 @@ impl JobStore for MysqlStorage {
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
         let job_id = query.lines.job_id;
         self.bounded("read_text", async {
-            // The read pool, through the read gate, as every read (see `crate::read_gate`).
-            let mut conn = self.read_conn().await?;
+            // The read pool, through the read gate as a bulk read (see `crate::read_gate`).
+            let mut conn = self.read_conn_of(ReadClass::Bulk).await?;
             let mut text = TextAssembler::new(query);
             let mut push = |row: &Row| -> Result<bool> {
                 let int = |idx| match row.as_ref(idx) {

@@ -30,7 +30,7 @@ use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Value};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::read_gate::{BusyRead, ReadGate, Writing};
+use crate::read_gate::{BusyRead, ReadClass, ReadGate, Writing};
 use crate::sql::exec::Exec;
 use crate::sql::{Column, Param, RowAccess};
 use crate::{Storage, StorageConfig};
@@ -255,9 +255,14 @@ impl MysqlStorage {
     }
 
     /// A connection of the read pool (for queries that write nothing), once the read gate
-    /// lets the read run.
+    /// lets a small read run.
     pub(crate) async fn read_conn(&self) -> Result<ReadConn> {
-        let permit = self.gate.read().await?;
+        self.read_conn_of(ReadClass::Small).await
+    }
+
+    /// A connection of the read pool once the read gate lets a read of `class` run.
+    pub(crate) async fn read_conn_of(&self, class: ReadClass) -> Result<ReadConn> {
+        let permit = self.gate.read(class).await?;
         Ok(ReadConn {
             conn: get_conn(&self.read_pool).await?,
             _beside_ingest: permit,

@@ -14,6 +14,7 @@ use crate::log_text::{TextAssembler, TextPage, TextQuery};
 use crate::model::{
     ApplyOutcome, Job, JobId, JobQuery, JobWrite, LineQuery, StoredLine, TransitionKind, WriteBatch,
 };
+use crate::read_gate::ReadClass;
 use crate::sql::jobs::{
     has_rows, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
     read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, JOB_INSERT, JOB_SELECT_COLUMNS,
@@ -222,7 +223,7 @@ impl JobStore for SqliteStorage {
 
     async fn read_text(&self, query: &TextQuery) -> Result<TextPage> {
         let query = *query;
-        self.with_reader(move |conn| {
+        self.with_reader_of(ReadClass::Bulk, move |conn| {
             let mut text = TextAssembler::new(&query);
             let job_id = query.lines.job_id;
             let mut push = |row: &rusqlite::Row<'_>| -> Result<bool> {

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::read_gate::{ReadGate, Writing};
+use crate::read_gate::{ReadClass, ReadGate, Writing};
 use crate::sql::exec::Exec;
 use crate::sql::{Column, Param, RowAccess};
 use crate::Storage;
@@ -292,8 +292,17 @@ impl SqliteStorage {
         .map_err(join_error)?
     }
 
-    /// Runs `f` on a reader connection (opened on first use, then reused).
+    /// Runs `f` on a reader connection (opened on first use, then reused) as a small read.
     pub(crate) async fn with_reader<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.with_reader_of(ReadClass::Small, f).await
+    }
+
+    /// Runs `f` on a reader connection once the read gate lets a read of `class` run.
+    pub(crate) async fn with_reader_of<T, F>(&self, class: ReadClass, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -301,7 +310,7 @@ impl SqliteStorage {
         let Some(readers) = &self.inner.readers else {
             return self.with_writer(move |conn| f(conn)).await;
         };
-        let _beside_ingest = self.inner.gate.read().await?;
+        let _beside_ingest = self.inner.gate.read(class).await?;
         let _permit = readers
             .permits
             .acquire()
