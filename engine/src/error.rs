@@ -48,37 +48,12 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An engine failure.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}: {message}")]
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
+protocol::crate_error!(
+    /// An engine failure.
+    ""
+);
 
 impl Error {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    pub fn with_source(
-        kind: ErrorKind,
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
     pub fn invalid(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Invalid, message)
     }
@@ -89,15 +64,6 @@ impl Error {
 
     pub fn conflict(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Conflict, message)
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    /// The message without the kind prefix (what an API answers with).
-    pub fn message(&self) -> &str {
-        &self.message
     }
 
     pub fn is_transient(&self) -> bool {

@@ -14,6 +14,7 @@
 //! - constants: versions, paths, headers, limits.
 //! - [`now_ns`]: the wall clock as the protocol counts time (ns since the Unix epoch), the
 //!   one definition every crate uses.
+//! - [`crate_error!`]: the shape of every crate's error type (a kind, a message, a cause).
 //!
 //! # Ordering and `seq`
 //! `seq` numbers a container's log records gaplessly from 1, in the order Docker recorded
@@ -27,6 +28,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+mod error;
 
 /// Now, as nanoseconds since the Unix epoch: how every timestamp in the protocol and in
 /// storage counts time. 0 if the clock is before the epoch; saturates in the year 2262.

@@ -40,41 +40,12 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-#[error("storage {kind}: {message}")]
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
+protocol::crate_error!(
+    /// A storage failure.
+    "storage "
+);
 
 impl Error {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    pub fn with_source(
-        kind: ErrorKind,
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
     pub fn is_transient(&self) -> bool {
         self.kind.is_transient()
     }
