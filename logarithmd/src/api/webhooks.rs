@@ -20,6 +20,7 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::auth::{Admin, Authorized};
 use crate::timefmt::rfc3339;
+use crate::webhooks::SubscriptionConfig;
 
 const DEFAULT_DELIVERY_PAGE: u32 = 50;
 const MAX_DELIVERY_PAGE: u32 = 500;
@@ -44,19 +45,6 @@ pub fn routes() -> Router<AppState> {
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_subscription", message)
-}
-
-/// What `POST /api/v1/webhooks` takes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSubscription {
-    #[serde(default)]
-    pub name: Option<String>,
-    pub url: String,
-    pub secret: String,
-    pub events: Vec<String>,
-    #[serde(default)]
-    pub filters: BTreeMap<String, String>,
 }
 
 /// A subscription as the API shows it: everything but the secret.
@@ -179,16 +167,12 @@ async fn create_subscription(
 ) -> ApiResult<impl IntoResponse> {
     // Parsed here rather than by the Json extractor, so every bad input is a 400 that
     // names the field (serde names missing and unknown fields).
-    let input: CreateSubscription =
+    // The body has the fields of a subscription in the configuration file.
+    let input: SubscriptionConfig =
         serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid subscription: {e}")))?;
-    let valid = crate::webhooks::validate_input(
-        input.name.as_deref(),
-        &input.url,
-        &input.secret,
-        &input.events,
-        &input.filters,
-    )
-    .map_err(|e| invalid(format!("`{}` {}", e.field, e.message)))?;
+    let valid = input
+        .validate()
+        .map_err(|e| invalid(format!("`{}` {}", e.field, e.message)))?;
     let spec = SubscriptionSpec {
         id: random_id(),
         name: valid.name,

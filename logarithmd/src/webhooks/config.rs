@@ -45,7 +45,7 @@ pub struct WebhooksConfig {
     pub retry_jitter: f64,
 }
 
-/// One subscription in the configuration file.
+/// One subscription in the configuration file, or the body of `POST /api/v1/webhooks`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {

@@ -52,6 +52,19 @@ pub struct ValidInput {
     pub filters: BTreeMap<String, String>,
 }
 
+impl SubscriptionConfig {
+    /// Checks the subscription (from the config file or the API).
+    pub fn validate(&self) -> Result<ValidInput, FieldError> {
+        validate_input(
+            self.name.as_deref(),
+            &self.url,
+            &self.secret,
+            &self.events,
+            &self.filters,
+        )
+    }
+}
+
 /// Checks a subscription as given in the config file or the API.
 pub fn validate_input(
     name: Option<&str>,
@@ -145,13 +158,12 @@ pub async fn sync_config_subscriptions(
     config: &WebhooksConfig,
 ) -> Result<(), crate::Error> {
     for (i, s) in config.subscriptions.iter().enumerate() {
-        let input = validate_input(s.name.as_deref(), &s.url, &s.secret, &s.events, &s.filters)
-            .map_err(|e| {
-                crate::Error::Config(format!(
-                    "webhooks.subscriptions[{i}].{}: {}",
-                    e.field, e.message
-                ))
-            })?;
+        let input = s.validate().map_err(|e| {
+            crate::Error::Config(format!(
+                "webhooks.subscriptions[{i}].{}: {}",
+                e.field, e.message
+            ))
+        })?;
         let spec = SubscriptionSpec {
             id: config_subscription_id(&input),
             name: input.name,
