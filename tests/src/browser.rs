@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::{free_port, wait_until, Proc};
+use crate::{free_port, wait_http_ok, wait_until, Proc};
 
 /// The W3C element reference key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -63,17 +63,8 @@ impl Browser {
         let proc = Proc::spawn(cmd, profile.path().join("chromedriver.log"))?;
         let driver = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        wait_until(Duration::from_secs(20), "chromedriver", || {
-            let http = http.clone();
-            let url = format!("{driver}/status");
-            async move {
-                Ok(match http.get(url).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                })
-            }
-        })
-        .await?;
+        let status = format!("{driver}/status");
+        wait_http_ok(&http, &status, Duration::from_secs(20), "chromedriver").await?;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "unhandledPromptBehavior": "ignore",

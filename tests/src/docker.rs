@@ -75,7 +75,7 @@ pub async fn run(docker: &Docker, spec: &Spec) -> Result<String> {
         binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
         ..Default::default()
     };
-    let name = format!("lgtest-{:012x}", crate::rand_u64() & 0xffff_ffff_ffff);
+    let name = format!("lgtest-{}", crate::rand_tag());
     let created = docker
         .create_container(
             Some(CreateContainerOptions {

@@ -32,6 +32,7 @@ pub mod mariadb;
 pub mod pki;
 pub mod prometheus;
 pub mod rotation;
+pub mod stored_log;
 pub mod webhook_receiver;
 
 use std::path::PathBuf;
@@ -92,6 +93,23 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until a GET of `url` answers 2xx (a server that is starting: its health or ready
+/// endpoint), polling as [`wait_until`] does.
+pub async fn wait_http_ok(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
+    wait_until(timeout, what, move || async move {
+        Ok(match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => Some(()),
+            _ => None,
+        })
+    })
+    .await
 }
 
 /// Two tests of one scenario (an `async fn(Db) -> Result<()>`), on a fresh SQLite file
@@ -257,6 +275,11 @@ pub fn rand_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+/// 12 random hex digits, to tell one test's flows, labels and containers from another's.
+pub fn rand_tag() -> String {
+    format!("{:012x}", rand_u64() & 0xffff_ffff_ffff)
 }
 
 /// A child process that is killed when dropped; its output goes to a log file kept in
@@ -488,18 +511,13 @@ impl Daemon {
 
     /// Waits until `/readyz` answers 2xx.
     async fn wait_ready(&self) -> Result<()> {
-        let http = self.http.clone();
         let url = format!("{}/readyz", self.base);
-        let ready = wait_until(Duration::from_secs(60), "logarithmd /readyz", || {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                Ok(match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                })
-            }
-        })
+        let ready = wait_http_ok(
+            &self.http,
+            &url,
+            Duration::from_secs(60),
+            "logarithmd /readyz",
+        )
         .await;
         if let Err(e) = ready {
             bail!("{e:#}\nlogarithmd log:\n{}", self.proc.log());

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{free_port, tail, wait_until, Proc};
+use crate::{free_port, tail, wait_http_ok, wait_until, Proc};
 
 /// Where the repository's `dashboards/` directory is.
 pub fn dashboards_dir() -> PathBuf {
@@ -126,16 +126,12 @@ impl Prometheus {
             _dir: dir,
         };
         let url = format!("{}/-/ready", p.base);
-        let ready = wait_until(Duration::from_secs(60), "prometheus /-/ready", || {
-            let http = p.http.clone();
-            let url = url.clone();
-            async move {
-                Ok(match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                })
-            }
-        })
+        let ready = wait_http_ok(
+            &p.http,
+            &url,
+            Duration::from_secs(60),
+            "prometheus /-/ready",
+        )
         .await;
         if let Err(e) = ready {
             bail!(

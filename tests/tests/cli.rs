@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use logarithm_tests::docker::{self, Spec};
-use logarithm_tests::{bin_path, rand_u64, tail, wait_until, Agent, Daemon, Db};
+use logarithm_tests::{bin_path, rand_tag, tail, wait_until, Agent, Daemon, Db};
 
 const ADMIN: &str = "cli-admin-token";
 
@@ -40,7 +40,7 @@ async fn cli(d: &Daemon, token: Option<&str>, args: &[&str]) -> Result<(i32, Str
 async fn logs_follow_prints_every_line_once_and_exits_1_for_a_failing_job() -> Result<()> {
     let db = Db::sqlite()?;
     let daemon = Daemon::start(db.url()).await?;
-    let label = format!("cli-{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let label = format!("cli-{}", rand_tag());
     let agent = Agent::start(&daemon.base, &label)?;
     let docker = docker::connect().await?;
     let script = "i=1; while [ $i -le 300 ]; do \
@@ -133,7 +133,7 @@ async fn logs_follow_prints_every_line_once_and_exits_1_for_a_failing_job() -> R
 #[tokio::test]
 async fn run_follow_of_the_example_flow_exits_0() -> Result<()> {
     let db = Db::sqlite()?;
-    let label = format!("cli-{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let label = format!("cli-{}", rand_tag());
     let config = format!(
         "{}[engine]\nstop_grace = \"1s\"\nreconcile_every = \"1s\"\n\
          extra_labels = {{ \"logarithm.test\" = \"{label}\" }}\n",

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
+use logarithm_cli::client::enc;
 use logarithm_tests::{rand_u64, Daemon, Db};
 use protocol::now_ns;
 use serde_json::{json, Value};
@@ -147,18 +148,6 @@ async fn get(d: &Daemon, path_and_query: &str) -> Result<(u16, Value)> {
         .send()
         .await?;
     logarithm_tests::status_and_json(r).await
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Replaces `$name` by its value, longer names first (as Grafana interpolates).

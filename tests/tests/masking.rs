@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use logarithm_tests::webhook_receiver::{Receiver, Script};
-use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db};
+use logarithm_tests::{rand_tag, rand_u64, tail, wait_until, Agent, Daemon, Db};
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -162,7 +162,7 @@ async fn database_bytes(db: &Db) -> Result<Vec<u8>> {
 }
 
 async fn a_flow_secret_is_never_stored_or_shown(db: Db) -> Result<()> {
-    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let tag = rand_tag();
     // Long enough that its pieces at the cut are unique; random so no other test has it.
     let secret = format!("Tk-{tag}-{:08x}z", rand_u64() as u32);
     let label = format!("masking-{tag}");

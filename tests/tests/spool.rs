@@ -4,16 +4,17 @@
 //!
 //! Every test checks the stored log against what the container printed (Docker's own view,
 //! and the lines the script is known to print): exact count, seqs exactly 1..=N, every
-//! text, and a SHA-256 over all lines.
+//! text, timestamps never going back, and a SHA-256 over all lines (JSON pages and the raw
+//! download).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use logarithm_tests::docker::{self, Spec};
+use logarithm_tests::stored_log::{checksum, verify_log};
 use logarithm_tests::{free_port, rand_u64, tail, wait_until, Agent, Daemon, Db};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// `n` numbered lines, `spool line <i, 6 digits> <pad>`, printed as fast as busybox can.
 fn script(n: u64, pad: &str) -> String {
@@ -24,16 +25,6 @@ fn expected_lines(n: u64, pad: &str) -> Vec<String> {
     (1..=n)
         .map(|i| format!("spool line {i:06} {pad}"))
         .collect()
-}
-
-/// SHA-256 of lines, each followed by `\n`, as hex.
-fn checksum<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let mut h = Sha256::new();
-    for l in lines {
-        h.update(l);
-        h.update(b"\n");
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The container's entry in the agent's checkpoint file: (seq, exit recorded).
@@ -82,7 +73,7 @@ async fn gauge(agent: &Agent, name: &str) -> Result<f64> {
 }
 
 /// Waits for the job of `container`, then checks its stored log line by line against
-/// `expected`; returns the checksum.
+/// `expected` ([`verify_log`]); returns the checksum.
 async fn verify(daemon: &Daemon, container: &str, expected: &[String]) -> Result<String> {
     let job = daemon
         .wait_finished(container, Duration::from_secs(180))
@@ -97,34 +88,8 @@ async fn verify(daemon: &Daemon, container: &str, expected: &[String]) -> Result
         job["line_count"],
         expected.len()
     );
-    let job_id = job["id"].as_str().context("job id")?.to_owned();
-    let stored = daemon.all_lines(&job_id).await?;
-    ensure!(
-        stored.len() == expected.len(),
-        "stored {} lines, the container printed {}",
-        stored.len(),
-        expected.len()
-    );
-    let mut texts = Vec::with_capacity(stored.len());
-    for (i, s) in stored.iter().enumerate() {
-        let seq = s["seq"].as_u64().context("seq")?;
-        ensure!(
-            seq == i as u64 + 1,
-            "line {i} has seq {seq} (gap or duplicate)"
-        );
-        let text = s["text"].as_str().context("text")?;
-        ensure!(
-            text == expected[i],
-            "line {} is {text:?}, expected {:?}",
-            i + 1,
-            expected[i]
-        );
-        texts.push(text);
-    }
-    let got = checksum(texts.iter().map(|t| t.as_bytes()));
-    let want = checksum(expected.iter().map(|t| t.as_bytes()));
-    ensure!(got == want, "checksum {got} != {want}");
-    Ok(got)
+    let job_id = job["id"].as_str().context("job id")?;
+    Ok(verify_log(daemon, job_id, expected).await?.checksum)
 }
 
 struct Setup {
