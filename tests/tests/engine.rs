@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use logarithm_tests::docker::parse_ts;
 use logarithm_tests::flows;
 use logarithm_tests::webhook_receiver::{Receiver, Script};
-use logarithm_tests::{rand_u64, tail, wait_until, Agent, Daemon, Db};
+use logarithm_tests::{rand_tag, rand_u64, tail, wait_until, Agent, Daemon, Db};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "engine-admin-token";
@@ -49,7 +49,7 @@ impl Setup {
     /// With more `[engine]` settings (`extra` is appended to that section).
     async fn start_with(extra: &str) -> Result<Setup> {
         let db = Db::mysql().await?;
-        let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+        let tag = rand_tag();
         let label = format!("engine-{tag}");
         let config = format!("{}{extra}", daemon_config(&label));
         let daemon = Daemon::start_with(db.url(), &config).await?;
@@ -111,6 +111,16 @@ async fn register(d: &Daemon, yaml: &str) -> Result<String> {
     Ok(v["name"].as_str().context("flow name")?.to_owned())
 }
 
+/// Registers a flow that must be refused: asserts the 400; the error message.
+async fn refused(d: &Daemon, yaml: &str) -> Result<String> {
+    let (st, v) = post(d, "/api/v1/flows", Some(Body::Text(yaml))).await?;
+    assert_eq!(st, 400, "{v}");
+    Ok(v["error"]["message"]
+        .as_str()
+        .context("message")?
+        .to_owned())
+}
+
 /// Starts a run; returns its id.
 async fn start_run(d: &Daemon, flow: &str, body: Option<&Value>) -> Result<String> {
     let (s, v) = post(
@@ -144,6 +154,11 @@ async fn wait_run(
             bail!("{e:#}\nrun now: {last:?}\n{}", s.logs())
         }
     }
+}
+
+/// [`wait_run`] until the run has ended.
+async fn wait_final(s: &Setup, id: &str, what: &str, timeout: Duration) -> Result<Value> {
+    wait_run(s, id, what, timeout, is_final).await
 }
 
 fn is_final(v: &Value) -> bool {
@@ -370,7 +385,7 @@ async fn issue_5_flow_runs_end_to_end() -> Result<()> {
     assert_eq!(stage(&v, "approval")["status"], "success");
     assert_eq!(stage(&v, "approval")["reason"], "approved by tester");
 
-    let run = wait_run(&s, &id, "the run to end", Duration::from_secs(90), is_final).await?;
+    let run = wait_final(&s, &id, "the run to end", Duration::from_secs(90)).await?;
     assert_eq!(run["status"], "failure", "{run}");
     assert_eq!(
         run["reason"],
@@ -613,14 +628,7 @@ async fn timeout_cancel_and_reject() -> Result<()> {
     assert_eq!(st, 409, "{v}");
 
     // The timed-out job.
-    let run = wait_run(
-        &s,
-        &r_timeout,
-        "the timeout",
-        Duration::from_secs(60),
-        is_final,
-    )
-    .await?;
+    let run = wait_final(&s, &r_timeout, "the timeout", Duration::from_secs(60)).await?;
     assert_eq!(run["status"], "timeout", "{run}");
     let j = job(&run, "work", "act", "job");
     assert_eq!(j["status"], "timeout", "{run}");
@@ -712,7 +720,7 @@ stages:
 
     s.daemon.start_again().await?;
 
-    let run = wait_run(&s, &id, "the run to end", Duration::from_secs(90), is_final).await?;
+    let run = wait_final(&s, &id, "the run to end", Duration::from_secs(90)).await?;
     assert_eq!(run["status"], "success", "{run}");
     // The restarted engine loaded the run from storage.
     let log = s.daemon.proc.log();
@@ -754,7 +762,7 @@ stages:
     })
     .await?;
     s.daemon.start_again().await?;
-    let run = wait_run(&s, &id, "the run to end", Duration::from_secs(90), is_final).await?;
+    let run = wait_final(&s, &id, "the run to end", Duration::from_secs(90)).await?;
     assert_eq!(run["status"], "success", "{run}");
     let long = job(&run, "work", "act", "long");
     assert_eq!(long["container_id"], container.as_str());
@@ -772,26 +780,10 @@ async fn an_invalid_flow_is_refused_and_not_registered() -> Result<()> {
     let s = Setup::start().await?;
     let d = &s.daemon;
     let tag = &s.tag;
-    let bad = format!(
-        r#"uri: logarithm/e2e/bad-{tag}
-stages:
-  - type: start
-    name: start
-  - type: normal
-    name: build
-    actions:
-      - name: compile
-        jobs:
-          - type: component
-            name: make
-            imagee: {IMAGE}
-  - type: end
-    name: end
-"#
-    );
-    let (st, v) = post(d, "/api/v1/flows", Some(Body::Text(&bad))).await?;
-    assert_eq!(st, 400, "{v}");
-    let msg = v["error"]["message"].as_str().context("message")?;
+    // A misspelt key, on line 12.
+    let bad = one_job_flow(&format!("bad-{tag}"), "true", None, false)
+        .replace("            endpoint:", "            imagee:");
+    let msg = refused(d, &bad).await?;
     assert!(msg.contains("line 12"), "{msg}");
     assert!(msg.contains("imagee"), "{msg}");
     assert!(msg.contains("stages[1].actions[0].jobs[0]"), "{msg}");
@@ -800,9 +792,7 @@ stages:
         "            command:",
         "            subscriptions:\n              - \"nope.act.job[OUT]\": X\n            command:",
     );
-    let (st, v) = post(d, "/api/v1/flows", Some(Body::Text(&bad_sub))).await?;
-    assert_eq!(st, 400, "{v}");
-    let msg = v["error"]["message"].as_str().context("message")?;
+    let msg = refused(d, &bad_sub).await?;
     assert!(msg.contains("subscriptions[0]"), "{msg}");
     assert!(msg.contains("line "), "{msg}");
 

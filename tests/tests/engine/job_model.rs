@@ -113,14 +113,7 @@ async fn pre_and_post_scripts_labels_and_skipped_stages() -> Result<()> {
     let d = &s.daemon;
     let flow = register(d, &scripted_flow(&s.tag)).await?;
     let id = start_run(d, &flow, None).await?;
-    let run = wait_run(
-        &s,
-        &id,
-        "scripted run ends",
-        Duration::from_secs(90),
-        is_final,
-    )
-    .await?;
+    let run = wait_final(&s, &id, "scripted run ends", Duration::from_secs(90)).await?;
 
     assert_eq!(run["status"], "failure", "{run}");
     assert_eq!(run["cause"], json!({"kind": "manual"}));
@@ -181,14 +174,7 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
     let d = &s.daemon;
     let flow = register(d, &runaway_flow(&s.tag)).await?;
     let id = start_run(d, &flow, None).await?;
-    let run = wait_run(
-        &s,
-        &id,
-        "runaway run ends",
-        Duration::from_secs(90),
-        is_final,
-    )
-    .await?;
+    let run = wait_final(&s, &id, "runaway run ends", Duration::from_secs(90)).await?;
     assert_eq!(run["status"], "failure", "{run}");
     let looped = job(&run, "scripts", "loop", "loop");
     assert_eq!(looped["status"], "failure", "{looped}");
@@ -219,7 +205,7 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
         .replace("            pre: \"while true do end\"\n", "");
     let flow = register(d, &alone).await?;
     let id = start_run(d, &flow, None).await?;
-    let run = wait_run(&s, &id, "alloc run ends", Duration::from_secs(90), is_final).await?;
+    let run = wait_final(&s, &id, "alloc run ends", Duration::from_secs(90)).await?;
     let alloc = job(&run, "scripts", "alloc", "alloc");
     assert_eq!(alloc["status"], "failure", "{alloc}");
     assert_eq!(
@@ -238,9 +224,7 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
         "            command:",
         "            pre: |\n              env.A = 1\n              if env.A then\n            command:",
     );
-    let (st, v) = post(d, "/api/v1/flows", Some(Body::Text(&bad))).await?;
-    assert_eq!(st, 400, "{v}");
-    let msg = v["error"]["message"].as_str().context("message")?;
+    let msg = refused(d, &bad).await?;
     // `pre: |` is line 13; the script's third line (end of text) is line 16.
     assert!(
         msg.starts_with(
@@ -254,9 +238,7 @@ async fn runaway_scripts_fail_their_jobs_and_syntax_errors_are_refused() -> Resu
         "stages:\n",
         "triggers:\n  - type: cron\n    schedule: \"* * * * *\"\n  - type: carrier-pigeon\nstages:\n",
     );
-    let (st, v) = post(d, "/api/v1/flows", Some(Body::Text(&unknown))).await?;
-    assert_eq!(st, 400, "{v}");
-    let msg = v["error"]["message"].as_str().context("message")?;
+    let msg = refused(d, &unknown).await?;
     assert!(msg.starts_with("invalid flow: line 5: triggers[1].type: unknown variant `carrier-pigeon`, expected `cron` or `webhook`"), "{msg}");
     Ok(())
 }

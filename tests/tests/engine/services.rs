@@ -111,6 +111,15 @@ pub(super) fn service_config() -> String {
     format!("service_secrets = {{ default = \"{SECRET}\" }}\n")
 }
 
+/// A daemon's configuration for the flows tagged `tag`, with [`service_config`].
+fn daemon_with_services_config(tag: &str) -> String {
+    format!(
+        "{}{}",
+        daemon_config(&format!("engine-{tag}")),
+        service_config()
+    )
+}
+
 fn service_flow(tag: &str, base: &str) -> String {
     format!(
         r#"uri: logarithm/e2e/service-{tag}
@@ -293,7 +302,7 @@ async fn service_jobs_answer_at_once_and_by_callback() -> Result<()> {
         v["container_id"],
         job(&r, "verify", "later", "later")["container_id"]
     );
-    let run = wait_run(&s, &id, "the run ends", Duration::from_secs(60), is_final).await?;
+    let run = wait_final(&s, &id, "the run ends", Duration::from_secs(60)).await?;
     assert_eq!(run["status"], "success", "{run}");
     let later = job(&run, "verify", "later", "later");
     assert_eq!(later["status"], "success", "{later}");
@@ -401,7 +410,7 @@ async fn service_jobs_time_out_and_unreachable_ones_fail() -> Result<()> {
     let closed = format!("http://127.0.0.1:{}", logarithm_tests::free_port()?);
     let flow = register(d, &waiting_flow(&s.tag, &base, &closed)).await?;
     let id = start_run(d, &flow, None).await?;
-    let run = wait_run(&s, &id, "the run ends", Duration::from_secs(90), is_final).await?;
+    let run = wait_final(&s, &id, "the run ends", Duration::from_secs(90)).await?;
     let never = job(&run, "call", "silent", "never");
     assert_eq!(never["status"], "timeout", "{never}");
     assert_eq!(never["reason"], "job timed out after 3s", "{never}");
@@ -448,14 +457,7 @@ async fn service_jobs_time_out_and_unreachable_ones_fail() -> Result<()> {
     let token = token_of(&calls[1])?;
     let (st, v) = post(d, &format!("/api/v1/runs/{id}/cancel"), None).await?;
     assert_eq!(st, 200, "{v}");
-    let run = wait_run(
-        &s,
-        &id,
-        "the cancelled run ends",
-        Duration::from_secs(30),
-        is_final,
-    )
-    .await?;
+    let run = wait_final(&s, &id, "the cancelled run ends", Duration::from_secs(30)).await?;
     assert_eq!(run["status"], "cancelled", "{run}");
     assert_eq!(job(&run, "call", "silent", "never")["status"], "cancelled");
     let (st, v) = callback(d, &token, &json!({ "result": true })).await?;
@@ -473,14 +475,7 @@ async fn service_jobs_time_out_and_unreachable_ones_fail() -> Result<()> {
         );
     let flow = register(d, &alone).await?;
     let id = start_run(d, &flow, None).await?;
-    let run = wait_run(
-        &s,
-        &id,
-        "the unreachable run ends",
-        Duration::from_secs(90),
-        is_final,
-    )
-    .await?;
+    let run = wait_final(&s, &id, "the unreachable run ends", Duration::from_secs(90)).await?;
     let closed_job = job(&run, "call", "unreachable", "closed");
     assert_eq!(closed_job["status"], "failure", "{closed_job}");
     let reason = closed_job["reason"].as_str().context("reason")?;
@@ -500,9 +495,7 @@ async fn service_jobs_time_out_and_unreachable_ones_fail() -> Result<()> {
         &format!("endpoint: {base}/now"),
         &format!("endpoint: {IMAGE}"),
     );
-    let (st, v) = post(d, "/api/v1/flows", Some(Body::Text(&bad))).await?;
-    assert_eq!(st, 400, "{v}");
-    let msg = v["error"]["message"].as_str().context("message")?;
+    let msg = refused(d, &bad).await?;
     assert!(
         msg.starts_with(&format!(
             "invalid flow: line 14: stages[1].actions[0].jobs[0].endpoint: a service job calls an http(s) URL, but its endpoint \"{IMAGE}\" is an image"
@@ -518,12 +511,8 @@ async fn service_jobs_time_out_and_unreachable_ones_fail() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_to_another_replica_advances_the_run() -> Result<()> {
     let db = Db::mysql().await?;
-    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
-    let config = format!(
-        "{}{}",
-        daemon_config(&format!("engine-{tag}")),
-        service_config()
-    );
+    let tag = rand_tag();
+    let config = daemon_with_services_config(&tag);
     let a = Daemon::start_with(db.url(), &config).await?;
     let b = Daemon::start_with(db.url(), &config).await?;
     let svc = Service::start().await?;
@@ -576,12 +565,8 @@ async fn a_callback_to_another_replica_advances_the_run() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_cut_short_by_a_restart_is_made_again() -> Result<()> {
     let db = Db::mysql().await?;
-    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
-    let config = format!(
-        "{}{}",
-        daemon_config(&format!("engine-{tag}")),
-        service_config()
-    );
+    let tag = rand_tag();
+    let config = daemon_with_services_config(&tag);
     let mut d = Daemon::start_with(db.url(), &config).await?;
     // Nothing listens there yet: the request is retried.
     let port = logarithm_tests::free_port()?;

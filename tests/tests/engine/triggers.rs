@@ -75,6 +75,8 @@ triggers:
     let yaml = flows::one_job_flow(&head, "", IMAGE, "\n            timeout: 60", script);
     let flow = register(d, &yaml).await?;
     let sha = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+    // GitHub's `X-GitHub-Delivery` of the push (sent again as is on a redelivery).
+    let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
     let push = json!({
         "ref": "refs/heads/main", "before": "0000000000000000000000000000000000000000",
         "after": sha, "pusher": {"name": "octocat"},
@@ -98,43 +100,22 @@ triggers:
     );
     assert!(runs_of(d, &flow).await?.is_empty());
 
-    let (st, v) = deliver(
-        d,
-        &flow,
-        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
-        &push,
-        None,
-    )
-    .await?;
+    let (st, v) = deliver(d, &flow, delivery, &push, None).await?;
     assert_eq!(st, 201, "{v}");
     let id = v["id"].as_str().context("run id")?.to_owned();
     assert_eq!(
         v["cause"],
-        json!({"kind": "webhook", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "event": "push"})
+        json!({"kind": "webhook", "delivery": delivery, "event": "push"})
     );
     assert_eq!(v["co_data"], sha);
     assert_eq!(v["env"], json!({"PUSHER": "octocat"}));
-    let run = wait_run(
-        &s,
-        &id,
-        "webhook run ends",
-        Duration::from_secs(60),
-        is_final,
-    )
-    .await?;
+    let run = wait_final(&s, &id, "webhook run ends", Duration::from_secs(60)).await?;
     assert_eq!(run["status"], "success", "{run}");
     let lines = log_of(d, job(&run, "work", "act", "job")).await?;
     assert_eq!(lines, vec![format!("commit={sha} pusher=octocat")]);
 
     // GitHub redelivers with the same delivery id: no second run.
-    let (st, v) = deliver(
-        d,
-        &flow,
-        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
-        &push,
-        None,
-    )
-    .await?;
+    let (st, v) = deliver(d, &flow, delivery, &push, None).await?;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["started"], false);
     assert_eq!(v["run"], id.as_str());
@@ -146,7 +127,7 @@ triggers:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cron_tick_starts_one_run_across_two_replicas() -> Result<()> {
     let db = Db::mysql().await?;
-    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let tag = rand_tag();
     let label = format!("engine-{tag}");
     let clock_dir = tempfile::tempdir()?;
     let clock = clock_dir.path().join("now");
@@ -197,7 +178,7 @@ triggers:
         tag,
     };
     let id = runs[0]["id"].as_str().context("run id")?.to_owned();
-    let run = wait_run(&s, &id, "cron run ends", Duration::from_secs(60), is_final).await?;
+    let run = wait_final(&s, &id, "cron run ends", Duration::from_secs(60)).await?;
     assert_eq!(
         run["status"],
         "success",
@@ -219,7 +200,7 @@ triggers:
 async fn a_missed_cron_tick_runs_once_at_start() -> Result<()> {
     use super::services::{service_config, Service};
     let db = Db::mysql().await?;
-    let tag = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+    let tag = rand_tag();
     let clock_dir = tempfile::tempdir()?;
     let clock = clock_dir.path().join("now");
     std::fs::write(&clock, "2030-01-15T02:00:00Z")?;
