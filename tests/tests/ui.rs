@@ -83,11 +83,13 @@ async fn ingest(
     Ok(())
 }
 
-async fn job_of(d: &Daemon, container: &str) -> Result<Value> {
-    wait_until(WAIT, "the job to exist", || async {
+/// The id of the job of `container`, once logarithmd has it.
+async fn job_id_of(d: &Daemon, container: &str) -> Result<String> {
+    let job = wait_until(WAIT, "the job to exist", || async {
         d.job_of(container).await
     })
-    .await
+    .await?;
+    Ok(job["id"].as_str().context("id")?.to_owned())
 }
 
 /// JS: the text of the rendered row with `seq`, or null.
@@ -169,8 +171,8 @@ async fn api_job(d: &Daemon, n: u64) -> Result<(String, String)> {
         })
         .collect();
     ingest(d, &cid, &lines, Some(0)).await?;
-    let job = job_of(d, &cid).await?;
-    Ok((cid, job["id"].as_str().context("id")?.to_owned()))
+    let id = job_id_of(d, &cid).await?;
+    Ok((cid, id))
 }
 
 #[tokio::test]
@@ -310,8 +312,7 @@ async fn follow_a_running_container_until_its_verdict() -> Result<()> {
     let b = Browser::start().await?;
     let script = "for i in $(seq 1 40); do echo \"tick $i\"; sleep 0.4; done; echo '[COUT] CO_RESULT = true'";
     let cid = docker::run(&docker, &Spec::new(&label, script)).await?;
-    let job = job_of(&d, &cid).await?;
-    let id = job["id"].as_str().context("id")?.to_owned();
+    let id = job_id_of(&d, &cid).await?;
     b.goto(&format!("{}/?job={id}", d.base)).await?;
     b.wait_js(
         "the live state",
@@ -374,10 +375,7 @@ async fn a_follow_resumes_across_a_logarithmd_restart() -> Result<()> {
         r.map(|i| (i, format!("line {i}"))).collect()
     };
     ingest(&d, &cid, &lines(1..=10), None).await?;
-    let id = job_of(&d, &cid).await?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let id = job_id_of(&d, &cid).await?;
     let b = Browser::start().await?;
     b.goto(&format!("{}/?job={id}", d.base)).await?;
     b.wait_js(
@@ -460,10 +458,7 @@ async fn a_million_line_job_opens_fast_and_jumps_to_the_end() -> Result<()> {
     )
     .await?;
     eprintln!("ingested {} lines in {:?}", N + 1, started.elapsed());
-    let id = job_of(&d, &cid).await?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let id = job_id_of(&d, &cid).await?;
     let b = Browser::start().await?;
     b.goto(&format!("{}/?job={id}", d.base)).await?;
     let first = b

@@ -129,6 +129,17 @@ async fn deliveries(daemon: &Daemon, sub: &str) -> Result<Vec<Value>> {
     Ok(b["deliveries"].as_array().context("deliveries")?.clone())
 }
 
+/// `POST …/deliveries/{delivery}/redeliver` with the admin token: status and answer.
+async fn redeliver(daemon: &Daemon, sub: &str, delivery: &str) -> Result<(u16, Value)> {
+    admin_json(
+        daemon,
+        reqwest::Method::POST,
+        &format!("/api/v1/webhooks/{sub}/deliveries/{delivery}/redeliver"),
+        None,
+    )
+    .await
+}
+
 fn codes(delivery: &Value) -> Vec<Option<u64>> {
     delivery["attempts"]
         .as_array()
@@ -342,16 +353,7 @@ async fn retries_until_2xx_and_records_every_attempt() -> Result<()> {
     ensure!(s == 401, "{s}");
 
     // Redelivery sends the same delivery id again, as attempt 5.
-    let (s, b) = admin_json(
-        &daemon,
-        reqwest::Method::POST,
-        &format!(
-            "/api/v1/webhooks/{sub}/deliveries/{}/redeliver",
-            log[0].delivery_id
-        ),
-        None,
-    )
-    .await?;
+    let (s, b) = redeliver(&daemon, sub, &log[0].delivery_id).await?;
     ensure!(s == 202 && b["status"] == "pending", "{s} {b}");
     let again = wait_until(Duration::from_secs(10), "the redelivery", || async {
         Ok(rx.log().into_iter().find(|r| r.attempt == 5))
@@ -527,16 +529,7 @@ async fn gone_disables_the_subscription() -> Result<()> {
         ds.len() == 1 && ds[0]["status"] == "failed" && codes(&ds[0]) == vec![Some(410)],
         "{ds:?}"
     );
-    let (s, b) = admin_json(
-        &daemon,
-        reqwest::Method::POST,
-        &format!(
-            "/api/v1/webhooks/{sub}/deliveries/{}/redeliver",
-            log[0].delivery_id
-        ),
-        None,
-    )
-    .await?;
+    let (s, b) = redeliver(&daemon, &sub, &log[0].delivery_id).await?;
     ensure!(
         s == 409 && b["error"]["code"] == "subscription_disabled",
         "{s} {b}"
@@ -741,33 +734,16 @@ async fn bad_subscription_input_is_refused() -> Result<()> {
         );
     }
     ensure!(db.count("webhook_subscriptions").await? == 1);
-    let (s, _) = admin(
-        &daemon,
-        reqwest::Method::DELETE,
-        &format!("/api/v1/webhooks/{id}"),
-        None,
-        Some(ADMIN),
-    )
-    .await?;
-    ensure!(s == 204, "{s}");
-    let (s, _) = admin(
-        &daemon,
-        reqwest::Method::DELETE,
-        &format!("/api/v1/webhooks/{id}"),
-        None,
-        Some(ADMIN),
-    )
-    .await?;
-    ensure!(s == 404, "{s}");
-    let (s, _) = admin(
-        &daemon,
-        reqwest::Method::GET,
-        "/api/v1/webhooks/12/deliveries",
-        None,
-        Some(ADMIN),
-    )
-    .await?;
-    ensure!(s == 404, "{s}");
+    // Deleted once; a second delete, and the deliveries of no subscription, are 404.
+    let one = format!("/api/v1/webhooks/{id}");
+    for (method, path, want) in [
+        (reqwest::Method::DELETE, one.as_str(), 204),
+        (reqwest::Method::DELETE, one.as_str(), 404),
+        (reqwest::Method::GET, "/api/v1/webhooks/12/deliveries", 404),
+    ] {
+        let (s, _) = admin(&daemon, method.clone(), path, None, Some(ADMIN)).await?;
+        ensure!(s == want, "{method} {path}: {s}");
+    }
 
     // Without an admin token configured, management is closed.
     let closed = Daemon::start(db.url()).await?;
