@@ -4,11 +4,11 @@
 //! Needs the Docker engine and the offline image `logarithm/busybox:test`
 //! (`scripts/test-image.sh` builds it).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::Duration;
 
 use bollard::query_parameters::InspectContainerOptions;
-use engine::flow::{Cpu, Memory};
 use engine::runner::docker::DockerRunner;
 use engine::runner::{ContainerState, JobRunner, JobSpec};
 
@@ -26,35 +26,13 @@ impl Drop for Cleanup {
 }
 
 fn spec(run: &str) -> JobSpec {
-    let labels = BTreeMap::from([
-        (protocol::LABEL_FLOW.to_owned(), "tests.docker".to_owned()),
-        (protocol::LABEL_RUN.to_owned(), run.to_owned()),
-        (protocol::LABEL_STAGE.to_owned(), "build".to_owned()),
-        (protocol::LABEL_ACTION.to_owned(), "compile".to_owned()),
-        (protocol::LABEL_JOB.to_owned(), "version".to_owned()),
-    ]);
-    JobSpec {
-        flow: "tests.docker".into(),
-        run: run.into(),
-        stage: "build".into(),
-        action: "compile".into(),
-        job: "version".into(),
-        name: format!("co-{run}-build-compile-version"),
-        image: IMAGE.into(),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo \"$GREETING $CO_DATA\"; sleep 300".into(),
-        ],
-        env: BTreeMap::from([
-            ("GREETING".to_owned(), "hello".to_owned()),
-            ("CO_DATA".to_owned(), "some input".to_owned()),
-        ]),
-        labels,
-        cpu: Some(Cpu(500)),
-        memory: Some(Memory(64 << 20)),
-        ..JobSpec::default()
-    }
+    common::job_spec(
+        "tests.docker",
+        run,
+        "version",
+        IMAGE,
+        "echo \"$GREETING $CO_DATA\"; sleep 300",
+    )
 }
 
 #[tokio::test]

@@ -161,7 +161,25 @@ async fn harness(runner: Arc<FakeRunner>, store: Arc<MemoryRunStore>) -> Harness
     }
 }
 
+/// Two engines on one runner and one store, as two logarithmd replicas.
+async fn two_replicas() -> (Harness, Harness) {
+    let runner = Arc::new(FakeRunner::default());
+    let store = Arc::new(MemoryRunStore::new());
+    let a = harness(runner.clone(), store.clone()).await;
+    let b = harness(runner, store).await;
+    (a, b)
+}
+
 impl Harness {
+    /// Registers the [`demo`] flow and starts a run of it, without input.
+    async fn start_demo_run(&self) -> Run {
+        let flow = self.engine.register_flow(&demo()).await.map(|f| f.name);
+        let Ok(flow) = flow else { panic!("{flow:?}") };
+        let run = self.engine.start_run(&flow, None).await;
+        let Ok(run) = run else { panic!("{run:?}") };
+        run
+    }
+
     /// Waits for the job's container to be started.
     async fn wait_started(&self, path: &str) -> (String, JobSpec) {
         for _ in 0..200 {
@@ -438,14 +456,8 @@ async fn a_new_engine_resumes_a_run_whose_verdict_came_while_it_was_down() {
 /// run on from the verdicts it gets.
 #[tokio::test]
 async fn a_dead_replicas_run_is_taken_over_and_no_container_starts_twice() {
-    let runner = Arc::new(FakeRunner::default());
-    let store = Arc::new(MemoryRunStore::new());
-    let a = harness(runner.clone(), store.clone()).await;
-    let b = harness(runner.clone(), store.clone()).await;
-    let flow = a.engine.register_flow(&demo()).await.map(|f| f.name);
-    let Ok(flow) = flow else { panic!("{flow:?}") };
-    let run = a.engine.start_run(&flow, None).await;
-    let Ok(run) = run else { panic!("{run:?}") };
+    let (a, b) = two_replicas().await;
+    let run = a.start_demo_run().await;
     let owner_a = run.owner.clone();
     assert!(owner_a.is_some());
     let (first, _) = a.wait_started("build.compile.version").await;
@@ -460,7 +472,7 @@ async fn a_dead_replicas_run_is_taken_over_and_no_container_starts_twice() {
     b.finish("build.compile.version", true, &[("VERSION", "9")])
         .await;
     b.wait_started("build.lint.lint").await;
-    runner.with(|s| {
+    b.runner.with(|s| {
         assert_eq!(s.started.iter().filter(|c| **c == first).count(), 1);
         assert_eq!(
             s.started.iter().filter(|c| c.contains("lint")).count(),
@@ -477,14 +489,8 @@ async fn a_dead_replicas_run_is_taken_over_and_no_container_starts_twice() {
 /// verdict changes nothing.
 #[tokio::test]
 async fn a_request_on_another_replica_moves_the_run_there() {
-    let runner = Arc::new(FakeRunner::default());
-    let store = Arc::new(MemoryRunStore::new());
-    let a = harness(runner.clone(), store.clone()).await;
-    let b = harness(runner.clone(), store.clone()).await;
-    let flow = a.engine.register_flow(&demo()).await.map(|f| f.name);
-    let Ok(flow) = flow else { panic!("{flow:?}") };
-    let run = a.engine.start_run(&flow, None).await;
-    let Ok(run) = run else { panic!("{run:?}") };
+    let (a, b) = two_replicas().await;
+    let run = a.start_demo_run().await;
     let (c, spec) = a.wait_started("build.compile.version").await;
 
     let cancelled = b.engine.cancel(&run.id, Some("from b".into())).await;
@@ -496,13 +502,13 @@ async fn a_request_on_another_replica_moves_the_run_there() {
     // The late verdict on the old owner: its save is refused.
     a.feed.send(result(&c, &spec, true, &[]));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Ok(Some((now, _))) = store.get_run(&run.id).await else {
+    let Ok(Some((now, _))) = a.store.get_run(&run.id).await else {
         panic!("run gone")
     };
     assert_eq!(now.status, Status::Cancelled);
     assert_eq!(now.owner, cancelled.owner);
     // Both jobs of the parallel build stage, each stopped once.
-    runner.with(|s| {
+    a.runner.with(|s| {
         let mut stopped = s.stopped.clone();
         stopped.sort();
         let mut started = s.started.clone();

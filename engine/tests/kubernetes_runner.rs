@@ -9,6 +9,8 @@
 //! the answers. What it cannot prove: that a real API server, scheduler and kubelet accept
 //! and run that Pod.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +20,6 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use engine::flow::{Cpu, Memory};
 use engine::runner::kubernetes::{pod_name, without_client_retries, KubernetesRunner};
 use engine::runner::{ContainerState, JobRunner, JobSpec};
 use engine::ErrorKind;
@@ -220,31 +221,13 @@ fn runner_at(url: &str) -> KubernetesRunner {
 }
 
 fn spec(run: &str, job: &str) -> JobSpec {
-    let labels = BTreeMap::from([
-        (protocol::LABEL_FLOW.to_owned(), "tests.k8s".to_owned()),
-        (protocol::LABEL_RUN.to_owned(), run.to_owned()),
-        (protocol::LABEL_STAGE.to_owned(), "build".to_owned()),
-        (protocol::LABEL_ACTION.to_owned(), "compile".to_owned()),
-        (protocol::LABEL_JOB.to_owned(), job.to_owned()),
-    ]);
-    JobSpec {
-        flow: "tests.k8s".into(),
-        run: run.into(),
-        stage: "build".into(),
-        action: "compile".into(),
-        job: job.into(),
-        name: format!("co-{run}-build-compile-{job}"),
-        image: "logarithm/busybox:test".into(),
-        command: vec!["sh".into(), "-c".into(), "echo \"$GREETING\"".into()],
-        env: BTreeMap::from([
-            ("GREETING".to_owned(), "hello".to_owned()),
-            ("CO_DATA".to_owned(), "some input".to_owned()),
-        ]),
-        labels,
-        cpu: Some(Cpu(500)),
-        memory: Some(Memory(64 << 20)),
-        ..JobSpec::default()
-    }
+    common::job_spec(
+        "tests.k8s",
+        run,
+        job,
+        "logarithm/busybox:test",
+        "echo \"$GREETING\"",
+    )
 }
 
 fn requests(m: &Shared) -> Vec<Recorded> {
