@@ -3,26 +3,20 @@
 //! `[COUT]` output is `***` in every API answer, and the SQLite database files never hold
 //! it. Through the router (no socket) on a real SQLite file.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
-use http_body_util::BodyExt;
+use common::call;
 use logarithmd::api::{router, AppState};
 use logarithmd::masking::MaskingConfig;
 use logarithmd::Config;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const SECRET: &str = "s3cr3t-Zq8Xw1-value";
 const ENV_SECRET: &str = "env-held-K9p2mQ";
 const CID: &str = "3a5c0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
-
-async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
 
 fn get(uri: &str, accept: &str) -> Request<Body> {
     Request::get(uri)
@@ -36,13 +30,7 @@ async fn secrets_are_masked_before_storage_and_in_every_answer() {
     // SAFETY of the test: the variable is this test's own and set before anything reads it.
     std::env::set_var("LOGARITHM_TEST_MASKED_VALUE", ENV_SECRET);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("masking.db");
-    let store = storage::open(&storage::StorageConfig::new(format!(
-        "sqlite://{}",
-        db.display()
-    )))
-    .await
-    .unwrap();
+    let store = common::open_sqlite_file(dir.path(), "masking.db").await;
     let config = Config {
         anonymous_read: true,
         masking: MaskingConfig {
@@ -80,15 +68,7 @@ async fn secrets_are_masked_before_storage_and_in_every_answer() {
             "exit": {"exit_code": 0, "finished_at": 100, "last_seq": 9}
         }]
     });
-    let (s, b) = call(
-        &app,
-        Request::post("/api/v1/ingest")
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&batch).unwrap()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    common::ingest(&app, &batch).await;
 
     let (_, jobs) = call(&app, get("/api/v1/jobs", "application/json")).await;
     let jobs: Value = serde_json::from_str(&jobs).unwrap();
@@ -125,16 +105,8 @@ async fn secrets_are_masked_before_storage_and_in_every_answer() {
     // The database files never held it.
     drop(app);
     drop(store);
-    let mut files = 0;
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        files += 1;
-        for needle in [SECRET, ENV_SECRET, b64.as_str(), "tok_123456"] {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
-                "{needle} in the database files"
-            );
-        }
-    }
-    assert!(files >= 1);
+    common::assert_no_file_holds(
+        dir.path(),
+        &[SECRET, ENV_SECRET, b64.as_str(), "tok_123456"],
+    );
 }

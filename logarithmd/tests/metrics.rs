@@ -103,71 +103,36 @@ async fn counters_follow_requests() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     let (_, t) = call(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
-    assert_eq!(value(&t, "logarithmd_ingest_lines_total"), 6.0);
-    assert_eq!(value(&t, "logarithmd_ingest_duplicate_lines_total"), 3.0);
-    assert_eq!(
-        value(&t, "logarithmd_ingest_requests_total{status=\"200\"}"),
-        3.0
-    );
-    assert_eq!(
-        value(&t, "logarithmd_ingest_requests_total{status=\"401\"}"),
-        1.0
-    );
-    assert_eq!(value(&t, "logarithmd_ingest_batch_records_count"), 3.0);
-    assert_eq!(
-        value(&t, "logarithmd_ingest_commit_latency_seconds_count"),
-        3.0
-    );
-    assert_eq!(
-        value(&t, "logarithmd_storage_write_duration_seconds_count"),
-        3.0
-    );
-    assert_eq!(value(&t, "logarithmd_jobs_started_total"), 2.0);
-    assert_eq!(
-        value(&t, "logarithmd_jobs_finished_total{result=\"success\"}"),
-        1.0
-    );
-    assert_eq!(
-        value(&t, "logarithmd_jobs_finished_total{result=\"failure\"}"),
-        1.0
-    );
-    // Started at 1 s, exited at 4 s.
-    assert_eq!(
-        value(
-            &t,
-            "logarithmd_job_duration_seconds_sum{result=\"success\"}"
+    for (series, want) in [
+        ("logarithmd_ingest_lines_total", 6.0),
+        ("logarithmd_ingest_duplicate_lines_total", 3.0),
+        ("logarithmd_ingest_requests_total{status=\"200\"}", 3.0),
+        ("logarithmd_ingest_requests_total{status=\"401\"}", 1.0),
+        ("logarithmd_ingest_batch_records_count", 3.0),
+        ("logarithmd_ingest_commit_latency_seconds_count", 3.0),
+        ("logarithmd_storage_write_duration_seconds_count", 3.0),
+        ("logarithmd_jobs_started_total", 2.0),
+        ("logarithmd_jobs_finished_total{result=\"success\"}", 1.0),
+        ("logarithmd_jobs_finished_total{result=\"failure\"}", 1.0),
+        // Started at 1 s, exited at 4 s.
+        ("logarithmd_job_duration_seconds_sum{result=\"success\"}", 3.0),
+        ("logarithmd_cout_outputs_total{kind=\"co_result\"}", 3.0),
+        ("logarithmd_cout_outputs_total{kind=\"output\"}", 3.0),
+        (
+            "logarithmd_http_requests_total{method=\"POST\",route=\"/api/v1/ingest\",status=\"200\"}",
+            3.0,
         ),
-        3.0
-    );
-    assert_eq!(
-        value(&t, "logarithmd_cout_outputs_total{kind=\"co_result\"}"),
-        3.0
-    );
-    assert_eq!(
-        value(&t, "logarithmd_cout_outputs_total{kind=\"output\"}"),
-        3.0
-    );
-    assert_eq!(
-        value(
-            &t,
-            "logarithmd_http_requests_total{method=\"POST\",route=\"/api/v1/ingest\",status=\"200\"}"
+        (
+            "logarithmd_http_requests_total{method=\"GET\",route=\"/api/v1/jobs/{id}\",status=\"404\"}",
+            1.0,
         ),
-        3.0
-    );
-    assert_eq!(
-        value(
-            &t,
-            "logarithmd_http_requests_total{method=\"GET\",route=\"/api/v1/jobs/{id}\",status=\"404\"}"
+        (
+            "logarithmd_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}",
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &t,
-            "logarithmd_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}"
-        ),
-        1.0
-    );
+    ] {
+        assert_eq!(value(&t, series), want, "{series}");
+    }
     // Raw paths never become labels.
     assert!(!t.contains("12345") && !t.contains("/no/such/path"), "{t}");
 }

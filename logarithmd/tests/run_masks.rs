@@ -4,20 +4,21 @@
 //! on both sides of a cut between two batches; a container of no run keeps the text (the
 //! secret is that run's, not a global mask). The database files never hold the value.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
+use common::call;
 use engine::RunStore;
-use http_body_util::BodyExt;
 use logarithmd::api::{router, AppState};
 use logarithmd::flows::secrets::SecretSource;
 use logarithmd::flows::store::DocumentRunStore;
 use logarithmd::Config;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const SECRET: &str = "run-scoped-Pq7vX2-value";
 const RUN: &str = "0123456789abcdef";
@@ -45,13 +46,6 @@ stages:
             secrets: [deploy]
   - {type: end, name: end}
 ";
-
-async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
 
 fn app(store: &Arc<dyn storage::Storage>) -> axum::Router {
     let mut config = Config {
@@ -85,15 +79,7 @@ async fn ingest(
         segment["meta"] = json!({"name": cid, "image": "img", "labels": labels, "created_at": 1, "started_at": 2});
     }
     let batch = json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [segment]});
-    let (s, b) = call(
-        app,
-        Request::post("/api/v1/ingest")
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&batch).unwrap()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    common::ingest(app, &batch).await;
 }
 
 fn labels(job: &str) -> Value {
@@ -128,13 +114,7 @@ fn t(seq: u64, cont: bool, text: &str) -> (u64, bool, String) {
 #[tokio::test]
 async fn a_run_secret_is_masked_in_that_run_s_jobs_before_storage() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("run-masks.db");
-    let store = storage::open(&storage::StorageConfig::new(format!(
-        "sqlite://{}",
-        db.display()
-    )))
-    .await
-    .unwrap();
+    let store = common::open_sqlite_file(dir.path(), "run-masks.db").await;
     let flow = engine::Flow::from_yaml(FLOW).unwrap();
     let run = engine::Run::new(RUN.into(), flow, None, 1);
     DocumentRunStore::new(store.clone())
@@ -227,16 +207,5 @@ async fn a_run_secret_is_masked_in_that_run_s_jobs_before_storage() {
         format!("[early] {SECRET}"),
         format!("then {SECRET}"),
     ];
-    let mut files = 0;
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        files += 1;
-        for needle in &printed {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
-                "{needle} in the database files"
-            );
-        }
-    }
-    assert!(files >= 1);
+    common::assert_no_file_holds(dir.path(), &printed);
 }
