@@ -267,6 +267,27 @@ pub(crate) fn read_text_sql(q: &TextQuery) -> (String, Vec<Param>) {
     lines_sql(TEXT_COLUMNS, &q.lines, q.until_seq)
 }
 
+/// [`read_text_sql`] for SQLite, which costs most beyond its own scan in handing each
+/// column over (calls per column and row) and in comparing each row against the end of
+/// the range:
+/// - `seq` and `cont` come in one column: `-seq` for a continuation record
+///   ([`signed_seq_from_db`] splits it). The query reads only seqs above `after_seq`
+///   (>= 0), so the value is never 0 and its sign is `cont`;
+/// - `until_seq` is not in the query (the scan compares each row with the job's key
+///   alone): the caller stops at the first row past it, at most one row further.
+pub(crate) fn read_text_signed_sql(q: &TextQuery) -> (String, Vec<Param>) {
+    let columns = "CASE WHEN cont <> 0 THEN -seq ELSE seq END, line";
+    lines_sql(columns, &q.lines, None)
+}
+
+/// A record's seq and `cont` from the first column of [`read_text_signed_sql`].
+pub(crate) fn signed_seq_from_db(job_id: JobId, value: i64) -> Result<(u64, bool)> {
+    if value == 0 {
+        return Err(corrupt(format!("job {job_id}: line seq 0 read as text")));
+    }
+    Ok((value.unsigned_abs(), value < 0))
+}
+
 fn lines_sql(columns: &str, q: &LineQuery, until_seq: Option<u64>) -> (String, Vec<Param>) {
     let mut sql = format!("SELECT {columns} FROM log_lines WHERE job_id = ? AND seq > ?");
     let mut params: Vec<Param> = vec![

@@ -17,8 +17,8 @@ use crate::model::{
 use crate::read_gate::ReadClass;
 use crate::sql::jobs::{
     has_rows, list_jobs_sql, outputs_by_name, outputs_map, read_job, read_line, read_lines_sql,
-    read_output, read_text_sql, seq_from_db, seq_to_db, text_bytes, JOB_INSERT, JOB_SELECT_COLUMNS,
-    JOB_UPDATE, LINE_COLUMNS, OUTPUTS_SELECT, TEXT_COLUMNS,
+    read_output, read_text_signed_sql, seq_from_db, seq_to_db, signed_seq_from_db, text_bytes,
+    JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_COLUMNS, OUTPUTS_SELECT, TEXT_COLUMNS,
 };
 use crate::sql::outbox::job_events;
 use crate::sql::stream_runs::{range_lines_sql, runs_of, StreamRead, SQLITE_RUN_UPSERT};
@@ -226,10 +226,8 @@ impl JobStore for SqliteStorage {
         self.with_reader_of(ReadClass::Bulk, move |conn| {
             let mut text = TextAssembler::new(&query);
             let job_id = query.lines.job_id;
-            let mut push = |row: &rusqlite::Row<'_>| -> Result<bool> {
-                let seq = seq_from_db(job_id, row.get(0)?)?;
-                let cont = row.get::<_, i64>(1)? != 0;
-                let line = match row.get_ref(2)? {
+            let mut push = |seq: u64, cont: bool, line: ValueRef<'_>| -> Result<bool> {
+                let line = match line {
                     ValueRef::Blob(b) | ValueRef::Text(b) => Some(b),
                     _ => None,
                 };
@@ -238,13 +236,21 @@ impl JobStore for SqliteStorage {
             };
             if let Some(stream) = query.lines.stream {
                 let mut read = StreamRead::new(&query.lines, stream, query.until_seq);
-                read_stream(conn, &mut read, TEXT_COLUMNS, push)?;
+                read_stream(conn, &mut read, TEXT_COLUMNS, |row| {
+                    let seq = seq_from_db(job_id, row.get(0)?)?;
+                    push(seq, row.get::<_, i64>(1)? != 0, row.get_ref(2)?)
+                })?;
             } else {
-                let (sql, params) = read_text_sql(&query);
+                // Two columns a row, no end of range in the query (see `read_text_signed_sql`).
+                let (sql, params) = read_text_signed_sql(&query);
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let mut rows = stmt.query(values(params))?;
                 while let Some(row) = rows.next()? {
-                    if push(row)? {
+                    let (seq, cont) = signed_seq_from_db(job_id, row.get(0)?)?;
+                    if query.until_seq.is_some_and(|until| seq > until) {
+                        break;
+                    }
+                    if push(seq, cont, row.get_ref(1)?)? {
                         break;
                     }
                 }

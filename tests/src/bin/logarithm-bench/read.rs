@@ -92,23 +92,33 @@ pub async fn bench_read(db: &Db, label: &'static str) -> Result<ReadRun> {
     })
 }
 
-/// Reads every row's line of the one job straight from the database, in seq order;
-/// returns the line bytes plus one newline a line (what the raw download carries).
+/// Reads every row of the one job straight from the database, in seq order, with the
+/// columns the raw download needs of each (`seq`, `cont` to join continuation records,
+/// `line`), each one read; returns the line bytes plus one newline a line (what the raw
+/// download carries). Until 2026-12-02 this read `line` alone: the download's reference
+/// did less work than the download has to.
 async fn select_all(db: &Db) -> Result<u64> {
-    const SQL: &str = "SELECT seq, line FROM log_lines \
+    const SQL: &str = "SELECT seq, cont, line FROM log_lines \
                        WHERE job_id = (SELECT MIN(job_id) FROM log_lines) ORDER BY seq";
     if db.is_mysql() {
         use mysql_async::prelude::Queryable;
+        use mysql_async::Value;
         let pool = mysql_async::Pool::new(db.url());
         let mut conn = pool.get_conn().await?;
-        let mut bytes = 0u64;
-        let mut rows = conn.query_iter(SQL).await?;
+        let (mut bytes, mut seqs, mut conts) = (0u64, 0u64, 0u64);
+        // The binary protocol, as logarithmd reads (typed values, not text).
+        let mut rows = conn.exec_iter(SQL, ()).await?;
         rows.for_each(|row| {
-            if let Some(mysql_async::Value::Bytes(b)) = row.as_ref(1) {
+            if let (Some(Value::Int(seq)), Some(Value::Int(cont)), Some(Value::Bytes(b))) =
+                (row.as_ref(0), row.as_ref(1), row.as_ref(2))
+            {
+                seqs = seqs.wrapping_add(*seq as u64);
+                conts += u64::from(*cont != 0);
                 bytes += b.len() as u64 + 1;
             }
         })
         .await?;
+        check_rows(seqs, conts)?;
         drop(rows);
         drop(conn);
         pool.disconnect().await?;
@@ -119,14 +129,27 @@ async fn select_all(db: &Db) -> Result<u64> {
             let conn = rusqlite::Connection::open(path)?;
             let mut stmt = conn.prepare(SQL)?;
             let mut rows = stmt.query([])?;
-            let mut bytes = 0u64;
+            let (mut bytes, mut seqs, mut conts) = (0u64, 0u64, 0u64);
             while let Some(row) = rows.next()? {
-                bytes += row.get_ref(1)?.as_bytes()?.len() as u64 + 1;
+                seqs = seqs.wrapping_add(row.get::<_, i64>(0)? as u64);
+                conts += u64::from(row.get::<_, i64>(1)? != 0);
+                bytes += row.get_ref(2)?.as_bytes()?.len() as u64 + 1;
             }
+            check_rows(seqs, conts)?;
             Ok(bytes)
         })
         .await?
     }
+}
+
+/// Fails unless the rows read were seqs 1 to `LINES` with no continuation (what the bench
+/// stores): the values read are used, so no reader can skip them.
+fn check_rows(seqs: u64, conts: u64) -> Result<()> {
+    let want = LINES * (LINES + 1) / 2;
+    if seqs != want || conts != 0 {
+        bail!("the SELECT read seqs summing to {seqs} (want {want}) and {conts} continuations");
+    }
+    Ok(())
 }
 
 /// Downloads the raw log with `curl` (a lean client writing to `/dev/null`, as `curl -o`
