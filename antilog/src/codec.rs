@@ -3,6 +3,7 @@
 //! decodes a body again only to split a batch logarithmd refused (see
 //! [`crate::pipeline::shipper`]). Both sides use this module and nothing of each other.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 
 use bytes::Bytes;
@@ -10,18 +11,85 @@ use protocol::Batch;
 
 use crate::config::Compression;
 
+/// zstd's level for request bodies. Level 1 ("fast") costs about half the CPU of the
+/// library's default 3 on log lines (docs/performance.md, 2026-12-02) and logarithmd
+/// decodes every level alike.
+const ZSTD_LEVEL: i32 = 1;
+/// JSON framing per record beyond its payload (`{"seq":..,"ts":..,"stream":"stdout",
+/// "text":""}`), to size the JSON buffer once instead of growing it by copies.
+const RECORD_JSON_OVERHEAD: usize = 96;
+/// A thread keeps its JSON buffer between batches up to this capacity (a batch is at most
+/// `batch_max_bytes`, 4 MiB by default, plus framing).
+const KEEP_JSON_CAPACITY: usize = 8 << 20;
+
+thread_local! {
+    /// One zstd context per encoding thread: making one per batch allocates and clears
+    /// its tables each time.
+    static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    /// The JSON of the batch being compressed, reused between batches.
+    static JSON: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The JSON size of `batch`, roughly (an upper estimate for plain text lines).
+fn json_estimate(batch: &Batch) -> usize {
+    256 + batch
+        .segments
+        .iter()
+        .map(|s| {
+            1024 + s
+                .records
+                .iter()
+                .map(|r| r.payload_len() + RECORD_JSON_OVERHEAD)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+}
+
+fn zstd_compress(json: &[u8]) -> std::io::Result<Vec<u8>> {
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        c.compress(json)
+    })
+}
+
 /// Serializes and compresses a batch (CPU-bound: call it off the async threads).
 pub fn encode(batch: &Batch, compression: Compression) -> Result<Bytes, std::io::Error> {
-    let json = serde_json::to_vec(batch)?;
+    if compression == Compression::None {
+        let mut json = Vec::with_capacity(json_estimate(batch));
+        serde_json::to_writer(&mut json, batch)?;
+        return Ok(Bytes::from(json));
+    }
+    JSON.with(|cell| {
+        let mut json = cell.borrow_mut();
+        json.clear();
+        json.reserve(json_estimate(batch));
+        let body = compress(batch, compression, &mut json);
+        if json.capacity() > KEEP_JSON_CAPACITY {
+            *json = Vec::new();
+        }
+        body
+    })
+}
+
+fn compress(
+    batch: &Batch,
+    compression: Compression,
+    json: &mut Vec<u8>,
+) -> Result<Bytes, std::io::Error> {
+    serde_json::to_writer(&mut *json, batch)?;
     let body = match compression {
-        Compression::None => json,
-        Compression::Zstd => zstd::bulk::compress(&json, 3)?,
+        Compression::None => json.clone(),
+        Compression::Zstd => zstd_compress(json)?,
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(json.len() / 4),
                 flate2::Compression::fast(),
             );
-            enc.write_all(&json)?;
+            enc.write_all(json)?;
             enc.finish()?
         }
     };
@@ -99,6 +167,8 @@ mod tests {
             .unwrap();
         assert_eq!(out, json);
         for c in [Compression::None, Compression::Zstd, Compression::Gzip] {
+            // Twice: the second call reuses the thread's zstd context and JSON buffer.
+            assert_eq!(encode(&batch, c).unwrap(), encode(&batch, c).unwrap());
             let body = encode(&batch, c).unwrap();
             assert_eq!(decode(&body, c, 1 << 20).unwrap(), batch, "{c:?}");
             let err = decode(&body, c, 10).unwrap_err();
