@@ -268,7 +268,7 @@ fn default_storage_busy_read_connections() -> usize {
     1
 }
 fn default_storage_busy_read_percent() -> u32 {
-    25
+    15
 }
 fn default_max_download_lines() -> usize {
     1_000_000

@@ -96,7 +96,7 @@ impl StorageConfig {
             max_connections: 8,
             max_read_connections: 4,
             busy_read_connections: 1,
-            busy_read_percent: 25,
+            busy_read_percent: 15,
         }
     }
 }
