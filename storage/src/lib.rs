@@ -29,9 +29,9 @@
 //! - `sql`: the SQL text, bind values and row decoders both backends share, by concern
 //!   (`jobs`, `webhooks`, `outbox`, `documents`, `retention`), the row-access trait each
 //!   driver implements, and `exec`, the transaction trait over which multi-statement steps
-//!   (`retention_delete`: retention's delete steps) are written once; `stream_runs`: the
-//!   runs of one stream's lines (`log_runs`) that ingest writes and one-stream reads go
-//!   through, instead of an index entry per line.
+//!   (`retention_delete`: retention's delete steps) are written once; `stream_blocks`: the
+//!   bitmap index of each stream's lines by blocks of 63 seqs (`log_stream_blocks`) that
+//!   ingest writes and one-stream reads go through, instead of an index entry per line.
 //! - `read_gate`: reads yield to ingest (fewer reads at once while batches are applied),
 //!   used by both backends.
 //! - `sqlite/` and `mysql/`: the backends, a file per concern (`jobs`, `webhooks`,

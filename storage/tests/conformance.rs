@@ -240,17 +240,17 @@ conformance!(
     retention_migration_upgrades_an_existing_database,
     retention_million_lines_over_simulated_days,
     retention_concurrent_sweeps_delete_each_row_once,
-    stream_reads_go_through_runs,
+    stream_reads_go_through_the_block_index,
     stream_reads_across_rounds_replays_and_text,
-    stream_runs_migrate_an_existing_database,
+    stream_blocks_migrate_an_existing_database,
 );
 
 #[path = "conformance_cases/retention.rs"]
 mod retention_cases;
 #[path = "conformance_cases/retention_days.rs"]
 mod retention_days;
-#[path = "conformance_cases/stream_runs.rs"]
-mod stream_run_cases;
+#[path = "conformance_cases/stream_blocks.rs"]
+mod stream_block_cases;
 #[path = "conformance_cases/text.rs"]
 mod text_cases;
 
@@ -381,9 +381,9 @@ mod cases {
         retention_run_documents_go_with_the_last_job,
     };
     pub use super::retention_days::retention_million_lines_over_simulated_days;
-    pub use super::stream_run_cases::{
-        stream_reads_across_rounds_replays_and_text, stream_reads_go_through_runs,
-        stream_runs_migrate_an_existing_database,
+    pub use super::stream_block_cases::{
+        stream_blocks_migrate_an_existing_database, stream_reads_across_rounds_replays_and_text,
+        stream_reads_go_through_the_block_index,
     };
     pub use super::text_cases::raw_text_pages_join_continuations;
     pub use super::webhook_cases::{
@@ -1215,7 +1215,7 @@ mod cases {
         let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
         let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
         // Version 1 (jobs, lines), 2 (webhooks), 3 (documents), 4 (retention), 5 (lines
-        // by stream) and 6 (stream runs), each applied once.
+        // by stream) and 6 (stream blocks), each applied once.
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
             6

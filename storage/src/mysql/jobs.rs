@@ -25,7 +25,9 @@ use crate::sql::jobs::{
     JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_CHUNK_BYTES, LINE_COLUMNS, OUTPUTS_SELECT, TEXT_COLUMNS,
 };
 use crate::sql::outbox::job_events;
-use crate::sql::stream_runs::{mysql_runs_upsert, range_lines_sql, runs_of, Run, StreamRead};
+use crate::sql::stream_blocks::{
+    blocks_of, mysql_blocks_upsert, range_lines_sql, Block, StreamRead,
+};
 use crate::sql::{chunk_by_size, placeholders, Param};
 use crate::JobStore;
 
@@ -101,7 +103,7 @@ async fn apply_job(
     // 2. lines
     if !jw.lines.is_empty() {
         let stored = insert_lines(tx, jw).await?;
-        upsert_runs(tx, job_id, &runs_of(&jw.lines)?).await?;
+        upsert_blocks(tx, job_id, &blocks_of(&jw.lines)?).await?;
         job_row::count_lines(&mut row, jw, stored, out);
     }
 
@@ -179,19 +181,19 @@ async fn insert_lines(tx: &mut Transaction<'_>, jw: &JobWrite) -> Result<u64> {
     Ok(stored)
 }
 
-/// Upserts the runs of a write's lines (see [`crate::sql::stream_runs`]).
-async fn upsert_runs(tx: &mut Transaction<'_>, job_id: JobId, runs: &[Run]) -> Result<()> {
-    for chunk in runs.chunks(SMALL_CHUNK_ROWS) {
+/// Upserts the stream index blocks of a write's lines (see [`crate::sql::stream_blocks`]).
+async fn upsert_blocks(tx: &mut Transaction<'_>, job_id: JobId, blocks: &[Block]) -> Result<()> {
+    for chunk in blocks.chunks(SMALL_CHUNK_ROWS) {
         let mut params = Vec::with_capacity(chunk.len() * 4);
-        for &(stream, first, last) in chunk {
+        for &(stream, block, bits) in chunk {
             params.extend([
                 Value::Int(job_id),
                 Value::Int(i64::from(stream)),
-                Value::Int(first),
-                Value::Int(last),
+                Value::Int(block),
+                Value::Int(bits),
             ]);
         }
-        tx.exec_drop(mysql_runs_upsert(chunk.len()), Params::Positional(params))
+        tx.exec_drop(mysql_blocks_upsert(chunk.len()), Params::Positional(params))
             .await?;
     }
     Ok(())
@@ -350,7 +352,7 @@ impl JobStore for MysqlStorage {
     }
 }
 
-/// Reads one stream's lines in rounds (see [`crate::sql::stream_runs`]), handing each row
+/// Reads one stream's lines in rounds (see [`crate::sql::stream_blocks`]), handing each row
 /// of `columns` to `row`, which says whether to stop: a round's ranges are one statement,
 /// which the range optimizer reads as ranges of the primary key, in order.
 async fn read_stream<Q: Queryable>(
@@ -359,9 +361,9 @@ async fn read_stream<Q: Queryable>(
     columns: &str,
     mut row: impl FnMut(Row) -> Result<bool>,
 ) -> Result<()> {
-    while let Some((sql, params)) = read.runs_query() {
-        let runs: Vec<(i64, i64)> = conn.exec(sql, positional(params)).await?;
-        let ranges = read.ranges(&runs)?;
+    while let Some((sql, params)) = read.blocks_query() {
+        let blocks: Vec<(i64, i64)> = conn.exec(sql, positional(params)).await?;
+        let ranges = read.ranges(&blocks)?;
         if ranges.is_empty() {
             continue;
         }

@@ -6,7 +6,7 @@ use mysql_async::Conn;
 
 use super::MysqlStorage;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sql::stream_runs::runs_fill_sql;
+use crate::sql::stream_blocks::blocks_fill_sql;
 use crate::sql::{schema_too_new, Migration};
 
 /// Applied in order; see `docs/storage.md`. Indexes are declared inside `CREATE TABLE`
@@ -98,7 +98,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 6,
-        name: "stream runs",
+        name: "stream blocks",
         statements: MIGRATION_6,
     },
 ];
@@ -206,22 +206,23 @@ const ALREADY_DONE: [u16; 3] = [1060, 1061, 1091];
 const MIGRATION_5: &[&str] =
     &["ALTER TABLE log_lines ADD INDEX idx_log_lines_stream (job_id, stream, seq)"];
 
-/// Schema version 6: `log_runs`, the runs of each stream's lines that one-stream reads go
-/// through (see `crate::sql::stream_runs`), filled from the lines already stored (reading
-/// each once, in one statement, [`runs_fill_sql`]; `INSERT IGNORE`, so running it again
+/// Schema version 6: `log_stream_blocks`, the bitmap index of each stream's lines by blocks
+/// of 63 seqs that one-stream reads go through (see `crate::sql::stream_blocks`), filled
+/// from the lines already stored (reading
+/// each once, in one statement, [`blocks_fill_sql`]; `INSERT IGNORE`, so running it again
 /// after an interruption adds nothing twice), in place of version 5's index, which cost an
 /// entry per line at ingest. All
 /// replicas are upgraded together: version 5's binaries name the index this drops, and
 /// write no runs.
 const MIGRATION_6: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS log_runs (
+    "CREATE TABLE IF NOT EXISTS log_stream_blocks (
         job_id BIGINT NOT NULL,
         stream TINYINT NOT NULL,
-        first_seq BIGINT NOT NULL,
-        last_seq BIGINT NOT NULL,
-        PRIMARY KEY (job_id, stream, first_seq) /*T![clustered_index] CLUSTERED */
+        block BIGINT NOT NULL,
+        bits BIGINT NOT NULL,
+        PRIMARY KEY (job_id, stream, block) /*T![clustered_index] CLUSTERED */
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-    runs_fill_sql!("INSERT IGNORE", "DIV"),
+    blocks_fill_sql!("INSERT IGNORE", "DIV", "MOD"),
     "ALTER TABLE log_lines DROP INDEX idx_log_lines_stream",
 ];
 

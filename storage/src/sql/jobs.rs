@@ -257,7 +257,7 @@ pub(crate) const TEXT_COLUMNS: &str = "seq, cont, line";
 
 /// `SELECT` for [`crate::JobStore::read_lines`] of every stream, with its parameters: a
 /// range of the primary key. A read of one stream goes through
-/// [`super::stream_runs::StreamRead`] instead.
+/// [`super::stream_blocks::StreamRead`] instead.
 pub(crate) fn read_lines_sql(q: &LineQuery) -> (String, Vec<Param>) {
     lines_sql(LINE_COLUMNS, q, None)
 }

@@ -11,8 +11,8 @@
 //! - [`documents`]: the document table's statements and row decoding.
 //! - [`retention`]: finding expired jobs and deleting them by primary-key range: the SQL.
 //! - [`retention_delete`]: retention's delete steps, written once over [`exec::Exec`].
-//! - [`stream_runs`]: `log_runs`, the runs of each stream's lines that one-stream reads
-//!   go through, and the rounds such a read takes.
+//! - [`stream_blocks`]: `log_stream_blocks`, the bitmap index of each stream's lines that
+//!   one-stream reads go through, and the rounds such a read takes.
 //! - [`exec`]: [`exec::Exec`], a transaction as the shared multi-statement steps drive it.
 
 pub(crate) mod documents;
@@ -21,7 +21,7 @@ pub(crate) mod jobs;
 pub(crate) mod outbox;
 pub(crate) mod retention;
 pub(crate) mod retention_delete;
-pub(crate) mod stream_runs;
+pub(crate) mod stream_blocks;
 pub(crate) mod webhooks;
 
 use crate::error::{Error, ErrorKind, Result};

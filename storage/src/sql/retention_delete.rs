@@ -9,7 +9,7 @@ use super::retention::{
     DELIVERIES_OF_JOB, DOCUMENT_DELETE, JOB_CHECK, JOB_DELETE, OLD_EVENT_DELIVERIES,
     ORPHAN_DOCUMENTS, OWNED_RANGES, RUN_DOCUMENT_DELETE, RUN_HAS_JOBS,
 };
-use super::stream_runs::RUNS_DELETE_UPTO;
+use super::stream_blocks::{BLOCKS_DELETE_UPTO, BLOCK_SEQS};
 use super::{Param, RowAccess};
 use crate::error::Result;
 use crate::retention::{DeleteStep, Deleted, StepOutcome};
@@ -41,12 +41,12 @@ async fn delete_range<E: Exec>(
     }
 }
 
-/// Deletes up to `budget` of a job's lines by seq range, with the runs that start in that
-/// range (see [`super::stream_runs`]); returns how many lines. The runs are the lines'
+/// Deletes up to `budget` of a job's lines by seq range, with their blocks of the stream
+/// index (see [`super::stream_blocks`]); returns how many lines. The blocks are the lines'
 /// index, as version 5's index entries were: at most one per line, deleted with them and
-/// not counted. A run that starts in the range and ends past it goes too: no stream read
-/// needs it once the job is being deleted.
-async fn delete_lines_with_runs<E: Exec>(tx: &mut E, job: i64, budget: u64) -> Result<u64> {
+/// not counted. The block holding the range's last seq goes too: no stream read needs it
+/// once the job is being deleted.
+async fn delete_lines_with_index<E: Exec>(tx: &mut E, job: i64, budget: u64) -> Result<u64> {
     let offset = i64::try_from(budget.saturating_sub(1)).unwrap_or(i64::MAX);
     let sql = range_end_sql("log_lines", "seq");
     let end = first(tx, &sql, vec![job.into(), offset.into()], |r| {
@@ -55,13 +55,14 @@ async fn delete_lines_with_runs<E: Exec>(tx: &mut E, job: i64, budget: u64) -> R
     .await?;
     let lines = match end {
         Some(end) => {
+            let blocks = vec![job.into(), (end / BLOCK_SEQS).into()];
+            tx.execute(BLOCKS_DELETE_UPTO, blocks).await?;
             let params = vec![job.into(), end.into()];
-            tx.execute(RUNS_DELETE_UPTO, params.clone()).await?;
             tx.execute(&range_delete_sql("log_lines", "seq"), params)
                 .await?
         }
         None => {
-            tx.execute(&rest_delete_sql("log_runs"), vec![job.into()])
+            tx.execute(&rest_delete_sql("log_stream_blocks"), vec![job.into()])
                 .await?;
             tx.execute(&rest_delete_sql("log_lines"), vec![job.into()])
                 .await?
@@ -121,7 +122,7 @@ pub(crate) async fn delete_step<E: Exec>(tx: &mut E, step: &DeleteStep) -> Resul
     };
     for range in OWNED_RANGES {
         let n = if range.0 == "log_lines" {
-            let n = delete_lines_with_runs(tx, step.job, budget).await?;
+            let n = delete_lines_with_index(tx, step.job, budget).await?;
             deleted.lines += n;
             n
         } else {

@@ -21,7 +21,7 @@ use crate::sql::jobs::{
     JOB_INSERT, JOB_SELECT_COLUMNS, JOB_UPDATE, LINE_COLUMNS, OUTPUTS_SELECT, TEXT_COLUMNS,
 };
 use crate::sql::outbox::job_events;
-use crate::sql::stream_runs::{range_lines_sql, runs_of, StreamRead, SQLITE_RUN_UPSERT};
+use crate::sql::stream_blocks::{blocks_of, range_lines_sql, StreamRead, SQLITE_BLOCK_UPSERT};
 use crate::sql::{placeholders, RowAccess};
 use crate::JobStore;
 
@@ -87,9 +87,9 @@ fn apply_job(tx: &Transaction<'_>, jw: &JobWrite, now: i64, out: &mut ApplyOutco
     // 2. lines
     if !jw.lines.is_empty() {
         let stored = insert_lines(tx, job_id, jw)?;
-        let mut upsert = tx.prepare_cached(SQLITE_RUN_UPSERT)?;
-        for (stream, first, last) in runs_of(&jw.lines)? {
-            upsert.execute(params![job_id, stream, first, last])?;
+        let mut upsert = tx.prepare_cached(SQLITE_BLOCK_UPSERT)?;
+        for (stream, block, bits) in blocks_of(&jw.lines)? {
+            upsert.execute(params![job_id, stream, block, bits])?;
         }
         job_row::count_lines(&mut row, jw, stored, out);
     }
@@ -261,7 +261,7 @@ impl JobStore for SqliteStorage {
     }
 }
 
-/// Reads one stream's lines in rounds (see [`crate::sql::stream_runs`]), handing each row
+/// Reads one stream's lines in rounds (see [`crate::sql::stream_blocks`]), handing each row
 /// of `columns` to `row`, which says whether to stop. Each range is its own statement:
 /// SQLite would scan the whole job for an `OR` of ranges.
 fn read_stream(
@@ -271,9 +271,9 @@ fn read_stream(
     mut row: impl FnMut(&rusqlite::Row<'_>) -> Result<bool>,
 ) -> Result<()> {
     let lines_sql = range_lines_sql(columns, 1);
-    while let Some((sql, params)) = read.runs_query() {
-        let runs = query_all(conn, sql, params, |r| Ok((r.column(0)?, r.column(1)?)))?;
-        let ranges = read.ranges(&runs)?;
+    while let Some((sql, params)) = read.blocks_query() {
+        let blocks = query_all(conn, sql, params, |r| Ok((r.column(0)?, r.column(1)?)))?;
+        let ranges = read.ranges(&blocks)?;
         let mut stmt = conn.prepare_cached(&lines_sql)?;
         let (mut lines, mut stopped) = (0u32, false);
         'ranges: for (first, last) in ranges {

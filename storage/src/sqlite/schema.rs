@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::error::Result;
-use crate::sql::stream_runs::runs_fill_sql;
+use crate::sql::stream_blocks::blocks_fill_sql;
 use crate::sql::{schema_too_new, Migration};
 
 /// Applied in order; see `docs/storage.md`. Tables are STRICT (types enforced) and CHECK
@@ -88,7 +88,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
     statements: MIGRATION_5,
 }, Migration {
     version: 6,
-    name: "stream runs",
+    name: "stream blocks",
     statements: MIGRATION_6,
 }];
 
@@ -186,19 +186,20 @@ const MIGRATION_4: &[&str] = &[
 const MIGRATION_5: &[&str] =
     &["CREATE INDEX IF NOT EXISTS idx_log_lines_stream ON log_lines (job_id, stream, seq)"];
 
-/// Schema version 6: `log_runs`, the runs of each stream's lines that one-stream reads go
-/// through (see `crate::sql::stream_runs`), filled from the lines already stored (reading
-/// each once; [`runs_fill_sql`]), in place of version 5's index, which cost an entry per
+/// Schema version 6: `log_stream_blocks`, the bitmap index of each stream's lines by blocks
+/// of 63 seqs that one-stream reads go through (see `crate::sql::stream_blocks`), filled
+/// from the lines already stored (reading
+/// each once; [`blocks_fill_sql`]), in place of version 5's index, which cost an entry per
 /// line at ingest.
 const MIGRATION_6: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS log_runs (
+    "CREATE TABLE IF NOT EXISTS log_stream_blocks (
         job_id INTEGER NOT NULL,
         stream INTEGER NOT NULL,
-        first_seq INTEGER NOT NULL,
-        last_seq INTEGER NOT NULL,
-        PRIMARY KEY (job_id, stream, first_seq)
+        block INTEGER NOT NULL,
+        bits INTEGER NOT NULL,
+        PRIMARY KEY (job_id, stream, block)
     ) STRICT, WITHOUT ROWID",
-    runs_fill_sql!("INSERT OR IGNORE", "/"),
+    blocks_fill_sql!("INSERT OR IGNORE", "/", "%"),
     "DROP INDEX IF EXISTS idx_log_lines_stream",
 ];
 

@@ -97,7 +97,7 @@ async fn owned_rows(t: &Target, id: JobId) -> i64 {
     let mut n = 0;
     for table in [
         "log_lines",
-        "log_runs",
+        "log_stream_blocks",
         "job_outputs",
         "job_labels",
         "webhook_deliveries",

@@ -1,6 +1,6 @@
-//! Reads of one stream (`stream=stdout|stderr`) through `log_runs` (schema version 6), on
-//! both backends: their results, their query plans, what ingest writes, and the migration
-//! from version 5's index.
+//! Reads of one stream (`stream=stdout|stderr`) through `log_stream_blocks` (schema version
+//! 6), on both backends: their results, their query plans, what ingest writes, and the
+//! migration from version 5's index.
 
 use super::*;
 use storage::TextQuery;
@@ -42,9 +42,18 @@ async fn alternating_job(s: &dyn Storage, tag: &str, n: u64) -> JobId {
     job_id_for_container(&c)
 }
 
-async fn runs_of_job(t: &Target, id: JobId) -> i64 {
+async fn blocks_of_job(t: &Target, id: JobId) -> i64 {
     t.raw_count(&format!(
-        "SELECT COUNT(*) FROM log_runs WHERE job_id = {id}"
+        "SELECT COUNT(*) FROM log_stream_blocks WHERE job_id = {id}"
+    ))
+    .await
+}
+
+/// A checksum of a job's blocks (their bits), to compare what ingest and the migration
+/// write.
+async fn blocks_sum(t: &Target, id: JobId) -> i64 {
+    t.raw_count(&format!(
+        "SELECT SUM(block * 7 + bits % 1000003) FROM log_stream_blocks WHERE job_id = {id}"
     ))
     .await
 }
@@ -67,13 +76,13 @@ async fn assert_key_ranges(t: &Target, what: &str, sql: &str, sqlite_key: &str) 
 }
 
 /// `stream=` reads return the stream's lines in seq order from any cursor; ingest writes a
-/// run per stretch of one stream (not an index entry per line); and both statements of a
-/// stream read are ranges of a primary key, with no sort: never a scan of the job.
-pub async fn stream_reads_go_through_runs(t: &Target) {
+/// block row per 63 seqs and stream (not an index entry per line); and both statements of
+/// a stream read are ranges of a primary key, with no sort: never a scan of the job.
+pub async fn stream_reads_go_through_the_block_index(t: &Target) {
     let s = &*t.open().await;
-    let id = mixed_streams_job(s, "runs").await;
-    // 400 stdout runs of 9 lines, 400 stderr runs of 1.
-    assert_eq!(runs_of_job(t, id).await, 800, "[{}]", t.name);
+    let id = mixed_streams_job(s, "blocks").await;
+    // Seqs 1..=4000 fill blocks 0..=63, each with lines of both streams.
+    assert_eq!(blocks_of_job(t, id).await, 128, "[{}]", t.name);
     let stderr = lines(s, id, 100, 5, Some(Stream::Stderr)).await;
     assert_eq!(seqs(&stderr), vec![110, 120, 130, 140, 150]);
     assert!(stderr.iter().all(|l| l.stream == Stream::Stderr));
@@ -90,7 +99,7 @@ pub async fn stream_reads_go_through_runs(t: &Target) {
         .await
         .is_empty());
 
-    // A job of 10,000 lines of one stream in writes of 1,000: a run per write.
+    // A job of 10,000 lines of one stream in writes of 1,000: a row per 63 lines.
     let c = cid("one-stream");
     let one = job_id_for_container(&c);
     for first in (1..=10_000u64).step_by(1000) {
@@ -99,25 +108,26 @@ pub async fn stream_reads_go_through_runs(t: &Target) {
         w.lines = text_lines(first..=first + 999);
         apply(s, &batch(vec![w])).await;
     }
-    assert_eq!(runs_of_job(t, one).await, 10, "[{}]", t.name);
+    assert_eq!(blocks_of_job(t, one).await, 159, "[{}]", t.name);
     assert_eq!(
         seqs(&lines(s, one, 9_990, 100, Some(Stream::Stdout)).await),
         (9_991..=10_000).collect::<Vec<_>>()
     );
 
     if t.name == "mysql" {
-        t.raw_exec("ANALYZE TABLE log_lines, log_runs").await;
+        t.raw_exec("ANALYZE TABLE log_lines, log_stream_blocks")
+            .await;
     }
-    // The statements `storage/src/sql/stream_runs.rs` builds: the runs after a cursor...
-    let runs_sql = format!(
-        "SELECT first_seq, last_seq FROM log_runs WHERE job_id = {id} AND stream = 2 \
-         AND first_seq > -900 AND last_seq > 100 ORDER BY first_seq LIMIT 256"
+    // The statements `storage/src/sql/stream_blocks.rs` builds: the blocks from a cursor...
+    let blocks_sql = format!(
+        "SELECT block, bits FROM log_stream_blocks WHERE job_id = {id} AND stream = 2 \
+         AND block >= 1 ORDER BY block LIMIT 64"
     );
     assert_key_ranges(
         t,
-        "runs",
-        &runs_sql,
-        "(job_id=? AND stream=? AND first_seq>?)",
+        "blocks",
+        &blocks_sql,
+        "(job_id=? AND stream=? AND block>?)",
     )
     .await;
     // ... then the lines of their ranges: one range a statement on SQLite, a round's
@@ -134,23 +144,26 @@ pub async fn stream_reads_go_through_runs(t: &Target) {
     assert_key_ranges(t, "lines", &lines_sql, "(job_id=? AND seq>? AND seq<?)").await;
 }
 
-/// A stream read over more runs than one round reads; batches sent again with other
-/// boundaries (overlapping runs) and out of order; and raw text of one stream up to a seq.
+/// A stream read over more blocks than one round reads, with the streams alternating line
+/// by line; batches sent again with other boundaries and out of order; and raw text of one
+/// stream up to a seq.
 pub async fn stream_reads_across_rounds_replays_and_text(t: &Target) {
     let s = &*t.open().await;
-    // 800 one-line runs a stream: a full read takes four rounds of 256 runs.
-    let alt = alternating_job(s, "alt", 1600).await;
-    let evens: Vec<u64> = (1..=800).map(|i| i * 2).collect();
+    // A full read of 5,000 alternating lines takes two rounds of 64 blocks; the index
+    // holds a row per block and stream, not per line.
+    let alt = alternating_job(s, "alt", 5000).await;
+    assert_eq!(blocks_of_job(t, alt).await, 2 * 80, "[{}]", t.name);
+    let evens: Vec<u64> = (1..=2500).map(|i| i * 2).collect();
     assert_eq!(
-        seqs(&lines(s, alt, 0, 2000, Some(Stream::Stderr)).await),
+        seqs(&lines(s, alt, 0, 5000, Some(Stream::Stderr)).await),
         evens
     );
     assert_eq!(
         seqs(&lines(s, alt, 801, 10, Some(Stream::Stderr)).await),
         (401..=410).map(|i| i * 2).collect::<Vec<_>>()
     );
-    let odds = seqs(&lines(s, alt, 0, 2000, Some(Stream::Stdout)).await);
-    assert_eq!(odds, (0..800).map(|i| i * 2 + 1).collect::<Vec<_>>());
+    let odds = seqs(&lines(s, alt, 0, 5000, Some(Stream::Stdout)).await);
+    assert_eq!(odds, (0..2500).map(|i| i * 2 + 1).collect::<Vec<_>>());
 
     // Sent again with other boundaries, and out of order.
     let c = cid("replays");
@@ -201,10 +214,10 @@ pub async fn stream_reads_across_rounds_replays_and_text(t: &Target) {
     assert!(pages > 5, "[{}] {pages} pages", t.name);
 }
 
-/// Version 6 fills `log_runs` from the lines of a version 5 database (runs of at most
-/// 1,000 lines) and drops version 5's index; run again after an interruption (done, not
-/// recorded), it adds nothing twice.
-pub async fn stream_runs_migrate_an_existing_database(t: &Target) {
+/// Version 6 fills `log_stream_blocks` from the lines of a version 5 database (the same
+/// rows ingest writes) and drops version 5's index; run again after an interruption (done,
+/// not recorded), it adds nothing twice.
+pub async fn stream_blocks_migrate_an_existing_database(t: &Target) {
     let (mixed, long) = {
         let s = t.open().await;
         let mixed = mixed_streams_job(&*s, "mig5").await;
@@ -215,8 +228,9 @@ pub async fn stream_runs_migrate_an_existing_database(t: &Target) {
         apply(&*s, &batch(vec![w])).await;
         (mixed, job_id_for_container(&c))
     };
-    // Back to version 5: no runs, the index.
-    t.raw_exec("DELETE FROM log_runs").await;
+    let ingested = (blocks_sum(t, mixed).await, blocks_sum(t, long).await);
+    // Back to version 5: no blocks, the index.
+    t.raw_exec("DELETE FROM log_stream_blocks").await;
     t.raw_exec(if t.name == "mysql" {
         "ALTER TABLE log_lines ADD INDEX idx_log_lines_stream (job_id, stream, seq)"
     } else {
@@ -242,15 +256,13 @@ pub async fn stream_runs_migrate_an_existing_database(t: &Target) {
             6
         );
         assert_eq!(t.raw_count(index_rows).await, 0, "[{}] {pass}", t.name);
-        // 800 runs, and the fill also splits where a stream's 1,000th, 2,000th or
-        // 3,000th line falls inside a run.
-        let runs = runs_of_job(t, mixed).await;
-        assert!((800..=803).contains(&runs), "[{}] {pass}: {runs}", t.name);
-        assert_eq!(runs_of_job(t, long).await, 3, "[{}] {pass}", t.name);
-        assert!(
-            t.raw_count("SELECT MAX(last_seq - first_seq) FROM log_runs")
-                .await
-                < 1000
+        assert_eq!(blocks_of_job(t, mixed).await, 128, "[{}] {pass}", t.name);
+        assert_eq!(blocks_of_job(t, long).await, 40, "[{}] {pass}", t.name);
+        assert_eq!(
+            (blocks_sum(t, mixed).await, blocks_sum(t, long).await),
+            ingested,
+            "[{}] {pass}",
+            t.name
         );
         let stderr = lines(s, mixed, 3990, 10, Some(Stream::Stderr)).await;
         assert_eq!(seqs(&stderr), vec![4000]);
