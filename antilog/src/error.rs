@@ -36,42 +36,7 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// Why [`crate::run`] failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}: {message}")]
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl Error {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    pub fn with_source(
-        kind: ErrorKind,
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
+protocol::crate_error!(
+    /// Why [`crate::run`] failed.
+    ""
+);
