@@ -40,3 +40,15 @@ protocol::crate_error!(
     /// Why [`crate::run`] failed.
     ""
 );
+
+/// An error with its causes ("error sending request: connection refused").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -21,7 +21,9 @@
 //! - [`http_client`]: the one HTTP client to logarithmd (timeouts, TLS: pinned CA, client
 //!   certificate).
 //! - [`pipeline`]: `batcher` (items into batches), `shipper` (HTTP delivery: batches in
-//!   flight, retries, refused batches split) and `split` (halving a refused batch).
+//!   flight, retries, refused batches split; `answer`: what logarithmd's answers mean),
+//!   `order` (a container's batches in flight together, in order) and `split` (halving a
+//!   refused batch).
 //! - [`spool`]: the bounded on-disk queue of batches between batcher and shipper
 //!   (`segment`: checksummed frames and the ack file).
 //! - [`files`]: reading log files (`tailer` across rotations, `reader`: the tailer on

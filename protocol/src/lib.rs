@@ -46,6 +46,23 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 /// Where batches are POSTed.
 pub const INGEST_PATH: &str = "/api/v1/ingest";
+/// Ordered ingest (several batches of one container in flight): the id an agent gives a
+/// batch, unique to the agent's process (`<random>-<counter>`; at most
+/// [`BATCH_ID_MAX`] bytes of `[0-9a-z-]`). logarithmd remembers the ids of the batches it
+/// stored.
+pub const BATCH_ID_HEADER: &str = "logarithm-batch-id";
+/// Ordered ingest: the ids (comma-separated, at most [`BATCH_AFTER_MAX`]) of batches still
+/// in flight that share a container with this one. logarithmd stores this batch only after
+/// those, and answers 503 `out_of_order` if they do not come in time; the agent then sends
+/// it again once they are acknowledged, without this header.
+pub const BATCH_AFTER_HEADER: &str = "logarithm-batch-after";
+/// Answer header of a logarithmd that honours [`BATCH_AFTER_HEADER`] (value `1`). An agent
+/// sends a container's next batch before the last is acknowledged only to such a server.
+pub const ORDERED_INGEST_HEADER: &str = "logarithm-ordered-ingest";
+/// Longest batch id.
+pub const BATCH_ID_MAX: usize = 64;
+/// Most ids in one [`BATCH_AFTER_HEADER`].
+pub const BATCH_AFTER_MAX: usize = 16;
 /// Bearer token header used by agents (`Authorization: Bearer <token>`).
 pub const AUTH_HEADER: &str = "authorization";
 /// Labels that make a container a job of a ContainerOps flow run.

@@ -26,6 +26,7 @@ use hyperlocal::UnixConnector;
 
 use super::Failure;
 use crate::checkpoint::Position;
+use crate::error::chain;
 
 /// Longest error body we read.
 const MAX_ERROR_BODY: usize = 64 << 10;
@@ -273,18 +274,6 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<LogOutput>, Failure> {
         SYSTEM_ERR => LogOutput::Console { message },
         _ => LogOutput::StdOut { message },
     }))
-}
-
-/// An error with its causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! From followers to logarithmd, in order: followers push [`Item`]s into one bounded
 //! channel; the [`batcher`] groups them into [`OutBatch`]es; the spool
 //! ([`crate::spool::run_writer`]) makes them durable, checkpoint effects included; the
-//! [`shipper`] POSTs the spooled batches (several at once, each container's in order) until
-//! they are settled, then applies their checkpoint effects in spool order; [`split`] halves
+//! [`shipper`] POSTs the spooled batches (several at once, each container's in order:
+//! [`order`]) until they are settled, then applies their checkpoint effects in spool
+//! order; [`split`] halves
 //! a batch logarithmd refused, to isolate the refused records; [`send`] is how followers
 //! hand items in (backpressure).
 
 pub mod batcher;
+pub mod order;
 pub mod send;
 pub mod shipper;
 pub mod split;

@@ -2,10 +2,12 @@
 //! the parts logarithmd refuses for good, written to the dead-letter file.
 //!
 //! # In flight
-//! Up to `max_in_flight_batches` batches are sent at once, but a batch holding data of a
-//! container with a batch still in flight waits for it (logarithmd stores a job's lines in
-//! the order they arrive, and live tails read by `seq`); batches spooled by older agents,
-//! whose containers are unknown, go alone. Batches are settled in spool order whatever
+//! Up to `max_in_flight_batches` batches are sent at once. logarithmd stores a job's lines
+//! in the order they arrive, and live tails read by `seq`, so a batch holding data of a
+//! container with a batch still in flight waits for it, unless logarithmd orders them
+//! itself ([`super::order`]): then up to two batches of a container are in flight, the
+//! later naming the earlier. Batches spooled by older agents, whose containers are
+//! unknown, go alone. Batches are settled in spool order whatever
 //! order their answers come in: only then are a frame's checkpoint effects applied (see
 //! [`crate::checkpoint`]) and does the spool move past it.
 //!
@@ -33,25 +35,25 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
-use protocol::{Agent, Batch, ErrorBody, IngestAck};
+use protocol::{Agent, Batch, IngestAck};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::StatusCode;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::order::{self, Order, Sequencer, Ticket};
 use super::split;
 use crate::checkpoint::CheckpointStore;
 use crate::codec;
 use crate::config::{Compression, Config};
 use crate::dead_letter::DeadLetter;
+use crate::error::chain as error_chain;
 use crate::error::{Error, ErrorKind};
 use crate::metrics::{Metrics, ShipFailure};
 use crate::retry::{Retry, Schedule};
 use crate::spool;
+use answer::{classify, read_error, Failure, ERROR_BODY_MAX};
 
 /// Upper bound on an honoured `Retry-After`, so a bogus header cannot park the agent.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
-/// Error bodies are read up to this size (they are small JSON documents).
-const ERROR_BODY_MAX: usize = 64 << 10;
 /// Most bytes a spooled body may decompress to when it is split (logarithmd's default
 /// decompressed-size cap).
 const SPLIT_MAX_JSON: u64 = 64 << 20;
@@ -65,20 +67,7 @@ pub struct Shipper {
     retry: Schedule,
     max_in_flight: usize,
     dead_letter: Arc<DeadLetter>,
-}
-
-/// How one attempt failed.
-#[derive(Debug)]
-enum Failure {
-    /// Retry with backoff; at least after `retry_after` if the server said so.
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    /// logarithmd refuses this batch for good: isolate the refused parts.
-    Refused { status: u16, reason: String },
-    /// No batch can get through (token, URL, version): retry at the longest interval.
-    Stop(String),
+    sequencer: Arc<Sequencer>,
 }
 
 /// How sending one body ended.
@@ -117,6 +106,7 @@ impl Shipper {
             },
             max_in_flight: config.max_in_flight_batches.max(1),
             dead_letter,
+            sequencer: Arc::default(),
         })
     }
 
@@ -146,9 +136,9 @@ impl Shipper {
             })
         };
         let mut in_flight: FuturesOrdered<Delivery> = FuturesOrdered::new();
-        // Containers with a batch in flight (how many each), and batches of unknown
-        // containers in flight.
-        let mut busy: HashMap<Arc<str>, usize> = HashMap::new();
+        // Containers with a batch in flight (how many each, and the latest), and batches
+        // of unknown containers in flight.
+        let mut busy: HashMap<Arc<str>, (usize, Ticket)> = HashMap::new();
         let mut exclusive = 0usize;
         let mut waiting: Option<(spool::segment::Frame, OwnedSemaphorePermit)> = None;
         let mut open = true;
@@ -156,22 +146,53 @@ impl Shipper {
             if let Some((frame, _)) = &waiting {
                 let free = match &frame.keys {
                     None => in_flight.is_empty(),
-                    Some(keys) => exclusive == 0 && keys.iter().all(|k| !busy.contains_key(k)),
+                    Some(keys) => {
+                        // A batch names at most BATCH_AFTER_MAX predecessors, one per
+                        // container at most.
+                        let per_container = if this.sequencer.ordered()
+                            && keys.len() <= protocol::BATCH_AFTER_MAX
+                        {
+                            order::PER_CONTAINER
+                        } else {
+                            1
+                        };
+                        exclusive == 0
+                            && keys
+                                .iter()
+                                .all(|k| busy.get(k).is_none_or(|(n, _)| *n < per_container))
+                    }
                 };
                 if free {
                     if let Some((frame, slot)) = waiting.take() {
+                        let ticket = this.sequencer.ticket();
+                        let mut order = Order {
+                            own: Some(ticket.clone()),
+                            after: Vec::new(),
+                        };
                         match &frame.keys {
                             None => exclusive += 1,
                             Some(keys) => {
                                 for k in keys {
-                                    *busy.entry(k.clone()).or_default() += 1;
+                                    match busy.get_mut(k) {
+                                        Some((n, last)) => {
+                                            *n += 1;
+                                            if !order.after.iter().any(|t| t.id() == last.id()) {
+                                                order.after.push(last.clone());
+                                            }
+                                            *last = ticket.clone();
+                                        }
+                                        None => {
+                                            busy.insert(k.clone(), (1, ticket.clone()));
+                                        }
+                                    }
                                 }
                             }
                         }
                         let this = this.clone();
                         this.metrics.batches_in_flight.inc();
                         in_flight.push_back(Box::pin(async move {
-                            this.deliver_frame(&frame).await;
+                            this.deliver_frame(&frame, &order).await;
+                            ticket.settle();
                             (frame, slot)
                         }));
                     }
@@ -191,7 +212,7 @@ impl Shipper {
                         None => exclusive -= 1,
                         Some(keys) => {
                             for k in keys {
-                                if let Some(n) = busy.get_mut(k) {
+                                if let Some((n, _)) = busy.get_mut(k) {
                                     *n -= 1;
                                     if *n == 0 {
                                         busy.remove(k);
@@ -217,7 +238,7 @@ impl Shipper {
     }
 
     /// Delivers one spooled frame until it is settled.
-    async fn deliver_frame(&self, frame: &spool::segment::Frame) {
+    async fn deliver_frame(&self, frame: &spool::segment::Frame, order: &Order) {
         // An empty body carries only effects: nothing to send.
         if frame.body.is_empty() {
             return;
@@ -225,10 +246,10 @@ impl Shipper {
         let handed = Instant::now();
         let records = frame.meta.records as usize;
         let compression = frame.meta.compression;
-        match self.send(frame.body.clone(), compression).await {
+        match self.send(frame.body.clone(), compression, order).await {
             Settled::Stored => {}
             Settled::Refused { status, reason } => {
-                self.isolate(frame.body.clone(), compression, status, reason)
+                self.isolate(frame.body.clone(), compression, status, reason, order)
                     .await;
             }
         }
@@ -237,12 +258,12 @@ impl Shipper {
     }
 
     /// Sends `body` until it is acknowledged or refused for good.
-    async fn send(&self, body: Bytes, compression: Compression) -> Settled {
+    async fn send(&self, body: Bytes, compression: Compression, order: &Order) -> Settled {
         let mut retry = Retry::new(self.retry.initial, self.retry.max);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let delay = match self.attempt(body.clone(), compression).await {
+            let delay = match self.attempt(body.clone(), compression, order).await {
                 Ok(ack) => {
                     tracing::debug!(
                         stored = ack.as_ref().map(|a| a.stored),
@@ -276,7 +297,16 @@ impl Shipper {
 
     /// Splits a refused batch until every refused part is one unit, sends the rest and
     /// writes the refused parts to the dead-letter file.
-    async fn isolate(&self, body: Bytes, compression: Compression, status: u16, reason: String) {
+    async fn isolate(
+        &self,
+        body: Bytes,
+        compression: Compression,
+        status: u16,
+        reason: String,
+        order: &Order,
+    ) {
+        // The parts still follow the batch's predecessors; none has an id of its own.
+        let order = order.part();
         let decoded =
             tokio::task::spawn_blocking(move || codec::decode(&body, compression, SPLIT_MAX_JSON))
                 .await;
@@ -303,7 +333,7 @@ impl Shipper {
         while let Some((part, refused)) = todo.pop() {
             let refused = match refused {
                 Some(r) => Some(r),
-                None => match self.send_batch(&part, compression).await {
+                None => match self.send_batch(&part, compression, &order).await {
                     Ok(Settled::Stored) => None,
                     Ok(Settled::Refused { status, reason }) => Some((status, reason)),
                     Err(e) => Some((0, format!("cannot encode the part: {e}"))),
@@ -323,12 +353,17 @@ impl Shipper {
         }
     }
 
-    async fn send_batch(&self, part: &Batch, compression: Compression) -> std::io::Result<Settled> {
+    async fn send_batch(
+        &self,
+        part: &Batch,
+        compression: Compression,
+        order: &Order,
+    ) -> std::io::Result<Settled> {
         let part = part.clone();
         let body = tokio::task::spawn_blocking(move || codec::encode(&part, compression))
             .await
             .map_err(std::io::Error::other)??;
-        Ok(self.send(body, compression).await)
+        Ok(self.send(body, compression, order).await)
     }
 
     async fn dead_letter(&self, part: Batch, status: u16, reason: String) {
@@ -349,6 +384,7 @@ impl Shipper {
         &self,
         body: Bytes,
         compression: Compression,
+        order: &Order,
     ) -> Result<Option<IngestAck>, Failure> {
         let mut req = self
             .client
@@ -360,6 +396,12 @@ impl Shipper {
         }
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some(own) = &order.own {
+            req = req.header(protocol::BATCH_ID_HEADER, own.id());
+        }
+        if let Some(after) = order.after_header() {
+            req = req.header(protocol::BATCH_AFTER_HEADER, after);
         }
         let resp = req.send().await.map_err(|e| {
             self.metrics.ship_failed(if e.is_timeout() {
@@ -374,6 +416,8 @@ impl Shipper {
         })?;
         let status = resp.status();
         if status.is_success() {
+            self.sequencer
+                .answered(resp.headers().contains_key(protocol::ORDERED_INGEST_HEADER));
             // Delivered whatever the body says; an unreadable ack is only worth a warning.
             // An ack is a tiny JSON object: a body announced larger is not read at all.
             if resp
@@ -404,42 +448,6 @@ impl Shipper {
     }
 }
 
-/// What an error answer means for the batch (see the module docs).
-fn classify(
-    status: StatusCode,
-    code: Option<&str>,
-    message: String,
-    retry_after: Option<Duration>,
-) -> Failure {
-    let reason = format!("HTTP {status}: {message}");
-    match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
-            Failure::Stop(reason)
-        }
-        StatusCode::BAD_REQUEST if code == Some("unsupported_version") => Failure::Stop(reason),
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Failure::Refused {
-            status: status.as_u16(),
-            reason,
-        },
-        // logarithmd's own 500 (code `internal`) is an error retrying does not fix; its
-        // transient failures are 503. A 500 from anything else (a proxy) may pass.
-        StatusCode::INTERNAL_SERVER_ERROR if code == Some("internal") => Failure::Refused {
-            status: status.as_u16(),
-            reason,
-        },
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Failure::Transient {
-            reason,
-            retry_after,
-        },
-        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => Failure::Transient {
-            reason,
-            retry_after: None,
-        },
-        // Other 4xx: nothing in the batch explains them; keep it and retry slowly.
-        _ => Failure::Stop(reason),
-    }
-}
-
 /// Applies the checkpoint effects of a frame that is settled (in frame order: the shipper
 /// settles frames in spool order).
 pub fn acknowledged(store: &CheckpointStore, frame: &spool::segment::Frame) {
@@ -451,37 +459,6 @@ pub fn acknowledged(store: &CheckpointStore, frame: &spool::segment::Frame) {
     }
 }
 
-/// The server's error code and message (its JSON `ErrorBody`, else the raw text), bounded.
-async fn read_error(mut resp: reqwest::Response) -> (Option<String>, String) {
-    let mut buf = Vec::new();
-    while buf.len() < ERROR_BODY_MAX {
-        match resp.chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c[..c.len().min(ERROR_BODY_MAX - buf.len())]),
-            Ok(None) => break,
-            Err(e) => return (None, format!("(error body unreadable: {e})")),
-        }
-    }
-    match serde_json::from_slice::<ErrorBody>(&buf) {
-        Ok(b) => (
-            Some(b.error.code.clone()),
-            format!("{} ({})", b.error.message, b.error.code),
-        ),
-        Err(_) if buf.is_empty() => (None, "(empty body)".to_string()),
-        Err(_) => (None, String::from_utf8_lossy(&buf).into_owned()),
-    }
-}
-
-/// An error with its causes ("error sending request: connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
+mod answer;
 #[cfg(test)]
 mod tests;

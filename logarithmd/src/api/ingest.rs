@@ -21,6 +21,7 @@ use storage::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ApiError, ApiResult};
+use super::ingest_order::{self, BatchOrder};
 use super::AppState;
 use crate::cout;
 use crate::metrics::{CommittedBatch, GaugeGuard};
@@ -79,14 +80,15 @@ pub async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<IngestAck>> {
+) -> ApiResult<([(&'static str, &'static str); 1], Json<IngestAck>)> {
     let arrived = Instant::now();
     let result = ingest_batch(&state, &headers, body, arrived).await;
     state.metrics.ingest_answered(match &result {
         Ok(_) => StatusCode::OK.as_u16(),
         Err(e) => e.status().as_u16(),
     });
-    result
+    // This server stores a batch after the ones it names (see `ingest_order`).
+    result.map(|ack| ([(protocol::ORDERED_INGEST_HEADER, "1")], ack))
 }
 
 async fn ingest_batch(
@@ -96,7 +98,8 @@ async fn ingest_batch(
     arrived: Instant,
 ) -> ApiResult<Json<IngestAck>> {
     state.auth.require(headers, crate::auth::Scope::Ingest)?;
-    let _permit = state.ingest_gate.enter().await?;
+    let order = BatchOrder::from_headers(headers)?;
+    let mut permit = state.ingest_gate.enter().await?;
     let _in_flight = GaugeGuard::new(&state.metrics.ingest_in_flight);
     let raw = read_limited(headers, body, state.config.max_body_bytes).await?;
     state.metrics.ingest_request_bytes.inc_by(raw.len() as u64);
@@ -114,6 +117,16 @@ async fn ingest_batch(
     .map_err(|e| ApiError::internal("decoding an ingest batch panicked", &e))??;
     // Before storage: the database never holds a masked value.
     let write = mask(state, write).await?;
+    // Decoded beside the batches it follows; stored after them. It waits without a
+    // writer slot, so batches waiting never hold up the ones they wait for.
+    if !state.ingest_order.all_committed(&order.after) {
+        drop(permit);
+        state
+            .ingest_order
+            .wait_for(&order.after, ingest_order::WAIT)
+            .await?;
+        permit = state.ingest_gate.enter().await?;
+    }
     let write_started = Instant::now();
     // A hung database must not hold a writer slot for long: past the deadline the agent
     // is told to retry (the resend is deduplicated even if this write still commits).
@@ -146,6 +159,11 @@ async fn ingest_batch(
     // Committed: followers get the lines now (moved, not copied), then the events go out.
     state.live.jobs.publish(write, &outcome.events);
     state.notify(&outcome);
+    // Only now may the batches after this one go: followers get the lines in order.
+    if let Some(id) = order.id {
+        state.ingest_order.committed(id);
+    }
+    drop(permit);
     Ok(Json(IngestAck {
         records,
         stored: outcome.stored,
@@ -256,16 +274,23 @@ fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> ApiResult<Bytes>
     Ok(Bytes::from(out))
 }
 
-/// Parses the envelope: first the version alone (so an unknown version is named as such
-/// even if the rest is a newer format), then the whole batch.
+/// Parses the envelope in one pass. Only when that fails, or names a version this build
+/// does not speak, is the version read alone, so an unknown version is named as such even
+/// if the rest is a newer format (a second pass over a batch that is refused anyway).
 pub fn parse_batch(json: &[u8]) -> ApiResult<Batch> {
+    let supported = |v: u64| SUPPORTED_VERSIONS.iter().any(|s| u64::from(*s) == v);
+    let parsed = match serde_json::from_slice::<Batch>(json) {
+        Ok(batch) if supported(u64::from(batch.version)) => return Ok(batch),
+        Ok(_) => None,
+        Err(e) => Some(e),
+    };
     #[derive(Deserialize)]
     struct Probe {
         version: Option<serde_json::Value>,
     }
     let probe: Probe = serde_json::from_slice(json)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("body is not JSON: {e}")))?;
-    let supported = || {
+    let listed = || {
         SUPPORTED_VERSIONS
             .iter()
             .map(|v| v.to_string())
@@ -273,28 +298,31 @@ pub fn parse_batch(json: &[u8]) -> ApiResult<Batch> {
             .join(", ")
     };
     match probe.version.as_ref().and_then(|v| v.as_u64()) {
-        Some(v) if SUPPORTED_VERSIONS.iter().any(|s| u64::from(*s) == v) => {}
+        Some(v) if supported(v) => {}
         Some(v) => {
             return Err(ApiError::bad_request(
                 "unsupported_version",
                 format!(
                     "protocol version {v} is not supported; supported: {}",
-                    supported()
+                    listed()
                 ),
             ))
         }
         None => {
             return Err(ApiError::bad_request(
                 "unsupported_version",
-                format!(
-                    "missing or non-numeric `version`; supported: {}",
-                    supported()
-                ),
+                format!("missing or non-numeric `version`; supported: {}", listed()),
             ))
         }
     }
-    serde_json::from_slice(json)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid batch: {e}")))
+    let e = parsed.map_or_else(
+        || "the version is supported, yet unread".to_string(),
+        |e| e.to_string(),
+    );
+    Err(ApiError::bad_request(
+        "invalid_body",
+        format!("invalid batch: {e}"),
+    ))
 }
 
 /// Validates a batch and turns it into one storage write, parsing COUT on the way. Any

@@ -5,6 +5,7 @@ pub mod download;
 pub mod error;
 pub mod flows;
 pub mod ingest;
+pub mod ingest_order;
 pub mod line_reader;
 pub mod loki;
 pub mod metrics;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub config: Arc<Config>,
     pub ingest_gate: Arc<IngestGate>,
+    /// Batches stored after the ones they name (ordered ingest).
+    pub ingest_order: Arc<ingest_order::IngestOrder>,
     /// Prometheus metrics, served on `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// In-process job events, published after each commit (see [`crate::notify`]).
@@ -113,6 +116,7 @@ impl AppState {
             metrics,
             config: Arc::new(config),
             ingest_gate: Arc::new(gate),
+            ingest_order: Arc::default(),
             events: JobEvents::default(),
             webhook_wake: Arc::new(Notify::new()),
             flows: crate::flows::EngineHandle::default(),

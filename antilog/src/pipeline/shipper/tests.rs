@@ -39,22 +39,33 @@ async fn ingest(State(s): State<Arc<Server>>, body: Body) -> Response {
             tokio::time::sleep(*d).await;
         }
     }
+    if let Some(refused) = refuse_poison(&batch) {
+        return refused;
+    }
+    store_records(&s.stored, &batch);
+    axum::Json(serde_json::json!({"records": 1, "stored": 1, "duplicates": 0})).into_response()
+}
+
+/// A 400 for a batch holding a record "poison", as logarithmd refuses a bad record.
+fn refuse_poison(batch: &Batch) -> Option<Response> {
     let poisoned = batch
         .segments
         .iter()
         .flat_map(|s| &s.records)
         .any(|r| r.text.as_deref() == Some("poison"));
-    if poisoned {
+    poisoned.then(|| {
         let body = serde_json::json!({"error": {"code": "invalid_batch", "message": "no poison"}});
-        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-    }
-    let mut stored = s.stored.lock().unwrap();
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    })
+}
+
+fn store_records(stored: &Mutex<Vec<(String, u64)>>, batch: &Batch) {
+    let mut stored = stored.lock().unwrap();
     for seg in &batch.segments {
         for r in &seg.records {
             stored.push((seg.container_id.clone(), r.seq));
         }
     }
-    axum::Json(serde_json::json!({"records": 1, "stored": 1, "duplicates": 0})).into_response()
 }
 
 async fn serve(server: Arc<Server>) -> String {
@@ -294,4 +305,157 @@ fn answers_are_classified() {
     assert_eq!(c(403, None), "stop");
     assert_eq!(c(404, None), "stop");
     assert_eq!(c(400, Some("unsupported_version")), "stop");
+}
+
+/// A request as the ordering server saw it: its id, its `after` header, and whether it
+/// arrived while another batch was being answered.
+type Seen = (Option<String>, Option<String>, bool);
+
+/// A server that orders batches as logarithmd does (`logarithm-batch-after`): a batch
+/// naming batches not yet stored waits for them, at most `wait`, then is answered 503
+/// `out_of_order`. Each answer takes `slow` first, so batches overlap.
+#[derive(Default)]
+struct Ordered {
+    stored: Mutex<Vec<(String, u64)>>,
+    committed: Mutex<std::collections::HashSet<String>>,
+    changed: tokio::sync::Notify,
+    seen: Mutex<Vec<Seen>>,
+    busy: std::sync::atomic::AtomicUsize,
+    out_of_order: std::sync::atomic::AtomicUsize,
+}
+
+async fn ordered_ingest(
+    State(s): State<Arc<Ordered>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    use std::sync::atomic::Ordering::SeqCst;
+    let header = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
+    let (id, after) = (
+        header(protocol::BATCH_ID_HEADER),
+        header(protocol::BATCH_AFTER_HEADER),
+    );
+    let overlapping = s.busy.fetch_add(1, SeqCst) > 0;
+    s.seen
+        .lock()
+        .unwrap()
+        .push((id.clone(), after.clone(), overlapping));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let json = zstd::decode_all(&body[..]).unwrap();
+    let batch: Batch = serde_json::from_slice(&json).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let names: Vec<String> = after
+        .iter()
+        .flat_map(|a| a.split(',').map(str::to_string))
+        .collect();
+    loop {
+        let changed = s.changed.notified();
+        if names
+            .iter()
+            .all(|n| s.committed.lock().unwrap().contains(n))
+        {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            s.busy.fetch_sub(1, SeqCst);
+            s.out_of_order.fetch_add(1, SeqCst);
+            let body = serde_json::json!({"error": {"code": "out_of_order", "message": "late"}});
+            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        }
+    }
+    s.busy.fetch_sub(1, SeqCst);
+    if let Some(refused) = refuse_poison(&batch) {
+        return refused;
+    }
+    store_records(&s.stored, &batch);
+    if let Some(id) = id {
+        s.committed.lock().unwrap().insert(id);
+    }
+    s.changed.notify_waiters();
+    (
+        [(protocol::ORDERED_INGEST_HEADER, "1")],
+        axum::Json(serde_json::json!({"records": 1, "stored": 1, "duplicates": 0})),
+    )
+        .into_response()
+}
+
+async fn serve_ordered(server: Arc<Ordered>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route(protocol::INGEST_PATH, post(ordered_ingest))
+        .with_state(server);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// Against a server that orders batches, a container's batches overlap (two in flight),
+/// each naming the one before, and are still stored in order.
+#[tokio::test]
+async fn a_containers_batches_overlap_when_the_server_orders_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(Ordered::default());
+    let url = serve_ordered(server.clone()).await;
+    let batches = (0..6u64)
+        .map(|i| batch(vec![segment("c1", i * 100 + 1..=i * 100 + 100, None)]))
+        .collect();
+    let reader = spool_frames(&dir.path().join("spool"), batches);
+    let store = Arc::new(CheckpointStore::open(dir.path()).unwrap());
+    shipper(&url, dir.path(), Arc::new(Metrics::new()))
+        .run(reader, store.clone())
+        .await;
+    let expected: Vec<(String, u64)> = (1..=600).map(|s| ("c1".to_string(), s)).collect();
+    assert_eq!(*server.stored.lock().unwrap(), expected);
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    // The first goes alone: the server has not said yet that it orders batches.
+    assert_eq!(seen[0].1, None);
+    assert!(
+        seen.iter()
+            .skip(1)
+            .any(|(_, after, overlapping)| *overlapping && after.is_some()),
+        "no batch was sent while the one before was in flight: {seen:?}"
+    );
+    for (_, after, _) in &seen {
+        let Some(after) = after else { continue };
+        assert!(
+            seen.iter()
+                .any(|(id, _, _)| id.as_deref() == Some(after.as_str())),
+            "{after} names no batch sent: {seen:?}"
+        );
+    }
+    assert_eq!(store.snapshot()["c1"].pos.seq, 600);
+}
+
+/// A batch whose predecessor is refused and split (its parts carry no id) is answered
+/// `out_of_order`, sent again once the predecessor is settled, and stored after it.
+#[tokio::test]
+async fn a_batch_after_a_split_one_is_sent_again_once_it_is_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(Ordered::default());
+    let url = serve_ordered(server.clone()).await;
+    let reader = spool_frames(
+        &dir.path().join("spool"),
+        vec![
+            batch(vec![segment("c1", 1..=10, None)]),
+            batch(vec![segment("c1", 11..=50, Some(30))]),
+            batch(vec![segment("c1", 51..=60, None)]),
+        ],
+    );
+    let store = Arc::new(CheckpointStore::open(dir.path()).unwrap());
+    shipper(&url, dir.path(), Arc::new(Metrics::new()))
+        .run(reader, store.clone())
+        .await;
+    let expected: Vec<(String, u64)> = (1..=60)
+        .filter(|s| *s != 30)
+        .map(|s| ("c1".to_string(), s))
+        .collect();
+    assert_eq!(*server.stored.lock().unwrap(), expected);
+    assert!(
+        server
+            .out_of_order
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+    assert_eq!(store.snapshot()["c1"].pos.seq, 60);
 }

@@ -121,8 +121,21 @@ async fn main() -> Result<()> {
     }
     let mut runs = Vec::new();
     if wants("agent") {
+        // `LOGARITHM_BENCH_AGENT_PATHS=files-rest,api-live` runs only those paths.
+        let paths = std::env::var("LOGARITHM_BENCH_AGENT_PATHS").ok();
         for source in ["docker-api", "docker-files"] {
             for live in [true, false] {
+                let name = format!(
+                    "{}-{}",
+                    source.trim_start_matches("docker-"),
+                    if live { "live" } else { "rest" }
+                );
+                if paths
+                    .as_ref()
+                    .is_some_and(|p| !p.split(',').any(|n| n == name))
+                {
+                    continue;
+                }
                 let run = bench_agent(live, source).await?;
                 run.figure.print();
                 runs.push(run);
