@@ -96,6 +96,15 @@ pub struct Entry {
     /// Set when the exit of the latest run was acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitMark>,
+    /// Restart count of the latest run whose metadata was acknowledged: what an exit needs
+    /// when the container is found gone after a restart of antilog
+    /// ([`crate::gone`]). 0 in files written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_count: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What an acknowledged item does to the checkpoint (stored in spool frames as JSON).
@@ -104,8 +113,12 @@ pub struct Entry {
 pub enum Effect {
     /// Lines up to this position are delivered.
     Cut(Position),
-    /// A (new) run began: its exit is not delivered yet.
+    /// A (new) run began: its exit is not delivered yet. Written by versions before
+    /// [`Effect::Run`] (still read from their spool frames): the restart count is unknown,
+    /// the entry's is kept.
     Meta,
+    /// Run `restart_count` began: its exit is not delivered yet.
+    Run(u32),
     /// The run's exit is delivered.
     Exit(ExitMark),
     /// The container is gone: drop its entry.
@@ -242,9 +255,11 @@ impl CheckpointStore {
         entries
     }
 
-    /// Keeps only the entries of `existing` (the containers listed at start), and from now
-    /// on ignores effects on other containers in batches spooled before this start (their
-    /// containers are gone; Docker never reuses an id).
+    /// Keeps only the entries of `existing` (the containers listed at start, and those
+    /// gone whose jobs are being closed, see [`crate::gone`]: their entries go with the
+    /// acknowledgement of the closing), and from now on ignores effects on other containers
+    /// in batches spooled before this start (their containers are gone; Docker never
+    /// reuses an id).
     pub fn retain_existing(&self, existing: &HashSet<String>) {
         let mut st = self.lock();
         let before = st.entries.len();
@@ -318,8 +333,15 @@ fn apply_effect(entries: &mut BTreeMap<String, Entry>, id: &str, effect: &Effect
         Effect::Meta => {
             entries.entry(id.to_string()).or_default().exit = None;
         }
+        Effect::Run(restart_count) => {
+            let e = entries.entry(id.to_string()).or_default();
+            e.exit = None;
+            e.restart_count = *restart_count;
+        }
         Effect::Exit(mark) => {
-            entries.entry(id.to_string()).or_default().exit = Some(*mark);
+            let e = entries.entry(id.to_string()).or_default();
+            e.exit = Some(*mark);
+            e.restart_count = mark.restart_count;
         }
     }
 }
@@ -368,130 +390,4 @@ pub async fn run_writer(store: Arc<CheckpointStore>, stop: CancellationToken) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn position_tracks_max_ts_and_count() {
-        let mut p = Position::default();
-        assert_eq!(p.since_secs(), 0);
-        p.line_done(1, 5_000_000_001);
-        p.line_done(2, 5_000_000_001);
-        assert_eq!((p.seq, p.ts, p.at_ts), (2, 5_000_000_001, 2));
-        p.line_done(3, 5_000_000_000); // older timestamp: counted nowhere
-        assert_eq!((p.seq, p.ts, p.at_ts), (3, 5_000_000_001, 2));
-        p.line_done(5, 6_000_000_000);
-        assert_eq!((p.seq, p.ts, p.at_ts), (5, 6_000_000_000, 1));
-        assert_eq!(p.since_secs(), 6);
-    }
-
-    #[test]
-    fn resume_snapshot_applies_spooled_effects_without_moving_the_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        let at = |seq| Position {
-            seq,
-            ts: seq as i64,
-            at_ts: 1,
-            file: None,
-        };
-        store.apply([("a", &Effect::Cut(at(5)))]);
-        let spooled = [
-            ("a", Effect::Cut(at(9))),
-            ("b", Effect::Meta),
-            ("b", Effect::Cut(at(3))),
-            ("c", Effect::Forget),
-        ];
-        let resume = store.resume_snapshot(spooled.iter().map(|(id, e)| (*id, e)));
-        assert_eq!(resume["a"].pos.seq, 9);
-        assert_eq!(resume["b"].pos.seq, 3);
-        assert!(!resume.contains_key("c"));
-        assert_eq!(store.snapshot()["a"].pos.seq, 5);
-        // The write before an acknowledgement leaves the durable write due.
-        store.write_before_ack().unwrap();
-        assert!(store.lock().dirty);
-        let reread = CheckpointStore::open(dir.path()).unwrap();
-        assert_eq!(reread.snapshot()["a"].pos.seq, 5);
-    }
-
-    #[test]
-    fn persists_atomically_and_reloads() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        let pos = Position {
-            seq: 7,
-            ts: 9,
-            at_ts: 1,
-            file: None,
-        };
-        let mark = ExitMark {
-            restart_count: 0,
-            finished_at: 11,
-        };
-        store.apply([("a", &Effect::Cut(pos)), ("a", &Effect::Exit(mark))]);
-        store.apply([("b", &Effect::Cut(pos)), ("b", &Effect::Forget)]);
-        // An older position (resend) does not move the checkpoint back.
-        store.apply([("a", &Effect::Cut(Position::default()))]);
-        store.persist_if_dirty().unwrap();
-        let again = CheckpointStore::open(dir.path()).unwrap().snapshot();
-        assert_eq!(again.len(), 1);
-        assert_eq!(
-            again["a"],
-            Entry {
-                pos,
-                exit: Some(mark)
-            }
-        );
-        assert!(!dir.path().join("checkpoints.json.tmp").exists());
-        store.apply([("a", &Effect::Meta)]);
-        store.retain_existing(&HashSet::from(["c".to_string()]));
-        store.persist_if_dirty().unwrap();
-        assert!(CheckpointStore::open(dir.path())
-            .unwrap()
-            .snapshot()
-            .is_empty());
-        // Replayed effects on containers gone at start are ignored; others apply.
-        store.apply_replayed([("a", &Effect::Cut(pos)), ("c", &Effect::Cut(pos))]);
-        assert_eq!(
-            store.snapshot().keys().collect::<Vec<_>>(),
-            vec![&"c".to_string()]
-        );
-        // Effects of this session's batches always apply.
-        store.apply([("d", &Effect::Cut(pos))]);
-        assert!(store.snapshot().contains_key("d"));
-    }
-
-    #[test]
-    fn effects_round_trip_as_json() {
-        let effects = vec![
-            Effect::Cut(Position {
-                seq: 3,
-                ts: -4,
-                at_ts: 2,
-                file: Some(FilePos {
-                    dev: 1,
-                    ino: 2,
-                    fp: 3,
-                    fp_len: 4,
-                    offset: 5,
-                }),
-            }),
-            Effect::Meta,
-            Effect::Exit(ExitMark {
-                restart_count: 1,
-                finished_at: 5,
-            }),
-            Effect::Forget,
-        ];
-        let json = serde_json::to_string(&effects).unwrap();
-        assert_eq!(serde_json::from_str::<Vec<Effect>>(&json).unwrap(), effects);
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE_NAME), b"{nope").unwrap();
-        let err = CheckpointStore::open(dir.path()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Checkpoint);
-    }
-}
+mod tests;

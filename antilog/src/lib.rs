@@ -35,6 +35,8 @@
 //!   after 410 Gone), for the CRI source.
 //! - [`checkpoint`]: acknowledged progress per container (and per log file), persisted
 //!   atomically.
+//! - [`gone`]: closing the jobs of containers removed while antilog was down (exit code
+//!   unknown), found from the checkpoint at start.
 //! - [`retry`]: the retry policy (exponential backoff with jitter, from `backon`).
 //! - [`codec`]: the ingest body (a batch as compressed JSON), encoded for the spool and
 //!   decoded by the shipper to split a refused batch.
@@ -51,6 +53,7 @@ pub mod docker;
 pub mod error;
 pub mod files;
 pub mod filter;
+pub mod gone;
 pub mod http_client;
 pub mod metrics;
 pub mod pipeline;

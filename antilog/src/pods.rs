@@ -69,6 +69,23 @@ pub struct PodMeta {
     pub containers: Vec<ContainerMeta>,
 }
 
+/// The annotations that fit in [`protocol::MAX_ANNOTATIONS_BYTES`], taken in key order;
+/// one too large to fit is left out (logged), not the ones after it.
+fn bounded_annotations(all: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    let mut kept = BTreeMap::new();
+    let mut bytes = 0usize;
+    for (k, v) in all.into_iter().flatten() {
+        let size = k.len() + v.len();
+        if bytes + size > protocol::MAX_ANNOTATIONS_BYTES {
+            debug!(annotation = %k, bytes = size, "annotation left out: over the size limit");
+            continue;
+        }
+        bytes += size;
+        kept.insert(k.clone(), v.clone());
+    }
+    kept
+}
+
 impl PodMeta {
     fn of(pod: &Pod) -> Option<PodMeta> {
         let m = &pod.metadata;
@@ -123,7 +140,7 @@ impl PodMeta {
             name: m.name.clone()?,
             uid: m.uid.clone()?,
             labels: m.labels.clone().unwrap_or_default(),
-            annotations: m.annotations.clone().unwrap_or_default(),
+            annotations: bounded_annotations(m.annotations.as_ref()),
             created_at: m.creation_timestamp.as_ref().map_or(0, ns_of),
             main_container: pod
                 .spec

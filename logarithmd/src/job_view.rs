@@ -17,6 +17,8 @@ pub struct JobView {
     pub image: String,
     pub node: String,
     pub labels: BTreeMap<String, String>,
+    /// The Pod's annotations (Kubernetes); empty for Docker containers.
+    pub annotations: BTreeMap<String, String>,
     pub flow: Option<String>,
     pub run: Option<String>,
     pub stage: Option<String>,
@@ -62,6 +64,7 @@ impl JobView {
             image: j.image,
             node: j.node,
             labels: j.labels,
+            annotations: j.annotations,
             flow: j.flow,
             run: j.run,
             stage: j.stage,

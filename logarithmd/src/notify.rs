@@ -143,6 +143,7 @@ mod tests {
                 image: "i".into(),
                 node: "node".into(),
                 labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
                 flow: None,
                 run: None,
                 stage: None,

@@ -121,6 +121,7 @@ fn meta() -> impl Strategy<Value = Option<ContainerMeta>> {
                         name,
                         image,
                         labels,
+                        annotations: BTreeMap::new(),
                         created_at,
                         started_at,
                         restart_count,
@@ -162,6 +163,7 @@ fn segment() -> impl Strategy<Value = GenSegment> {
                 lines.push(line);
             }
             let exit = exit.map(|(exit_code, finished_at, restart_count)| ContainerExit {
+                reason: None,
                 exit_code: Some(exit_code),
                 finished_at,
                 last_seq: seq,
@@ -434,4 +436,59 @@ fn model_matches_contract_examples() {
             seq: 5
         })
     );
+}
+
+/// Annotations reach the write up to [`protocol::MAX_ANNOTATIONS_BYTES`]; one byte more
+/// refuses the batch with 400. An exit's reason is the failure when the code is unknown.
+#[test]
+fn annotations_are_bounded_and_exit_reasons_kept() {
+    let with = |annotations: BTreeMap<String, String>, exit_code: Option<i64>| Batch {
+        version: 1,
+        agent: Agent {
+            id: "a".into(),
+            node: "n".into(),
+        },
+        segments: vec![ContainerSegment {
+            container_id: "c".into(),
+            meta: Some(ContainerMeta {
+                name: "pod".into(),
+                image: "img".into(),
+                labels: BTreeMap::new(),
+                annotations,
+                created_at: 1,
+                started_at: 2,
+                restart_count: 0,
+                tty: false,
+                log_driver: "cri".into(),
+            }),
+            records: vec![],
+            exit: Some(ContainerExit {
+                exit_code,
+                finished_at: 3,
+                last_seq: 0,
+                restart_count: 0,
+                reason: Some("the container was removed while antilog was down".into()),
+            }),
+            logs_unavailable: None,
+        }],
+    };
+    let max = protocol::MAX_ANNOTATIONS_BYTES;
+    let full = BTreeMap::from([
+        ("a".to_string(), "x".repeat(max - 2)),
+        ("b".to_string(), String::new()),
+    ]);
+    let write = to_write_batch(with(full.clone(), None)).unwrap();
+    let job = &write.jobs[0];
+    assert_eq!(job.meta.as_ref().unwrap().annotations, full);
+    let exit = job.exit.as_ref().unwrap();
+    assert_eq!(
+        exit.failure.as_deref(),
+        Some("the container was removed while antilog was down")
+    );
+    // A known exit code decides the verdict itself.
+    let write = to_write_batch(with(BTreeMap::new(), Some(0))).unwrap();
+    assert_eq!(write.jobs[0].exit.as_ref().unwrap().failure, None);
+    let over = BTreeMap::from([("a".to_string(), "x".repeat(max))]);
+    let e = to_write_batch(with(over, None)).unwrap_err();
+    assert_eq!(e.status().as_u16(), 400);
 }

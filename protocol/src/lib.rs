@@ -65,6 +65,10 @@ pub const BATCH_ID_MAX: usize = 64;
 pub const BATCH_AFTER_MAX: usize = 16;
 /// Bearer token header used by agents (`Authorization: Bearer <token>`).
 pub const AUTH_HEADER: &str = "authorization";
+/// The most bytes a container's annotations may hold in all (keys and values) for
+/// logarithmd to accept them; agents leave out those that would not fit. Kubernetes allows
+/// 256 KiB, mostly for tool state (`kubectl.kubernetes.io/last-applied-configuration`).
+pub const MAX_ANNOTATIONS_BYTES: usize = 64 << 10;
 /// Labels that make a container a job of a ContainerOps flow run.
 pub const LABEL_FLOW: &str = "io.containerops.flow";
 pub const LABEL_RUN: &str = "io.containerops.run";
@@ -129,6 +133,11 @@ pub struct ContainerMeta {
     /// All container labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The Pod's annotations, on Kubernetes nodes (Docker containers have none). Left out
+    /// when empty, so a Docker agent's batches stay readable by logarithmd versions that
+    /// predate the field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// Creation time, ns since the Unix epoch.
     pub created_at: i64,
     /// Start time of the current run, ns since the Unix epoch (0 if never started).
@@ -162,6 +171,11 @@ pub struct ContainerExit {
     /// Restart count of the run that ended.
     #[serde(default)]
     pub restart_count: u32,
+    /// Why the run's end is unknown, with `exit_code` null (for example "the container was
+    /// removed while antilog was down"): the job's reason then. Left out when absent, so
+    /// every other exit stays readable by logarithmd versions that predate the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Which output stream a line came from. TTY containers have only `stdout`.
@@ -371,8 +385,36 @@ mod tests {
             finished_at: 1,
             last_seq: 2,
             restart_count: 0,
+            reason: None,
         };
         assert_eq!(serde_json::to_string(&e).unwrap(), unknown);
+        let why =
+            r#"{"exit_code":null,"finished_at":1,"last_seq":2,"restart_count":0,"reason":"gone"}"#;
+        let e = ContainerExit {
+            reason: Some("gone".into()),
+            ..e
+        };
+        assert_eq!(serde_json::to_string(&e).unwrap(), why);
+        assert_eq!(serde_json::from_str::<ContainerExit>(why).unwrap(), e);
+    }
+
+    #[test]
+    fn empty_annotations_are_left_out() {
+        let json = r#"{"name":"n","image":"i","labels":{"a":"b"},"created_at":1,"started_at":2,"restart_count":0,"tty":false,"log_driver":"json-file"}"#;
+        let meta: ContainerMeta = serde_json::from_str(json).unwrap();
+        assert!(meta.annotations.is_empty());
+        // Exactly as before the field existed: older logarithmd (deny_unknown_fields) reads it.
+        assert_eq!(serde_json::to_string(&meta).unwrap(), json);
+        let annotated = ContainerMeta {
+            annotations: BTreeMap::from([("k".to_string(), "v".to_string())]),
+            ..meta
+        };
+        let json = serde_json::to_string(&annotated).unwrap();
+        assert!(json.contains(r#""annotations":{"k":"v"}"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ContainerMeta>(&json).unwrap(),
+            annotated
+        );
     }
 
     #[test]

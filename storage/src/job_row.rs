@@ -26,6 +26,8 @@ pub(crate) struct JobRow {
     pub image: String,
     pub node: String,
     pub labels: BTreeMap<String, String>,
+    /// The Pod's annotations (Kubernetes); empty for Docker containers.
+    pub annotations: BTreeMap<String, String>,
     pub status: JobStatus,
     pub reason: Option<String>,
     pub exit_code: Option<i64>,
@@ -75,6 +77,7 @@ impl JobRow {
             image: String::new(),
             node: clamp_chars(&jw.node, NAME_MAX),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             status: JobStatus::Running,
             reason: None,
             exit_code: None,
@@ -100,6 +103,7 @@ impl JobRow {
         self.image = clamp_chars(&meta.image, NAME_MAX);
         self.node = clamp_chars(node, NAME_MAX);
         self.labels = meta.labels.clone();
+        self.annotations = meta.annotations.clone();
         self.created_at = meta.created_at;
         self.tty = meta.tty;
         self.log_driver = clamp_chars(&meta.log_driver, LOG_DRIVER_MAX);
@@ -201,6 +205,16 @@ impl JobRow {
         serde_json::to_string(&self.labels).unwrap_or_else(|_| "{}".to_owned())
     }
 
+    /// `annotations_json`: NULL when there are none (as for every job stored before schema
+    /// version 7).
+    fn annotations_json(&self) -> Param {
+        if self.annotations.is_empty() {
+            return Param::Null;
+        }
+        // A map of strings always serialises; the fallback is unreachable in practice.
+        Param::Text(serde_json::to_string(&self.annotations).unwrap_or_else(|_| "{}".to_owned()))
+    }
+
     /// A flow column's value: the label, or NULL when absent or longer than the column
     /// (it stays in `labels_json`, it just cannot be filtered on).
     fn label_column(&self, key: &str) -> Param {
@@ -239,6 +253,7 @@ impl JobRow {
             (self.last_seq as i64).into(),
             (self.line_count as i64).into(),
             i64::try_from(self.line_bytes).unwrap_or(i64::MAX).into(),
+            self.annotations_json(),
         ]
     }
 
@@ -284,6 +299,7 @@ impl JobRow {
             image: self.image,
             node: self.node,
             labels: self.labels,
+            annotations: self.annotations,
             status: self.status,
             reason: self.reason,
             exit_code: self.exit_code,

@@ -107,6 +107,8 @@ pub struct JobMeta {
     pub name: String,
     pub image: String,
     pub labels: BTreeMap<String, String>,
+    /// The Pod's annotations (Kubernetes); empty for Docker containers.
+    pub annotations: BTreeMap<String, String>,
     pub created_at: i64,
     pub started_at: i64,
     pub restart_count: u32,
@@ -150,7 +152,8 @@ pub struct ExitWrite {
     pub last_seq: u64,
     pub restart_count: u32,
     /// A failure the writer decided, recorded instead of the verdict rule's outcome (a
-    /// service job whose endpoint could not be called); `None` for containers.
+    /// service job whose endpoint could not be called; a container whose end is unknown,
+    /// with the agent's reason, e.g. removed while the agent was down).
     pub failure: Option<String>,
 }
 
@@ -292,6 +295,10 @@ pub struct Job {
     pub image: String,
     pub node: String,
     pub labels: BTreeMap<String, String>,
+    /// The Pod's annotations (Kubernetes); empty for Docker containers. Snapshots written
+    /// before they were kept have none.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Values of the `io.containerops.*` labels, when the container is a flow job.
     pub flow: Option<String>,
     pub run: Option<String>,

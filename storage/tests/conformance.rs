@@ -243,8 +243,11 @@ conformance!(
     stream_reads_go_through_the_block_index,
     stream_reads_across_rounds_replays_and_text,
     stream_blocks_migrate_an_existing_database,
+    annotations_round_trip_and_migrate,
 );
 
+#[path = "conformance_cases/annotations.rs"]
+mod annotation_cases;
 #[path = "conformance_cases/retention.rs"]
 mod retention_cases;
 #[path = "conformance_cases/retention_days.rs"]
@@ -271,6 +274,7 @@ fn meta(name: &str, labels: &[(&str, &str)], restart_count: u32) -> JobMeta {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        annotations: BTreeMap::new(),
         created_at: 1_700_000_000_000_000_000,
         started_at: 1_700_000_001_000_000_000 + i64::from(restart_count),
         restart_count,
@@ -368,6 +372,7 @@ fn stored(l: &NewLine) -> StoredLine {
 // ---------------------------------------------------------------------------------------
 
 mod cases {
+    pub use super::annotation_cases::annotations_round_trip_and_migrate;
     pub use super::document_cases::{
         documents_compare_and_set_and_list, documents_concurrent_writers_never_both_win,
         non_job_events_are_delivered_once_per_subscription,
@@ -976,6 +981,7 @@ mod cases {
             image: "alpine:3.20".into(),
             node: "node-7".into(),
             labels: m.labels.clone(),
+            annotations: BTreeMap::new(),
             flow: Some("build".into()),
             run: Some("42".into()),
             stage: Some("test".into()),
@@ -1215,10 +1221,10 @@ mod cases {
         let a = a.unwrap_or_else(|e| panic!("first concurrent open: {e}"));
         let b = b.unwrap_or_else(|e| panic!("second concurrent open: {e}"));
         // Version 1 (jobs, lines), 2 (webhooks), 3 (documents), 4 (retention), 5 (lines
-        // by stream) and 6 (stream blocks), each applied once.
+        // by stream), 6 (stream blocks) and 7 (annotations), each applied once.
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            6
+            7
         );
 
         let c = cid("mig");
@@ -1234,7 +1240,7 @@ mod cases {
         let again = t.open().await;
         assert_eq!(
             t.raw_count("SELECT COUNT(*) FROM schema_migrations").await,
-            6
+            7
         );
         assert_eq!(job(&*again, id).await.line_count, 3);
         assert_eq!(seqs(&lines(&*again, id, 0, 10, None).await), vec![1, 2, 3]);

@@ -55,6 +55,20 @@ fn pod(label: &str, restart: i32, exit: Option<i32>, last_exit: Option<i32>) -> 
     named_pod((POD, UID, true), label, restart, exit, last_exit)
 }
 
+/// The annotations of Pod `name`, as tools and people set them.
+fn annotations(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "kubernetes.io/change-cause".to_string(),
+            format!("deploy {name}"),
+        ),
+        (
+            "logarithm.test/notes".to_string(),
+            "two lines,\nquotes \" and \u{e9}".to_string(),
+        ),
+    ])
+}
+
 /// [`pod`] with another name and UID; `flow`: labelled as a flow run's job.
 fn named_pod(
     (name, uid, flow): (&str, &str, bool),
@@ -109,6 +123,7 @@ fn named_pod(
             namespace: Some("ci".into()),
             uid: Some(uid.into()),
             labels: Some(labels),
+            annotations: Some(annotations(name)),
             creation_timestamp: Some(time(1_794_999_999_000_000_000)?),
             ..Default::default()
         },
@@ -375,6 +390,12 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
         assert_eq!(job[field], value, "{field}: {job}");
     }
     assert_eq!(job["labels"]["io.kubernetes.pod.namespace"], "ci", "{job}");
+    // The Pod's annotations, exactly, and nothing else.
+    assert_eq!(
+        job["annotations"],
+        serde_json::json!(annotations(POD)),
+        "{job}"
+    );
     assert!(job["logs_unavailable"].is_null(), "{job}");
     // The watcher asked for this node's Pods only.
     assert!(
@@ -435,6 +456,10 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
     assert!(web_job["flow"].is_null(), "{web_job}");
     assert_eq!(
         web_job["labels"]["io.kubernetes.pod.name"], "web-1",
+        "{web_job}"
+    );
+    assert_eq!(
+        web_job["annotations"]["kubernetes.io/change-cause"], "deploy web-1",
         "{web_job}"
     );
     Ok(())

@@ -447,6 +447,7 @@ impl Follower {
             finished_at: ended.as_ref().map_or(0, |t| t.finished_at),
             last_seq: self.next_seq - 1,
             restart_count: n,
+            reason: None,
         };
         info!(
             run = n,

@@ -283,7 +283,23 @@ pub async fn run(
                         .iter()
                         .flat_map(|c| [c.pod.clone(), path_id(&c.namespace, &c.pod, &c.container)])
                         .collect();
-                    store.retain_existing(&ids);
+                    // Those whose last run's exit was never delivered get their jobs
+                    // closed (exit code unknown); their entries stay until that is acked.
+                    let gone = {
+                        let resume = shared.resume.lock().unwrap_or_else(|e| e.into_inner());
+                        crate::gone::unclosed(&resume, &ids)
+                    };
+                    let mut keep = ids;
+                    keep.extend(gone.iter().map(|(id, _)| id.clone()));
+                    store.retain_existing(&keep);
+                    crate::gone::close(
+                        gone,
+                        "the container's log directory",
+                        &shared.tx,
+                        &shared.shutdown,
+                        &shared.metrics,
+                    )
+                    .await;
                 }
                 let present: HashSet<(String, String)> = found
                     .iter()
@@ -399,6 +415,7 @@ pub fn meta_of(
         name: id.to_string(),
         image: c.map(|c| c.image.clone()).unwrap_or_default(),
         labels,
+        annotations: pod.annotations.clone(),
         created_at: pod.created_at,
         started_at: if started_at > 0 {
             started_at

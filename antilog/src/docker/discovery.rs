@@ -59,8 +59,21 @@ pub async fn run(
     // (harmless), never zero times.
     let mut since = unix_time_arg(now_ns() - 1_000_000_000);
     let existing = d.sync().await?;
-    store.retain_existing(&existing);
+    // Containers removed while antilog was down: their jobs are closed, and their entries
+    // kept until that is acknowledged.
+    let gone = crate::gone::unclosed(&d.checkpoints, &existing);
+    let mut keep = existing.clone();
+    keep.extend(gone.iter().map(|(id, _)| id.clone()));
+    store.retain_existing(&keep);
     d.checkpoints.retain(|id, _| existing.contains(id));
+    crate::gone::close(
+        gone,
+        "the container",
+        &shared.tx,
+        &shared.shutdown,
+        &shared.metrics,
+    )
+    .await;
     let mut backoff = Retry::new(RECONNECT_INITIAL, RECONNECT_MAX);
     'outer: loop {
         let opts = EventsOptions {

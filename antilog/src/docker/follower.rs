@@ -332,6 +332,7 @@ impl Follower {
                         finished_at: info.finished_at,
                         last_seq: self.next_seq - 1,
                         restart_count: run.restart_count,
+                        reason: None,
                     };
                     run.exit_sent = true;
                     info!(

@@ -54,6 +54,7 @@ pub fn from_response(r: ContainerInspectResponse) -> Inspected {
             .unwrap_or_default(),
         image: config.image.unwrap_or_default(),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
+        annotations: Default::default(),
         created_at: time_ns(r.created.as_deref()),
         started_at,
         // Docker counts the restart when the run dies, before the delay; until the new run

@@ -45,6 +45,7 @@ fn item_bytes(kind: &ItemKind) -> usize {
                 + m.image.len()
                 + m.labels
                     .iter()
+                    .chain(&m.annotations)
                     .map(|(k, v)| k.len() + v.len() + 8)
                     .sum::<usize>()
         }
@@ -123,8 +124,9 @@ impl Builder {
                         && s.exit.is_none()
                         && s.logs_unavailable.is_none()
                 });
+                let run = meta.restart_count;
                 seg.meta = Some(meta);
-                self.push_effect(&id, Effect::Meta);
+                self.push_effect(&id, Effect::Run(run));
             }
             ItemKind::Record { record, cut } => {
                 let seg = self.segment(&id, |s| s.exit.is_none() && s.logs_unavailable.is_none());
@@ -264,6 +266,7 @@ pub(crate) mod tests {
             name: "c".into(),
             image: "i".into(),
             labels: Default::default(),
+            annotations: Default::default(),
             created_at: 1,
             started_at: 2,
             restart_count: 0,
@@ -298,6 +301,7 @@ pub(crate) mod tests {
             finished_at: 5,
             last_seq: 2,
             restart_count: 0,
+            reason: None,
         };
         for item in [
             Item {

@@ -95,6 +95,7 @@ mod tests {
                 name: "n".into(),
                 image: "i".into(),
                 labels: Default::default(),
+                annotations: Default::default(),
                 created_at: 1,
                 started_at: 2,
                 restart_count: 0,
@@ -109,6 +110,7 @@ mod tests {
                 finished_at: 9,
                 last_seq: 9,
                 restart_count: 0,
+                reason: None,
             }),
             logs_unavailable: None,
         }

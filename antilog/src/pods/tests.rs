@@ -48,6 +48,18 @@ fn pod(name: &str, uid: &str, rv: &str, exit: Option<i32>) -> Pod {
             uid: Some(uid.into()),
             resource_version: Some(rv.into()),
             labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (
+                    "kubernetes.io/change-cause".to_string(),
+                    format!("deploy {name}"),
+                ),
+                // Tool state over the size limit: left out, the others kept.
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    "{}".repeat(protocol::MAX_ANNOTATIONS_BYTES / 2),
+                ),
+                ("team".to_string(), "ci".to_string()),
+            ])),
             ..Default::default()
         },
         spec: Some(PodSpec {
@@ -226,6 +238,16 @@ async fn lists_watches_follows_bookmarks_and_lists_again_after_410() {
     assert_eq!(
         c.labels.get("io.containerops.flow").map(String::as_str),
         Some("build")
+    );
+    assert_eq!(
+        c.annotations,
+        BTreeMap::from([
+            (
+                "kubernetes.io/change-cause".to_string(),
+                "deploy c".to_string()
+            ),
+            ("team".to_string(), "ci".to_string()),
+        ])
     );
     assert_eq!(
         c.containers,

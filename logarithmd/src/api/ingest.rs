@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use protocol::{Batch, IngestAck, Stream, SUPPORTED_VERSIONS};
+use protocol::{Batch, IngestAck, Stream, MAX_ANNOTATIONS_BYTES, SUPPORTED_VERSIONS};
 use serde::Deserialize;
 use storage::{
     ApplyOutcome, CoResultWrite, ExitWrite, JobMeta, JobWrite, NewLine, OutputWrite, WriteBatch,
@@ -353,10 +353,19 @@ pub fn to_write_batch(batch: Batch) -> ApiResult<WriteBatch> {
                     "segments[{i}].meta: name (255), image (512) or log_driver (64) too long"
                 )));
             }
+            let annotation_bytes: usize =
+                m.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if annotation_bytes > MAX_ANNOTATIONS_BYTES {
+                return Err(bad(format!(
+                    "segments[{i}].meta.annotations hold {annotation_bytes} bytes (keys and values); \
+                     at most {MAX_ANNOTATIONS_BYTES} are accepted: leave out the largest"
+                )));
+            }
             w.meta = Some(JobMeta {
                 name: m.name,
                 image: m.image,
                 labels: m.labels,
+                annotations: m.annotations,
                 created_at: m.created_at,
                 started_at: m.started_at,
                 restart_count: m.restart_count,
@@ -420,7 +429,8 @@ pub fn to_write_batch(batch: Batch) -> ApiResult<WriteBatch> {
                 finished_at: e.finished_at,
                 last_seq: e.last_seq,
                 restart_count: e.restart_count,
-                failure: None,
+                // The agent's word on why the end is unknown; a known code decides itself.
+                failure: e.reason.filter(|_| e.exit_code.is_none()),
             });
         }
         w.logs_unavailable = seg.logs_unavailable;

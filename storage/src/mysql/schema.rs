@@ -101,6 +101,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "stream blocks",
         statements: MIGRATION_6,
     },
+    Migration {
+        version: 7,
+        name: "job annotations",
+        statements: MIGRATION_7,
+    },
 ];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -225,6 +230,12 @@ const MIGRATION_6: &[&str] = &[
     blocks_fill_sql!("INSERT IGNORE", "DIV", "MOD"),
     "ALTER TABLE log_lines DROP INDEX idx_log_lines_stream",
 ];
+
+/// Schema version 7: each job's annotations (a Pod's, on Kubernetes nodes) as a JSON
+/// object, NULL when it has none (every job stored before this version; TiDB allows no
+/// default on a TEXT column). Not indexed: they are shown, not filtered on. Run again after
+/// an interruption, the server answers 1060 (duplicate column name), taken as done.
+const MIGRATION_7: &[&str] = &["ALTER TABLE jobs ADD COLUMN annotations_json MEDIUMTEXT NULL"];
 
 impl MysqlStorage {
     /// Applies pending migrations holding the advisory lock on one connection (the lock

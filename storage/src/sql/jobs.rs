@@ -25,22 +25,23 @@ pub(crate) const LINE_CHUNK_BYTES: usize = 4 << 20;
 pub(crate) const JOB_SELECT_COLUMNS: &str = "id, container_id, name, image, node, labels_json, \
      status, reason, exit_code, co_result, co_result_seq, created_at, started_at, finished_at, \
      updated_at, restart_count, tty, log_driver, logs_unavailable, placeholder, last_seq, line_count, \
-     line_bytes";
+     line_bytes, annotations_json";
 
 /// Inserts a whole row; parameters from [`JobRow::insert_params`].
 pub(crate) const JOB_INSERT: &str = "INSERT INTO jobs (id, container_id, name, image, node, \
      flow, run, stage, action, job_name, labels_json, status, reason, exit_code, co_result, \
      co_result_seq, created_at, started_at, finished_at, updated_at, restart_count, tty, \
-     log_driver, logs_unavailable, placeholder, last_seq, line_count, line_bytes) VALUES \
-     (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     log_driver, logs_unavailable, placeholder, last_seq, line_count, line_bytes, \
+     annotations_json) VALUES \
+     (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Rewrites every mutable column; parameters from [`JobRow::update_params`].
 pub(crate) const JOB_UPDATE: &str = "UPDATE jobs SET name = ?, image = ?, node = ?, flow = ?, \
      run = ?, stage = ?, action = ?, job_name = ?, labels_json = ?, status = ?, reason = ?, \
      exit_code = ?, co_result = ?, co_result_seq = ?, created_at = ?, started_at = ?, \
      finished_at = ?, updated_at = ?, restart_count = ?, tty = ?, log_driver = ?, \
-     logs_unavailable = ?, placeholder = ?, last_seq = ?, line_count = ?, line_bytes = ? \
-     WHERE id = ?";
+     logs_unavailable = ?, placeholder = ?, last_seq = ?, line_count = ?, line_bytes = ?, \
+     annotations_json = ? WHERE id = ?";
 
 /// A seq as the database stores it (BIGINT).
 pub(crate) fn seq_to_db(seq: u64) -> Result<i64> {
@@ -119,6 +120,16 @@ pub(crate) fn read_job<R: RowAccess>(r: &mut R) -> Result<JobRow> {
     let labels_json: String = r.column(5)?;
     let labels: BTreeMap<String, String> = serde_json::from_str(&labels_json)
         .map_err(|e| corrupt(format!("job {id}: labels_json is not a JSON object: {e}")))?;
+    // NULL (none, and every job stored before schema version 7) is an empty map.
+    let annotations_json: Option<String> = r.column(23)?;
+    let annotations: BTreeMap<String, String> = match annotations_json {
+        Some(json) => serde_json::from_str(&json).map_err(|e| {
+            corrupt(format!(
+                "job {id}: annotations_json is not a JSON object: {e}"
+            ))
+        })?,
+        None => BTreeMap::new(),
+    };
     let status: String = r.column(6)?;
     let restart_count: i64 = r.column(15)?;
     let tty: i64 = r.column(16)?;
@@ -130,6 +141,7 @@ pub(crate) fn read_job<R: RowAccess>(r: &mut R) -> Result<JobRow> {
         image: r.column(3)?,
         node: r.column(4)?,
         labels,
+        annotations,
         status: JobStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
         reason: r.column(7)?,
         exit_code: r.column(8)?,

@@ -90,6 +90,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
     version: 6,
     name: "stream blocks",
     statements: MIGRATION_6,
+}, Migration {
+    version: 7,
+    name: "job annotations",
+    statements: MIGRATION_7,
 }];
 
 const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -202,6 +206,11 @@ const MIGRATION_6: &[&str] = &[
     blocks_fill_sql!("INSERT OR IGNORE", "/", "%"),
     "DROP INDEX IF EXISTS idx_log_lines_stream",
 ];
+
+/// Schema version 7: each job's annotations (a Pod's, on Kubernetes nodes) as a JSON
+/// object, NULL when it has none (every job stored before this version). Not indexed:
+/// they are shown, not filtered on.
+const MIGRATION_7: &[&str] = &["ALTER TABLE jobs ADD COLUMN annotations_json TEXT NULL"];
 
 /// Applies pending migrations under `BEGIN IMMEDIATE`, which takes SQLite's write lock
 /// first: a second process opening the same file waits (busy timeout), then finds the

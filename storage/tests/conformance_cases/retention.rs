@@ -434,6 +434,7 @@ pub async fn retention_migration_upgrades_an_existing_database(t: &Target) {
             "DROP INDEX idx_jobs_run",
             "DROP INDEX idx_webhook_deliveries_job",
             "ALTER TABLE jobs DROP COLUMN line_bytes",
+            "ALTER TABLE jobs DROP COLUMN annotations_json",
             "DELETE FROM schema_migrations WHERE version >= 4",
         ],
         _ => &[

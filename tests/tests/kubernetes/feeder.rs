@@ -111,6 +111,7 @@ impl Feeder {
                 finished_at: ns_of(t.finished_at.as_ref()),
                 last_seq: u64::try_from(lines.len()).unwrap_or(u64::MAX),
                 restart_count: 0,
+                reason: None,
             });
             let meta = (!shipped.meta).then(|| ContainerMeta {
                 name: name.clone(),
@@ -121,6 +122,7 @@ impl Feeder {
                     .and_then(|c| c.image.clone())
                     .unwrap_or_default(),
                 labels: pod.metadata.labels.clone().unwrap_or_default(),
+                annotations: pod.metadata.annotations.clone().unwrap_or_default(),
                 created_at: ns_of(pod.metadata.creation_timestamp.as_ref()),
                 started_at,
                 restart_count: 0,

@@ -84,6 +84,7 @@ impl Follower {
             finished_at: die.time_ns,
             last_seq: self.next_seq - 1,
             restart_count: 0,
+            reason: None,
         };
         self.send(ItemKind::Meta(meta)).await
             && self

@@ -102,6 +102,7 @@ impl Follower {
             finished_at,
             last_seq: self.next_seq - 1,
             restart_count: run.restart_count,
+            reason: None,
         };
         if exit_code.is_none() {
             warn!("the run's end was never reported: its exit code is unknown");

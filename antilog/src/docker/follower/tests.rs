@@ -68,7 +68,16 @@ fn follower(pos: Position) -> (Follower, mpsc::Receiver<Item>) {
         files_root: None,
     });
     let (_, signals) = watch::channel(Signals::default());
-    let mut f = Follower::new(shared, "c1".into(), signals, Entry { pos, exit: None });
+    let mut f = Follower::new(
+        shared,
+        "c1".into(),
+        signals,
+        Entry {
+            pos,
+            exit: None,
+            restart_count: 0,
+        },
+    );
     f.assembler = Some(Assembler::new(false, 1024));
     (f, rx)
 }

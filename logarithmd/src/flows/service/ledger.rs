@@ -278,6 +278,7 @@ impl Ledger {
             name: spec.name.clone(),
             image: endpoint.clone(),
             labels: spec.labels.clone(),
+            annotations: Default::default(),
             created_at: t,
             started_at: t,
             restart_count: 0,
