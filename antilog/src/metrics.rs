@@ -69,6 +69,9 @@ impl ShipFailure {
     }
 }
 
+/// The `event` label values of `antilog_api_events_total`.
+pub const API_EVENTS: [&str; 3] = ["duplicate", "catch_up_read", "follow_dropped"];
+
 /// The `event` label values of `antilog_file_events_total`.
 pub const FILE_EVENTS: [&str; 5] = [
     "malformed",
@@ -103,6 +106,7 @@ pub struct Metrics {
     pub batches_in_flight: IntGauge,
     pub log_gaps: IntCounter,
     pub file_events: IntCounterVec,
+    pub api_events: IntCounterVec,
     /// Followers waiting for room in the pipeline now.
     waiting_senders: AtomicUsize,
     /// Newest timestamp (ns) of a record read / of an acknowledged record; the first
@@ -330,6 +334,22 @@ impl Metrics {
         for k in FILE_EVENTS {
             file_events.with_label_values(&[k]);
         }
+        let api_events = reg(
+            r,
+            IntCounterVec::new(
+                opts(
+                    "api_events_total",
+                    "What the Docker API source (docker-api) did about Docker's follow stream \
+                     on rotating logs, by event (duplicate: a line Docker sent twice in a \
+                     row, dropped; catch_up_read: a read without follow of a rotating log; \
+                     follow_dropped: a follow stream left because it fell too far behind).",
+                ),
+                &["event"],
+            )?,
+        )?;
+        for k in API_EVENTS {
+            api_events.with_label_values(&[k]);
+        }
         Ok(Metrics {
             registry,
             build_info,
@@ -361,6 +381,7 @@ impl Metrics {
             batches_in_flight,
             log_gaps,
             file_events,
+            api_events,
             waiting_senders: AtomicUsize::new(0),
             newest_read_ts: AtomicI64::new(0),
             newest_acked_ts: AtomicI64::new(0),
@@ -433,6 +454,11 @@ impl Metrics {
             Failure::Permanent(_) => "permanent",
         };
         self.docker_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// One of [`API_EVENTS`].
+    pub fn api_event(&self, event: &str) {
+        self.api_events.with_label_values(&[event]).inc();
     }
 
     /// `n` file irregularities of one of [`FILE_EVENTS`].

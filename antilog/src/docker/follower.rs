@@ -15,11 +15,13 @@
 //! sent again. This relies on Docker's timestamps not going backwards in its log, which
 //! holds except for rare sub-millisecond inversions between stdout and stderr.
 
-// Layout: `api` reads a run through Docker's logs endpoint, `files` from its json-file,
+// Layout: `api` reads a run through Docker's logs endpoint (`backlog`: when a rotating log
+// is followed and when caught up without following), `files` from its json-file,
 // `resume` decides which re-read records are skipped, `runs` enters and closes runs (meta,
 // exit), `emit` holds the waits and sends items into the pipeline; this file is the run
 // loop (restarts, removal, retries) and the state both paths share.
 mod api;
+mod backlog;
 mod emit;
 mod files;
 mod resume;
@@ -48,14 +50,14 @@ use crate::filter::Filter;
 use crate::metrics::{FollowGuard, Metrics};
 use crate::pipeline::{Item, ItemKind};
 use crate::retry::Retry;
-use resume::{Replays, Skip};
+use backlog::Backlog;
+use resume::{Repeats, Replays, Skip};
+use runs::run_limit;
 
 /// How long to wait for the `die` event of a run that ended while we were not looking.
 const DIE_EVENT_WAIT: Duration = Duration::from_secs(2);
 /// While a running container's log cannot be read, how often to look at it again.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
-/// See [`run_limit`].
-const RESTART_BOUNDARY_NS: i64 = 50_000_000;
 /// Attempts at the catch-up read after a run ended, before flushing what we have.
 const FINAL_READ_ATTEMPTS: u32 = 3;
 const RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -173,6 +175,13 @@ struct Follower {
     resume_check: Option<Position>,
     /// Per stream: lines Docker sends twice.
     replays: [Replays; 2],
+    /// Lines Docker sends twice in a row (API reads only).
+    repeats: Option<Repeats>,
+    /// The running run's log rotates at this size: follow it only while caught up (see
+    /// [`backlog`]).
+    rotation: Option<u64>,
+    /// The byte rate of the log read.
+    backlog: Backlog,
     /// Lines with a later timestamp are not this run's (see [`run_limit`]).
     limit_ts: Option<i64>,
     /// Counts the container as followed once the filter has accepted it.
@@ -236,6 +245,9 @@ impl Follower {
             skipping: [false; 2],
             resume_check: None,
             replays: Default::default(),
+            repeats: None,
+            rotation: None,
+            backlog: Backlog::default(),
             limit_ts: None,
             followed: None,
             seen: None,
@@ -422,6 +434,10 @@ impl Follower {
             if let Some(run) = self.run.as_mut() {
                 run.tail_read = false;
             }
+            // Docker's follow stream of a rotating log skips files when it lags: it is
+            // followed only while caught up (`backlog`). A finished run's read does not
+            // follow anyway.
+            self.rotation = info.rotate_bytes.filter(|_| info.running);
             let end = self.stream(tty, true).await;
             drop(permit);
             match end {
@@ -473,27 +489,6 @@ impl Follower {
             }
         }
     }
-}
-
-/// Where the log of `info`'s run ends, when the next run may already be in the log.
-///
-/// While a restart is pending, the next run may have started by the time we read (Docker
-/// stops following a container that is not running, but returns what is there). Docker
-/// stamps a last unterminated output a few ms after FinishedAt, and the restart policy
-/// waits at least 100 ms before the next run, so the boundary lies in between.
-fn run_limit(info: &Inspected) -> Option<i64> {
-    (!info.running && info.restarting && info.finished_at > 0)
-        .then(|| info.finished_at.saturating_add(RESTART_BOUNDARY_NS))
-}
-
-fn rfc3339(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ns} ns"))
 }
 
 #[cfg(test)]

@@ -239,6 +239,14 @@ impl Assembler {
             Assembler::Tty(a) => a.malformed,
         }
     }
+
+    /// A line is begun and not complete.
+    pub fn pending(&self) -> bool {
+        match self {
+            Assembler::Mux(a) => a.pending(),
+            Assembler::Tty(a) => a.pending(),
+        }
+    }
 }
 
 #[cfg(test)]

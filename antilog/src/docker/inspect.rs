@@ -4,6 +4,7 @@ use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::InspectContainerOptions;
 use bollard::Docker;
 use protocol::ContainerMeta;
+use std::collections::HashMap;
 
 use super::frames::parse_timestamp;
 use super::{classify, Failure};
@@ -28,6 +29,54 @@ pub struct Inspected {
     pub log_path: String,
     /// Docker removes it as soon as it exits (`docker run --rm`); it never restarts.
     pub auto_remove: bool,
+    /// The size at which Docker rotates the log (`json-file` with `max-size`; `local`,
+    /// 20 MiB unless set), `None` when it does not rotate. Docker's follow stream skips
+    /// whole files of a rotating log when it lags (see `follower::backlog`).
+    pub rotate_bytes: Option<u64>,
+}
+
+/// The `local` driver's `max-size` when none is set (Docker's `defaultMaxFileSize`).
+const LOCAL_DEFAULT_MAX_SIZE: u64 = 20 << 20;
+
+/// Where the log of a container on `driver` with options `opts` rotates.
+fn rotate_bytes(driver: &str, opts: Option<&HashMap<String, String>>) -> Option<u64> {
+    let max_size = opts.and_then(|o| o.get("max-size"));
+    match driver {
+        "json-file" => max_size.and_then(|s| ram_in_bytes(s)),
+        "local" => match max_size {
+            None => Some(LOCAL_DEFAULT_MAX_SIZE),
+            Some(s) => ram_in_bytes(s),
+        },
+        _ => None,
+    }
+}
+
+/// Docker's `max-size` (go-units `RAMInBytes`: a number, then optionally `b`, `k`, `m`,
+/// `g`, `t` or `p` with an optional `b` or `ib`, case-insensitive, binary multiples);
+/// `None` unless a size above 0.
+fn ram_in_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty()))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return None,
+    };
+    let bytes = num * (1u64 << shift) as f64;
+    (bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Docker's zero time (`0001-01-01T00:00:00Z`) and anything unparsable become 0.
@@ -43,7 +92,12 @@ pub fn from_response(r: ContainerInspectResponse) -> Inspected {
     let config = r.config.unwrap_or_default();
     let host = r.host_config.unwrap_or_default();
     let auto_remove = host.auto_remove.unwrap_or(false);
-    let log_driver = host.log_config.and_then(|l| l.typ).unwrap_or_default();
+    let log_config = host.log_config.unwrap_or_default();
+    let rotate_bytes = rotate_bytes(
+        log_config.typ.as_deref().unwrap_or_default(),
+        log_config.config.as_ref(),
+    );
+    let log_driver = log_config.typ.unwrap_or_default();
     let started_at = time_ns(state.started_at.as_deref());
     let restarting = state.restarting.unwrap_or(false);
     let meta = ContainerMeta {
@@ -78,6 +132,7 @@ pub fn from_response(r: ContainerInspectResponse) -> Inspected {
         restarting,
         log_path,
         auto_remove,
+        rotate_bytes,
     }
 }
 
@@ -93,7 +148,6 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Inspected, Failure> {
 mod tests {
     use super::*;
     use bollard::models::{ContainerConfig, ContainerState, HostConfig, HostConfigLogConfig};
-    use std::collections::HashMap;
 
     #[test]
     fn maps_inspect_fields() {
@@ -137,5 +191,29 @@ mod tests {
         assert_eq!((i.exit_code, i.finished_at), (Some(3), 0));
         assert!(!i.auto_remove);
         assert_eq!(i.run_key, "1970-01-01T00:00:02.5Z");
+        assert_eq!(i.rotate_bytes, Some(20 << 20)); // `local`'s default
+    }
+
+    #[test]
+    fn rotation_size() {
+        let opts = |v: &str| HashMap::from([("max-size".to_string(), v.to_string())]);
+        assert_eq!(rotate_bytes("json-file", Some(&opts("1m"))), Some(1 << 20));
+        assert_eq!(
+            rotate_bytes("json-file", Some(&opts("10k"))),
+            Some(10 << 10)
+        );
+        assert_eq!(
+            rotate_bytes("json-file", Some(&opts("1.5MiB"))),
+            Some(3 << 19)
+        );
+        assert_eq!(rotate_bytes("json-file", Some(&opts("2GB"))), Some(2 << 30));
+        assert_eq!(rotate_bytes("json-file", Some(&opts("4096"))), Some(4096));
+        assert_eq!(rotate_bytes("json-file", Some(&opts("-1"))), None);
+        assert_eq!(rotate_bytes("json-file", None), None);
+        assert_eq!(rotate_bytes("local", None), Some(20 << 20));
+        assert_eq!(rotate_bytes("local", Some(&opts("5m"))), Some(5 << 20));
+        assert_eq!(rotate_bytes("journald", Some(&opts("5m"))), None);
+        assert_eq!(ram_in_bytes("1x"), None);
+        assert_eq!(ram_in_bytes("m"), None);
     }
 }

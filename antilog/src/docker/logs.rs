@@ -125,13 +125,15 @@ impl LogClient {
     }
 
     /// `GET /containers/{id}/logs` with timestamps, both streams, all lines from `since`
-    /// (see [`since_param`]). A TTY container's log is raw bytes, any other's multiplexed
-    /// (the Content-Type says so only from API 1.42 on).
+    /// (see [`since_param`]), or with `from_end` (`tail=0`) none already written: a follow
+    /// stream from the log's end. A TTY container's log is raw bytes, any other's
+    /// multiplexed (the Content-Type says so only from API 1.42 on).
     pub async fn logs(
         &self,
         id: &str,
         since: &str,
         follow: bool,
+        from_end: bool,
         tty: bool,
     ) -> Result<LogBody, Failure> {
         // Container ids are hex; anything else could smuggle bytes into the request line.
@@ -139,8 +141,9 @@ impl LogClient {
             return Err(Failure::Permanent(format!("invalid container id {id:?}")));
         }
         let path = format!(
-            "/{}/containers/{id}/logs?stdout=1&stderr=1&timestamps=1&tail=all&since={since}&follow={}",
+            "/{}/containers/{id}/logs?stdout=1&stderr=1&timestamps=1&tail={}&since={since}&follow={}",
             self.api,
+            if from_end { "0" } else { "all" },
             u8::from(follow)
         );
         match tokio::time::timeout(HEAD_TIMEOUT, self.request(&path, !tty)).await {

@@ -1,44 +1,140 @@
 //! The follower's API path: a run's log read through Docker's logs endpoint (hyper, or
 //! bollard where [`LogClient`] cannot reach), from the last cut. Runs read from their
-//! json-file go to [`super::files`] instead.
+//! json-file go to [`super::files`] instead. A rotating log is followed only from its end
+//! and while caught up ([`super::backlog`]).
 
+use super::backlog::{now_ns, Backlog, LINE_OVERHEAD};
 use super::*;
+
+/// Reads without `follow` repeated while a line is half written before following.
+const PENDING_TRIES: u32 = 3;
+
+/// How one read through the API ended.
+enum Read {
+    End(StreamEnd),
+    /// The follow stream fell too far behind the log and was dropped.
+    Behind,
+}
 
 impl Follower {
     /// Reads the log from the last cut until the stream ends (with `follow`, until the run
     /// ends or the stream breaks; without, until what Docker has now is read).
+    ///
+    /// A rotating log ([`Follower::rotation`]) is followed from its end: a follow stream is
+    /// opened at the log's end, then what lies between the last cut and there is read
+    /// without `follow` while the stream waits. When that read brought [`Backlog::limit`]
+    /// bytes or more, the waiting stream is more than that behind: it is dropped and the
+    /// two steps repeated. Otherwise the stream is read on from the last cut (what the read
+    /// without `follow` brought is skipped) while less than that far behind the log; when
+    /// it falls further behind it is dropped, and the follower catches up again.
     pub(super) async fn stream(&mut self, tty: bool, follow: bool) -> StreamEnd {
         if let Some(path) = self.log_file.clone() {
             return self.stream_file(path, tty, follow).await;
         }
+        let Some(max_size) = self.rotation.filter(|_| follow) else {
+            self.restart(tty, true);
+            let source = match self.open(tty, follow, false).await {
+                Ok(s) => s,
+                Err(end) => return end,
+            };
+            return match self.consume(source, None).await {
+                (Read::End(end), _) => end,
+                // Only a watched follow stream falls behind.
+                (Read::Behind, _) => StreamEnd::Broken("fell behind".to_string()),
+            };
+        };
+        let limit = Backlog::limit(max_size);
+        let mut received = false;
+        let mut pending_tries = 0;
+        loop {
+            // The follow stream's start is fixed once Docker answered.
+            let following = match self.open(tty, true, true).await {
+                Ok(s) => s,
+                Err(end) => return end,
+            };
+            self.restart(tty, true);
+            let source = match self.open(tty, false, false).await {
+                Ok(s) => s,
+                Err(end) => return end,
+            };
+            self.shared.metrics.api_event("catch_up_read");
+            match self.consume(source, None).await {
+                (Read::End(StreamEnd::Ended { received: r }), bytes) => {
+                    received |= r;
+                    // A line begun before the follow stream's start would come out of it
+                    // without its beginning: read again while Docker writes its rest
+                    // (a few times: an unterminated last output stays pending).
+                    let pending = self.assembler.as_ref().is_some_and(Assembler::pending)
+                        && pending_tries < PENDING_TRIES;
+                    pending_tries = if pending { pending_tries + 1 } else { 0 };
+                    if !Backlog::caught_up(bytes, limit) || pending {
+                        debug!(bytes, pending, "catching up without following");
+                        continue;
+                    }
+                }
+                (Read::End(end), _) => return end,
+                (Read::Behind, _) => continue,
+            }
+            // On from the last cut: the lines the read above brought are skipped; the
+            // stream starts after the last cut, so the cut's line is not looked for.
+            self.restart(tty, false);
+            match self.consume(following, Some(limit)).await {
+                (Read::End(StreamEnd::Ended { received: r }), _) => {
+                    return StreamEnd::Ended {
+                        received: received || r,
+                    }
+                }
+                (Read::End(end), _) => return end,
+                (Read::Behind, _) => {
+                    self.shared.metrics.api_event("follow_dropped");
+                    debug!(
+                        rate = self.backlog.rate(),
+                        "the follow stream fell behind the log; catching up without following"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Prepares reading from the last cut: what was read after it is read again.
+    /// `check_resume`: the first line read tells whether Docker still holds the last cut's
+    /// line (see `emit`).
+    fn restart(&mut self, tty: bool, check_resume: bool) {
         self.file_pos = None;
-        // Restart from the last cut: what was read after it is read again.
         self.tentative = self.pos;
         self.next_seq = self.pos.seq + 1;
         self.skip = Skip::from(&self.pos);
-        self.resume_check = (self.pos.at_ts > 0).then_some(self.pos);
+        self.resume_check = (check_resume && self.pos.at_ts > 0).then_some(self.pos);
         self.skipping = [false; 2];
         self.replays = Default::default();
+        self.repeats = Some(Repeats::default());
         self.assembler = Some(Assembler::new(tty, self.shared.max_line_bytes));
+    }
+
+    /// Requests the log from the last cut (`from_end`: from the log's end), `follow`ing or
+    /// not.
+    async fn open(&mut self, tty: bool, follow: bool, from_end: bool) -> Result<Source, StreamEnd> {
         let since = since_param(&self.pos);
-        debug!(%since, from_seq = self.next_seq, follow, "reading log");
-        let mut source = match &self.shared.logs {
+        debug!(%since, from_seq = self.pos.seq + 1, follow, from_end, "reading log");
+        Ok(match &self.shared.logs {
             Some(client) => match client
-                .logs(&self.id, &since, follow, tty)
+                .logs(&self.id, &since, follow, from_end, tty)
                 .await
                 .inspect_err(|f| self.shared.metrics.docker_error(f))
             {
                 Ok(body) => Source::Api(body),
-                Err(Failure::Permanent(reason)) => return StreamEnd::Unavailable(reason),
+                Err(Failure::Permanent(reason)) => return Err(StreamEnd::Unavailable(reason)),
                 // Gone between the inspect and the log request (`docker run --rm` of a
                 // container that exited at once): whatever it printed cannot be read.
                 Err(Failure::NotFound) if follow => {
-                    return StreamEnd::Unavailable(REMOVED_UNREAD.to_string())
+                    return Err(StreamEnd::Unavailable(REMOVED_UNREAD.to_string()))
                 }
                 // Removed before the read after its end: its last lines may be unread
                 // (reported when the run is closed).
-                Err(Failure::NotFound) => return StreamEnd::Broken(REMOVED_BEFORE_END.to_string()),
-                Err(Failure::Transient(reason)) => return StreamEnd::Broken(reason),
+                Err(Failure::NotFound) => {
+                    return Err(StreamEnd::Broken(REMOVED_BEFORE_END.to_string()))
+                }
+                Err(Failure::Transient(reason)) => return Err(StreamEnd::Broken(reason)),
             },
             None => {
                 // bollard takes whole seconds: the skip drops the rest of that second.
@@ -50,49 +146,87 @@ impl Follower {
                     since: i32::try_from(self.pos.since_secs()).unwrap_or(i32::MAX),
                     until: 0,
                     timestamps: true,
-                    tail: "all".to_string(),
+                    tail: if from_end { "0" } else { "all" }.to_string(),
                 };
                 Source::Bollard(self.shared.docker.logs(&self.id, Some(opts)).boxed())
             }
-        };
+        })
+    }
+
+    /// Reads `source` to its end (see [`Follower::restart`] for where numbering starts);
+    /// with `behind_limit`, ends ([`Read::Behind`]) before sending a record more than that
+    /// many bytes behind the log. Also returns the bytes read (about as many as Docker's
+    /// json-file holds for them).
+    async fn consume(&mut self, mut source: Source, behind_limit: Option<u64>) -> (Read, u64) {
         let mut received = false;
         let mut reported = false;
         let mut pieces = Vec::new();
+        let mut bytes = 0;
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.shared.shutdown.cancelled() => return StreamEnd::Cancelled,
+                _ = self.shared.shutdown.cancelled() => return (Read::End(StreamEnd::Cancelled), bytes),
                 next = source.next() => next,
             };
-            match next {
-                None => return StreamEnd::Ended { received },
+            let end = match next {
+                None => StreamEnd::Ended { received },
                 Some(Ok(out)) => {
                     received = true;
                     if let Some(message) = docker_error(self.assembler.as_ref(), &out) {
                         if !self.docker_read_error(message, &mut reported).await {
-                            return StreamEnd::Cancelled;
+                            return (Read::End(StreamEnd::Cancelled), bytes);
                         }
                         continue;
                     }
                     if let Some(a) = self.assembler.as_mut() {
                         feed(a, out, &mut pieces);
                     }
-                    if !self.emit(&mut pieces).await {
-                        return StreamEnd::Cancelled;
+                    bytes += self.measure(&pieces);
+                    if behind_limit.is_some_and(|limit| self.behind(&pieces, limit)) {
+                        // Not sent: read again from the last cut.
+                        pieces.clear();
+                        return (Read::Behind, bytes);
                     }
+                    if !self.emit(&mut pieces).await {
+                        return (Read::End(StreamEnd::Cancelled), bytes);
+                    }
+                    continue;
                 }
                 Some(Err(failure)) => {
                     self.shared.metrics.docker_error(&failure);
-                    return match failure {
+                    match failure {
                         Failure::Permanent(reason) if !received => StreamEnd::Unavailable(reason),
                         Failure::NotFound => StreamEnd::Ended { received },
                         Failure::Permanent(reason) | Failure::Transient(reason) => {
                             StreamEnd::Broken(reason)
                         }
-                    };
+                    }
                 }
+            };
+            return (Read::End(end), bytes);
+        }
+    }
+
+    /// Counts `pieces` into the log's byte rate; their size in Docker's json-file.
+    fn measure(&mut self, pieces: &[Piece]) -> u64 {
+        let mut bytes = 0;
+        for p in pieces {
+            let len = p.bytes.len() as u64;
+            if p.first {
+                self.backlog.observe(p.ts, len);
+                bytes += len + LINE_OVERHEAD;
+            } else {
+                bytes += len;
             }
         }
+        bytes
+    }
+
+    /// Whether the first of `pieces` (the oldest) is more than `limit` bytes behind the log.
+    fn behind(&self, pieces: &[Piece], limit: u64) -> bool {
+        pieces
+            .first()
+            .is_some_and(|p| self.backlog.behind(p.ts, now_ns(), limit))
     }
 }
 

@@ -7,7 +7,7 @@ use protocol::{ContainerExit, Record, Stream};
 use tracing::{debug, warn};
 
 use super::files::SEQ_JUMP;
-use super::{rfc3339, Follower, REMOVED_UNREAD};
+use super::{Follower, REMOVED_UNREAD};
 use crate::checkpoint::Position;
 use crate::docker::frames::Piece;
 use crate::pipeline::ItemKind;
@@ -135,6 +135,20 @@ impl Follower {
     pub(super) async fn emit(&mut self, pieces: &mut Vec<Piece>) -> bool {
         for p in pieces.drain(..) {
             let s = usize::from(p.stream == Stream::Stderr);
+            if p.first
+                && self
+                    .repeats
+                    .as_mut()
+                    .is_some_and(|r| r.is_repeat(s, p.ts, &p.bytes, p.last))
+            {
+                debug!(
+                    ts = p.ts,
+                    "Docker sent a line twice in a row; dropping the copy"
+                );
+                self.shared.metrics.api_event("duplicate");
+                self.skipping[s] = true;
+                continue;
+            }
             if p.first && self.resume_check.is_some_and(|pos| p.ts >= pos.ts) {
                 if let Some(pos) = self.resume_check.take() {
                     if p.ts > pos.ts
@@ -178,4 +192,14 @@ impl Follower {
         }
         true
     }
+}
+
+fn rfc3339(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ns} ns"))
 }

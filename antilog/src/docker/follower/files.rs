@@ -130,6 +130,7 @@ impl Follower {
         self.next_seq = self.pos.seq + 1;
         self.skipping = [false; 2];
         self.replays = Default::default();
+        self.repeats = None;
         self.assembler = Some(Assembler::new(tty, self.shared.max_line_bytes));
         self.file_pos = None;
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))

@@ -1,5 +1,6 @@
-//! Which records a re-read skips: those delivered before a resume ([`Skip`]), and the
-//! copies Docker's follow stream sends again around a json-file rotation ([`Replays`]).
+//! Which records a re-read skips: those delivered before a resume ([`Skip`]), the copies
+//! Docker's follow stream sends again around a json-file rotation ([`Replays`]), and a
+//! line Docker sends twice in a row ([`Repeats`]).
 
 use std::collections::VecDeque;
 
@@ -104,6 +105,49 @@ impl Replays {
             self.recent.pop_front();
         }
         self.recent.push_back(ts);
+        false
+    }
+}
+
+/// Docker's other copy: a line sent again right after itself, with its own timestamp,
+/// stream and bytes (Docker 20.10's json-file reader sometimes does; `docker logs` shows it
+/// too). Per stream, the last whole line is kept; a whole line equal to it in all three is
+/// that copy. Two lines a program printed the same nanosecond with the same text are taken
+/// for one: Docker stamps each line with its own clock reading, so only a clock coarser
+/// than the line rate gives two lines the same timestamp. Used on the API source only.
+#[derive(Debug, Default)]
+pub(super) struct Repeats {
+    /// Per stream: the timestamp and bytes of the last whole line, if the last line was
+    /// whole.
+    last: [Option<(i64, Vec<u8>)>; 2],
+}
+
+impl Repeats {
+    /// Whether the line starting with a piece on stream `s` stamped `ts` is Docker's copy
+    /// of the line before it. `whole`: the piece is the whole line (a longer line is never
+    /// taken for a copy).
+    pub(super) fn is_repeat(&mut self, s: usize, ts: i64, bytes: &[u8], whole: bool) -> bool {
+        let Some(slot) = self.last.get_mut(s) else {
+            return false;
+        };
+        if !whole {
+            *slot = None;
+            return false;
+        }
+        if slot
+            .as_ref()
+            .is_some_and(|(t, b)| *t == ts && b.as_slice() == bytes)
+        {
+            return true;
+        }
+        match slot {
+            Some((t, b)) => {
+                *t = ts;
+                b.clear();
+                b.extend_from_slice(bytes);
+            }
+            None => *slot = Some((ts, bytes.to_vec())),
+        }
         false
     }
 }

@@ -155,3 +155,17 @@ impl Follower {
         Some(false)
     }
 }
+
+/// See [`run_limit`].
+const RESTART_BOUNDARY_NS: i64 = 50_000_000;
+
+/// Where the log of `info`'s run ends, when the next run may already be in the log.
+///
+/// While a restart is pending, the next run may have started by the time we read (Docker
+/// stops following a container that is not running, but returns what is there). Docker
+/// stamps a last unterminated output a few ms after FinishedAt, and the restart policy
+/// waits at least 100 ms before the next run, so the boundary lies in between.
+pub(super) fn run_limit(info: &Inspected) -> Option<i64> {
+    (!info.running && info.restarting && info.finished_at > 0)
+        .then(|| info.finished_at.saturating_add(RESTART_BOUNDARY_NS))
+}

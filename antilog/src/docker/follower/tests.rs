@@ -49,6 +49,50 @@ fn replays_drop_copies_only() {
     assert_eq!(got, vec![false, false, false, false, false, false]);
 }
 
+#[test]
+fn repeats_drop_a_line_sent_again_right_after_itself() {
+    let mut r = Repeats::default();
+    let mut is = |s, ts, b: &str, whole| r.is_repeat(s, ts, b.as_bytes(), whole);
+    assert!(!is(0, 10, "a", true));
+    assert!(is(0, 10, "a", true)); // the copy
+    assert!(is(0, 10, "a", true)); // and another
+    assert!(!is(1, 10, "a", true)); // the other stream: its own line
+    assert!(!is(0, 10, "b", true)); // other bytes at the same instant
+    assert!(!is(0, 11, "b", true)); // same bytes, later: printed again
+    assert!(!is(0, 11, "c", false)); // the start of a long line is never a copy
+    assert!(!is(0, 11, "c", false));
+    assert!(!is(0, 11, "c", true));
+    assert!(is(0, 11, "c", true));
+}
+
+/// Docker's copy of the line right before it is not sent and takes no seq; the same text
+/// at a later instant is a line of its own.
+#[tokio::test]
+async fn emit_drops_dockers_repeated_line() {
+    let (mut f, mut rx) = follower(Position::default());
+    f.repeats = Some(Repeats::default());
+    let mut pieces = vec![
+        piece(100, "x"),
+        piece(100, "x"),
+        piece(101, "x"),
+        piece(102, "y"),
+    ];
+    assert!(f.emit(&mut pieces).await);
+    let records: Vec<(u64, i64)> = drain(&mut rx)
+        .iter()
+        .filter_map(|i| match i {
+            ItemKind::Record { record, .. } => Some((record.seq, record.ts)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records, vec![(1, 100), (2, 101), (3, 102)]);
+    // The file source does not look for them.
+    let (mut f, mut rx) = follower(Position::default());
+    let mut pieces = vec![piece(100, "x"), piece(100, "x")];
+    assert!(f.emit(&mut pieces).await);
+    assert_eq!(drain(&mut rx).len(), 2);
+}
+
 /// A follower on a Docker endpoint that is never called, whose items land in the returned
 /// receiver, and whose signals are closed (so a `die` is never waited for).
 fn follower(pos: Position) -> (Follower, mpsc::Receiver<Item>) {
@@ -93,6 +137,7 @@ fn inspected(running: bool, exit_code: Option<i64>, finished_at: i64) -> Inspect
         restarting: false,
         log_path: String::new(),
         auto_remove: true,
+        rotate_bytes: None,
     }
 }
 
