@@ -167,6 +167,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 docker,
                 logs,
                 tx: item_tx,
+                room: pipeline::send::Room::new(config.channel_capacity),
                 max_line_bytes: config.max_line_bytes,
                 filter,
                 shutdown: shutdown.clone(),

@@ -70,6 +70,8 @@ pub struct Shared {
     /// The log reader (nanosecond `since`), when the endpoint allows it; else bollard.
     pub logs: Option<LogClient>,
     pub tx: mpsc::Sender<Item>,
+    /// The pipeline's room in records, for the runs of records sent into `tx`.
+    pub room: crate::pipeline::send::Room,
     pub max_line_bytes: usize,
     pub filter: Filter,
     pub shutdown: CancellationToken,

@@ -40,6 +40,10 @@ struct Builder {
 fn item_bytes(kind: &ItemKind) -> usize {
     match kind {
         ItemKind::Record { record, .. } => record.payload_len() + RECORD_OVERHEAD,
+        ItemKind::Records { records, .. } => records
+            .iter()
+            .map(|(r, _)| r.payload_len() + RECORD_OVERHEAD)
+            .sum(),
         ItemKind::Meta(m) => {
             256 + m.name.len()
                 + m.image.len()
@@ -77,6 +81,60 @@ impl Builder {
     /// Whether `item` fits; an empty batch takes anything (an oversized record goes alone).
     fn fits(&self, item: &Item, l: &Limits) -> bool {
         self.segments.is_empty() || self.bytes + item_bytes(&item.kind) <= l.max_bytes
+    }
+
+    /// Adds what of `item` fits (see [`Builder::fits`]; of a run of records, as many as
+    /// fit by count and bytes) and returns the rest, which opens the next batch. True when
+    /// something was added.
+    fn offer(&mut self, item: Item, l: &Limits) -> (bool, Option<Item>) {
+        let Item {
+            container_id,
+            kind:
+                ItemKind::Records {
+                    records: mut run,
+                    room,
+                },
+        } = item
+        else {
+            if self.fits(&item, l) {
+                self.add(item);
+                return (true, None);
+            }
+            return (false, Some(item));
+        };
+        let free = l.max_records.saturating_sub(self.records);
+        let mut bytes = self.bytes;
+        let mut n = 0;
+        for (r, _) in &run {
+            let b = r.payload_len() + RECORD_OVERHEAD;
+            // An empty batch takes one record whatever its size.
+            let first = n == 0 && self.segments.is_empty();
+            if !first && (n >= free || bytes + b > l.max_bytes) {
+                break;
+            }
+            bytes += b;
+            n += 1;
+        }
+        // The room stays taken while some of the run waits.
+        let (rest, room) = if n < run.len() {
+            let rest = Item {
+                container_id: container_id.clone(),
+                kind: ItemKind::Records {
+                    records: run.split_off(n),
+                    room,
+                },
+            };
+            (Some(rest), None)
+        } else {
+            (None, room)
+        };
+        if n > 0 {
+            self.add(Item {
+                container_id,
+                kind: ItemKind::Records { records: run, room },
+            });
+        }
+        (n > 0, rest)
     }
 
     /// The segment to append to: the last one if it is this container's and `ok` says it
@@ -136,6 +194,20 @@ impl Builder {
                     self.push_effect(&id, Effect::Cut(pos));
                 }
             }
+            ItemKind::Records { records: run, .. } => {
+                self.records += run.len();
+                let seg = self.segment(&id, |s| s.exit.is_none() && s.logs_unavailable.is_none());
+                let mut last_cut = None;
+                seg.records.reserve(run.len());
+                for (record, cut) in run {
+                    seg.records.push(record);
+                    last_cut = cut.or(last_cut);
+                }
+                // Consecutive cuts: only the last matters (as in `push_effect`).
+                if let Some(pos) = last_cut {
+                    self.push_effect(&id, Effect::Cut(pos));
+                }
+            }
             ItemKind::Exit(exit) => {
                 let mark = ExitMark {
                     restart_count: exit.restart_count,
@@ -183,12 +255,11 @@ pub async fn run(
     let mut open = true;
     loop {
         if let Some(item) = held.take() {
-            if cur.fits(&item, &limits) {
-                cur.add(item);
+            let (added, rest) = cur.offer(item, &limits);
+            if added {
                 deadline.get_or_insert_with(|| Instant::now() + limits.max_age);
-            } else {
-                held = Some(item);
             }
+            held = rest;
         }
         let full = held.is_some() || cur.full(&limits);
         let aged = deadline.is_some_and(|d| Instant::now() >= d);
@@ -214,8 +285,7 @@ pub async fn run(
                     deadline = None;
                 }
                 item = rx.recv() => match item {
-                    Some(item) if cur.fits(&item, &limits) => cur.add(item),
-                    Some(item) => held = Some(item),
+                    Some(item) => held = cur.offer(item, &limits).1,
                     None => open = false,
                 },
             }
@@ -227,12 +297,11 @@ pub async fn run(
         tokio::select! {
             item = rx.recv() => match item {
                 Some(item) => {
-                    if cur.fits(&item, &limits) {
-                        cur.add(item);
+                    let (added, rest) = cur.offer(item, &limits);
+                    if added {
                         deadline.get_or_insert_with(|| Instant::now() + limits.max_age);
-                    } else {
-                        held = Some(item);
                     }
+                    held = rest;
                 }
                 None => open = false,
             },
@@ -251,6 +320,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::checkpoint::Position;
     use protocol::{ContainerExit, ContainerMeta, Record, Stream};
 
     fn agent() -> Agent {
@@ -394,6 +464,65 @@ pub(crate) mod tests {
         feeder.await.unwrap();
         // [1,2,3] full by count; [4,5] as 6 would exceed the bytes; [6,7] full by bytes.
         assert_eq!(sizes, vec![3, 2, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn runs_of_records_are_split_at_batch_limits() {
+        let a: Arc<str> = "a".into();
+        let (tx, rx) = mpsc::channel(100);
+        let (btx, mut brx) = mpsc::channel(1);
+        let limits = Limits {
+            max_records: 3,
+            max_bytes: 2 * (RECORD_OVERHEAD + 100),
+            max_age: Duration::from_secs(60),
+        };
+        tokio::spawn(run(rx, btx, agent(), limits));
+        let run_of = |seqs: std::ops::RangeInclusive<u64>, len: usize| Item {
+            container_id: a.clone(),
+            kind: ItemKind::Records {
+                records: seqs
+                    .map(|seq| {
+                        let cut = Position {
+                            seq,
+                            ..Default::default()
+                        };
+                        let record = Record::new(seq, 1, Stream::Stdout, vec![b'x'; len], false);
+                        (record, Some(cut))
+                    })
+                    .collect(),
+                room: None,
+            },
+        };
+        // [1,2,3] full by count; [4,5] as 6 would exceed the bytes; then 6, 7 and 8 of
+        // 214 bytes each alone (two exceed the bytes): a run is split where a batch ends.
+        tx.send(run_of(1..=5, 10)).await.unwrap();
+        tx.send(run_of(6..=8, 150)).await.unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(b) = brx.recv().await {
+            let seqs: Vec<u64> = b
+                .batch
+                .segments
+                .iter()
+                .flat_map(|s| s.records.iter().map(|r| r.seq))
+                .collect();
+            // Each batch's cut is its last record's.
+            let cuts: Vec<u64> = b
+                .effects
+                .iter()
+                .map(|(_, e)| match e {
+                    Effect::Cut(p) => p.seq,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(cuts, vec![*seqs.last().unwrap()]);
+            assert_eq!(b.records, seqs.len());
+            got.push(seqs);
+        }
+        assert_eq!(
+            got,
+            vec![vec![1, 2, 3], vec![4, 5], vec![6], vec![7], vec![8]]
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::{Item, ItemKind};
@@ -33,6 +33,53 @@ pub async fn send(
         biased;
         r = tx.send(item) => r.is_ok(),
         _ = shutdown.cancelled() => false,
+    }
+}
+
+/// The pipeline's room in records: the item channel holds at most its capacity of items,
+/// and this bounds the records in runs ([`super::ItemKind::Records`]) the same way, a
+/// permit per record, given back when the batcher takes them. Without it a channel of runs
+/// would hold up to [`super::MAX_RUN_RECORDS`] times more lines.
+#[derive(Debug, Clone)]
+pub struct Room {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Room {
+    /// Room for `records` records (the item channel's capacity).
+    pub fn new(records: usize) -> Room {
+        let size = records.clamp(1, Semaphore::MAX_PERMITS);
+        Room {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// Most records of a run, so that one run never waits for more room than there is.
+    pub fn max_run(&self) -> usize {
+        self.size
+    }
+
+    /// Permits for `records` records (at most [`Room::max_run`]), waiting for them when the
+    /// pipeline is full (backpressure); `None` on shutdown.
+    pub async fn take(
+        &self,
+        records: usize,
+        shutdown: &CancellationToken,
+        metrics: &Arc<Metrics>,
+    ) -> Option<OwnedSemaphorePermit> {
+        // Within `size`, so it fits in a u32 as the semaphore needs it.
+        let n = u32::try_from(records.clamp(1, self.size)).unwrap_or(u32::MAX);
+        if let Ok(p) = self.permits.clone().try_acquire_many_owned(n) {
+            return Some(p);
+        }
+        let _paused = metrics.waiting_for_room();
+        tokio::select! {
+            biased;
+            p = self.permits.clone().acquire_many_owned(n) => p.ok(),
+            _ = shutdown.cancelled() => None,
+        }
     }
 }
 

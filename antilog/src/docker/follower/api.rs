@@ -162,24 +162,32 @@ impl Follower {
         let mut reported = false;
         let mut pieces = Vec::new();
         let mut bytes = 0;
+        let mut outs = Vec::new();
         loop {
             let next = tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => return (Read::End(StreamEnd::Cancelled), bytes),
-                next = source.next() => next,
+                next = source.next(&mut outs) => next,
             };
             let end = match next {
                 None => StreamEnd::Ended { received },
-                Some(Ok(out)) => {
+                Some(Ok(())) => {
                     received = true;
-                    if let Some(message) = docker_error(self.assembler.as_ref(), &out) {
-                        if !self.docker_read_error(message, &mut reported).await {
-                            return (Read::End(StreamEnd::Cancelled), bytes);
+                    // Everything that came at once goes out together.
+                    for out in outs.drain(..) {
+                        if let Some(message) = docker_error(self.assembler.as_ref(), &out) {
+                            // In order: the lines before it first.
+                            bytes += self.measure(&pieces);
+                            if !self.emit(&mut pieces).await
+                                || !self.docker_read_error(message, &mut reported).await
+                            {
+                                return (Read::End(StreamEnd::Cancelled), bytes);
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    if let Some(a) = self.assembler.as_mut() {
-                        feed(a, out, &mut pieces);
+                        if let Some(a) = self.assembler.as_mut() {
+                            feed(a, out, &mut pieces);
+                        }
                     }
                     bytes += self.measure(&pieces);
                     if behind_limit.is_some_and(|limit| self.behind(&pieces, limit)) {
@@ -238,10 +246,18 @@ enum Source {
 }
 
 impl Source {
-    async fn next(&mut self) -> Option<Result<LogOutput, Failure>> {
+    /// The next pieces of the log, appended to `out` (all that came at once, through
+    /// hyper; one at a time through bollard); `None` at its end.
+    async fn next(&mut self, out: &mut Vec<LogOutput>) -> Option<Result<(), Failure>> {
         match self {
-            Source::Bollard(s) => s.next().await.map(|r| r.map_err(|e| classify(&e))),
-            Source::Api(b) => b.next().await,
+            Source::Bollard(s) => Some(match s.next().await? {
+                Ok(o) => {
+                    out.push(o);
+                    Ok(())
+                }
+                Err(e) => Err(classify(&e)),
+            }),
+            Source::Api(b) => b.next_batch(out).await,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::files::SEQ_JUMP;
 use super::{Follower, REMOVED_UNREAD};
 use crate::checkpoint::Position;
 use crate::docker::frames::Piece;
-use crate::pipeline::ItemKind;
+use crate::pipeline::{ItemKind, RecordRun};
 
 impl Follower {
     /// Waits for a signal from discovery (or `recheck`); false when shutting down.
@@ -131,8 +131,9 @@ impl Follower {
         self.send(ItemKind::Unavailable(reason)).await
     }
 
-    /// Numbers pieces into records and sends them.
+    /// Numbers pieces into records and sends them, many records an item.
     pub(super) async fn emit(&mut self, pieces: &mut Vec<Piece>) -> bool {
+        let mut run = RecordRun::default();
         for p in pieces.drain(..) {
             let s = usize::from(p.stream == Stream::Stderr);
             if p.first
@@ -153,7 +154,7 @@ impl Follower {
                 if let Some(pos) = self.resume_check.take() {
                     if p.ts > pos.ts
                         && self.skip.remaining == pos.at_ts
-                        && !self.report_gap(&pos, p.ts).await
+                        && !(self.send_run(&mut run).await && self.report_gap(&pos, p.ts).await)
                     {
                         return false;
                     }
@@ -184,13 +185,25 @@ impl Follower {
             }
             self.sent_seq = seq;
             let (stream, ts, len) = (p.stream, p.ts, p.bytes.len());
-            let record = Record::new(seq, p.ts, p.stream, p.bytes, !p.last);
-            if !self.send(ItemKind::Record { record, cut }).await {
+            if run.is_full_for(len, self.shared.room.max_run()) && !self.send_run(&mut run).await {
                 return false;
             }
+            run.push(Record::new(seq, p.ts, p.stream, p.bytes, !p.last), cut);
             self.shared.metrics.record_read(stream, len, ts);
         }
-        true
+        self.send_run(&mut run).await
+    }
+
+    /// Sends the records gathered in `run`, if any, once the pipeline has room for them.
+    async fn send_run(&self, run: &mut RecordRun) -> bool {
+        if run.is_empty() {
+            return true;
+        }
+        let s = &self.shared;
+        let Some(room) = s.room.take(run.len(), &s.shutdown, &s.metrics).await else {
+            return false;
+        };
+        self.send(run.take(Some(room))).await
     }
 }
 

@@ -104,6 +104,7 @@ fn follower(pos: Position) -> (Follower, mpsc::Receiver<Item>) {
         docker,
         logs: None,
         tx,
+        room: crate::pipeline::send::Room::new(100),
         max_line_bytes: 1024,
         filter: Filter::default(),
         shutdown: CancellationToken::new(),
@@ -144,7 +145,15 @@ fn inspected(running: bool, exit_code: Option<i64>, finished_at: i64) -> Inspect
 fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<ItemKind> {
     let mut out = Vec::new();
     while let Ok(i) = rx.try_recv() {
-        out.push(i.kind);
+        match i.kind {
+            // A run of records: as the records it holds, in order.
+            ItemKind::Records { records, .. } => out.extend(
+                records
+                    .into_iter()
+                    .map(|(record, cut)| ItemKind::Record { record, cut }),
+            ),
+            kind => out.push(kind),
+        }
     }
     out
 }

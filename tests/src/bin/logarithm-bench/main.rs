@@ -34,6 +34,10 @@
 //! default, alternating which goes first) and prints both medians and the ratio new / old
 //! with its spread over the rounds, so a difference can be told from noise.
 //!
+//! `LOGARITHM_BENCH_AGENT_PATHS` (comma-separated, of `api-live`, `api-catchup`,
+//! `files-live`, `files-catchup`) runs only those agent paths of sections 3–5, to compare
+//! two builds of antilog on one path.
+//!
 //! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`load`] (8),
 //! [`procfs`] (CPU and memory of a process).
 
@@ -121,19 +125,20 @@ async fn main() -> Result<()> {
     }
     let mut runs = Vec::new();
     if wants("agent") {
-        // `LOGARITHM_BENCH_AGENT_PATHS=files-rest,api-live` runs only those paths.
         let paths = std::env::var("LOGARITHM_BENCH_AGENT_PATHS").ok();
+        let wants_path = |source: &str, live: bool| {
+            let name = format!(
+                "{}-{}",
+                source.trim_start_matches("docker-"),
+                if live { "live" } else { "catchup" }
+            );
+            paths
+                .as_deref()
+                .is_none_or(|p| p.split(',').any(|w| w.trim() == name))
+        };
         for source in ["docker-api", "docker-files"] {
             for live in [true, false] {
-                let name = format!(
-                    "{}-{}",
-                    source.trim_start_matches("docker-"),
-                    if live { "live" } else { "rest" }
-                );
-                if paths
-                    .as_ref()
-                    .is_some_and(|p| !p.split(',').any(|n| n == name))
-                {
+                if !wants_path(source, live) {
                     continue;
                 }
                 let run = bench_agent(live, source).await?;
