@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::checkpoint::Entry;
+use crate::checkpoint::{CheckpointStore, Entry};
 use crate::metrics::Metrics;
 use crate::pipeline::send::send;
 use crate::pipeline::{Item, ItemKind};
@@ -34,6 +34,20 @@ pub fn unclosed(
         .filter(|(id, e)| e.exit.is_none() && !existing.contains(*id))
         .map(|(id, e)| (id.clone(), *e))
         .collect()
+}
+
+/// At start: the checkpoint forgets the containers not in `existing`, except those whose
+/// jobs must be closed first ([`unclosed`] of `resume`), which are returned for [`close`].
+pub fn retain_existing(
+    store: &CheckpointStore,
+    resume: &BTreeMap<String, Entry>,
+    existing: &HashSet<String>,
+) -> Vec<(String, Entry)> {
+    let gone = unclosed(resume, existing);
+    let mut keep = existing.clone();
+    keep.extend(gone.iter().map(|(id, _)| id.clone()));
+    store.retain_existing(&keep);
+    gone
 }
 
 /// The job's reason: the exit code is unknown because `what` was removed.

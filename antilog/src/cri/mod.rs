@@ -287,11 +287,8 @@ pub async fn run(
                     // closed (exit code unknown); their entries stay until that is acked.
                     let gone = {
                         let resume = shared.resume.lock().unwrap_or_else(|e| e.into_inner());
-                        crate::gone::unclosed(&resume, &ids)
+                        crate::gone::retain_existing(&store, &resume, &ids)
                     };
-                    let mut keep = ids;
-                    keep.extend(gone.iter().map(|(id, _)| id.clone()));
-                    store.retain_existing(&keep);
                     crate::gone::close(
                         gone,
                         "the container's log directory",

@@ -61,10 +61,7 @@ pub async fn run(
     let existing = d.sync().await?;
     // Containers removed while antilog was down: their jobs are closed, and their entries
     // kept until that is acknowledged.
-    let gone = crate::gone::unclosed(&d.checkpoints, &existing);
-    let mut keep = existing.clone();
-    keep.extend(gone.iter().map(|(id, _)| id.clone()));
-    store.retain_existing(&keep);
+    let gone = crate::gone::retain_existing(&store, &d.checkpoints, &existing);
     d.checkpoints.retain(|id, _| existing.contains(id));
     crate::gone::close(
         gone,

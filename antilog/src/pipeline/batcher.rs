@@ -129,10 +129,15 @@ impl Builder {
             (None, room)
         };
         if n > 0 {
-            self.add(Item {
-                container_id,
-                kind: ItemKind::Records { records: run, room },
-            });
+            // Their size is known from the loop above.
+            let added = bytes - self.bytes;
+            self.add_sized(
+                Item {
+                    container_id,
+                    kind: ItemKind::Records { records: run, room },
+                },
+                added,
+            );
         }
         (n > 0, rest)
     }
@@ -172,7 +177,13 @@ impl Builder {
     }
 
     fn add(&mut self, item: Item) {
-        self.bytes += item_bytes(&item.kind);
+        let size = item_bytes(&item.kind);
+        self.add_sized(item, size);
+    }
+
+    /// [`Builder::add`] of an item whose [`item_bytes`] are `size`.
+    fn add_sized(&mut self, item: Item, size: usize) {
+        self.bytes += size;
         let id = item.container_id;
         match item.kind {
             ItemKind::Meta(meta) => {

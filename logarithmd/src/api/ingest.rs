@@ -279,50 +279,40 @@ fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> ApiResult<Bytes>
 /// if the rest is a newer format (a second pass over a batch that is refused anyway).
 pub fn parse_batch(json: &[u8]) -> ApiResult<Batch> {
     let supported = |v: u64| SUPPORTED_VERSIONS.iter().any(|s| u64::from(*s) == v);
-    let parsed = match serde_json::from_slice::<Batch>(json) {
-        Ok(batch) if supported(u64::from(batch.version)) => return Ok(batch),
-        Ok(_) => None,
-        Err(e) => Some(e),
+    let unsupported = |what: String| {
+        let listed: Vec<String> = SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect();
+        ApiError::bad_request(
+            "unsupported_version",
+            format!("{what}; supported: {}", listed.join(", ")),
+        )
     };
+    let invalid = match serde_json::from_slice::<Batch>(json) {
+        Ok(batch) if supported(u64::from(batch.version)) => return Ok(batch),
+        Ok(batch) => {
+            return Err(unsupported(format!(
+                "protocol version {} is not supported",
+                batch.version
+            )))
+        }
+        Err(e) => e,
+    };
+    // Not a batch of this version: name the version if that is what is wrong.
     #[derive(Deserialize)]
     struct Probe {
         version: Option<serde_json::Value>,
     }
     let probe: Probe = serde_json::from_slice(json)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("body is not JSON: {e}")))?;
-    let listed = || {
-        SUPPORTED_VERSIONS
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     match probe.version.as_ref().and_then(|v| v.as_u64()) {
-        Some(v) if supported(v) => {}
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                "unsupported_version",
-                format!(
-                    "protocol version {v} is not supported; supported: {}",
-                    listed()
-                ),
-            ))
-        }
-        None => {
-            return Err(ApiError::bad_request(
-                "unsupported_version",
-                format!("missing or non-numeric `version`; supported: {}", listed()),
-            ))
-        }
+        Some(v) if supported(v) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("invalid batch: {invalid}"),
+        )),
+        Some(v) => Err(unsupported(format!(
+            "protocol version {v} is not supported"
+        ))),
+        None => Err(unsupported("missing or non-numeric `version`".to_string())),
     }
-    let e = parsed.map_or_else(
-        || "the version is supported, yet unread".to_string(),
-        |e| e.to_string(),
-    );
-    Err(ApiError::bad_request(
-        "invalid_body",
-        format!("invalid batch: {e}"),
-    ))
 }
 
 /// Validates a batch and turns it into one storage write, parsing COUT on the way. Any
