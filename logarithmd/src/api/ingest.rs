@@ -116,9 +116,9 @@ async fn ingest_batch(
     .await
     .map_err(|e| ApiError::internal("decoding an ingest batch panicked", &e))??;
     // Before storage: the database never holds a masked value.
-    let write = mask(state, write).await?;
-    // Decoded beside the batches it follows; stored after them. It waits without a
-    // writer slot, so batches waiting never hold up the ones they wait for.
+    // Decoded beside the batches it follows; masked and stored after them (masking reads
+    // where the job's stored log ends, so it must see them). It waits without a writer
+    // slot, so batches waiting never hold up the ones they wait for.
     if !state.ingest_order.all_committed(&order.after) {
         drop(permit);
         state
@@ -127,6 +127,7 @@ async fn ingest_batch(
             .await?;
         permit = state.ingest_gate.enter().await?;
     }
+    let write = mask(state, write).await?;
     let write_started = Instant::now();
     // A hung database must not hold a writer slot for long: past the deadline the agent
     // is told to retry (the resend is deduplicated even if this write still commits).
