@@ -152,6 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 pods: Arc::new(pods::Pods::default()),
                 resume: std::sync::Mutex::new(resume),
                 files_changed: tokio::sync::Notify::new(),
+                room: pipeline::send::Room::new(config.channel_capacity),
             });
             let root = config.pod_log_root.clone();
             let node = config.node_name.clone();

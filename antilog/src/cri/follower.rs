@@ -22,20 +22,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::{ContainerExit, Record};
+use protocol::ContainerExit;
 use tracing::{debug, info, instrument, warn};
 
 use super::{container_id, meta_of, Shared};
-use crate::checkpoint::{Entry, FilePos, Position};
+use crate::checkpoint::{Entry, Position};
 use crate::docker::frames::Piece;
 use crate::files::cri::CriDecoder;
 use crate::files::pod_logs::{restarts_in, ContainerLogs};
 use crate::files::reader::{FileReader, Read};
 use crate::files::tailer::{Start, Tailer};
-use crate::pipeline::ItemKind;
+use crate::pipeline::{ItemKind, RecordRun};
 use crate::pods::{PodMeta, Terminated};
 use resume::resume_point;
 
+mod emit;
 mod resume;
 
 /// First wait at the end of a file; doubles while nothing arrives, up to [`POLL_MAX`].
@@ -328,6 +329,7 @@ impl Follower {
             source,
         );
         let mut pieces = Vec::new();
+        let mut run = RecordRun::default();
         let mut poll = POLL_MIN;
         // The end of the run was seen before the read now going on.
         let mut ending: Option<RunState> = None;
@@ -353,16 +355,22 @@ impl Follower {
                 match read {
                     Read::Line { line, pos } => {
                         decoder.push_line(line, &mut pieces);
-                        if !self.emit(&mut pieces, Some(pos)).await {
+                        if !self.emit_into(&mut pieces, Some(pos), &mut run).await {
                             return false;
                         }
                     }
                     Read::Gap(reason) => {
-                        if !self.report_loss(reason.to_string()).await {
+                        if !(self.send_run(&mut run).await
+                            && self.report_loss(reason.to_string()).await)
+                        {
                             return false;
                         }
                     }
                 }
+            }
+            // The lines of this read go in as few hand-offs as they fit.
+            if !self.send_run(&mut run).await {
+                return false;
             }
             if !chunk.eof {
                 continue;
@@ -456,43 +464,5 @@ impl Follower {
             "container exited"
         );
         self.send(ItemKind::Exit(exit)).await
-    }
-
-    /// Numbers pieces into records and sends them; a cut after the file position `at`.
-    async fn emit(&mut self, pieces: &mut Vec<Piece>, at: Option<FilePos>) -> bool {
-        for p in pieces.drain(..) {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let mut cut = None;
-            if p.last {
-                self.tentative.line_done(seq, p.ts);
-                if p.cut && at.is_some() {
-                    self.tentative.file = at;
-                    self.pos = self.tentative;
-                    cut = Some(self.pos);
-                }
-            }
-            // Counted as read when handed to the pipeline.
-            let metrics = &self.shared.metrics;
-            metrics.record_read(p.stream, p.bytes.len(), p.ts);
-            let record = Record::new(seq, p.ts, p.stream, p.bytes, !p.last);
-            if !self.send(ItemKind::Record { record, cut }).await {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Records that lines may be missing: on the job, and in the metric.
-    async fn report_loss(&mut self, reason: String) -> bool {
-        warn!(%reason, "log lines lost to rotation");
-        self.shared.metrics.file_event("lost", 1);
-        self.send(ItemKind::Unavailable(reason)).await
-    }
-
-    /// Sends an item, waiting for room (backpressure); false when shutting down.
-    async fn send(&self, kind: ItemKind) -> bool {
-        let s = &self.shared;
-        crate::pipeline::send::send(&s.tx, &s.shutdown, &s.metrics, &self.id, kind).await
     }
 }

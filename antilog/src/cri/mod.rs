@@ -145,6 +145,8 @@ pub struct Shared {
     pub resume: Mutex<BTreeMap<String, Entry>>,
     /// Woken when a file is created in a container directory (see [`watch`]).
     pub files_changed: tokio::sync::Notify,
+    /// The pipeline's room in records, for the runs of records sent into `tx`.
+    pub room: crate::pipeline::send::Room,
 }
 
 impl Shared {

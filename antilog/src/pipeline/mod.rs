@@ -97,8 +97,10 @@ impl RecordRun {
     /// The item to send, with the room taken for its records; the run is empty after.
     pub fn take(&mut self, room: Option<OwnedSemaphorePermit>) -> ItemKind {
         self.bytes = 0;
+        // The next run is likely as long as this one: sized once, not grown by copies.
+        let next = Vec::with_capacity(self.records.len());
         ItemKind::Records {
-            records: std::mem::take(&mut self.records),
+            records: std::mem::replace(&mut self.records, next),
             room,
         }
     }

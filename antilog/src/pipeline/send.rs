@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{Item, ItemKind};
+use super::{Item, ItemKind, RecordRun};
 use crate::metrics::Metrics;
 
 /// Sends `kind` of `container_id`, waiting for room; false when the pipeline is closed or
@@ -34,6 +34,25 @@ pub async fn send(
         r = tx.send(item) => r.is_ok(),
         _ = shutdown.cancelled() => false,
     }
+}
+
+/// Sends the records gathered in `run`, if any, as one item once `room` has room for them
+/// (backpressure); false when the pipeline is closed or on shutdown.
+pub async fn send_run(
+    tx: &mpsc::Sender<Item>,
+    room: &Room,
+    shutdown: &CancellationToken,
+    metrics: &Arc<Metrics>,
+    container_id: &Arc<str>,
+    run: &mut RecordRun,
+) -> bool {
+    if run.is_empty() {
+        return true;
+    }
+    let Some(permit) = room.take(run.len(), shutdown, metrics).await else {
+        return false;
+    };
+    send(tx, shutdown, metrics, container_id, run.take(Some(permit))).await
 }
 
 /// The pipeline's room in records: the item channel holds at most its capacity of items,

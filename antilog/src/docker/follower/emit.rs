@@ -134,6 +134,13 @@ impl Follower {
     /// Numbers pieces into records and sends them, many records an item.
     pub(super) async fn emit(&mut self, pieces: &mut Vec<Piece>) -> bool {
         let mut run = RecordRun::default();
+        self.emit_into(pieces, &mut run).await && self.send_run(&mut run).await
+    }
+
+    /// Numbers pieces into records gathered in `run`, sending it whenever it is full; the
+    /// caller sends the rest ([`Follower::send_run`]) before any other item. A file is read
+    /// a line at a time, so this lets the lines of one read share a hand-off.
+    pub(super) async fn emit_into(&mut self, pieces: &mut Vec<Piece>, run: &mut RecordRun) -> bool {
         for p in pieces.drain(..) {
             let s = usize::from(p.stream == Stream::Stderr);
             if p.first
@@ -154,7 +161,7 @@ impl Follower {
                 if let Some(pos) = self.resume_check.take() {
                     if p.ts > pos.ts
                         && self.skip.remaining == pos.at_ts
-                        && !(self.send_run(&mut run).await && self.report_gap(&pos, p.ts).await)
+                        && !(self.send_run(run).await && self.report_gap(&pos, p.ts).await)
                     {
                         return false;
                     }
@@ -185,25 +192,20 @@ impl Follower {
             }
             self.sent_seq = seq;
             let (stream, ts, len) = (p.stream, p.ts, p.bytes.len());
-            if run.is_full_for(len, self.shared.room.max_run()) && !self.send_run(&mut run).await {
+            if run.is_full_for(len, self.shared.room.max_run()) && !self.send_run(run).await {
                 return false;
             }
             run.push(Record::new(seq, p.ts, p.stream, p.bytes, !p.last), cut);
             self.shared.metrics.record_read(stream, len, ts);
         }
-        self.send_run(&mut run).await
+        true
     }
 
     /// Sends the records gathered in `run`, if any, once the pipeline has room for them.
-    async fn send_run(&self, run: &mut RecordRun) -> bool {
-        if run.is_empty() {
-            return true;
-        }
+    pub(super) async fn send_run(&self, run: &mut RecordRun) -> bool {
         let s = &self.shared;
-        let Some(room) = s.room.take(run.len(), &s.shutdown, &s.metrics).await else {
-            return false;
-        };
-        self.send(run.take(Some(room))).await
+        crate::pipeline::send::send_run(&s.tx, &s.room, &s.shutdown, &s.metrics, &self.id, run)
+            .await
     }
 }
 

@@ -21,7 +21,7 @@ use crate::docker::inspect::{inspect, Inspected};
 use crate::files::json_file;
 use crate::files::reader::{FileReader, Read};
 use crate::files::tailer::{Layout, Start};
-use crate::pipeline::ItemKind;
+use crate::pipeline::{ItemKind, RecordRun};
 
 /// First wait at the end of a file; doubles while nothing arrives, up to [`POLL_MAX`].
 const POLL_MIN: Duration = Duration::from_millis(5);
@@ -186,6 +186,7 @@ impl Follower {
         }
         let mut content = Vec::new();
         let mut pieces = Vec::new();
+        let mut run = RecordRun::default();
         let mut received = false;
         let mut poll = POLL_MIN;
         let mut idle_since = Instant::now();
@@ -213,16 +214,22 @@ impl Follower {
                         if let Some(a) = self.assembler.as_mut() {
                             a.push_message(m.stream, m.ts, &content, &mut pieces);
                         }
-                        if !self.emit(&mut pieces).await {
+                        if !self.emit_into(&mut pieces, &mut run).await {
                             return StreamEnd::Cancelled;
                         }
                     }
                     Read::Gap(reason) => {
-                        if !self.report_loss(reason.to_string()).await {
+                        if !(self.send_run(&mut run).await
+                            && self.report_loss(reason.to_string()).await)
+                        {
                             return StreamEnd::Cancelled;
                         }
                     }
                 }
+            }
+            // The lines of this read go in as few hand-offs as they fit.
+            if !self.send_run(&mut run).await {
+                return StreamEnd::Cancelled;
             }
             if !chunk.eof {
                 continue;
