@@ -2,6 +2,9 @@
 //! spool writer encodes batches once (the spooled frame is the exact body sent); the shipper
 //! decodes a body again only to split a batch logarithmd refused (see
 //! [`crate::pipeline::shipper`]). Both sides use this module and nothing of each other.
+//! [`json`] writes the JSON (records by hand, the same bytes as `serde_json`).
+
+mod json;
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -60,7 +63,7 @@ fn zstd_compress(json: &[u8]) -> std::io::Result<Vec<u8>> {
 pub fn encode(batch: &Batch, compression: Compression) -> Result<Bytes, std::io::Error> {
     if compression == Compression::None {
         let mut json = Vec::with_capacity(json_estimate(batch));
-        serde_json::to_writer(&mut json, batch)?;
+        json::write_batch(batch, &mut json)?;
         return Ok(Bytes::from(json));
     }
     JSON.with(|cell| {
@@ -80,7 +83,7 @@ fn compress(
     compression: Compression,
     json: &mut Vec<u8>,
 ) -> Result<Bytes, std::io::Error> {
-    serde_json::to_writer(&mut *json, batch)?;
+    json::write_batch(batch, json)?;
     let body = match compression {
         Compression::None => json.clone(),
         Compression::Zstd => zstd_compress(json)?,
