@@ -18,7 +18,9 @@
 //! stream; the job's container id is the Pod's name (as the engine's Kubernetes runner
 //! reports it) and it carries the Pod's `io.containerops.*` labels; the verdict comes from
 //! `state.terminated.exitCode` plus the `[COUT] CO_RESULT` line; antilog SIGKILLed while
-//! reading and started again loses and doubles nothing. About 2 s.
+//! reading and started again loses and doubles nothing; a Pod whose directory goes while
+//! antilog is down gets its job closed (exit code unknown) and its checkpoint entry
+//! forgotten, as a Docker container removed meanwhile does (`removed.rs`). About 4 s.
 //!
 //! The kill lands inside the first file (measured: resumed at seq 820 to 1,301 of 2,000),
 //! which is then rotated, gzipped and deleted as plain file while antilog is down: the
@@ -31,7 +33,7 @@ use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use logarithm_tests::cri::kubelet::{Line, PodLog, PARTIAL};
 use logarithm_tests::cri::{annotations, named_pod, Setup, T0};
-use logarithm_tests::{wait_until, Agents, Daemon};
+use logarithm_tests::{checkpoint_of, wait_until, Agents, Daemon};
 use serde_json::Value;
 
 const POD: &str = "build-42-job";
@@ -331,3 +333,69 @@ async fn a_pod_directory_removed_between_two_scans_is_read_to_its_end() -> Resul
     Ok(())
 }
 
+/// A Pod deleted with its log directory while antilog is down (as `removed.rs` shows for
+/// Docker containers): antilog reads part of the Pod's log and is SIGKILLed once its
+/// checkpoint holds what it read; meanwhile the Pod prints more, ends, is deleted from the
+/// API and its directory removed. Started again, antilog closes the job: failure, exit
+/// code unknown, a reason and `logs_unavailable` saying the directory went while it was
+/// down; the lines read before the kill stored once each, in order; the Pod's checkpoint
+/// entry forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_directory_removed_while_antilog_is_down_closes_its_job() -> Result<()> {
+    let setup = Setup::start().await?;
+    let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
+    let gone = ("gone-job", "0f1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
+    api.set(named_pod(gone, label, 0, None, None)?);
+    let mut log = setup.job_log(gone)?;
+    log.lines(0, 100)?;
+    let read = log.written.clone();
+    let mut agents = setup.agents()?;
+    wait_until(
+        Duration::from_secs(20),
+        "the checkpoint at the 100th line",
+        || async {
+            Ok((checkpoint_of(&agents.data_dir(), gone.0)? == Some((100, false))).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    agents.kill();
+
+    // While antilog is down: 50 more lines, the end, the Pod deleted with its directory.
+    log.lines(100, 150)?;
+    api.set(named_pod(gone, label, 0, Some(0), None)?);
+    api.delete(gone.0);
+    std::fs::remove_dir_all(setup.pod_dir(gone))?;
+    agents.restart()?;
+
+    let job = finished(daemon, &agents, gone.0, &read).await?;
+    assert_eq!(job["status"], "failure", "{job}");
+    assert!(job["exit_code"].is_null(), "{job}");
+    assert_eq!(
+        job["reason"],
+        "exit code unknown: the container's log directory was removed while antilog was down",
+        "{job}"
+    );
+    let unavailable = job["logs_unavailable"].as_str().unwrap_or_default();
+    assert!(
+        unavailable.contains("removed while antilog was down") && unavailable.contains("(seq 100)"),
+        "{job}"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the checkpoint to forget the Pod",
+        || async {
+            Ok(checkpoint_of(&agents.data_dir(), gone.0)?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    println!(
+        "cri removed while down: stored={} lost=50 logs_unavailable={:?}",
+        read.len(),
+        job["logs_unavailable"]
+    );
+    Ok(())
+}
