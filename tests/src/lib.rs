@@ -8,6 +8,8 @@
 //! - [`browser`]: a headless Chromium over WebDriver, with screenshots as artefacts.
 //! - [`Db`]: a fresh database per test, on the MariaDB named by `LOGARITHM_TEST_MYSQL_URL`,
 //!   or a SQLite file.
+//! - [`cri`]: a Kubernetes node for antilog's `cri` source: a mock API server (k8s-openapi
+//!   Pods, list and watch), pod logs written as the kubelet writes them, a kubeconfig.
 //! - [`flows`]: flow YAML the tests share.
 //! - [`docker`]: running test containers from the offline image and reading Docker's own
 //!   view of their logs.
@@ -24,6 +26,7 @@
 //! - [`on_both_backends!`]: one scenario as two tests, on SQLite and on MariaDB.
 
 pub mod browser;
+pub mod cri;
 pub mod docker;
 pub mod flows;
 pub mod ingest_client;
@@ -714,8 +717,23 @@ impl Agent {
     }
 }
 
-/// A small valid ingest batch for `container` (64 hex characters): metadata and two
-/// lines, one UTF-8 on stdout and one invalid byte (base64) on stderr. For tests that
+/// The container's entry in the checkpoint file of the antilog whose data_dir is
+/// `data_dir`: (seq, exit recorded); None when it has no entry (or no file yet).
+pub fn checkpoint_of(data_dir: &std::path::Path, container: &str) -> Result<Option<(u64, bool)>> {
+    let text = match std::fs::read_to_string(data_dir.join("checkpoints.json")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["containers"].get(container).map(|e| {
+        (
+            e["seq"].as_u64().unwrap_or(0),
+            e.get("exit").is_some_and(|x| !x.is_null()),
+        )
+    }))
+}
+
 /// An agent that is killed and started again, always on the same data_dir (so it resumes
 /// from its checkpoint and spool); the logs of every incarnation are kept.
 pub struct Agents {
@@ -761,10 +779,15 @@ impl Agents {
             &self.server,
             &self.label,
             tempfile::tempdir()?,
-            self.data.path().join("data"),
+            self.data_dir(),
             &self.extra_toml,
         )?);
         Ok(())
+    }
+
+    /// The data_dir every incarnation shares (checkpoint, spool).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
     }
 
     /// The running incarnation's process id.
@@ -782,6 +805,8 @@ impl Agents {
     }
 }
 
+/// A small valid ingest batch for `container` (64 hex characters): metadata and two
+/// lines, one UTF-8 on stdout and one invalid byte (base64) on stderr. For tests that
 /// talk to the ingest API directly rather than through an agent.
 pub fn small_batch(container: &str) -> serde_json::Value {
     serde_json::json!({

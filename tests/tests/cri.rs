@@ -1,11 +1,12 @@
 //! Issue 9, the `cri` source end to end: the real antilog binary (`source = "cri"`) reads a
 //! Kubernetes node's pod log root and ships to the real logarithmd (SQLite).
 //!
-//! **The Kubernetes API server is a mock** ([`api`]): no API server can run here (no
-//! cluster, no kind, no envtest), so an in-process axum server serves the two endpoints
-//! antilog's Pod watcher calls (list, and watch with events), with k8s-openapi `Pod`
-//! objects, so `kube` parses what a real API server would send. antilog reaches it through
-//! a kubeconfig, as it would a real one.
+//! **The Kubernetes API server is a mock** (`logarithm_tests::cri::api`): no API server can
+//! run here (no cluster, no kind, no envtest), so an in-process axum server serves the two
+//! endpoints antilog's Pod watcher calls (list, and watch with events), with k8s-openapi
+//! `Pod` objects, so `kube` parses what a real API server would send. antilog reaches it
+//! through a kubeconfig, as it would a real one. The node (mock, pod log root, kubeconfig,
+//! logarithmd) is `logarithm_tests::cri::Setup`, shared with the bench's `cri-catchup`.
 //!
 //! The log files are written by the test exactly as the kubelet and containerd write them:
 //! CRI records (`<RFC 3339 nano> <stream> <P|F> <bytes>`), long lines cut into 16 KiB `P`
@@ -17,170 +18,31 @@
 //! stream; the job's container id is the Pod's name (as the engine's Kubernetes runner
 //! reports it) and it carries the Pod's `io.containerops.*` labels; the verdict comes from
 //! `state.terminated.exitCode` plus the `[COUT] CO_RESULT` line; antilog SIGKILLed while
-//! reading and started again loses and doubles nothing. About 2 s.
+//! reading and started again loses and doubles nothing; a Pod whose directory goes while
+//! antilog is down gets its job closed (exit code unknown) and its checkpoint entry
+//! forgotten, as a Docker container removed meanwhile does (`removed.rs`). About 4 s.
 //!
 //! The kill lands inside the first file (measured: resumed at seq 820 to 1,301 of 2,000),
 //! which is then rotated, gzipped and deleted as plain file while antilog is down: the
 //! restart resumes inside the `.gz` by its content's fingerprint.
 
-#[path = "cri/api.rs"]
-mod api;
-#[path = "cri/kubelet.rs"]
-mod kubelet;
-
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus,
-    Pod, PodSpec, PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
-use kubelet::{Line, PodLog, PARTIAL};
-use logarithm_tests::{rand_u64, wait_until, Agents, Daemon, Db};
+use k8s_openapi::api::core::v1::Pod;
+use logarithm_tests::cri::kubelet::{Line, PodLog, PARTIAL};
+use logarithm_tests::cri::{annotations, named_pod, Setup, T0};
+use logarithm_tests::{checkpoint_of, wait_until, Agents, Daemon};
 use serde_json::Value;
 
 const POD: &str = "build-42-job";
 const UID: &str = "6f1c2a4e-1b2c-4d5e-8f90-0123456789ab";
-fn time(ns: i64) -> Result<Time> {
-    Ok(Time(Timestamp::from_nanosecond(i128::from(ns))?))
-}
 
 /// The job Pod, as the API server shows it: run `restart` running, or terminated with
 /// `exit`; the previous run's end in `lastState`.
 fn pod(label: &str, restart: i32, exit: Option<i32>, last_exit: Option<i32>) -> Result<Pod> {
     named_pod((POD, UID, true), label, restart, exit, last_exit)
-}
-
-/// The annotations of Pod `name`, as tools and people set them.
-fn annotations(name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "kubernetes.io/change-cause".to_string(),
-            format!("deploy {name}"),
-        ),
-        (
-            "logarithm.test/notes".to_string(),
-            "two lines,\nquotes \" and \u{e9}".to_string(),
-        ),
-    ])
-}
-
-/// [`pod`] with another name and UID; `flow`: labelled as a flow run's job.
-fn named_pod(
-    (name, uid, flow): (&str, &str, bool),
-    label: &str,
-    restart: i32,
-    exit: Option<i32>,
-    last_exit: Option<i32>,
-) -> Result<Pod> {
-    let mut labels = BTreeMap::from([
-        ("logarithm.test".to_string(), label.to_string()),
-        (protocol::LABEL_FLOW.to_string(), "build".to_string()),
-        (protocol::LABEL_RUN.to_string(), "run-42".to_string()),
-        (protocol::LABEL_STAGE.to_string(), "compile".to_string()),
-        (protocol::LABEL_ACTION.to_string(), "make".to_string()),
-        (protocol::LABEL_JOB.to_string(), "job".to_string()),
-    ]);
-    if !flow {
-        labels.retain(|k, _| !k.starts_with("io.containerops."));
-    }
-    let started = time(1_795_000_000_000_000_000 + i64::from(restart))?;
-    let terminated = |code: i32| -> Result<ContainerStateTerminated> {
-        Ok(ContainerStateTerminated {
-            exit_code: code,
-            finished_at: Some(time(1_795_000_100_000_000_007)?),
-            started_at: Some(started.clone()),
-            reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
-            ..Default::default()
-        })
-    };
-    let state = match exit {
-        Some(code) => ContainerState {
-            terminated: Some(terminated(code)?),
-            ..Default::default()
-        },
-        None => ContainerState {
-            running: Some(ContainerStateRunning {
-                started_at: Some(started.clone()),
-            }),
-            ..Default::default()
-        },
-    };
-    let last_state = match last_exit {
-        Some(code) => Some(ContainerState {
-            terminated: Some(terminated(code)?),
-            ..Default::default()
-        }),
-        None => None,
-    };
-    Ok(Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("ci".into()),
-            uid: Some(uid.into()),
-            labels: Some(labels),
-            annotations: Some(annotations(name)),
-            creation_timestamp: Some(time(1_794_999_999_000_000_000)?),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some("test-node".into()),
-            containers: vec![Container {
-                name: "job".into(),
-                image: Some("registry.local/builder:1".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some(
-                if exit.is_some() {
-                    "Succeeded"
-                } else {
-                    "Running"
-                }
-                .into(),
-            ),
-            container_statuses: Some(vec![ContainerStatus {
-                name: "job".into(),
-                image: "registry.local/builder:1".into(),
-                image_id: String::new(),
-                ready: exit.is_none(),
-                restart_count: restart,
-                state: Some(state),
-                last_state,
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    })
-}
-
-/// antilog on `source = "cri"` with the mock API and the pod log root `root`.
-fn cri_agent(daemon: &Daemon, label: &str, root: &Path, kubeconfig: &Path) -> Result<Agents> {
-    let extra = format!(
-        "source = \"cri\"\npod_log_root = \"{}\"\nkubeconfig = \"{}\"\n",
-        root.display(),
-        kubeconfig.display()
-    );
-    Agents::start_with(&daemon.base, label, &extra)
-}
-
-fn kubeconfig(dir: &Path, server: &str) -> Result<PathBuf> {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {server}\n\
-             users:\n- name: antilog\n  user:\n    token: mock-token\ncontexts:\n- name: mock\n  \
-             context:\n    cluster: mock\n    user: antilog\ncurrent-context: mock\n"
-        ),
-    )?;
-    Ok(path)
 }
 
 /// The stored lines as [`Line`]s, checking seqs are 1..=N.
@@ -202,56 +64,6 @@ fn stored_lines(stored: &[Value]) -> Result<Vec<Line>> {
         });
     }
     Ok(out)
-}
-
-/// What each test starts with: logarithmd on SQLite, the mock API server, an empty pod
-/// log root and a kubeconfig pointing at the mock.
-struct Setup {
-    _db: Db,
-    daemon: Daemon,
-    api: api::PodApi,
-    /// The test's `logarithm.test` label (antilog collects only those Pods).
-    label: String,
-    root: tempfile::TempDir,
-    _config_dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-impl Setup {
-    async fn start() -> Result<Setup> {
-        let db = Db::sqlite()?;
-        let daemon = Daemon::start(db.url()).await?;
-        let api = api::PodApi::start().await?;
-        let config_dir = tempfile::tempdir()?;
-        let kubeconfig = kubeconfig(config_dir.path(), &api.url)?;
-        Ok(Setup {
-            _db: db,
-            daemon,
-            api,
-            label: format!("cri-{}", rand_u64()),
-            root: tempfile::tempdir()?,
-            _config_dir: config_dir,
-            kubeconfig,
-        })
-    }
-}
-
-/// A Pod as the tests name it: name, UID, and whether it is labelled as a flow run's job.
-type PodId<'a> = (&'a str, &'a str, bool);
-
-/// The time of the first record the tests write.
-const T0: i64 = 1_795_000_000_000_000_001;
-
-impl Setup {
-    /// The directory of Pod `pod` in namespace `ci`.
-    fn pod_dir(&self, (name, uid, _): PodId) -> PathBuf {
-        self.root.path().join(format!("ci_{name}_{uid}"))
-    }
-
-    /// Run 0 of the Pod's container `job`, from [`T0`].
-    fn job_log(&self, pod: PodId) -> Result<PodLog> {
-        PodLog::open(&self.pod_dir(pod).join("job"), 0, T0, Vec::new())
-    }
 }
 
 /// The job of `container_id` once it is no longer running; checks that its stored lines
@@ -296,14 +108,13 @@ async fn line_count_of(d: &Daemon, container_id: &str) -> Result<u64> {
 async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> Result<()> {
     let setup = Setup::start().await?;
     let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
-    let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
-    let dir = root.path().join(format!("ci_{POD}_{UID}")).join("job");
+    let dir = setup.pod_dir((POD, UID, true)).join("job");
     api.set(pod(label, 0, None, None)?);
 
     // Run 0 has printed before antilog starts.
-    let mut log = PodLog::open(&dir, 0, 1_795_000_000_000_000_001, Vec::new())?;
+    let mut log = PodLog::open(&dir, 0, T0, Vec::new())?;
     log.lines(0, 200)?;
-    let mut agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
+    let mut agents = setup.agents()?;
     wait_until(Duration::from_secs(20), "the first lines", || async {
         Ok((line_count(daemon).await? >= 200).then_some(()))
     })
@@ -420,7 +231,6 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
 async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
     let setup = Setup::start().await?;
     let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
-    let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
     let short = ("short-job", "0a1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
     let web = ("web-1", "0b1c2a4e-1b2c-4d5e-8f90-0123456789ab", false);
     api.set(named_pod(short, label, 0, None, None)?);
@@ -429,7 +239,7 @@ async fn a_pod_deleted_right_after_its_end_is_read_to_its_end() -> Result<()> {
     short_log.lines(0, 1)?;
     let mut web_log = setup.job_log(web)?;
     web_log.lines(0, 3)?;
-    let agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
+    let agents = setup.agents()?;
     wait_until(
         Duration::from_secs(20),
         "both jobs' first lines",
@@ -485,13 +295,12 @@ fn holds_open(pid: u32, path: &Path) -> Result<bool> {
 async fn a_pod_directory_removed_between_two_scans_is_read_to_its_end() -> Result<()> {
     let setup = Setup::start().await?;
     let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
-    let (root, kubeconfig) = (&setup.root, &setup.kubeconfig);
     let marker = ("marker", "0c1c2a4e-1b2c-4d5e-8f90-0123456789ab", false);
     let brief = ("brief-job", "0d1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
     // antilog is up and following (its watches are set before its first scan).
     api.set(named_pod(marker, label, 0, None, None)?);
     setup.job_log(marker)?.lines(0, 2)?;
-    let agents = cri_agent(daemon, label, root.path(), kubeconfig)?;
+    let agents = setup.agents()?;
     let pid = agents.pid().context("antilog's pid")?;
     wait_until(Duration::from_secs(20), "the marker's lines", || async {
         Ok((line_count_of(daemon, "ci_marker_job").await? >= 2).then_some(()))
@@ -521,5 +330,72 @@ async fn a_pod_directory_removed_between_two_scans_is_read_to_its_end() -> Resul
     assert_eq!(job["exit_code"], 0, "{job}");
     assert_eq!(job["flow"], "build", "{job}");
     assert!(job["logs_unavailable"].is_null(), "{job}");
+    Ok(())
+}
+
+/// A Pod deleted with its log directory while antilog is down (as `removed.rs` shows for
+/// Docker containers): antilog reads part of the Pod's log and is SIGKILLed once its
+/// checkpoint holds what it read; meanwhile the Pod prints more, ends, is deleted from the
+/// API and its directory removed. Started again, antilog closes the job: failure, exit
+/// code unknown, a reason and `logs_unavailable` saying the directory went while it was
+/// down; the lines read before the kill stored once each, in order; the Pod's checkpoint
+/// entry forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_directory_removed_while_antilog_is_down_closes_its_job() -> Result<()> {
+    let setup = Setup::start().await?;
+    let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
+    let gone = ("gone-job", "0f1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
+    api.set(named_pod(gone, label, 0, None, None)?);
+    let mut log = setup.job_log(gone)?;
+    log.lines(0, 100)?;
+    let read = log.written.clone();
+    let mut agents = setup.agents()?;
+    wait_until(
+        Duration::from_secs(20),
+        "the checkpoint at the 100th line",
+        || async {
+            Ok((checkpoint_of(&agents.data_dir(), gone.0)? == Some((100, false))).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    agents.kill();
+
+    // While antilog is down: 50 more lines, the end, the Pod deleted with its directory.
+    log.lines(100, 150)?;
+    api.set(named_pod(gone, label, 0, Some(0), None)?);
+    api.delete(gone.0);
+    std::fs::remove_dir_all(setup.pod_dir(gone))?;
+    agents.restart()?;
+
+    let job = finished(daemon, &agents, gone.0, &read).await?;
+    assert_eq!(job["status"], "failure", "{job}");
+    assert!(job["exit_code"].is_null(), "{job}");
+    assert_eq!(
+        job["reason"],
+        "exit code unknown: the container's log directory was removed while antilog was down",
+        "{job}"
+    );
+    let unavailable = job["logs_unavailable"].as_str().unwrap_or_default();
+    assert!(
+        unavailable.contains("removed while antilog was down") && unavailable.contains("(seq 100)"),
+        "{job}"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the checkpoint to forget the Pod",
+        || async {
+            Ok(checkpoint_of(&agents.data_dir(), gone.0)?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    println!(
+        "cri removed while down: stored={} lost=50 logs_unavailable={:?}",
+        read.len(),
+        job["logs_unavailable"]
+    );
     Ok(())
 }

@@ -13,8 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use logarithm_tests::docker::{self, Spec};
 use logarithm_tests::stored_log::{checksum, verify_log};
-use logarithm_tests::{free_port, rand_u64, tail, wait_until, Agent, Daemon, Db};
-use serde_json::Value;
+use logarithm_tests::{checkpoint_of, free_port, rand_u64, tail, wait_until, Agent, Daemon, Db};
 
 /// `n` numbered lines, `spool line <i, 6 digits> <pad>`, printed as fast as busybox can.
 fn script(n: u64, pad: &str) -> String {
@@ -25,22 +24,6 @@ fn expected_lines(n: u64, pad: &str) -> Vec<String> {
     (1..=n)
         .map(|i| format!("spool line {i:06} {pad}"))
         .collect()
-}
-
-/// The container's entry in the agent's checkpoint file: (seq, exit recorded).
-fn checkpoint_of(data_dir: &Path, container: &str) -> Result<Option<(u64, bool)>> {
-    let text = match std::fs::read_to_string(data_dir.join("checkpoints.json")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let v: Value = serde_json::from_str(&text)?;
-    Ok(v["containers"].get(container).map(|e| {
-        (
-            e["seq"].as_u64().unwrap_or(0),
-            e.get("exit").is_some_and(|x| !x.is_null()),
-        )
-    }))
 }
 
 /// Segment files in the spool directory and their total size.

@@ -1,5 +1,9 @@
-//! Sections 3–5: the agent paths, a container's log through antilog into SQLite.
+//! Sections 3–5: the agent paths, a container's log through antilog into SQLite; [`cri`]
+//! the `cri-catchup` path (a Pod's log at rest).
 
+mod cri;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -11,11 +15,14 @@ use protocol::now_ns;
 use crate::procfs::{cpu_seconds, dockerd_pid, peak_rss_mib};
 use crate::{Figure, LINES, LINE_BYTES};
 
+pub use cri::bench_cri;
+
 /// What one agent path cost.
 pub struct AgentRun {
     pub figure: Figure,
     agent_cpu: f64,
-    dockerd_cpu: f64,
+    /// None where no dockerd takes part (the `cri` source).
+    dockerd_cpu: Option<f64>,
     peak_rss_mib: f64,
     /// From the container's exit (Docker's FinishedAt) to the job seen final.
     exit_to_final: Option<f64>,
@@ -27,10 +34,11 @@ impl AgentRun {
     pub fn print_costs(&self) {
         let per_m = 1e6 / self.figure.lines as f64;
         println!(
-            "| {:<44} | {:>9.2} | {:>9.2} | {:>9.1} | {:>9} |",
+            "| {:<44} | {:>9.2} | {:>9} | {:>9.1} | {:>9} |",
             self.figure.what,
             self.agent_cpu * per_m,
-            self.dockerd_cpu * per_m,
+            self.dockerd_cpu
+                .map_or("n/a".to_string(), |c| format!("{:.2}", c * per_m)),
             self.peak_rss_mib,
             self.exit_to_final
                 .map_or("-".to_string(), |s| format!("{s:.2}"))
@@ -88,66 +96,95 @@ pub async fn bench_agent(live: bool, source: &str) -> Result<AgentRun> {
     if live {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let cpu0 = cpu_seconds(pid)?;
-    let d0 = cpu_seconds(dockerd)?;
-    let start = Instant::now();
+    let what = if live {
+        format!("container → antilog ({source}, live) → SQLite")
+    } else {
+        format!("finished container → antilog ({source}) → SQLite")
+    };
+    let meter = Meter::start(pid, Some(dockerd))?;
     let id = match id {
         Some(id) => id,
         None => docker::run(&docker, &bench_spec(&label)).await?,
     };
     let job = daemon.wait_finished(&id, Duration::from_secs(900)).await?;
     let final_seen = now_ns();
-    let secs = start.elapsed().as_secs_f64();
-    let agent_cpu = cpu_seconds(pid)? - cpu0;
-    let dockerd_cpu = cpu_seconds(dockerd)? - d0;
-    let peak_rss_mib = peak_rss_mib(pid)?;
-    let exit_to_final = if live {
-        Some((final_seen - finished_at(&docker, &id).await?) as f64 / 1e9)
+    let mut run = meter.stop(what)?;
+    if live {
+        run.exit_to_final = Some((final_seen - finished_at(&docker, &id).await?) as f64 / 1e9);
     } else {
-        None
-    };
-    let cat_secs = if live {
-        None
-    } else {
-        Some(cat(&docker, &id).await?)
-    };
+        let path = docker
+            .inspect_container(&id, None)
+            .await?
+            .log_path
+            .context("LogPath")?;
+        run.cat_secs = Some(cat(Path::new(&path))?);
+    }
     docker::remove(&docker, &id).await;
+    all_stored(&job)?;
+    Ok(run)
+}
+
+/// antilog's CPU and the time (and dockerd's CPU) from [`Meter::start`] on.
+struct Meter {
+    pid: u32,
+    dockerd: Option<u32>,
+    cpu0: f64,
+    dockerd_cpu0: f64,
+    start: Instant,
+}
+
+impl Meter {
+    /// Starts measuring antilog `pid` and, if any, `dockerd`.
+    fn start(pid: u32, dockerd: Option<u32>) -> Result<Meter> {
+        Ok(Meter {
+            pid,
+            dockerd,
+            cpu0: cpu_seconds(pid)?,
+            dockerd_cpu0: dockerd.map(cpu_seconds).transpose()?.unwrap_or(0.0),
+            start: Instant::now(),
+        })
+    }
+
+    /// Path `what`'s figures for [`LINES`] lines, from the start to now, and antilog's peak
+    /// RSS.
+    fn stop(&self, what: String) -> Result<AgentRun> {
+        let secs = self.start.elapsed().as_secs_f64();
+        let dockerd_cpu = match self.dockerd {
+            Some(d) => Some(cpu_seconds(d)? - self.dockerd_cpu0),
+            None => None,
+        };
+        Ok(AgentRun {
+            figure: Figure {
+                what,
+                secs,
+                lines: LINES,
+            },
+            agent_cpu: cpu_seconds(self.pid)? - self.cpu0,
+            dockerd_cpu,
+            peak_rss_mib: peak_rss_mib(self.pid)?,
+            exit_to_final: None,
+            cat_secs: None,
+        })
+    }
+}
+
+/// Fails unless the final `job` has every one of the [`LINES`] lines.
+fn all_stored(job: &serde_json::Value) -> Result<()> {
     if job["line_count"] != LINES {
         bail!("agent bench stored {} lines", job["line_count"]);
     }
-    let what = if live {
-        format!("container → antilog ({source}, live) → SQLite")
-    } else {
-        format!("finished container → antilog ({source}) → SQLite")
-    };
-    Ok(AgentRun {
-        figure: Figure {
-            what,
-            secs,
-            lines: LINES,
-        },
-        agent_cpu,
-        dockerd_cpu,
-        peak_rss_mib,
-        exit_to_final,
-        cat_secs,
-    })
+    Ok(())
 }
 
-/// Seconds `cat` takes to read a container's log file (page cache warm: just read).
-async fn cat(docker: &bollard::Docker, id: &str) -> Result<f64> {
-    let path = docker
-        .inspect_container(id, None)
-        .await?
-        .log_path
-        .context("LogPath")?;
+/// Seconds `cat` takes to read a log file (page cache warm: just written or read).
+fn cat(path: &Path) -> Result<f64> {
     let t = Instant::now();
     let status = std::process::Command::new("cat")
-        .arg(&path)
+        .arg(path)
         .stdout(std::process::Stdio::null())
         .status()?;
     if !status.success() {
-        bail!("cat {path} failed");
+        bail!("cat {} failed", path.display());
     }
     Ok(t.elapsed().as_secs_f64())
 }

@@ -16,9 +16,13 @@
 //!    starts; lines/s from the agent's start to the job being final, same CPU and memory
 //!    figures.
 //! 5. The same two agent paths on the file source (`docker-files`: the json-file log read
-//!    from its files), and, as ceilings from the same run, the time `cat` takes to read
-//!    that log file (page cache warm) and each path's rate as a share of logarithmd's own
-//!    SQLite ingest rate (section 1).
+//!    from its files), and a Pod's log at rest on the `cri` source (`cri-catchup`: the same
+//!    1,000,000 lines as CRI records in `<root>/<ns>_<pod>_<uid>/<container>/0.log`,
+//!    the Pod served as terminated with exit 0 by a mock Kubernetes API server; lines/s
+//!    from antilog's start to the job being final with every line stored; no dockerd, so
+//!    its CPU is "n/a"); and, as ceilings from the same run, the time `cat` takes to read
+//!    each log file at rest (page cache warm) and each path's rate as a share of
+//!    logarithmd's own SQLite ingest rate (section 1).
 //! 6. Live follow over SSE ([`live`]): write-to-client latency at about 10,000 lines/s,
 //!    and what 200 idle followers cost logarithmd.
 //! 7. Reading a stored 1,000,000-line job ([`read`]) on SQLite and MariaDB: the raw
@@ -35,8 +39,8 @@
 //! with its spread over the rounds, so a difference can be told from noise.
 //!
 //! `LOGARITHM_BENCH_AGENT_PATHS` (comma-separated, of `api-live`, `api-catchup`,
-//! `files-live`, `files-catchup`) runs only those agent paths of sections 3–5, to compare
-//! two builds of antilog on one path.
+//! `files-live`, `files-catchup`, `cri-catchup`) runs only those agent paths of sections
+//! 3–5, to compare two builds of antilog on one path.
 //!
 //! Layout: [`ingest`] (1, 2), [`agent`] (3–5), [`live`] (6), [`read`] (7), [`load`] (8),
 //! [`procfs`] (CPU and memory of a process).
@@ -54,7 +58,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use logarithm_tests::Db;
 
-use agent::bench_agent;
+use agent::{bench_agent, bench_cri};
 use ingest::{bench_ingest, raw_mysql, raw_sqlite, Versus};
 
 use logarithm_tests::ingest_client::{line, BATCH, LINE_BYTES};
@@ -126,25 +130,30 @@ async fn main() -> Result<()> {
     let mut runs = Vec::new();
     if wants("agent") {
         let paths = std::env::var("LOGARITHM_BENCH_AGENT_PATHS").ok();
-        let wants_path = |source: &str, live: bool| {
-            let name = format!(
-                "{}-{}",
-                source.trim_start_matches("docker-"),
-                if live { "live" } else { "catchup" }
-            );
+        let wants_path = |name: &str| {
             paths
                 .as_deref()
                 .is_none_or(|p| p.split(',').any(|w| w.trim() == name))
         };
         for source in ["docker-api", "docker-files"] {
             for live in [true, false] {
-                if !wants_path(source, live) {
+                let name = format!(
+                    "{}-{}",
+                    source.trim_start_matches("docker-"),
+                    if live { "live" } else { "catchup" }
+                );
+                if !wants_path(&name) {
                     continue;
                 }
                 let run = bench_agent(live, source).await?;
                 run.figure.print();
                 runs.push(run);
             }
+        }
+        if wants_path("cri-catchup") {
+            let run = bench_cri().await?;
+            run.figure.print();
+            runs.push(run);
         }
         print_agent_costs(&runs, sqlite_ingest.as_ref());
     }

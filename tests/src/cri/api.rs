@@ -1,8 +1,11 @@
-//! The mock Kubernetes API server of the `cri` test: the two endpoints antilog's Pod
-//! watcher calls, `GET /api/v1/pods` (a `PodList`) and the same with `watch=true` (a stream
-//! of newline-separated watch events: the current Pods as `MODIFIED`, and the deleted ones
-//! as `DELETED`, when the watch starts and after every change the test makes). Objects are k8s-openapi's `Pod`, so they
-//! have the shape a real API server sends. Every query string is recorded.
+//! **A mock Kubernetes API server**, for the `cri` tests (`tests/tests/cri.rs`) and the
+//! bench's `cri-catchup` path: no API server can run here (no cluster, no kind, no envtest),
+//! so an in-process axum server serves the two endpoints antilog's Pod watcher calls,
+//! `GET /api/v1/pods` (a `PodList`) and the same with `watch=true` (a stream of
+//! newline-separated watch events: the current Pods as `MODIFIED`, and the deleted ones as
+//! `DELETED`, when the watch starts and after every change the caller makes). Objects are
+//! k8s-openapi's `Pod`, so they have the shape a real API server sends and `kube` parses
+//! them as it would a real one's. Every query string is recorded.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
