@@ -61,6 +61,15 @@ pub struct Config {
     /// How long a batch may wait for a writer before ingest answers 503.
     #[serde(default = "default_ingest_queue_timeout", with = "humantime_serde")]
     pub ingest_queue_timeout: Duration,
+    /// Ordered ingest: how long a batch waits for the batches it names
+    /// (`logarithm-batch-after`) before it is answered 503 `out_of_order`.
+    #[serde(default = "default_ingest_order_wait", with = "humantime_serde")]
+    pub ingest_order_wait: Duration,
+    /// Ordered ingest: decoded bytes of the batches waiting for the batches they name, all
+    /// together; a batch that would go beyond is answered 503 with `Retry-After` (the agent
+    /// resends it). 0: no batch waits.
+    #[serde(default = "default_ingest_order_waiting_bytes")]
+    pub ingest_order_waiting_bytes: usize,
     /// Deadline for committing one batch; past it ingest answers 503 and the agent resends
     /// (a hung database then costs a writer slot for this long, not for ever). Keep it below
     /// the agents' request timeout.
@@ -146,6 +155,8 @@ impl Default for Config {
             ingest_concurrency: default_ingest_concurrency(),
             ingest_queue: default_ingest_queue(),
             ingest_queue_timeout: default_ingest_queue_timeout(),
+            ingest_order_wait: default_ingest_order_wait(),
+            ingest_order_waiting_bytes: default_ingest_order_waiting_bytes(),
             storage_write_timeout: default_storage_write_timeout(),
             request_timeout: default_request_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
@@ -287,6 +298,12 @@ fn default_ingest_concurrency() -> usize {
 }
 fn default_ingest_queue() -> usize {
     64
+}
+fn default_ingest_order_wait() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_ingest_order_waiting_bytes() -> usize {
+    256 << 20
 }
 fn default_storage_write_timeout() -> Duration {
     Duration::from_secs(20)

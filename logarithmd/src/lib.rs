@@ -14,7 +14,7 @@
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`).
 //! - [`api`]: the HTTP routes: `ingest` (bounded, authenticated, acknowledged after
 //!   commit; `ingest_order`: a container's batches stored in order when an agent sends
-//!   several at once), `query` (jobs and logs), `line_reader` (stored logs as whole lines), `loki`
+//!   several at once, the batches waiting bounded by their decoded bytes), `query` (jobs and logs), `line_reader` (stored logs as whole lines), `loki`
 //!   (Loki's read API for Grafana), `read_limits` (the line and time budget of long reads:
 //!   downloads, follows, tails), `webhooks` (subscriptions, deliveries, redelivery),
 //!   `callbacks` (service jobs' results), `error` (the one HTTP error type), health.

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub ingest_commit_latency: Histogram,
     pub ingest_queue_depth: IntGauge,
     pub ingest_in_flight: IntGauge,
+    /// Ordered ingest: batches waiting for the batches they follow, and their decoded bytes
+    /// (read at scrape time); those refused for want of room.
+    pub ingest_order_waiting: IntGauge,
+    pub ingest_order_waiting_bytes: IntGauge,
+    pub ingest_order_refused: IntCounter,
     /// Open live follows (SSE streams, `follow=true`, Loki tails) by `kind` (job, run).
     pub live_followers: IntGaugeVec,
 
@@ -225,6 +230,30 @@ impl Metrics {
                 "ingest_in_flight",
                 "Ingest batches holding a storage writer right now (at most \
                  ingest_concurrency).",
+            ))?,
+        )?;
+        let ingest_order_waiting = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "ingest_order_waiting",
+                "Ordered ingest: batches waiting for the batches they follow (or, once those \
+                 are stored, for a writer).",
+            ))?,
+        )?;
+        let ingest_order_waiting_bytes = reg(
+            r,
+            IntGauge::with_opts(opts(
+                "ingest_order_waiting_bytes",
+                "Decoded bytes of the batches in logarithmd_ingest_order_waiting (at most \
+                 ingest_order_waiting_bytes).",
+            ))?,
+        )?;
+        let ingest_order_refused = reg(
+            r,
+            IntCounter::with_opts(opts(
+                "ingest_order_refused_total",
+                "Ordered ingest: batches answered 503 (Retry-After) because the batches \
+                 waiting filled ingest_order_waiting_bytes; the agent resends them.",
             ))?,
         )?;
 
@@ -390,6 +419,9 @@ impl Metrics {
             ingest_commit_latency,
             ingest_queue_depth,
             ingest_in_flight,
+            ingest_order_waiting,
+            ingest_order_waiting_bytes,
+            ingest_order_refused,
             live_followers,
             storage_write_duration,
             storage_write_errors,

@@ -3,92 +3,44 @@
 //! predecessor never comes is answered 503 `out_of_order`; every answer says the server
 //! orders batches.
 
+mod ordered;
+
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use logarithmd::api::{router, AppState};
+use axum::http::StatusCode;
 use logarithmd::Config;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use ordered::record;
+use serde_json::Value;
 
 const CID: &str = "feedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedface";
 
 async fn app() -> axum::Router {
-    let store = storage::open(&storage::StorageConfig::new("sqlite::memory:"))
-        .await
-        .unwrap();
-    let config = Config {
-        ingest_tokens: vec!["t0k".into()],
-        anonymous_read: true,
-        ..Config::default()
-    };
-    router(AppState::new(store, config))
+    ordered::app(Config::default()).await
 }
 
 fn batch(seqs: std::ops::RangeInclusive<u64>, meta: bool) -> Value {
-    let records: Vec<Value> = seqs
-        .map(|s| json!({"seq": s, "ts": 1000 + s as i64, "stream": "stdout", "text": format!("line {s}")}))
+    let records = seqs
+        .map(|s| record(s, &format!("line {s}"), false))
         .collect();
-    let mut seg = json!({"container_id": CID, "records": records});
-    if meta {
-        seg["meta"] = json!({"name": "ordered", "image": "i", "labels": {}, "created_at": 1, "started_at": 2});
-    }
-    json!({"version": 1, "agent": {"id": "a", "node": "n"}, "segments": [seg]})
+    ordered::batch(CID, records, meta)
 }
 
-/// POSTs `body` with the ordering headers; the status, the ordering answer header and the
-/// body.
+/// The status, the ordering answer header and the body.
 async fn post(
     app: &axum::Router,
     body: &Value,
     id: Option<&str>,
     after: Option<&str>,
 ) -> (StatusCode, Option<String>, Value) {
-    let mut req = Request::post("/api/v1/ingest")
-        .header("authorization", "Bearer t0k")
-        .header("content-type", "application/json");
-    if let Some(id) = id {
-        req = req.header(protocol::BATCH_ID_HEADER, id);
-    }
-    if let Some(after) = after {
-        req = req.header(protocol::BATCH_AFTER_HEADER, after);
-    }
-    let req = req
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ordered = resp
-        .headers()
-        .get(protocol::ORDERED_INGEST_HEADER)
-        .map(|v| v.to_str().unwrap().to_string());
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        ordered,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let a = ordered::post(app, body, id, after).await;
+    (a.status, a.ordered, a.body)
 }
 
 async fn stored_seqs(app: &axum::Router) -> Vec<u64> {
-    let req = Request::get("/api/v1/jobs").body(Body::empty()).unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let jobs: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    let id = jobs["jobs"][0]["id"].as_str().unwrap().to_string();
-    let req = Request::get(format!("/api/v1/jobs/{id}/logs?after=0&limit=1000"))
-        .body(Body::empty())
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let page: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    page["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["seq"].as_u64().unwrap())
+    ordered::stored(app, CID)
+        .await
+        .into_iter()
+        .map(|(seq, _)| seq)
         .collect()
 }
 

@@ -115,18 +115,13 @@ async fn ingest_batch(
     })
     .await
     .map_err(|e| ApiError::internal("decoding an ingest batch panicked", &e))??;
-    // Before storage: the database never holds a masked value.
     // Decoded beside the batches it follows; masked and stored after them (masking reads
-    // where the job's stored log ends, so it must see them). It waits without a writer
-    // slot, so batches waiting never hold up the ones they wait for.
+    // where the job's stored log ends, so it must see them).
     if !state.ingest_order.all_committed(&order.after) {
         drop(permit);
-        state
-            .ingest_order
-            .wait_for(&order.after, ingest_order::WAIT)
-            .await?;
-        permit = state.ingest_gate.enter().await?;
+        permit = wait_for_predecessors(state, &order, &write).await?;
     }
+    // Before storage: the database never holds a secret.
     let write = mask(state, write).await?;
     let write_started = Instant::now();
     // A hung database must not hold a writer slot for long: past the deadline the agent
@@ -170,6 +165,32 @@ async fn ingest_batch(
         stored: outcome.stored,
         duplicates: outcome.duplicates,
     }))
+}
+
+/// Waits, without a writer slot, until the batches `order` names are stored, then for a
+/// writer. Batches waiting never hold up the ones they wait for: those need no room, and
+/// a batch that finds none is answered 503 at once, never waiting for it. The room is
+/// held until a writer is found, so the decoded batch counts against the bound all along.
+async fn wait_for_predecessors(
+    state: &AppState,
+    order: &BatchOrder,
+    write: &WriteBatch,
+) -> ApiResult<OwnedSemaphorePermit> {
+    let room = state.ingest_order.hold(ingest_order::decoded_bytes(write));
+    if room.is_none() && !state.ingest_order.all_committed(&order.after) {
+        state.metrics.ingest_order_refused.inc();
+        return Err(ApiError::overloaded(
+            "too many batches are waiting for the batches they follow; retry later",
+            1,
+        ));
+    }
+    state
+        .ingest_order
+        .wait_for(&order.after, state.config.ingest_order_wait)
+        .await?;
+    let permit = state.ingest_gate.enter().await?;
+    drop(room);
+    Ok(permit)
 }
 
 /// Masks each job of the batch with its masks (global, and its flow's secrets), on the

@@ -5,20 +5,26 @@
 //!
 //! Only this process's commits count: a predecessor stored by another replica, or before
 //! a restart, is not known here, and the batch is answered 503 `out_of_order` after
-//! [`WAIT`]; the agent sends it again once its predecessors are acknowledged, without the
-//! header. Memory is bounded: the ids of the last [`REMEMBERED`] committed batches.
+//! `ingest_order_wait`; the agent sends it again once its predecessors are acknowledged,
+//! without the header.
+//!
+//! Memory is bounded: the ids of the last [`REMEMBERED`] committed batches, and the
+//! batches waiting, by their decoded size ([`IngestOrder::hold`], `ingest_order_waiting_bytes`).
+//! A batch that finds no room is answered 503 with `Retry-After` at once and never waits
+//! for room, so nothing waits on a waiting batch: a predecessor whose own predecessors are
+//! stored needs no room, and a waiting batch holds no writer slot (see `ingest`), so the
+//! batches it waits for always get through.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
+use storage::WriteBatch;
 use tokio::sync::Notify;
 
 use super::error::{ApiError, ApiResult};
 
-/// How long a batch waits for the batches it names.
-pub const WAIT: Duration = Duration::from_secs(2);
 /// Committed batch ids remembered (agents have a few batches in flight each).
 const REMEMBERED: usize = 8192;
 
@@ -80,10 +86,36 @@ fn valid_id(header: &str, v: &str) -> ApiResult<String> {
 }
 
 /// The ids of recently committed batches, and the batches waiting for them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IngestOrder {
     committed: Mutex<Committed>,
     changed: Notify,
+    /// Decoded bytes the waiting batches may hold together.
+    max_waiting_bytes: usize,
+    waiting: Mutex<Waiting>,
+}
+
+/// The batches waiting for their predecessors (or for a writer once those are stored).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub batches: usize,
+    /// Their decoded size ([`decoded_bytes`]).
+    pub bytes: usize,
+}
+
+/// A waiting batch's share of the room; given back when dropped.
+#[derive(Debug)]
+pub struct Room {
+    order: Arc<IngestOrder>,
+    bytes: usize,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let mut w = self.order.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        w.batches -= 1;
+        w.bytes -= self.bytes;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +125,36 @@ struct Committed {
 }
 
 impl IngestOrder {
+    /// Waiting batches may hold `max_waiting_bytes` (decoded) together.
+    pub fn new(max_waiting_bytes: usize) -> IngestOrder {
+        IngestOrder {
+            committed: Mutex::default(),
+            changed: Notify::new(),
+            max_waiting_bytes,
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// Room for a batch of `bytes` (decoded) to wait, if the batches waiting leave it.
+    /// Never waits: `None` is answered 503 at once.
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> Option<Room> {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.bytes.saturating_add(bytes) > self.max_waiting_bytes {
+            return None;
+        }
+        w.batches += 1;
+        w.bytes += bytes;
+        Some(Room {
+            order: self.clone(),
+            bytes,
+        })
+    }
+
+    /// The batches waiting now.
+    pub fn waiting(&self) -> Waiting {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits until every batch in `after` is committed here, at most `wait`. Fails with
     /// 503 `out_of_order` if one is not.
     pub async fn wait_for(&self, after: &[String], wait: Duration) -> ApiResult<()> {
@@ -149,10 +211,46 @@ impl IngestOrder {
     }
 }
 
+/// What a decoded batch holds in memory, roughly: its lines (bytes and each record's
+/// fixed part), outputs and metadata.
+pub fn decoded_bytes(write: &WriteBatch) -> usize {
+    write
+        .jobs
+        .iter()
+        .map(|j| {
+            let lines: usize = j
+                .lines
+                .iter()
+                .map(|l| l.line.len() + std::mem::size_of_val(l))
+                .sum();
+            let outputs: usize = j
+                .outputs
+                .iter()
+                .map(|o| o.name.len() + o.value.len() + std::mem::size_of_val(o))
+                .sum();
+            let meta = j.meta.as_ref().map_or(0, |m| {
+                m.name.len()
+                    + m.image.len()
+                    + m.log_driver.len()
+                    + m.labels
+                        .iter()
+                        .chain(&m.annotations)
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            });
+            std::mem::size_of_val(j)
+                + j.container_id.len()
+                + j.node.len()
+                + j.logs_unavailable.as_ref().map_or(0, String::len)
+                + lines
+                + outputs
+                + meta
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::http::HeaderValue;
 
     use super::*;
@@ -190,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_waits_for_the_ones_it_names() {
-        let order = Arc::new(IngestOrder::default());
+        let order = Arc::new(IngestOrder::new(0));
         order.wait_for(&[], Duration::ZERO).await.unwrap();
         let waiting = {
             let order = order.clone();
@@ -209,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_whose_predecessor_never_comes_is_refused_as_out_of_order() {
-        let order = IngestOrder::default();
+        let order = IngestOrder::new(0);
         let e = order
             .wait_for(&["gone".into()], Duration::from_millis(20))
             .await
@@ -219,7 +317,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        let order = IngestOrder::default();
+        let order = IngestOrder::new(0);
         for i in 0..REMEMBERED + 10 {
             order.committed(format!("id-{i}"));
         }
@@ -227,5 +325,27 @@ mod tests {
         assert_eq!(c.ids.len(), REMEMBERED);
         assert!(!c.ids.contains("id-0"));
         assert!(c.ids.contains(&format!("id-{}", REMEMBERED + 9)));
+    }
+
+    #[test]
+    fn waiting_batches_stay_within_their_room() {
+        let order = Arc::new(IngestOrder::new(100));
+        let a = order.hold(60).unwrap();
+        assert!(order.hold(41).is_none(), "beyond the room");
+        let b = order.hold(40).unwrap();
+        assert_eq!(
+            order.waiting(),
+            Waiting {
+                batches: 2,
+                bytes: 100
+            }
+        );
+        drop(a);
+        assert!(order.hold(61).is_none());
+        let c = order.hold(60).unwrap();
+        drop((b, c));
+        assert_eq!(order.waiting(), Waiting::default());
+        // No room at all: no batch waits.
+        assert!(Arc::new(IngestOrder::new(0)).hold(1).is_none());
     }
 }

@@ -23,6 +23,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .ingest_queue_depth
         .set(i64::try_from(state.ingest_gate.waiting()).unwrap_or(i64::MAX));
     let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let waiting = state.ingest_order.waiting();
+    state
+        .metrics
+        .ingest_order_waiting
+        .set(gauge(waiting.batches));
+    state
+        .metrics
+        .ingest_order_waiting_bytes
+        .set(gauge(waiting.bytes));
     let followers = &state.metrics.live_followers;
     followers
         .with_label_values(&["job"])

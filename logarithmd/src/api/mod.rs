@@ -110,13 +110,16 @@ impl AppState {
             Arc::new(DocumentRunStore::new(storage.clone())),
             config.live.clone(),
         );
+        let ingest_order = Arc::new(ingest_order::IngestOrder::new(
+            config.ingest_order_waiting_bytes,
+        ));
         AppState {
             live,
             storage,
             metrics,
             config: Arc::new(config),
             ingest_gate: Arc::new(gate),
-            ingest_order: Arc::default(),
+            ingest_order,
             events: JobEvents::default(),
             webhook_wake: Arc::new(Notify::new()),
             flows: crate::flows::EngineHandle::default(),
