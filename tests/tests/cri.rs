@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use logarithm_tests::cri::kubelet::{Line, PodLog, PARTIAL};
-use logarithm_tests::cri::{annotations, named_pod, Setup, T0};
+use logarithm_tests::cri::{annotations, named_pod, PodId, Setup, T0};
 use logarithm_tests::{checkpoint_of, wait_until, Agents, Daemon};
 use serde_json::Value;
 
@@ -90,6 +90,41 @@ async fn finished(
         stored.len(),
         written.len()
     );
+    Ok(job)
+}
+
+/// The job of `container_id` once final after run `restart`, with exactly `written` stored.
+async fn final_run(
+    daemon: &Daemon,
+    agents: &Agents,
+    container_id: &str,
+    restart: u32,
+    written: &[Line],
+) -> Result<Value> {
+    let job = wait_until(
+        Duration::from_secs(30),
+        "the job's final verdict",
+        || async {
+            Ok(daemon.job_of(container_id).await?.filter(|j| {
+                j["status"] != "running"
+                    && j["restart_count"] == restart
+                    && j["line_count"].as_u64() == Some(written.len() as u64)
+            }))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    let id = job["id"].as_str().context("job id")?;
+    let stored = stored_lines(&daemon.all_lines(id).await?)?;
+    ensure!(
+        stored.len() == written.len(),
+        "{} stored, {} written",
+        stored.len(),
+        written.len()
+    );
+    for (i, (s, w)) in stored.iter().zip(written).enumerate() {
+        ensure!(s == w, "line {i} differs:\nstored  {s:?}\nwritten {w:?}");
+    }
     Ok(job)
 }
 
@@ -158,32 +193,8 @@ async fn cri_source_ships_exact_lines_across_rotation_restart_and_sigkill() -> R
     api.set(pod(label, 1, Some(0), Some(1))?);
     let written = log1.written.clone();
 
-    let job = wait_until(
-        Duration::from_secs(30),
-        "the job's final verdict",
-        || async {
-            let j = daemon.job_of(POD).await?;
-            Ok(j.filter(|j| {
-                j["status"] != "running"
-                    && j["restart_count"] == 1
-                    && j["line_count"].as_u64() == Some(written.len() as u64)
-            }))
-        },
-    )
-    .await
-    .with_context(|| agents.logs())?;
+    let job = final_run(daemon, &agents, POD, 1, &written).await?;
     let id = job["id"].as_str().context("job id")?;
-    let stored = stored_lines(&daemon.all_lines(id).await?)?;
-    ensure!(
-        stored.len() == written.len(),
-        "{} stored, {} written",
-        stored.len(),
-        written.len()
-    );
-    for (i, (s, w)) in stored.iter().zip(&written).enumerate() {
-        ensure!(s == w, "line {i} differs:\nstored  {s:?}\nwritten {w:?}");
-    }
-
     let (_, job) = daemon.get_json(&format!("/api/v1/jobs/{id}")).await?;
     assert_eq!(job["container_id"], POD, "{job}");
     assert_eq!(job["status"], "success", "{job}");
@@ -333,6 +344,26 @@ async fn a_pod_directory_removed_between_two_scans_is_read_to_its_end() -> Resul
     Ok(())
 }
 
+/// Run 0 of Pod `p` prints 100 lines, read by a new antilog that is SIGKILLed once its
+/// checkpoint holds them all.
+async fn read_100_then_kill(setup: &Setup, p: PodId<'_>) -> Result<(PodLog, Agents)> {
+    setup.api.set(named_pod(p, &setup.label, 0, None, None)?);
+    let mut log = setup.job_log(p)?;
+    log.lines(0, 100)?;
+    let mut agents = setup.agents()?;
+    wait_until(
+        Duration::from_secs(20),
+        "the checkpoint at the 100th line",
+        || async {
+            Ok((checkpoint_of(&agents.data_dir(), p.0)? == Some((100, false))).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agents.logs())?;
+    agents.kill();
+    Ok((log, agents))
+}
+
 /// A Pod deleted with its log directory while antilog is down (as `removed.rs` shows for
 /// Docker containers): antilog reads part of the Pod's log and is SIGKILLed once its
 /// checkpoint holds what it read; meanwhile the Pod prints more, ends, is deleted from the
@@ -345,21 +376,8 @@ async fn a_pod_directory_removed_while_antilog_is_down_closes_its_job() -> Resul
     let setup = Setup::start().await?;
     let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
     let gone = ("gone-job", "0f1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
-    api.set(named_pod(gone, label, 0, None, None)?);
-    let mut log = setup.job_log(gone)?;
-    log.lines(0, 100)?;
+    let (mut log, mut agents) = read_100_then_kill(&setup, gone).await?;
     let read = log.written.clone();
-    let mut agents = setup.agents()?;
-    wait_until(
-        Duration::from_secs(20),
-        "the checkpoint at the 100th line",
-        || async {
-            Ok((checkpoint_of(&agents.data_dir(), gone.0)? == Some((100, false))).then_some(()))
-        },
-    )
-    .await
-    .with_context(|| agents.logs())?;
-    agents.kill();
 
     // While antilog is down: 50 more lines, the end, the Pod deleted with its directory.
     log.lines(100, 150)?;
@@ -396,6 +414,46 @@ async fn a_pod_directory_removed_while_antilog_is_down_closes_its_job() -> Resul
         "cri removed while down: stored={} lost=50 logs_unavailable={:?}",
         read.len(),
         job["logs_unavailable"]
+    );
+    Ok(())
+}
+
+/// A run whose log the kubelet created and deleted while antilog was down (it keeps only
+/// the last dead container's log): run 0 is read in part and antilog SIGKILLed; meanwhile
+/// run 0 ends, run 1 prints, ends and its `1.log` is deleted, run 2 prints and ends. Started
+/// again, antilog reads the rest of run 0 and all of run 2, and reports run 1's lines lost
+/// on the job (`logs_unavailable`) instead of skipping it silently; the job ends with run
+/// 2's exit code and restart count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_log_was_deleted_unread_is_reported_lost() -> Result<()> {
+    let setup = Setup::start().await?;
+    let (daemon, api, label) = (&setup.daemon, &setup.api, &setup.label);
+    let p = ("lost-run", "0e1c2a4e-1b2c-4d5e-8f90-0123456789ab", true);
+    let dir = setup.pod_dir(p).join("job");
+    let (mut log0, mut agents) = read_100_then_kill(&setup, p).await?;
+
+    // While antilog is down: run 0 ends, run 1 comes and goes, run 2 ends.
+    log0.lines(100, 150)?;
+    let mut log1 = PodLog::open(&dir, 1, log0.ts, Vec::new())?;
+    log1.lines(0, 30)?;
+    std::fs::remove_file(dir.join("1.log"))?;
+    let mut log2 = PodLog::open(&dir, 2, log1.ts, std::mem::take(&mut log0.written))?;
+    log2.lines(0, 40)?;
+    log2.line("[COUT] CO_RESULT = true".into(), "stdout")?;
+    api.set(named_pod(p, label, 2, Some(0), Some(1))?);
+    let written = log2.written.clone();
+    agents.restart()?;
+
+    let job = final_run(daemon, &agents, p.0, 2, &written).await?;
+    let stored = written.len();
+    assert_eq!(job["exit_code"], 0, "{job}");
+    let unavailable = job["logs_unavailable"].as_str().unwrap_or_default();
+    assert!(
+        unavailable.contains("run 1 were deleted before antilog could open them"),
+        "{job}"
+    );
+    println!(
+        "cri run deleted unread: stored={stored} lost run 1 (30 lines) reported: {unavailable:?}"
     );
     Ok(())
 }

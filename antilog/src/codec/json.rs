@@ -82,19 +82,17 @@ fn write_record(r: &Record, out: &mut Vec<u8>) {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is below `n` (`n` ≤ 128); exact as a yes or no.
-fn has_below(w: u64, n: u8) -> bool {
-    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0
-}
-
-/// Whether any byte of `w` is `b`.
-fn has_byte(w: u64, b: u8) -> bool {
-    has_below(w ^ (ONES * u64::from(b)), 1)
-}
-
-/// Whether any of the 8 bytes needs escaping in a JSON string.
+/// Whether any of the 8 bytes of `w` needs escaping in a JSON string: is below 0x20, `"`
+/// or `\`. Each `t - k·ONES & !t & HIGHS` is non-zero exactly when a byte of `t` is below
+/// `k` (`k` ≤ 128), and a byte of `w` is `"` (`\`) where that byte of `w ^ '"'·ONES` is
+/// 0; the xors keep each byte's high bit, so one `!w` serves all three.
 fn word_needs_escape(w: u64) -> bool {
-    has_below(w, 0x20) || has_byte(w, b'"') || has_byte(w, b'\\')
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    (w.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES))
+        & !w
+        & HIGHS
+        != 0
 }
 
 /// `s` (UTF-8) as a JSON string with `serde_json`'s escapes: `\"`, `\\`, the short forms
@@ -223,6 +221,16 @@ mod tests {
             write_batch(&batch, &mut fast).unwrap();
             let want = serde_json::to_vec(&batch).unwrap();
             prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&want));
+        }
+    }
+
+    proptest! {
+        /// The word check says yes exactly when a byte needs escaping.
+        #[test]
+        fn the_word_check_is_exact(w in any::<u64>()) {
+            let bytes = w.to_le_bytes();
+            let want = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(word_needs_escape(w), want);
         }
     }
 

@@ -6,6 +6,10 @@
 //! every line that leaves nothing pending, then the exit. Cuts carry the file position, so
 //! a restart of antilog resumes exactly there.
 //!
+//! A run none of whose files antilog saw (created and deleted while it was down or
+//! behind: the kubelet keeps only the last dead container's log) is reported on the job,
+//! its lines lost ([`Follower::report_missing_runs`]).
+//!
 //! A run is over when the Pod's status says so (`state.terminated` of run `n`, or a
 //! restart count past `n`), when `<n + 1>.log` exists, or when the directory is gone. The
 //! runtime closes the log before the kubelet reports the end, so once the end is seen,
@@ -244,8 +248,14 @@ impl Follower {
         loop {
             let Some(n) = run else {
                 // Every run so far is delivered: wait for the next, or the removal.
-                match self.wait_run(entry.exit.map(|m| m.restart_count)).await {
+                let last = entry.exit.map(|m| m.restart_count);
+                match self.wait_run(last).await {
                     Some(Some(n)) => {
+                        if let Some(last) = last {
+                            if !self.report_missing_runs(last + 1, n).await {
+                                return End::Cancelled;
+                            }
+                        }
                         run = Some(n);
                         continue;
                     }
@@ -257,7 +267,12 @@ impl Follower {
                 return End::Cancelled;
             }
             match self.wait_run(Some(n)).await {
-                Some(Some(next)) => run = Some(next),
+                Some(Some(next)) => {
+                    if !self.report_missing_runs(n + 1, next).await {
+                        return End::Cancelled;
+                    }
+                    run = Some(next);
+                }
                 Some(None) => return End::Gone,
                 None => return End::Cancelled,
             }
@@ -288,6 +303,39 @@ impl Follower {
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
+    }
+
+    /// Runs `from..to` came and went without antilog seeing a file of theirs (their logs
+    /// were created and deleted while it was down or behind: the kubelet keeps only the
+    /// last dead container's): their lines are lost. Reported on the job as one run (the
+    /// last of them: its meta, the reason, its exit when the API still tells it), so the
+    /// job's restart count and result stay right and the loss is never silent. False on
+    /// shutdown.
+    async fn report_missing_runs(&mut self, from: u32, to: u32) -> bool {
+        if from >= to {
+            return true;
+        }
+        let last = to - 1;
+        let runs = if from == last {
+            format!("run {last}")
+        } else {
+            format!("runs {from} to {last}")
+        };
+        if let Some(p) = self.shared.pods.get(&self.logs.uid) {
+            self.pod = p;
+        }
+        let meta = meta_of(&self.pod, &self.logs.container, &self.id, last, self.pos.ts);
+        let ended = match self.run_state(last).await {
+            RunState::Over(t) => t,
+            RunState::Going => None,
+        };
+        let reason = format!(
+            "the log files of {runs} were deleted before antilog could open them: their lines \
+             are lost"
+        );
+        self.send(ItemKind::Meta(meta)).await
+            && self.report_loss(reason).await
+            && self.close_run(last, &mut Vec::new(), ended).await
     }
 
     /// Reads run `n` to its end: meta, records, exit. False on shutdown.
