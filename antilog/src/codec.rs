@@ -6,8 +6,8 @@
 
 mod json;
 
-use std::cell::RefCell;
 use std::io::{Read, Write};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use protocol::Batch;
@@ -21,17 +21,26 @@ const ZSTD_LEVEL: i32 = 1;
 /// JSON framing per record beyond its payload (`{"seq":..,"ts":..,"stream":"stdout",
 /// "text":""}`), to size the JSON buffer once instead of growing it by copies.
 const RECORD_JSON_OVERHEAD: usize = 96;
-/// A thread keeps its JSON buffer between batches up to this capacity (a batch is at most
-/// `batch_max_bytes`, 4 MiB by default, plus framing).
+/// The encoder keeps its JSON buffer between batches up to this capacity (a batch is at
+/// most `batch_max_bytes`, 4 MiB by default, plus framing).
 const KEEP_JSON_CAPACITY: usize = 8 << 20;
 
-thread_local! {
-    /// One zstd context per encoding thread: making one per batch allocates and clears
-    /// its tables each time.
-    static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-    /// The JSON of the batch being compressed, reused between batches.
-    static JSON: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// What encoding reuses from batch to batch.
+struct Encoder {
+    /// The zstd context: making one per batch allocates and clears its tables each time.
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// The JSON of the batch being compressed.
+    json: Vec<u8>,
 }
+
+/// One encoder for the process, not one per thread: batches are encoded on tokio's
+/// blocking pool, whose threads come and go, and a context and buffer per thread held
+/// megabytes each for the life of the thread (docs/performance.md). The spool writer
+/// encodes one batch at a time, so the lock is all but never contended.
+static ENCODER: Mutex<Encoder> = Mutex::new(Encoder {
+    zstd: None,
+    json: Vec::new(),
+});
 
 /// The JSON size of `batch`, roughly (an upper estimate for plain text lines).
 fn json_estimate(batch: &Batch) -> usize {
@@ -48,15 +57,15 @@ fn json_estimate(batch: &Batch) -> usize {
         .sum::<usize>()
 }
 
-fn zstd_compress(json: &[u8]) -> std::io::Result<Vec<u8>> {
-    ZSTD.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let c = match slot.as_mut() {
-            Some(c) => c,
-            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
-        };
-        c.compress(json)
-    })
+fn zstd_compress(
+    slot: &mut Option<zstd::bulk::Compressor<'static>>,
+    json: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let c = match slot.as_mut() {
+        Some(c) => c,
+        None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+    };
+    c.compress(json)
 }
 
 /// Serializes and compresses a batch (CPU-bound: call it off the async threads).
@@ -66,27 +75,27 @@ pub fn encode(batch: &Batch, compression: Compression) -> Result<Bytes, std::io:
         json::write_batch(batch, &mut json)?;
         return Ok(Bytes::from(json));
     }
-    JSON.with(|cell| {
-        let mut json = cell.borrow_mut();
-        json.clear();
-        json.reserve(json_estimate(batch));
-        let body = compress(batch, compression, &mut json);
-        if json.capacity() > KEEP_JSON_CAPACITY {
-            *json = Vec::new();
-        }
-        body
-    })
+    let mut encoder = ENCODER.lock().unwrap_or_else(|e| e.into_inner());
+    let Encoder { zstd, json } = &mut *encoder;
+    json.clear();
+    json.reserve(json_estimate(batch));
+    let body = compress(batch, compression, json, zstd);
+    if json.capacity() > KEEP_JSON_CAPACITY {
+        *json = Vec::new();
+    }
+    body
 }
 
 fn compress(
     batch: &Batch,
     compression: Compression,
     json: &mut Vec<u8>,
+    zstd: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> Result<Bytes, std::io::Error> {
     json::write_batch(batch, json)?;
     let body = match compression {
         Compression::None => json.clone(),
-        Compression::Zstd => zstd_compress(json)?,
+        Compression::Zstd => zstd_compress(zstd, json)?,
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(json.len() / 4),
@@ -170,7 +179,7 @@ mod tests {
             .unwrap();
         assert_eq!(out, json);
         for c in [Compression::None, Compression::Zstd, Compression::Gzip] {
-            // Twice: the second call reuses the thread's zstd context and JSON buffer.
+            // Twice: the second call reuses the zstd context and JSON buffer.
             assert_eq!(encode(&batch, c).unwrap(), encode(&batch, c).unwrap());
             let body = encode(&batch, c).unwrap();
             assert_eq!(decode(&body, c, 1 << 20).unwrap(), batch, "{c:?}");
