@@ -350,8 +350,8 @@ impl Metrics {
                      on rotating logs, by event (duplicate: a line Docker sent twice in a \
                      row, dropped; catch_up_read: a read without follow of a rotating log; \
                      follow_dropped: a follow stream left because it fell too far behind; \
-                     follow_unanchored: a follow stream dropped because its first line was \
-                     later than what the read without follow before it brought; \
+                     follow_unanchored: a follow stream whose first line was not one the \
+                     read before it brought, read on after another read without follow; \
                      first_follow: a follow from the start of a log nothing was read of; \
                      first_follow_capped: such a stream left after a quarter of max-size).",
                 ),

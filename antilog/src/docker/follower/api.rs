@@ -7,9 +7,6 @@ use super::backlog::{now_ns, Backlog, LINE_OVERHEAD};
 use super::*;
 use crate::docker::frames::split_timestamp;
 
-/// Follow streams dropped because their first line was later than the read before them
-/// brought (Docker may have opened the log after that read), before one is taken as is.
-const ANCHOR_TRIES: u32 = 2;
 /// Reads without `follow` repeated while a line is half written before following.
 const PENDING_TRIES: u32 = 3;
 
@@ -20,7 +17,7 @@ enum Read {
     /// start brought as much as it may ([`Cap::Bytes`]), and it was dropped.
     Behind,
     /// The follow stream's first line is not one the read before it brought
-    /// ([`Cap::Behind`]'s `anchor`); nothing of it was sent, and it was dropped.
+    /// ([`Cap::Behind`]'s `anchor`); nothing of it was sent, and the stream can go on.
     Unanchored,
 }
 
@@ -98,14 +95,19 @@ impl Follower {
             }
         }
         let mut pending_tries = 0;
-        let mut unanchored = 0;
+        // A follow stream known to start before what the next read without `follow` brings.
+        let mut anchored = None;
         loop {
             // Docker answers before its reader has opened the log (it sends the head first),
-            // so the follow stream may start after what the read below brings: its first
+            // so a new follow stream may start after what the read below brings: its first
             // line tells (see `Cap::Behind`).
-            let mut following = match self.open(tty, true, true).await {
-                Ok(s) => s,
-                Err(end) => return end,
+            let anchor = anchored.is_none();
+            let mut following = match anchored.take() {
+                Some(s) => s,
+                None => match self.open(tty, true, true).await {
+                    Ok(s) => s,
+                    Err(end) => return end,
+                },
             };
             self.restart(tty, true);
             let mut source = match self.open(tty, false, false).await {
@@ -133,10 +135,7 @@ impl Follower {
             // On from the last cut: the lines the read above brought are skipped; the
             // stream starts after the last cut, so the cut's line is not looked for.
             self.restart(tty, false);
-            let cap = Cap::Behind {
-                limit,
-                anchor: unanchored < ANCHOR_TRIES,
-            };
+            let cap = Cap::Behind { limit, anchor };
             match self.consume(&mut following, cap).await {
                 (Read::End(StreamEnd::Ended { received: r }), _) => {
                     return StreamEnd::Ended {
@@ -152,11 +151,14 @@ impl Follower {
                     );
                 }
                 (Read::Unanchored, _) => {
-                    // Dropped like a stream that fell behind; both steps again (a slow
-                    // writer's next line always comes after the read: a few times only).
-                    unanchored += 1;
+                    // Its first line was written before the next read without `follow`
+                    // starts, which so brings every line up to the stream's: read that,
+                    // then go on with the same stream.
                     self.shared.metrics.api_event("follow_unanchored");
-                    debug!("the follow stream may start after the read without follow; again");
+                    debug!(
+                        "the follow stream may start after the read without follow; reading again"
+                    );
+                    anchored = Some(following);
                 }
             }
         }
