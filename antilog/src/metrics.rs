@@ -70,11 +70,10 @@ impl ShipFailure {
 }
 
 /// The `event` label values of `antilog_api_events_total`.
-pub const API_EVENTS: [&str; 6] = [
+pub const API_EVENTS: [&str; 5] = [
     "duplicate",
     "catch_up_read",
     "follow_dropped",
-    "follow_unanchored",
     "first_follow",
     "first_follow_capped",
 ];
@@ -350,8 +349,6 @@ impl Metrics {
                      on rotating logs, by event (duplicate: a line Docker sent twice in a \
                      row, dropped; catch_up_read: a read without follow of a rotating log; \
                      follow_dropped: a follow stream left because it fell too far behind; \
-                     follow_unanchored: a follow stream whose first line was not one the \
-                     read before it brought, read on after another read without follow; \
                      first_follow: a follow from the start of a log nothing was read of; \
                      first_follow_capped: such a stream left after a quarter of max-size).",
                 ),

@@ -16,9 +16,6 @@ enum Read {
     /// The follow stream fell too far behind the log, or a first follow from the log's
     /// start brought as much as it may ([`Cap::Bytes`]), and it was dropped.
     Behind,
-    /// The follow stream's first line is not one the read before it brought
-    /// ([`Cap::Behind`]'s `anchor`); nothing of it was sent, and the stream can go on.
-    Unanchored,
 }
 
 /// When a read through the API is dropped before its end (what was not sent comes again).
@@ -26,10 +23,9 @@ enum Read {
 enum Cap {
     /// Read to its end.
     None,
-    /// Before sending a record more than `limit` bytes behind the log (a follow stream
-    /// started at the log's end); with `anchor`, also ([`Read::Unanchored`]) before
-    /// sending anything when the stream's first line is later than the last cut.
-    Behind { limit: u64, anchor: bool },
+    /// Before sending a record more than this many bytes behind the log (a follow stream
+    /// started at the log's end).
+    Behind(u64),
     /// Before sending anything of the batch with which the stream brought this many bytes
     /// of json-file or more, counted at their most ([`json_file_bytes_at_most`]): a follow
     /// stream from the log's start.
@@ -55,16 +51,14 @@ impl Follower {
         }
         let Some(max_size) = self.rotation.filter(|_| follow) else {
             self.restart(tty, true);
-            let mut source = match self.open(tty, follow, false).await {
+            let source = match self.open(tty, follow, false).await {
                 Ok(s) => s,
                 Err(end) => return end,
             };
-            return match self.consume(&mut source, Cap::None).await {
+            return match self.consume(source, Cap::None).await {
                 (Read::End(end), _) => end,
                 // Only a watched follow stream falls behind.
-                (Read::Behind | Read::Unanchored, _) => {
-                    StreamEnd::Broken("fell behind".to_string())
-                }
+                (Read::Behind, _) => StreamEnd::Broken("fell behind".to_string()),
             };
         };
         let limit = Backlog::limit(max_size);
@@ -74,17 +68,17 @@ impl Follower {
             // than a quarter of a file (see `backlog`). A `docker run --rm` container is often
             // removed before a second request, so its short log is read in one.
             self.restart(tty, true);
-            let mut source = match self.open(tty, true, false).await {
+            let source = match self.open(tty, true, false).await {
                 Ok(s) => s,
                 Err(end) => return end,
             };
             self.shared.metrics.api_event("first_follow");
             match self
-                .consume(&mut source, Cap::Bytes(Backlog::first_cap(max_size)))
+                .consume(source, Cap::Bytes(Backlog::first_cap(max_size)))
                 .await
             {
                 (Read::End(end), _) => return end,
-                (Read::Behind | Read::Unanchored, bytes) => {
+                (Read::Behind, bytes) => {
                     self.shared.metrics.api_event("first_follow_capped");
                     debug!(
                         bytes,
@@ -95,27 +89,19 @@ impl Follower {
             }
         }
         let mut pending_tries = 0;
-        // A follow stream known to start before what the next read without `follow` brings.
-        let mut anchored = None;
         loop {
-            // Docker answers before its reader has opened the log (it sends the head first),
-            // so a new follow stream may start after what the read below brings: its first
-            // line tells (see `Cap::Behind`).
-            let anchor = anchored.is_none();
-            let mut following = match anchored.take() {
-                Some(s) => s,
-                None => match self.open(tty, true, true).await {
-                    Ok(s) => s,
-                    Err(end) => return end,
-                },
+            // The follow stream's start is fixed once Docker answered.
+            let following = match self.open(tty, true, true).await {
+                Ok(s) => s,
+                Err(end) => return end,
             };
             self.restart(tty, true);
-            let mut source = match self.open(tty, false, false).await {
+            let source = match self.open(tty, false, false).await {
                 Ok(s) => s,
                 Err(end) => return end,
             };
             self.shared.metrics.api_event("catch_up_read");
-            match self.consume(&mut source, Cap::None).await {
+            match self.consume(source, Cap::None).await {
                 (Read::End(StreamEnd::Ended { received: r }), bytes) => {
                     received |= r;
                     // A line begun before the follow stream's start would come out of it
@@ -130,13 +116,12 @@ impl Follower {
                     }
                 }
                 (Read::End(end), _) => return end,
-                (Read::Behind | Read::Unanchored, _) => continue,
+                (Read::Behind, _) => continue,
             }
             // On from the last cut: the lines the read above brought are skipped; the
             // stream starts after the last cut, so the cut's line is not looked for.
             self.restart(tty, false);
-            let cap = Cap::Behind { limit, anchor };
-            match self.consume(&mut following, cap).await {
+            match self.consume(following, Cap::Behind(limit)).await {
                 (Read::End(StreamEnd::Ended { received: r }), _) => {
                     return StreamEnd::Ended {
                         received: received || r,
@@ -149,16 +134,6 @@ impl Follower {
                         rate = self.backlog.rate(),
                         "the follow stream fell behind the log; catching up without following"
                     );
-                }
-                (Read::Unanchored, _) => {
-                    // Its first line was written before the next read without `follow`
-                    // starts, which so brings every line up to the stream's: read that,
-                    // then go on with the same stream.
-                    self.shared.metrics.api_event("follow_unanchored");
-                    debug!(
-                        "the follow stream may start after the read without follow; reading again"
-                    );
-                    anchored = Some(following);
                 }
             }
         }
@@ -224,7 +199,7 @@ impl Follower {
     /// Reads `source` to its end (see [`Follower::restart`] for where numbering starts),
     /// or until `cap` drops it ([`Read::Behind`]). Also returns the bytes read (about as
     /// many as Docker's json-file holds for them).
-    async fn consume(&mut self, source: &mut Source, mut cap: Cap) -> (Read, u64) {
+    async fn consume(&mut self, mut source: Source, cap: Cap) -> (Read, u64) {
         let mut received = false;
         let mut reported = false;
         let mut pieces = Vec::new();
@@ -241,22 +216,6 @@ impl Follower {
                 None => StreamEnd::Ended { received },
                 Some(Ok(())) => {
                     received = true;
-                    if let Cap::Behind {
-                        limit,
-                        anchor: true,
-                    } = cap
-                    {
-                        if let Some(ts) = outs.iter().find_map(timestamp) {
-                            if ts > self.pos.ts {
-                                outs.clear();
-                                return (Read::Unanchored, bytes);
-                            }
-                            cap = Cap::Behind {
-                                limit,
-                                anchor: false,
-                            };
-                        }
-                    }
                     if let Cap::Bytes(limit) = cap {
                         most += outs.iter().map(json_file_bytes_at_most).sum::<u64>();
                         if most >= limit {
@@ -282,7 +241,7 @@ impl Follower {
                         }
                     }
                     bytes += self.measure(&pieces);
-                    if matches!(cap, Cap::Behind { limit, .. } if self.behind(&pieces, limit)) {
+                    if matches!(cap, Cap::Behind(limit) if self.behind(&pieces, limit)) {
                         // Not sent: read again from the last cut.
                         pieces.clear();
                         return (Read::Behind, bytes);
@@ -330,28 +289,19 @@ impl Follower {
     }
 }
 
-/// The timestamp the API put before the text of `out` (none on Docker's own error text).
-fn timestamp(out: &LogOutput) -> Option<i64> {
-    split_timestamp(message(out)).map(|(ts, _)| ts)
-}
-
-fn message(out: &LogOutput) -> &[u8] {
-    match out {
-        LogOutput::StdOut { message }
-        | LogOutput::StdErr { message }
-        | LogOutput::StdIn { message }
-        | LogOutput::Console { message } => message,
-    }
-}
-
 /// The most bytes Docker's json-file can hold for one multiplexed message `out`: its text
 /// (after the timestamp the API puts first) as Docker escapes it at most, and
 /// [`LINE_OVERHEAD`]. Printable ASCII is 1 byte, `"` and `\` 2; control characters,
 /// `<`, `>` and `&` (escaped as `\u00XX`) and every byte above ASCII (`\ufffd` for an
 /// invalid one, `\u2028` for a line separator) are counted as 6.
 fn json_file_bytes_at_most(out: &LogOutput) -> u64 {
-    let message = message(out);
-    let text = split_timestamp(message).map_or(message, |(_, text)| text);
+    let message = match out {
+        LogOutput::StdOut { message }
+        | LogOutput::StdErr { message }
+        | LogOutput::StdIn { message }
+        | LogOutput::Console { message } => message,
+    };
+    let text = split_timestamp(message).map_or(&message[..], |(_, text)| text);
     let escaped: u64 = text
         .iter()
         .map(|&b| match b {
