@@ -70,7 +70,13 @@ impl ShipFailure {
 }
 
 /// The `event` label values of `antilog_api_events_total`.
-pub const API_EVENTS: [&str; 3] = ["duplicate", "catch_up_read", "follow_dropped"];
+pub const API_EVENTS: [&str; 5] = [
+    "duplicate",
+    "catch_up_read",
+    "follow_dropped",
+    "first_follow",
+    "first_follow_capped",
+];
 
 /// The `event` label values of `antilog_file_events_total`.
 pub const FILE_EVENTS: [&str; 5] = [
@@ -342,7 +348,9 @@ impl Metrics {
                     "What the Docker API source (docker-api) did about Docker's follow stream \
                      on rotating logs, by event (duplicate: a line Docker sent twice in a \
                      row, dropped; catch_up_read: a read without follow of a rotating log; \
-                     follow_dropped: a follow stream left because it fell too far behind).",
+                     follow_dropped: a follow stream left because it fell too far behind; \
+                     first_follow: a follow from the start of a log nothing was read of; \
+                     first_follow_capped: such a stream left after a quarter of max-size).",
                 ),
                 &["event"],
             )?,

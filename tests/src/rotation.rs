@@ -166,7 +166,16 @@ pub async fn sigkills_during_rotation(source: &str, pause: &str) -> Result<Kille
     }
     .await;
     docker::remove(&docker, &id).await;
-    result.with_context(|| format!("agent log (tail):\n{}", tail(&agents.logs(), 30)))
+    result.with_context(|| {
+        // The whole agent log is kept: a rare failure is read from it afterwards.
+        let kept = std::env::temp_dir().join(format!("{label}-antilog.log"));
+        let saved = std::fs::write(&kept, agents.logs());
+        format!(
+            "agent log (whole in {}: {saved:?}; tail):\n{}",
+            kept.display(),
+            tail(&agents.logs(), 30)
+        )
+    })
 }
 
 /// What [`rotated_away_while_down`] measured.

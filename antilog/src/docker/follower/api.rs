@@ -5,6 +5,7 @@
 
 use super::backlog::{now_ns, Backlog, LINE_OVERHEAD};
 use super::*;
+use crate::docker::frames::split_timestamp;
 
 /// Reads without `follow` repeated while a line is half written before following.
 const PENDING_TRIES: u32 = 3;
@@ -12,8 +13,23 @@ const PENDING_TRIES: u32 = 3;
 /// How one read through the API ended.
 enum Read {
     End(StreamEnd),
-    /// The follow stream fell too far behind the log and was dropped.
+    /// The follow stream fell too far behind the log, or a first follow from the log's
+    /// start brought as much as it may ([`Cap::Bytes`]), and it was dropped.
     Behind,
+}
+
+/// When a read through the API is dropped before its end (what was not sent comes again).
+#[derive(Debug, Clone, Copy)]
+enum Cap {
+    /// Read to its end.
+    None,
+    /// Before sending a record more than this many bytes behind the log (a follow stream
+    /// started at the log's end).
+    Behind(u64),
+    /// Before sending anything of the batch with which the stream brought this many bytes
+    /// of json-file or more, counted at their most ([`json_file_bytes_at_most`]): a follow
+    /// stream from the log's start.
+    Bytes(u64),
 }
 
 impl Follower {
@@ -26,7 +42,9 @@ impl Follower {
     /// bytes or more, the waiting stream is more than that behind: it is dropped and the
     /// two steps repeated. Otherwise the stream is read on from the last cut (what the read
     /// without `follow` brought is skipped) while less than that far behind the log; when
-    /// it falls further behind it is dropped, and the follower catches up again.
+    /// it falls further behind it is dropped, and the follower catches up again. A log
+    /// nothing was read of yet is first followed from its start in one request, until that
+    /// stream brought a quarter of `max-size` ([`Backlog::first_cap`]).
     pub(super) async fn stream(&mut self, tty: bool, follow: bool) -> StreamEnd {
         if let Some(path) = self.log_file.clone() {
             return self.stream_file(path, tty, follow).await;
@@ -37,7 +55,7 @@ impl Follower {
                 Ok(s) => s,
                 Err(end) => return end,
             };
-            return match self.consume(source, None).await {
+            return match self.consume(source, Cap::None).await {
                 (Read::End(end), _) => end,
                 // Only a watched follow stream falls behind.
                 (Read::Behind, _) => StreamEnd::Broken("fell behind".to_string()),
@@ -45,6 +63,31 @@ impl Follower {
         };
         let limit = Backlog::limit(max_size);
         let mut received = false;
+        if self.pos.at_ts == 0 && !tty {
+            // Nothing of this log read yet: one follow from its start while it brings less
+            // than a quarter of a file (see `backlog`). A `docker run --rm` container is often
+            // removed before a second request, so its short log is read in one.
+            self.restart(tty, true);
+            let source = match self.open(tty, true, false).await {
+                Ok(s) => s,
+                Err(end) => return end,
+            };
+            self.shared.metrics.api_event("first_follow");
+            match self
+                .consume(source, Cap::Bytes(Backlog::first_cap(max_size)))
+                .await
+            {
+                (Read::End(end), _) => return end,
+                (Read::Behind, bytes) => {
+                    self.shared.metrics.api_event("first_follow_capped");
+                    debug!(
+                        bytes,
+                        "the first follow stream brought a quarter of a file; catching up"
+                    );
+                    received = true;
+                }
+            }
+        }
         let mut pending_tries = 0;
         loop {
             // The follow stream's start is fixed once Docker answered.
@@ -58,7 +101,7 @@ impl Follower {
                 Err(end) => return end,
             };
             self.shared.metrics.api_event("catch_up_read");
-            match self.consume(source, None).await {
+            match self.consume(source, Cap::None).await {
                 (Read::End(StreamEnd::Ended { received: r }), bytes) => {
                     received |= r;
                     // A line begun before the follow stream's start would come out of it
@@ -78,7 +121,7 @@ impl Follower {
             // On from the last cut: the lines the read above brought are skipped; the
             // stream starts after the last cut, so the cut's line is not looked for.
             self.restart(tty, false);
-            match self.consume(following, Some(limit)).await {
+            match self.consume(following, Cap::Behind(limit)).await {
                 (Read::End(StreamEnd::Ended { received: r }), _) => {
                     return StreamEnd::Ended {
                         received: received || r,
@@ -153,15 +196,15 @@ impl Follower {
         })
     }
 
-    /// Reads `source` to its end (see [`Follower::restart`] for where numbering starts);
-    /// with `behind_limit`, ends ([`Read::Behind`]) before sending a record more than that
-    /// many bytes behind the log. Also returns the bytes read (about as many as Docker's
-    /// json-file holds for them).
-    async fn consume(&mut self, mut source: Source, behind_limit: Option<u64>) -> (Read, u64) {
+    /// Reads `source` to its end (see [`Follower::restart`] for where numbering starts),
+    /// or until `cap` drops it ([`Read::Behind`]). Also returns the bytes read (about as
+    /// many as Docker's json-file holds for them).
+    async fn consume(&mut self, mut source: Source, cap: Cap) -> (Read, u64) {
         let mut received = false;
         let mut reported = false;
         let mut pieces = Vec::new();
         let mut bytes = 0;
+        let mut most = 0;
         let mut outs = Vec::new();
         loop {
             let next = tokio::select! {
@@ -173,6 +216,14 @@ impl Follower {
                 None => StreamEnd::Ended { received },
                 Some(Ok(())) => {
                     received = true;
+                    if let Cap::Bytes(limit) = cap {
+                        most += outs.iter().map(json_file_bytes_at_most).sum::<u64>();
+                        if most >= limit {
+                            // None of it sent: read again from the last cut.
+                            outs.clear();
+                            return (Read::Behind, bytes);
+                        }
+                    }
                     // Everything that came at once goes out together.
                     for out in outs.drain(..) {
                         if let Some(message) = docker_error(self.assembler.as_ref(), &out) {
@@ -190,7 +241,7 @@ impl Follower {
                         }
                     }
                     bytes += self.measure(&pieces);
-                    if behind_limit.is_some_and(|limit| self.behind(&pieces, limit)) {
+                    if matches!(cap, Cap::Behind(limit) if self.behind(&pieces, limit)) {
                         // Not sent: read again from the last cut.
                         pieces.clear();
                         return (Read::Behind, bytes);
@@ -236,6 +287,31 @@ impl Follower {
             .first()
             .is_some_and(|p| self.backlog.behind(p.ts, now_ns(), limit))
     }
+}
+
+/// The most bytes Docker's json-file can hold for one multiplexed message `out`: its text
+/// (after the timestamp the API puts first) as Docker escapes it at most, and
+/// [`LINE_OVERHEAD`]. Printable ASCII is 1 byte, `"` and `\` 2; control characters,
+/// `<`, `>` and `&` (escaped as `\u00XX`) and every byte above ASCII (`\ufffd` for an
+/// invalid one, `\u2028` for a line separator) are counted as 6.
+fn json_file_bytes_at_most(out: &LogOutput) -> u64 {
+    let message = match out {
+        LogOutput::StdOut { message }
+        | LogOutput::StdErr { message }
+        | LogOutput::StdIn { message }
+        | LogOutput::Console { message } => message,
+    };
+    let text = split_timestamp(message).map_or(&message[..], |(_, text)| text);
+    let escaped: u64 = text
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' => 2,
+            b'<' | b'>' | b'&' => 6,
+            0x20..=0x7e => 1,
+            _ => 6,
+        })
+        .sum();
+    escaped + LINE_OVERHEAD
 }
 
 /// Where a log is read from: the API through hyper ([`LogClient`]), or bollard for

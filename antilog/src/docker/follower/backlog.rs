@@ -24,6 +24,19 @@
 //!
 //! Docker's reader is ahead of the records we read (the socket buffers what it sent), so
 //! the estimate bounds its lag from above; skipping needs more than a whole file.
+//!
+//! A log nothing was read of yet (a container's first run, `since` 0) is first read with a
+//! single follow from its start, so that a short-lived container (`docker run --rm`) is
+//! read in one request rather than removed between two. Docker rotates a file only once it
+//! holds `max-size` bytes or more (`checkCapacityAndRotate`), and its follow stream goes on
+//! in the file it had opened, from where the first part ended: before the stream can skip
+//! a file (either way above) it has sent every byte of the file it opened first, that is
+//! `max-size` bytes of json-file or more. So that stream is read until it brought
+//! [`Backlog::first_cap`] (a quarter of `max-size`), each message counted at its most
+//! (its text as Docker escapes it at worst, plus [`LINE_OVERHEAD`]); the margin leaves
+//! room for the `attrs` that the `labels`, `env` and `tag` options add to each line. Then
+//! it is dropped before anything of the batch that reached the cap is sent, and the
+//! follower goes on as above from the last cut.
 
 use std::collections::VecDeque;
 
@@ -81,6 +94,13 @@ impl Backlog {
     /// Whether a follow stream reading a record stamped `ts` at `now` is too far behind.
     pub(super) fn behind(&self, ts: i64, now: i64, limit: u64) -> bool {
         self.lag_bytes(ts, now) > limit
+    }
+
+    /// How many bytes of json-file, counted at their most, a follow stream from the log's
+    /// start may bring before it is dropped: a quarter of `max_size` (the file it opened
+    /// first holds `max_size` or more when Docker rotates it).
+    pub(super) fn first_cap(max_size: u64) -> u64 {
+        (max_size / 4).max(1)
     }
 
     /// Whether a read without `follow` that brought `read` bytes caught up: the follow
@@ -145,6 +165,13 @@ mod tests {
         assert!(Backlog::caught_up(limit - 1, limit));
         assert!(Backlog::caught_up(0, limit));
         assert_eq!(Backlog::limit(2), 1);
+    }
+
+    #[test]
+    fn a_first_follow_brings_less_than_the_file_docker_rotates() {
+        assert_eq!(Backlog::first_cap(1 << 20), 1 << 18);
+        assert_eq!(Backlog::first_cap(10 << 20), 10 << 18);
+        assert_eq!(Backlog::first_cap(1), 1);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::checkpoint::Position;
 
@@ -15,7 +15,9 @@ const REPLAY_MEMORY: usize = 4096;
 ///
 /// A line older than the position is delivered, whenever it comes: Docker filters such
 /// lines itself when asked with the nanosecond `since`, except for the copies its follow
-/// stream sends around a json-file rotation. Before this floor, such a copy arriving
+/// stream sends around a json-file rotation. So is a line at the position's instant that
+/// comes after the stream passed it (only a line of the other stream stamped that very
+/// nanosecond would be new). Before this floor, such a copy arriving
 /// after the stream had passed the position was taken for a new line: stored twice,
 /// under a new `seq` and out of order.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +40,20 @@ impl Skip {
     }
 
     pub(super) fn should_skip(&mut self, ts: i64) -> bool {
+        // Once the stream has passed the position's instant, a line stamped at it again is
+        // a copy too: Docker's follow stream replays lines from before a rotation, and
+        // such a replay can reach back to the position (the last line a read without
+        // `follow` brought just before this stream was read). The position's own line was
+        // skipped here, so [`Replays`] never saw it: taken for a new line, it and the
+        // replayed lines after it were stored again.
         if self.floor && ts < self.ts {
+            return true;
+        }
+        if self.floor && ts == self.ts && !self.active {
+            debug!(
+                ts,
+                "a line at the resume position came again after later ones: a copy"
+            );
             return true;
         }
         if !self.active {

@@ -10,16 +10,13 @@ fn skip_drops_delivered_lines_only() {
         file: None,
     };
     let mut s = Skip::from(&pos);
-    // The third line at 100 and 101 are new; a copy of a delivered line (99) that
-    // comes later is still skipped.
+    // The third line at 100 and 101 are new; a copy of a delivered line (99, or one at
+    // the position's instant) that comes later is still skipped.
     let got: Vec<bool> = [99, 100, 100, 100, 101, 99, 100, 102]
         .into_iter()
         .map(|ts| s.should_skip(ts))
         .collect();
-    assert_eq!(
-        got,
-        vec![true, true, true, false, false, true, false, false]
-    );
+    assert_eq!(got, vec![true, true, true, false, false, true, true, false]);
     let mut s = Skip::from(&Position::default());
     assert!(!s.should_skip(0));
 }
@@ -78,19 +75,32 @@ async fn emit_drops_dockers_repeated_line() {
         piece(102, "y"),
     ];
     assert!(f.emit(&mut pieces).await);
-    let records: Vec<(u64, i64)> = drain(&mut rx)
-        .iter()
-        .filter_map(|i| match i {
-            ItemKind::Record { record, .. } => Some((record.seq, record.ts)),
-            _ => None,
-        })
-        .collect();
+    let records = seqs_and_times(&mut rx);
     assert_eq!(records, vec![(1, 100), (2, 101), (3, 102)]);
     // The file source does not look for them.
     let (mut f, mut rx) = follower(Position::default());
     let mut pieces = vec![piece(100, "x"), piece(100, "x")];
     assert!(f.emit(&mut pieces).await);
     assert_eq!(drain(&mut rx).len(), 2);
+}
+
+/// A follow stream read on from the last cut (100, brought by the read without `follow`
+/// before it) in which Docker replays lines from before a rotation, reaching back past the
+/// cut: nothing is stored twice. The cut's line was skipped in this stream, so only the
+/// position tells it is a copy; before, it and every replayed line after it were stored
+/// again (the docker-api SIGKILL test's rare duplicates).
+#[tokio::test]
+async fn a_replay_reaching_back_past_the_last_cut_is_skipped() {
+    let pos = cut_at_100();
+    let (mut f, mut rx) = follower(pos);
+    f.repeats = Some(Repeats::default());
+    let mut pieces: Vec<Piece> = [90, 100, 101, 102, 103, 99, 100, 101, 102, 103, 104]
+        .into_iter()
+        .map(|ts| piece(ts, &format!("line {ts}")))
+        .collect();
+    assert!(f.emit(&mut pieces).await);
+    let records = seqs_and_times(&mut rx);
+    assert_eq!(records, vec![(11, 101), (12, 102), (13, 103), (14, 104)]);
 }
 
 /// A follower on a Docker endpoint that is never called, whose items land in the returned
@@ -158,6 +168,27 @@ fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<ItemKind> {
     out
 }
 
+/// A cut after seq 10, the only line delivered at instant 100.
+fn cut_at_100() -> Position {
+    Position {
+        seq: 10,
+        ts: 100,
+        at_ts: 1,
+        file: None,
+    }
+}
+
+/// The (seq, ts) of the records sent, in order.
+fn seqs_and_times(rx: &mut mpsc::Receiver<Item>) -> Vec<(u64, i64)> {
+    drain(rx)
+        .iter()
+        .filter_map(|i| match i {
+            ItemKind::Record { record, .. } => Some((record.seq, record.ts)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn piece(ts: i64, text: &str) -> Piece {
     Piece {
         stream: Stream::Stdout,
@@ -174,12 +205,7 @@ fn piece(ts: i64, text: &str) -> Piece {
 /// the spool, before a restart): a different line never reuses a seq.
 #[tokio::test]
 async fn a_gap_at_a_resume_numbers_past_every_seq_handed_out() {
-    let pos = Position {
-        seq: 10,
-        ts: 100,
-        at_ts: 1,
-        file: None,
-    };
+    let pos = cut_at_100();
     let (mut f, mut rx) = follower(pos);
     // Seqs 11 and 12 were sent after the cut before the stream broke.
     f.sent_seq = 12;
