@@ -25,6 +25,11 @@ use storage::AttemptOutcome;
 pub const EVENT: &str = "service.call";
 /// Most of an error answer quoted in the job's log.
 const ERROR_SNIPPET: usize = 512;
+/// A retry is made only if it starts at least this long before the job's deadline: an
+/// attempt due right at the deadline raced the job's timeout, and the job ended as timed
+/// out instead of failed with the reason (seen once in CI). Without time to run and be
+/// recorded, the call gives up now, with its reason.
+const RETRY_MARGIN_NS: i64 = 2_000_000_000;
 
 /// The JSON body of the request.
 #[derive(Debug, Serialize)]
@@ -130,7 +135,10 @@ impl Call {
                         AttemptOutcome::Retry { next_attempt_at } => Some(next_attempt_at),
                         _ => None,
                     };
-                    match next.filter(|n| self.deadline.is_none_or(|d| *n < d)) {
+                    match next.filter(|n| {
+                        self.deadline
+                            .is_none_or(|d| n.saturating_add(RETRY_MARGIN_NS) < d)
+                    }) {
                         Some(n) => {
                             tracing::info!(call = %self.id, attempt, error = %why, "service call failed; will retry");
                             let wait = u64::try_from(n.saturating_sub(now)).unwrap_or(0);
