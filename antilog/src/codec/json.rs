@@ -184,12 +184,7 @@ mod tests {
                         name: format!("n{container_id}"),
                         image: "img\n\"x\"".into(),
                         labels: [("io.containerops.flow".to_string(), "f\t1".to_string())].into(),
-                        annotations: Default::default(),
-                        created_at: 1,
-                        started_at: 2,
-                        restart_count: 0,
-                        tty: false,
-                        log_driver: "json-file".into(),
+                        ..crate::pipeline::batcher::tests::meta()
                     }),
                     container_id,
                     records,

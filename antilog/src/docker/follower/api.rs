@@ -295,13 +295,8 @@ impl Follower {
 /// `<`, `>` and `&` (escaped as `\u00XX`) and every byte above ASCII (`\ufffd` for an
 /// invalid one, `\u2028` for a line separator) are counted as 6.
 fn json_file_bytes_at_most(out: &LogOutput) -> u64 {
-    let message = match out {
-        LogOutput::StdOut { message }
-        | LogOutput::StdErr { message }
-        | LogOutput::StdIn { message }
-        | LogOutput::Console { message } => message,
-    };
-    let text = split_timestamp(message).map_or(&message[..], |(_, text)| text);
+    let message: &[u8] = out.as_ref();
+    let text = split_timestamp(message).map_or(message, |(_, text)| text);
     let escaped: u64 = text
         .iter()
         .map(|&b| match b {
