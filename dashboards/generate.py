@@ -139,6 +139,13 @@ d.panel("Spool", "Bytes spooled on disk by the agents, waiting for delivery.",
         [(f'sum by (node) (antilog_spool_bytes{{{N}}})', "{{node}}")], unit="bytes", w=6)
 d.panel("Webhooks pending", "Webhook notifications waiting to be delivered.",
         [(f'sum(logarithmd_webhook_pending_deliveries{{{I}}})', "pending")], w=6)
+d.row("Ordered ingest")
+d.panel("Batches waiting for their predecessors", "Ordered ingest: batches decoded and waiting for the batches of their container they follow (then for a writer), and their decoded bytes (bounded by ingest_order_waiting_bytes).",
+        [(f'sum(logarithmd_ingest_order_waiting{{{I}}})', "batches")], w=8)
+d.panel("Bytes waiting for their predecessors", "Decoded bytes of the batches waiting; at ingest_order_waiting_bytes, more are refused with 503.",
+        [(f'sum by (instance) (logarithmd_ingest_order_waiting_bytes{{{I}}})', "{{instance}}")], unit="bytes", w=8)
+d.panel("Ordered batches refused /s", "Batches answered 503 + Retry-After because the waiting ones filled ingest_order_waiting_bytes (agents resend them; also counted in the ingest 503s).",
+        [(f'sum by (instance) (rate(logarithmd_ingest_order_refused_total{{{I}}}[{RI}]))', "{{instance}}")], unit="reqps", w=8)
 d.row("Retention")
 d.panel("Rows deleted by retention", "Rows the retention sweeper deleted in the selected time range, by kind ([retention] in logarithmd's configuration).",
         [(f'sum by (kind) (increase(logarithmd_retention_deleted_total{{{I}}}[$__range]))', "{{kind}}")], w=12)

@@ -70,10 +70,12 @@ impl ShipFailure {
 }
 
 /// The `event` label values of `antilog_api_events_total`.
-pub const API_EVENTS: [&str; 5] = [
+pub const API_EVENTS: [&str; 7] = [
     "duplicate",
     "catch_up_read",
+    "follow_started",
     "follow_dropped",
+    "follow_gap",
     "first_follow",
     "first_follow_capped",
 ];
@@ -348,8 +350,10 @@ impl Metrics {
                     "What the Docker API source (docker-api) did about Docker's follow stream \
                      on rotating logs, by event (duplicate: a line Docker sent twice in a \
                      row, dropped; catch_up_read: a read without follow of a rotating log; \
-                     follow_dropped: a follow stream left because it fell too far behind; \
-                     first_follow: a follow from the start of a log nothing was read of; \
+                     follow_started: a follow stream brought its first line, read again \
+                     without follow; follow_dropped: a follow stream left because it fell \
+                     too far behind; follow_gap: one left because it skipped lines at its \
+                     start; first_follow: a follow from the start of a log nothing was read of; \
                      first_follow_capped: such a stream left after a quarter of max-size).",
                 ),
                 &["event"],

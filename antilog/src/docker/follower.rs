@@ -51,7 +51,7 @@ use crate::metrics::{FollowGuard, Metrics};
 use crate::pipeline::{Item, ItemKind};
 use crate::retry::Retry;
 use backlog::Backlog;
-use resume::{Repeats, Replays, Skip};
+use resume::{Overlap, Repeats, Replays, Skip};
 use runs::run_limit;
 
 /// How long to wait for the `die` event of a run that ended while we were not looking.
@@ -179,6 +179,8 @@ struct Follower {
     replays: [Replays; 2],
     /// Lines Docker sends twice in a row (API reads only).
     repeats: Option<Repeats>,
+    /// Whether a follow stream skipped lines at its start (API reads only).
+    overlap: Overlap,
     /// The running run's log rotates at this size: follow it only while caught up (see
     /// [`backlog`]).
     rotation: Option<u64>,
@@ -247,6 +249,7 @@ impl Follower {
             skipping: [false; 2],
             resume_check: None,
             replays: Default::default(),
+            overlap: Overlap::Off,
             repeats: None,
             rotation: None,
             backlog: Backlog::default(),

@@ -16,6 +16,8 @@ enum Read {
     /// The follow stream fell too far behind the log, or a first follow from the log's
     /// start brought as much as it may ([`Cap::Bytes`]), and it was dropped.
     Behind,
+    /// The stream's first pieces ([`Cap::First`]), nothing of them sent.
+    First(Vec<LogOutput>),
 }
 
 /// When a read through the API is dropped before its end (what was not sent comes again).
@@ -30,6 +32,9 @@ enum Cap {
     /// of json-file or more, counted at their most ([`json_file_bytes_at_most`]): a follow
     /// stream from the log's start.
     Bytes(u64),
+    /// As soon as the stream brought anything: a follow stream whose reader is not yet
+    /// known to have opened the log.
+    First,
 }
 
 impl Follower {
@@ -40,8 +45,9 @@ impl Follower {
     /// opened at the log's end, then what lies between the last cut and there is read
     /// without `follow` while the stream waits. When that read brought [`Backlog::limit`]
     /// bytes or more, the waiting stream is more than that behind: it is dropped and the
-    /// two steps repeated. Otherwise the stream is read on from the last cut (what the read
-    /// without `follow` brought is skipped) while less than that far behind the log; when
+    /// two steps repeated. Otherwise, once the stream brought its first data, the log is
+    /// read once more without `follow` (the stream may start after the first read ended),
+    /// and the stream is read on from the last cut (what the reads brought is skipped) while less than that far behind the log; when
     /// it falls further behind it is dropped, and the follower catches up again. A log
     /// nothing was read of yet is first followed from its start in one request, until that
     /// stream brought a quarter of `max-size` ([`Backlog::first_cap`]).
@@ -51,14 +57,14 @@ impl Follower {
         }
         let Some(max_size) = self.rotation.filter(|_| follow) else {
             self.restart(tty, true);
-            let source = match self.open(tty, follow, false).await {
+            let mut source = match self.open(tty, follow, false).await {
                 Ok(s) => s,
                 Err(end) => return end,
             };
-            return match self.consume(source, Cap::None).await {
+            return match self.consume(&mut source, Cap::None, Vec::new()).await {
                 (Read::End(end), _) => end,
-                // Only a watched follow stream falls behind.
-                (Read::Behind, _) => StreamEnd::Broken("fell behind".to_string()),
+                // Only a watched follow stream falls behind, or is read for its start.
+                (Read::Behind | Read::First(_), _) => StreamEnd::Broken("fell behind".to_string()),
             };
         };
         let limit = Backlog::limit(max_size);
@@ -68,17 +74,15 @@ impl Follower {
             // than a quarter of a file (see `backlog`). A `docker run --rm` container is often
             // removed before a second request, so its short log is read in one.
             self.restart(tty, true);
-            let source = match self.open(tty, true, false).await {
+            let mut source = match self.open(tty, true, false).await {
                 Ok(s) => s,
                 Err(end) => return end,
             };
             self.shared.metrics.api_event("first_follow");
-            match self
-                .consume(source, Cap::Bytes(Backlog::first_cap(max_size)))
-                .await
-            {
+            let cap = Cap::Bytes(Backlog::first_cap(max_size));
+            match self.consume(&mut source, cap, Vec::new()).await {
                 (Read::End(end), _) => return end,
-                (Read::Behind, bytes) => {
+                (Read::Behind | Read::First(_), bytes) => {
                     self.shared.metrics.api_event("first_follow_capped");
                     debug!(
                         bytes,
@@ -89,53 +93,93 @@ impl Follower {
             }
         }
         let mut pending_tries = 0;
-        loop {
-            // The follow stream's start is fixed once Docker answered.
-            let following = match self.open(tty, true, true).await {
+        'open: loop {
+            // Docker answers a follow request before its reader has opened the log (20.10's
+            // `readLogs` runs apart from the answer), so the stream starts where the log
+            // ended when that reader opened it: possibly after the first read below ended.
+            // Once the stream brought something, its reader was open before that was
+            // written, and a second read without `follow` covers the gap.
+            let mut following = match self.open(tty, true, true).await {
                 Ok(s) => s,
                 Err(end) => return end,
             };
-            self.restart(tty, true);
-            let source = match self.open(tty, false, false).await {
-                Ok(s) => s,
-                Err(end) => return end,
-            };
-            self.shared.metrics.api_event("catch_up_read");
-            match self.consume(source, Cap::None).await {
-                (Read::End(StreamEnd::Ended { received: r }), bytes) => {
-                    received |= r;
-                    // A line begun before the follow stream's start would come out of it
-                    // without its beginning: read again while Docker writes its rest
-                    // (a few times: an unterminated last output stays pending).
-                    let pending = self.assembler.as_ref().is_some_and(Assembler::pending)
-                        && pending_tries < PENDING_TRIES;
-                    pending_tries = if pending { pending_tries + 1 } else { 0 };
-                    if !Backlog::caught_up(bytes, limit) || pending {
-                        debug!(bytes, pending, "catching up without following");
-                        continue;
+            self.overlap = Overlap::Off;
+            let mut first = None;
+            let held = loop {
+                match self.catch_up(tty, limit, &mut pending_tries).await {
+                    Ok((caught_up, r)) => {
+                        received |= r;
+                        if !caught_up {
+                            continue 'open;
+                        }
                     }
+                    Err(end) => return end,
                 }
-                (Read::End(end), _) => return end,
-                (Read::Behind, _) => continue,
-            }
-            // On from the last cut: the lines the read above brought are skipped; the
-            // stream starts after the last cut, so the cut's line is not looked for.
+                if let Some(held) = first.take() {
+                    break held;
+                }
+                match self.consume(&mut following, Cap::First, Vec::new()).await {
+                    (Read::First(outs), _) => {
+                        self.shared.metrics.api_event("follow_started");
+                        self.overlap = Overlap::counting(outs.first());
+                        first = Some(outs);
+                    }
+                    (Read::End(StreamEnd::Ended { received: r }), _) => {
+                        return StreamEnd::Ended {
+                            received: received || r,
+                        }
+                    }
+                    (Read::End(end), _) => return end,
+                    (Read::Behind, _) => continue 'open,
+                }
+            };
+            // On from the last cut, what the stream brought first included: the lines the
+            // reads above brought are skipped, and counted (see `Overlap`).
             self.restart(tty, false);
-            match self.consume(following, Cap::Behind(limit)).await {
+            self.overlap.check();
+            debug!(overlap = ?self.overlap, cut_seq = self.pos.seq, cut_ts = self.pos.ts, cut_at_ts = self.pos.at_ts, "following from the last cut");
+            let read = self.consume(&mut following, Cap::Behind(limit), held).await;
+            self.overlap = Overlap::Off;
+            match read {
                 (Read::End(StreamEnd::Ended { received: r }), _) => {
                     return StreamEnd::Ended {
                         received: received || r,
                     }
                 }
                 (Read::End(end), _) => return end,
-                (Read::Behind, _) => {
-                    self.shared.metrics.api_event("follow_dropped");
-                    debug!(
-                        rate = self.backlog.rate(),
-                        "the follow stream fell behind the log; catching up without following"
-                    );
-                }
+                // Dropped (counted where): catching up again.
+                (Read::Behind | Read::First(_), _) => {}
             }
+        }
+    }
+
+    /// Reads the log from the last cut without `follow`; whether that left the follower
+    /// caught up, and whether it brought anything. Not caught up: a waiting follow stream
+    /// is too far behind (the read brought [`Backlog::limit`] bytes or more) or would start
+    /// inside a line (the read ended in a half-written one; a few times in a row at most,
+    /// as an unterminated last output stays pending), so it is to be opened again.
+    async fn catch_up(
+        &mut self,
+        tty: bool,
+        limit: u64,
+        pending_tries: &mut u32,
+    ) -> Result<(bool, bool), StreamEnd> {
+        self.restart(tty, true);
+        let mut source = self.open(tty, false, false).await?;
+        self.shared.metrics.api_event("catch_up_read");
+        match self.consume(&mut source, Cap::None, Vec::new()).await {
+            (Read::End(StreamEnd::Ended { received }), bytes) => {
+                let pending = self.assembler.as_ref().is_some_and(Assembler::pending)
+                    && *pending_tries < PENDING_TRIES;
+                *pending_tries = if pending { *pending_tries + 1 } else { 0 };
+                let caught_up = Backlog::caught_up(bytes, limit) && !pending;
+                if !caught_up {
+                    debug!(bytes, pending, "catching up without following");
+                }
+                Ok((caught_up, received))
+            }
+            (Read::End(end), _) => Err(end),
+            (Read::Behind | Read::First(_), _) => Ok((false, false)),
         }
     }
 
@@ -197,25 +241,38 @@ impl Follower {
     }
 
     /// Reads `source` to its end (see [`Follower::restart`] for where numbering starts),
-    /// or until `cap` drops it ([`Read::Behind`]). Also returns the bytes read (about as
+    /// `held` pieces (taken from it before) first, or until `cap` drops it
+    /// ([`Read::Behind`]) or stops it ([`Read::First`]). Also returns the bytes read (about as
     /// many as Docker's json-file holds for them).
-    async fn consume(&mut self, mut source: Source, cap: Cap) -> (Read, u64) {
+    async fn consume(
+        &mut self,
+        source: &mut Source,
+        cap: Cap,
+        held: Vec<LogOutput>,
+    ) -> (Read, u64) {
+        let mut outs = held;
         let mut received = false;
         let mut reported = false;
         let mut pieces = Vec::new();
         let mut bytes = 0;
         let mut most = 0;
-        let mut outs = Vec::new();
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = self.shared.shutdown.cancelled() => return (Read::End(StreamEnd::Cancelled), bytes),
-                next = source.next(&mut outs) => next,
+            let next = if outs.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = self.shared.shutdown.cancelled() => return (Read::End(StreamEnd::Cancelled), bytes),
+                    next = source.next(&mut outs) => next,
+                }
+            } else {
+                Some(Ok(()))
             };
             let end = match next {
                 None => StreamEnd::Ended { received },
                 Some(Ok(())) => {
                     received = true;
+                    if let Cap::First = cap {
+                        return (Read::First(outs), bytes);
+                    }
                     if let Cap::Bytes(limit) = cap {
                         most += outs.iter().map(json_file_bytes_at_most).sum::<u64>();
                         if most >= limit {
@@ -243,11 +300,22 @@ impl Follower {
                     bytes += self.measure(&pieces);
                     if matches!(cap, Cap::Behind(limit) if self.behind(&pieces, limit)) {
                         // Not sent: read again from the last cut.
+                        self.shared.metrics.api_event("follow_dropped");
+                        debug!(
+                            rate = self.backlog.rate(),
+                            "the follow stream fell behind the log; catching up without following"
+                        );
                         pieces.clear();
                         return (Read::Behind, bytes);
                     }
                     if !self.emit(&mut pieces).await {
                         return (Read::End(StreamEnd::Cancelled), bytes);
+                    }
+                    if self.overlap.gap() {
+                        // Nothing past the last cut sent: read again from it.
+                        self.shared.metrics.api_event("follow_gap");
+                        debug!("the follow stream skipped lines at its start; catching up without following");
+                        return (Read::Behind, bytes);
                     }
                     continue;
                 }

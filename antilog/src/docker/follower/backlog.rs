@@ -15,7 +15,17 @@
 //! - what lies between the last cut and there is read without `follow`. If that read
 //!   brought [`Backlog::limit`] bytes (a quarter of `max-size`) or more, the waiting
 //!   stream is that far behind: it is dropped, and both steps are repeated;
-//! - otherwise the follow stream is read, skipping what the read brought, as long as the
+//! - otherwise, once the stream brought its first data (its reader opens the log after
+//!   Docker answered, so it may start after that read ended), the log is read once more
+//!   without `follow`, which covers the gap (and is judged the same way);
+//! - the stream's reader may also have missed a rotation at its start (20.10's `ReadLogs`
+//!   opens the file, then subscribes to rotation notices and watches the file by name): it
+//!   then reads the renamed file to its end, waits, and at the next rotation reopens the
+//!   log by name, past the file in between. So the lines the stream brings up to the last
+//!   cut are counted against those the second read brought from the stream's first line
+//!   on ([`super::resume::Overlap`]); fewer, and the stream is dropped before anything
+//!   past the cut is sent, and the follower catches up again;
+//! - then the follow stream is read, skipping what the reads brought, as long as the
 //!   record just read is less than [`Backlog::limit`] behind the writer. The distance is
 //!   estimated from the record's age (now minus its timestamp) times the log's byte rate,
 //!   taken from the timestamps of the records of the last [`RATE_WINDOW_NS`]. Past the

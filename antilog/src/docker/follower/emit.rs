@@ -169,6 +169,11 @@ impl Follower {
             }
             if p.first {
                 let delivered = self.skip.should_skip(p.ts);
+                if !self.overlap.line(p.ts, delivered) {
+                    // Not sent (nor the rest): the stream is dropped and the log read again
+                    // from the cut.
+                    return true;
+                }
                 let later = self.limit_ts.is_some_and(|l| p.ts > l);
                 let copy = !delivered && !later && self.replays[s].is_copy(p.ts);
                 self.skipping[s] = delivered || later || copy;

@@ -163,6 +163,7 @@ impl Follower {
                 floor: false,
                 ts: 0,
                 remaining: 0,
+                went_back: false,
             },
             Start::Beginning | Start::Lost => Skip::from(&self.pos),
         };

@@ -1,12 +1,15 @@
 //! Which records a re-read skips: those delivered before a resume ([`Skip`]), the copies
 //! Docker's follow stream sends again around a json-file rotation ([`Replays`]), and a
-//! line Docker sends twice in a row ([`Repeats`]).
+//! line Docker sends twice in a row ([`Repeats`]); and whether a follow stream skipped
+//! lines at its start ([`Overlap`]).
 
 use std::collections::VecDeque;
 
+use bollard::container::LogOutput;
 use tracing::{debug, info};
 
 use crate::checkpoint::Position;
+use crate::docker::frames::split_timestamp;
 
 /// Timestamps of the latest lines of a stream remembered to recognise a replay ([`Replays`]).
 const REPLAY_MEMORY: usize = 4096;
@@ -16,7 +19,8 @@ const REPLAY_MEMORY: usize = 4096;
 /// A line older than the position is delivered, whenever it comes: Docker filters such
 /// lines itself when asked with the nanosecond `since`, except for the copies its follow
 /// stream sends around a json-file rotation. So is a line at the position's instant that
-/// comes after the stream passed it (only a line of the other stream stamped that very
+/// comes after the stream passed it, or after every delivered line at that instant came
+/// and the stream went back before it (only a line of the other stream stamped that very
 /// nanosecond would be new). Before this floor, such a copy arriving
 /// after the stream had passed the position was taken for a new line: stored twice,
 /// under a new `seq` and out of order.
@@ -27,6 +31,9 @@ pub(super) struct Skip {
     pub(super) floor: bool,
     pub(super) ts: i64,
     pub(super) remaining: u32,
+    /// Every delivered line at `ts` came, then the stream went back before it: Docker
+    /// replays lines around a rotation, and the position's line may come again.
+    pub(super) went_back: bool,
 }
 
 impl Skip {
@@ -36,6 +43,7 @@ impl Skip {
             floor: pos.at_ts > 0,
             ts: pos.ts,
             remaining: pos.at_ts,
+            went_back: false,
         }
     }
 
@@ -47,9 +55,14 @@ impl Skip {
         // skipped here, so [`Replays`] never saw it: taken for a new line, it and the
         // replayed lines after it were stored again.
         if self.floor && ts < self.ts {
+            self.went_back |= self.active && self.remaining == 0;
             return true;
         }
-        if self.floor && ts == self.ts && !self.active {
+        // A replay can also come before the stream passed the position: once every
+        // delivered line at its instant came and the stream went back before it, a line
+        // at the instant is a copy too (seen in the SIGKILL test: the position's line
+        // stored twice). Right after them, it is a new line stamped the same nanosecond.
+        if self.floor && ts == self.ts && (!self.active || self.went_back) {
             debug!(
                 ts,
                 "a line at the resume position came again after later ones: a copy"
@@ -107,6 +120,7 @@ impl Replays {
                 floor: true,
                 ts: self.newest,
                 remaining: self.at_newest,
+                went_back: false,
             });
             return true;
         }
@@ -164,5 +178,80 @@ impl Repeats {
             None => *slot = Some((ts, bytes.to_vec())),
         }
         false
+    }
+}
+
+/// Whether a follow stream holds every line from its first one: the lines it brings up
+/// to the last cut are counted against the lines a read without `follow`, made after the
+/// stream's first data came, brought from that data's timestamp on. Fewer means the
+/// stream skipped lines at its start (Docker 20.10's reader missed a rotation between
+/// opening the log and watching it, see [`super::backlog`]): the first line past the cut
+/// is then not sent ([`Overlap::Gap`]) and the follower catches up again. More (a line of
+/// the other stream stamped a little out of order, a copy) is no loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Overlap {
+    #[default]
+    Off,
+    /// The read without `follow`: lines stamped `from` or later.
+    Counting { from: i64, lines: u64 },
+    /// The stream: lines up to the last cut, against the count.
+    Checking { expected: u64, seen: u64 },
+    /// The stream brought a line past the cut after fewer lines than expected.
+    Gap,
+}
+
+impl Overlap {
+    /// Counting from the timestamp of a follow stream's first data (`first`; none or no
+    /// timestamp: nothing to check).
+    pub(super) fn counting(first: Option<&LogOutput>) -> Overlap {
+        let message: Option<&[u8]> = first.map(AsRef::as_ref);
+        match message.and_then(split_timestamp) {
+            Some((from, _)) => Overlap::Counting { from, lines: 0 },
+            None => Overlap::Off,
+        }
+    }
+
+    /// From counting to checking the stream.
+    pub(super) fn check(&mut self) {
+        if let Overlap::Counting { lines, .. } = *self {
+            *self = Overlap::Checking {
+                expected: lines,
+                seen: 0,
+            };
+        }
+    }
+
+    /// A line stamped `ts` starts (not a copy of the one before it); `delivered`: it is
+    /// at or before the last cut. False when it is past the cut and the stream skipped
+    /// lines before it: it is not to be sent.
+    pub(super) fn line(&mut self, ts: i64, delivered: bool) -> bool {
+        match self {
+            Overlap::Counting { from, lines } if ts >= *from => *lines += 1,
+            Overlap::Checking { seen, .. } if delivered => *seen += 1,
+            Overlap::Checking { expected, seen } => {
+                let (expected, seen) = (*expected, *seen);
+                if seen < expected {
+                    info!(
+                        expected,
+                        seen, "Docker's follow stream skipped lines at its start; catching up"
+                    );
+                    *self = Overlap::Gap;
+                    return false;
+                }
+                debug!(
+                    expected,
+                    seen, ts, "the follow stream holds every line from its start"
+                );
+                *self = Overlap::Off;
+            }
+            Overlap::Gap => return false,
+            _ => {}
+        }
+        true
+    }
+
+    /// Whether the stream was found to have skipped lines.
+    pub(super) fn gap(&self) -> bool {
+        *self == Overlap::Gap
     }
 }

@@ -17,6 +17,15 @@ fn skip_drops_delivered_lines_only() {
         .map(|ts| s.should_skip(ts))
         .collect();
     assert_eq!(got, vec![true, true, true, false, false, true, true, false]);
+    // Docker replays lines around a rotation before the stream passed the position: the
+    // position's line comes again after older ones, a copy; a line after it is new.
+    let pos = Position { at_ts: 1, ..pos };
+    let mut s = Skip::from(&pos);
+    let got: Vec<bool> = [99, 100, 98, 99, 100, 101, 100]
+        .into_iter()
+        .map(|ts| s.should_skip(ts))
+        .collect();
+    assert_eq!(got, vec![true, true, true, true, true, false, true]);
     let mut s = Skip::from(&Position::default());
     assert!(!s.should_skip(0));
 }
@@ -44,6 +53,59 @@ fn replays_drop_copies_only() {
         .map(|ts| r.is_copy(ts))
         .collect();
     assert_eq!(got, vec![false, false, false, false, false, false]);
+}
+
+#[test]
+fn overlap_finds_a_stream_that_skipped_lines_at_its_start() {
+    let first = LogOutput::StdOut {
+        message: "2025-12-02T10:00:00.000000100Z a\n".into(),
+    };
+    let from = 1_764_669_600_000_000_100;
+    // The read without follow: two lines before the stream's first, four from it on.
+    let read = |o: &mut Overlap| {
+        for ts in [from - 20, from - 10, from, from + 10, from + 20, from + 30] {
+            assert!(o.line(ts, ts <= from - 10));
+        }
+    };
+    let mut o = Overlap::counting(Some(&first));
+    read(&mut o);
+    o.check();
+    assert_eq!(
+        o,
+        Overlap::Checking {
+            expected: 4,
+            seen: 0
+        }
+    );
+    // A whole stream: its four lines up to the cut, then new ones are sent.
+    let mut whole = o;
+    for ts in [from, from + 10, from + 20, from + 30] {
+        assert!(whole.line(ts, true));
+    }
+    assert!(whole.line(from + 40, false));
+    assert!(!whole.gap());
+    assert!(whole.line(from + 50, false));
+    // A stream that skipped two of them: the first line past the cut is not sent, nor
+    // anything after it.
+    let mut skipped = o;
+    assert!(skipped.line(from, true));
+    assert!(skipped.line(from + 30, true));
+    assert!(!skipped.line(from + 40, false));
+    assert!(skipped.gap());
+    assert!(!skipped.line(from + 50, false));
+    // More than counted (a line stamped out of order, a copy): no loss.
+    let mut more = o;
+    for ts in [from - 1, from, from + 10, from + 20, from + 30] {
+        assert!(more.line(ts, true));
+    }
+    assert!(more.line(from + 40, false));
+    assert!(!more.gap());
+    // No first data with a timestamp: nothing is checked.
+    assert_eq!(Overlap::counting(None), Overlap::Off);
+    let untimed = LogOutput::StdOut {
+        message: "no timestamp".into(),
+    };
+    assert_eq!(Overlap::counting(Some(&untimed)), Overlap::Off);
 }
 
 #[test]
