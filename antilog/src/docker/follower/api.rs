@@ -9,15 +9,22 @@ use crate::docker::frames::split_timestamp;
 
 /// Reads without `follow` repeated while a line is half written before following.
 const PENDING_TRIES: u32 = 3;
+/// How long a new follow stream may bring nothing before the log is read once more
+/// without `follow`: lines written before its reader opened the log are not held back
+/// until the next write.
+const FIRST_DATA_WAIT: Duration = Duration::from_secs(1);
 
 /// How one read through the API ended.
 enum Read {
     End(StreamEnd),
-    /// The follow stream fell too far behind the log, or a first follow from the log's
-    /// start brought as much as it may ([`Cap::Bytes`]), and it was dropped.
+    /// The follow stream fell too far behind the log, skipped lines at its start
+    /// ([`Overlap`]), or a first follow from the log's start brought as much as it may
+    /// ([`Cap::Bytes`]), and it was dropped.
     Behind,
     /// The stream's first pieces ([`Cap::First`]), nothing of them sent.
     First(Vec<LogOutput>),
+    /// The stream brought nothing for the time [`Cap::First`] gave it.
+    Quiet,
 }
 
 /// When a read through the API is dropped before its end (what was not sent comes again).
@@ -32,9 +39,10 @@ enum Cap {
     /// of json-file or more, counted at their most ([`json_file_bytes_at_most`]): a follow
     /// stream from the log's start.
     Bytes(u64),
-    /// As soon as the stream brought anything: a follow stream whose reader is not yet
-    /// known to have opened the log.
-    First,
+    /// As soon as the stream brought anything (or, given a time, once it brought nothing
+    /// for that long): a follow stream whose reader is not yet known to have opened the
+    /// log.
+    First(Option<Duration>),
 }
 
 impl Follower {
@@ -47,8 +55,9 @@ impl Follower {
     /// bytes or more, the waiting stream is more than that behind: it is dropped and the
     /// two steps repeated. Otherwise, once the stream brought its first data, the log is
     /// read once more without `follow` (the stream may start after the first read ended),
-    /// and the stream is read on from the last cut (what the reads brought is skipped) while less than that far behind the log; when
-    /// it falls further behind it is dropped, and the follower catches up again. A log
+    /// and the stream is read on from the last cut (what the reads brought is skipped,
+    /// and counted: [`Overlap`]) while less than that far behind the log; when it falls
+    /// further behind it is dropped, and the follower catches up again. A log
     /// nothing was read of yet is first followed from its start in one request, until that
     /// stream brought a quarter of `max-size` ([`Backlog::first_cap`]).
     pub(super) async fn stream(&mut self, tty: bool, follow: bool) -> StreamEnd {
@@ -64,7 +73,9 @@ impl Follower {
             return match self.consume(&mut source, Cap::None, Vec::new()).await {
                 (Read::End(end), _) => end,
                 // Only a watched follow stream falls behind, or is read for its start.
-                (Read::Behind | Read::First(_), _) => StreamEnd::Broken("fell behind".to_string()),
+                (Read::Behind | Read::First(_) | Read::Quiet, _) => {
+                    StreamEnd::Broken("fell behind".to_string())
+                }
             };
         };
         let limit = Backlog::limit(max_size);
@@ -82,7 +93,7 @@ impl Follower {
             let cap = Cap::Bytes(Backlog::first_cap(max_size));
             match self.consume(&mut source, cap, Vec::new()).await {
                 (Read::End(end), _) => return end,
-                (Read::Behind | Read::First(_), bytes) => {
+                (Read::Behind | Read::First(_) | Read::Quiet, bytes) => {
                     self.shared.metrics.api_event("first_follow_capped");
                     debug!(
                         bytes,
@@ -105,6 +116,7 @@ impl Follower {
             };
             self.overlap = Overlap::Off;
             let mut first = None;
+            let mut wait = Some(FIRST_DATA_WAIT);
             let held = loop {
                 match self.catch_up(tty, limit, &mut pending_tries).await {
                     Ok((caught_up, r)) => {
@@ -118,12 +130,18 @@ impl Follower {
                 if let Some(held) = first.take() {
                     break held;
                 }
-                match self.consume(&mut following, Cap::First, Vec::new()).await {
+                match self
+                    .consume(&mut following, Cap::First(wait.take()), Vec::new())
+                    .await
+                {
                     (Read::First(outs), _) => {
                         self.shared.metrics.api_event("follow_started");
-                        self.overlap = Overlap::counting(outs.first());
+                        // The read below starts at the last cut.
+                        self.overlap = Overlap::counting(&outs, self.pos.ts);
                         first = Some(outs);
                     }
+                    // Read once more without `follow`, then wait for the stream for good.
+                    (Read::Quiet, _) => {}
                     (Read::End(StreamEnd::Ended { received: r }), _) => {
                         return StreamEnd::Ended {
                             received: received || r,
@@ -137,7 +155,7 @@ impl Follower {
             // reads above brought are skipped, and counted (see `Overlap`).
             self.restart(tty, false);
             self.overlap.check();
-            debug!(overlap = ?self.overlap, cut_seq = self.pos.seq, cut_ts = self.pos.ts, cut_at_ts = self.pos.at_ts, "following from the last cut");
+            debug!(overlap = ?self.overlap, cut_seq = self.pos.seq, "following from the last cut");
             let read = self.consume(&mut following, Cap::Behind(limit), held).await;
             self.overlap = Overlap::Off;
             match read {
@@ -147,8 +165,8 @@ impl Follower {
                     }
                 }
                 (Read::End(end), _) => return end,
-                // Dropped (counted where): catching up again.
-                (Read::Behind | Read::First(_), _) => {}
+                // Dropped (counted where it was found behind or short): catching up again.
+                (Read::Behind | Read::First(_) | Read::Quiet, _) => {}
             }
         }
     }
@@ -156,8 +174,9 @@ impl Follower {
     /// Reads the log from the last cut without `follow`; whether that left the follower
     /// caught up, and whether it brought anything. Not caught up: a waiting follow stream
     /// is too far behind (the read brought [`Backlog::limit`] bytes or more) or would start
-    /// inside a line (the read ended in a half-written one; a few times in a row at most,
-    /// as an unterminated last output stays pending), so it is to be opened again.
+    /// inside a line (the read ended in a half-written one; [`PENDING_TRIES`] times in a row
+    /// at most, then reads go through while that line stays open, as an unterminated last
+    /// output does), so it is to be opened again.
     async fn catch_up(
         &mut self,
         tty: bool,
@@ -169,9 +188,14 @@ impl Follower {
         self.shared.metrics.api_event("catch_up_read");
         match self.consume(&mut source, Cap::None, Vec::new()).await {
             (Read::End(StreamEnd::Ended { received }), bytes) => {
-                let pending = self.assembler.as_ref().is_some_and(Assembler::pending)
-                    && *pending_tries < PENDING_TRIES;
-                *pending_tries = if pending { *pending_tries + 1 } else { 0 };
+                // Once the tries are spent, reads go through while that line stays open.
+                let open = self.assembler.as_ref().is_some_and(Assembler::pending);
+                let pending = open && *pending_tries < PENDING_TRIES;
+                *pending_tries = if open {
+                    pending_tries.saturating_add(1)
+                } else {
+                    0
+                };
                 let caught_up = Backlog::caught_up(bytes, limit) && !pending;
                 if !caught_up {
                     debug!(bytes, pending, "catching up without following");
@@ -179,7 +203,7 @@ impl Follower {
                 Ok((caught_up, received))
             }
             (Read::End(end), _) => Err(end),
-            (Read::Behind | Read::First(_), _) => Ok((false, false)),
+            (Read::Behind | Read::First(_) | Read::Quiet, _) => Ok((false, false)),
         }
     }
 
@@ -242,8 +266,9 @@ impl Follower {
 
     /// Reads `source` to its end (see [`Follower::restart`] for where numbering starts),
     /// `held` pieces (taken from it before) first, or until `cap` drops it
-    /// ([`Read::Behind`]) or stops it ([`Read::First`]). Also returns the bytes read (about as
-    /// many as Docker's json-file holds for them).
+    /// ([`Read::Behind`]) or stops it ([`Read::First`], [`Read::Quiet`]), or the stream is
+    /// found to have skipped lines at its start ([`Overlap`]: [`Read::Behind`]). Also
+    /// returns the bytes read (about as many as Docker's json-file holds for them).
     async fn consume(
         &mut self,
         source: &mut Source,
@@ -256,12 +281,22 @@ impl Follower {
         let mut pieces = Vec::new();
         let mut bytes = 0;
         let mut most = 0;
+        // Reading a log body gives up nothing when dropped between frames: what it took is
+        // in `outs` or its own buffer.
+        let quiet = async {
+            match cap {
+                Cap::First(Some(wait)) => tokio::time::sleep(wait).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::pin!(quiet);
         loop {
             let next = if outs.is_empty() {
                 tokio::select! {
                     biased;
                     _ = self.shared.shutdown.cancelled() => return (Read::End(StreamEnd::Cancelled), bytes),
                     next = source.next(&mut outs) => next,
+                    _ = &mut quiet => return (Read::Quiet, bytes),
                 }
             } else {
                 Some(Ok(()))
@@ -270,7 +305,7 @@ impl Follower {
                 None => StreamEnd::Ended { received },
                 Some(Ok(())) => {
                     received = true;
-                    if let Cap::First = cap {
+                    if let Cap::First(_) = cap {
                         return (Read::First(outs), bytes);
                     }
                     if let Cap::Bytes(limit) = cap {

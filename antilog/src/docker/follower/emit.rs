@@ -190,6 +190,7 @@ impl Follower {
                     self.tentative.file = self.file_pos;
                     self.pos = self.tentative;
                     cut = Some(self.pos);
+                    self.overlap.cut();
                 }
             }
             if seq <= self.sent_seq {

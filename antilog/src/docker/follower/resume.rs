@@ -181,41 +181,60 @@ impl Repeats {
     }
 }
 
-/// Whether a follow stream holds every line from its first one: the lines it brings up
-/// to the last cut are counted against the lines a read without `follow`, made after the
-/// stream's first data came, brought from that data's timestamp on. Fewer means the
-/// stream skipped lines at its start (Docker 20.10's reader missed a rotation between
-/// opening the log and watching it, see [`super::backlog`]): the first line past the cut
-/// is then not sent ([`Overlap::Gap`]) and the follower catches up again. More (a line of
-/// the other stream stamped a little out of order, a copy) is no loss.
+/// Whether a follow stream holds every line from its first one. Both sides count the
+/// lines stamped `from` or later (the stream's first data, or the last cut if later: the
+/// read without `follow` starts there) and at or before the last cut: the read without
+/// `follow` made after the stream's first data came (its lines delivered before, and its
+/// new lines up to the latest cut it made; a line still open after it is not counted),
+/// and the stream, up to its first line past the cut. Fewer on the stream means it
+/// skipped lines at its start (Docker 20.10's reader missed a rotation between opening
+/// the log and watching it, see [`super::backlog`]): the first line past the cut is then
+/// not sent ([`Overlap::Gap`]) and the follower catches up again. More (a copy Docker
+/// replays) is no loss. A stderr line stamped a little before a stdout line it follows
+/// in the file can make the stream look short: one more catch-up, nothing lost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) enum Overlap {
     #[default]
     Off,
-    /// The read without `follow`: lines stamped `from` or later.
-    Counting { from: i64, lines: u64 },
+    /// The read without `follow`: lines delivered before (`before`), new lines (`new`)
+    /// and new lines up to its latest cut (`cut`).
+    Counting {
+        from: i64,
+        before: u64,
+        new: u64,
+        cut: u64,
+    },
     /// The stream: lines up to the last cut, against the count.
-    Checking { expected: u64, seen: u64 },
+    Checking { from: i64, expected: u64, seen: u64 },
     /// The stream brought a line past the cut after fewer lines than expected.
     Gap,
 }
 
 impl Overlap {
-    /// Counting from the timestamp of a follow stream's first data (`first`; none or no
-    /// timestamp: nothing to check).
-    pub(super) fn counting(first: Option<&LogOutput>) -> Overlap {
-        let message: Option<&[u8]> = first.map(AsRef::as_ref);
-        match message.and_then(split_timestamp) {
-            Some((from, _)) => Overlap::Counting { from, lines: 0 },
+    /// Counting from the timestamp of a follow stream's first data (`first`: its first
+    /// piece with a timestamp; none: nothing to check), or from `floor` (the last cut's
+    /// timestamp, where the read without `follow` starts) if later.
+    pub(super) fn counting(first: &[LogOutput], floor: i64) -> Overlap {
+        match first.iter().find_map(|o| split_timestamp(o.as_ref())) {
+            Some((ts, _)) => Overlap::Counting {
+                from: ts.max(floor),
+                before: 0,
+                new: 0,
+                cut: 0,
+            },
             None => Overlap::Off,
         }
     }
 
     /// From counting to checking the stream.
     pub(super) fn check(&mut self) {
-        if let Overlap::Counting { lines, .. } = *self {
+        if let Overlap::Counting {
+            from, before, cut, ..
+        } = *self
+        {
             *self = Overlap::Checking {
-                expected: lines,
+                from,
+                expected: before + cut,
                 seen: 0,
             };
         }
@@ -226,9 +245,11 @@ impl Overlap {
     /// lines before it: it is not to be sent.
     pub(super) fn line(&mut self, ts: i64, delivered: bool) -> bool {
         match self {
-            Overlap::Counting { from, lines } if ts >= *from => *lines += 1,
-            Overlap::Checking { seen, .. } if delivered => *seen += 1,
-            Overlap::Checking { expected, seen } => {
+            Overlap::Counting { from, before, .. } if delivered && ts >= *from => *before += 1,
+            Overlap::Counting { from, new, .. } if ts >= *from => *new += 1,
+            Overlap::Checking { from, seen, .. } if delivered && ts >= *from => *seen += 1,
+            Overlap::Checking { .. } if delivered => {}
+            Overlap::Checking { expected, seen, .. } => {
                 let (expected, seen) = (*expected, *seen);
                 if seen < expected {
                     info!(
@@ -248,6 +269,13 @@ impl Overlap {
             _ => {}
         }
         true
+    }
+
+    /// The read without `follow` made a cut: its new lines so far are complete.
+    pub(super) fn cut(&mut self) {
+        if let Overlap::Counting { new, cut, .. } = self {
+            *cut = *new;
+        }
     }
 
     /// Whether the stream was found to have skipped lines.

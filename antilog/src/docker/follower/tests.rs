@@ -61,18 +61,28 @@ fn overlap_finds_a_stream_that_skipped_lines_at_its_start() {
         message: "2025-12-02T10:00:00.000000100Z a\n".into(),
     };
     let from = 1_764_669_600_000_000_100;
-    // The read without follow: two lines before the stream's first, four from it on.
-    let read = |o: &mut Overlap| {
-        for ts in [from - 20, from - 10, from, from + 10, from + 20, from + 30] {
-            assert!(o.line(ts, ts <= from - 10));
-        }
+    let error = LogOutput::Console {
+        message: "Error grabbing logs: x".into(),
     };
-    let mut o = Overlap::counting(Some(&first));
+    // The read without follow from the last cut (at `from - 10`): the cut's line, a line
+    // before the stream's first, four new lines from it on (each cut), and a line still
+    // open at its end (not counted).
+    let read = |o: &mut Overlap| {
+        assert!(o.line(from - 10, true));
+        for ts in [from - 5, from, from + 10, from + 20, from + 30] {
+            assert!(o.line(ts, false));
+            o.cut();
+        }
+        assert!(o.line(from + 35, false));
+    };
+    // The stream's first data may follow a Docker error frame.
+    let mut o = Overlap::counting(&[error.clone(), first.clone()], from - 10);
     read(&mut o);
     o.check();
     assert_eq!(
         o,
         Overlap::Checking {
+            from,
             expected: 4,
             seen: 0
         }
@@ -82,7 +92,7 @@ fn overlap_finds_a_stream_that_skipped_lines_at_its_start() {
     for ts in [from, from + 10, from + 20, from + 30] {
         assert!(whole.line(ts, true));
     }
-    assert!(whole.line(from + 40, false));
+    assert!(whole.line(from + 35, false));
     assert!(!whole.gap());
     assert!(whole.line(from + 50, false));
     // A stream that skipped two of them: the first line past the cut is not sent, nor
@@ -93,19 +103,33 @@ fn overlap_finds_a_stream_that_skipped_lines_at_its_start() {
     assert!(!skipped.line(from + 40, false));
     assert!(skipped.gap());
     assert!(!skipped.line(from + 50, false));
-    // More than counted (a line stamped out of order, a copy): no loss.
+    // Lines before `from` the stream brings (it started before the read's cut) are not
+    // counted: they cannot make up for a skip.
+    let mut early = o;
+    for ts in [from - 30, from - 20, from - 10, from, from + 30] {
+        assert!(early.line(ts, true));
+    }
+    assert!(!early.line(from + 40, false));
+    // More than counted (a copy Docker replays): no loss.
     let mut more = o;
-    for ts in [from - 1, from, from + 10, from + 20, from + 30] {
+    for ts in [from, from + 10, from + 20, from + 10, from + 20, from + 30] {
         assert!(more.line(ts, true));
     }
     assert!(more.line(from + 40, false));
     assert!(!more.gap());
+    // The cut later than the stream's first data: counting starts at the cut.
+    assert_eq!(
+        Overlap::counting(std::slice::from_ref(&first), from + 20),
+        Overlap::Counting {
+            from: from + 20,
+            before: 0,
+            new: 0,
+            cut: 0
+        }
+    );
     // No first data with a timestamp: nothing is checked.
-    assert_eq!(Overlap::counting(None), Overlap::Off);
-    let untimed = LogOutput::StdOut {
-        message: "no timestamp".into(),
-    };
-    assert_eq!(Overlap::counting(Some(&untimed)), Overlap::Off);
+    assert_eq!(Overlap::counting(&[], 0), Overlap::Off);
+    assert_eq!(Overlap::counting(&[error], 0), Overlap::Off);
 }
 
 #[test]
