@@ -1,31 +1,17 @@
 //! `/metrics` through `router().oneshot(..)` on in-memory SQLite: the counters agree with
 //! the requests that were made.
 
+mod common;
+mod ordered;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use logarithmd::api::{router, AppState};
+use common::call;
 use logarithmd::Config;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 async fn app() -> axum::Router {
-    let store = storage::open(&storage::StorageConfig::new("sqlite::memory:"))
-        .await
-        .unwrap();
-    let config = Config {
-        ingest_tokens: vec!["t0k".into()],
-        anonymous_read: true,
-        ..Config::default()
-    };
-    router(AppState::new(store, config))
-}
-
-async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    ordered::app(Config::default()).await
 }
 
 async fn ingest(app: &axum::Router, token: &str, batch: &Value) -> StatusCode {

@@ -21,10 +21,11 @@
 //! - the stream's reader may also have missed a rotation at its start (20.10's `ReadLogs`
 //!   opens the file, then subscribes to rotation notices and watches the file by name): it
 //!   then reads the renamed file to its end, waits, and at the next rotation reopens the
-//!   log by name, past the file in between. So the lines the stream brings up to the last
-//!   cut are counted against those the second read brought from the stream's first line
-//!   on ([`super::resume::Overlap`]); fewer, and the stream is dropped before anything
-//!   past the cut is sent, and the follower catches up again;
+//!   log by name, past the file in between. So the stream's lines from its first data (or
+//!   the last cut before the second read, if later) up to the second read's last cut are
+//!   counted against the second read's ([`super::resume::Overlap`]); fewer, and the
+//!   stream is dropped before anything past the cut is sent, and the follower catches up
+//!   again;
 //! - then the follow stream is read, skipping what the reads brought, as long as the
 //!   record just read is less than [`Backlog::limit`] behind the writer. The distance is
 //!   estimated from the record's age (now minus its timestamp) times the log's byte rate,
